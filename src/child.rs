@@ -1,0 +1,183 @@
+//! One incarnation of a service: checks before spawning, the spawn itself, and what a spawn
+//! failure means in words.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::spec::ServiceSpec;
+use crate::sys;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Used when a spec clears the environment and sets no `PATH` of its own.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A process just spawned: the leader of its own process group.
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+}
+
+fn spawn_error(spec: &ServiceSpec, message: String) -> Error {
+    Error::new(ErrorKind::Spawn, format!("cannot start: {message}")).with_service(spec.name())
+}
+
+/// The `PATH` the program is looked up on: the spec's, else the host's (unless cleared).
+fn search_path(spec: &ServiceSpec) -> OsString {
+    if let Some((_, v)) = spec.get_envs().find(|(k, _)| *k == "PATH") {
+        return v.into();
+    }
+    if spec.get_env_clear() || spec.get_env_removed().any(|k| k == "PATH") {
+        return DEFAULT_PATH.into();
+    }
+    std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Resolves the program to an absolute path before spawning: std would otherwise search
+/// `PATH` in the child (and take its slow fork path when the spec sets `PATH`), and errors
+/// could not tell a missing program from a missing working directory.
+pub(crate) fn resolve_program(spec: &ServiceSpec) -> Result<PathBuf> {
+    let program = spec.program();
+    if program.contains('/') {
+        let mut path = PathBuf::from(program);
+        if path.is_relative() {
+            let base = match spec.get_current_dir() {
+                Some(dir) => PathBuf::from(dir),
+                None => std::env::current_dir().map_err(|e| {
+                    spawn_error(spec, "cannot read the host's working directory".into())
+                        .with_source(e)
+                })?,
+            };
+            path = base.join(path);
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            spawn_error(spec, format!("program '{}' not found", path.display())).with_source(e)
+        })?;
+        if meta.is_dir() {
+            return Err(spawn_error(
+                spec,
+                format!("program '{}' is a directory", path.display()),
+            ));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(spawn_error(
+                spec,
+                format!("program '{}' is not executable", path.display()),
+            ));
+        }
+        return Ok(path);
+    }
+    let search = search_path(spec);
+    for dir in std::env::split_paths(&search) {
+        let candidate = dir.join(program);
+        if is_executable_file(&candidate) {
+            return Ok(if candidate.is_relative() {
+                std::env::current_dir()
+                    .map(|d| d.join(&candidate))
+                    .unwrap_or(candidate)
+            } else {
+                candidate
+            });
+        }
+    }
+    Err(spawn_error(
+        spec,
+        format!(
+            "program '{program}' not found on PATH '{}'",
+            search.to_string_lossy()
+        ),
+    ))
+}
+
+fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
+    if let Some(dir) = spec.get_current_dir() {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(spawn_error(
+                    spec,
+                    format!("working directory '{dir}' is not a directory"),
+                ))
+            }
+            Err(e) => {
+                return Err(spawn_error(
+                    spec,
+                    format!("working directory '{dir}' is not accessible"),
+                )
+                .with_source(e))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_log(spec: &ServiceSpec, path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            spawn_error(spec, format!("cannot open log file '{}'", path.display())).with_source(e)
+        })
+}
+
+/// Spawns one run of `spec` with stdout and stderr appended to the given log files.
+///
+/// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
+pub(crate) fn spawn(spec: &ServiceSpec, stdout_log: &Path, stderr_log: &Path) -> Result<Spawned> {
+    check_current_dir(spec)?;
+    let program = resolve_program(spec)?;
+    let mut cmd = Command::new(&program);
+    cmd.arg0(spec.program())
+        .args(spec.get_args())
+        .stdin(Stdio::null());
+    if spec.get_env_clear() {
+        cmd.env_clear();
+    }
+    for key in spec.get_env_removed() {
+        cmd.env_remove(key);
+    }
+    cmd.envs(spec.get_envs());
+    if let Some(dir) = spec.get_current_dir() {
+        cmd.current_dir(dir);
+    }
+    cmd.stdout(open_log(spec, stdout_log)?);
+    cmd.stderr(open_log(spec, stderr_log)?);
+    let (child, pidfd) =
+        sys::spawn(&mut cmd).map_err(|e| explain_spawn_failure(spec, &program, e))?;
+    // The pidfd is now the handle; std's `Child` holds nothing else (stdio went to files),
+    // and dropping it neither waits nor kills.
+    let pid = child.id();
+    drop(child);
+    Ok(Spawned { pid, pidfd })
+}
+
+fn explain_spawn_failure(spec: &ServiceSpec, program: &Path, e: io::Error) -> Error {
+    let shown = program.display();
+    let message = match e.raw_os_error() {
+        // The program exists (checked above), so ENOENT from exec means its interpreter.
+        Some(libc::ENOENT) => {
+            format!("the interpreter of '{shown}' was not found (check its #! line)")
+        }
+        Some(libc::ENOEXEC) => {
+            format!("'{shown}' is not in an executable format (a script without #!?)")
+        }
+        Some(libc::EACCES) => format!("permission denied executing '{shown}'"),
+        Some(libc::E2BIG) => "the argument list or environment is too long".to_string(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files".to_string(),
+        Some(libc::EAGAIN) => "the process limit is reached".to_string(),
+        Some(libc::ENOMEM) => "out of memory".to_string(),
+        _ => format!("spawning '{shown}' failed"),
+    };
+    spawn_error(spec, message).with_source(e)
+}

@@ -1,0 +1,1125 @@
+//! The supervision thread: it owns the store, every child and every timer.
+//!
+//! It blocks in exactly one place, the poller, which wakes on a child's exit (its pidfd), an
+//! API request (the waker), or the nearest deadline (a restart due, a stop timeout). It never
+//! sleeps per service and never polls on a fixed tick; the only repeated checks are for a
+//! stopping service whose leader has exited while other members of its group live on, and
+//! they stop when the group is empty or its deadline passes.
+//!
+//! Every run has a generation number. A timer or a completion names the generation it was
+//! made for and is ignored if the service has moved on, so a stop, delete, restart or start
+//! during a backoff can never bring back a stale run, and a service never has two live runs.
+
+use crate::child;
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, Hub};
+use crate::info::{Exit, ServiceInfo, Status};
+use crate::policy::{Decision, History, Outcome, RunEnd};
+use crate::spec::{ServiceSpec, Signal};
+use crate::store::Store;
+use crate::sys::{self, Poller, RawExit, WAKER_TOKEN};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// After a SIGKILL, how long to wait for the group to be gone before giving up on it.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// The first and the longest interval between checks of a lingering group.
+const GROUP_CHECK_MIN: Duration = Duration::from_millis(2);
+const GROUP_CHECK_MAX: Duration = Duration::from_millis(100);
+/// The shortest delay before retrying an automatic restart whose spawn failed, so a missing
+/// program with `Backoff::none()` cannot spin the thread.
+const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// A request from the API to the supervision thread.
+pub(crate) enum Request {
+    Start {
+        spec: ServiceSpec,
+        reply: Sender<Result<ServiceInfo>>,
+    },
+    Stop {
+        target: String,
+        reply: Sender<Result<usize>>,
+    },
+    Restart {
+        target: String,
+        reply: Sender<Result<usize>>,
+    },
+    Delete {
+        target: String,
+        reply: Sender<Result<usize>>,
+    },
+    Shutdown {
+        reply: Sender<Result<()>>,
+    },
+}
+
+/// What the API reads without asking the thread: a snapshot published after every change,
+/// and the event hub.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) table: Mutex<Table>,
+    pub(crate) changed: Condvar,
+    pub(crate) hub: Hub,
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) services: BTreeMap<u64, ServiceInfo>,
+    pub(crate) shut_down: bool,
+}
+
+impl Table {
+    /// Resolves a target (a name, a numeric id, or `all`) to ids.
+    pub(crate) fn resolve(&self, target: &str) -> Result<Vec<u64>> {
+        resolve(target, self.services.iter().map(|(id, s)| (*id, s.name())))
+    }
+}
+
+fn resolve<'a>(target: &str, services: impl Iterator<Item = (u64, &'a str)>) -> Result<Vec<u64>> {
+    if target == "all" {
+        return Ok(services.map(|(id, _)| id).collect());
+    }
+    let by_id = (!target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| target.parse::<u64>().ok())
+        .flatten();
+    for (id, name) in services {
+        if Some(id) == by_id || (by_id.is_none() && name == target) {
+            return Ok(vec![id]);
+        }
+    }
+    Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
+}
+
+/// What happens once a stopping run has fully ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Stay stopped.
+    Settle,
+    /// Start again (a manual restart, or a new spec).
+    Start,
+    /// Remove the service.
+    Delete,
+}
+
+struct Stopping {
+    deadline: Instant,
+    killed: bool,
+    then: Then,
+}
+
+struct Run {
+    pid: u32,
+    pidfd: OwnedFd,
+    token: u64,
+    run_id: Option<i64>,
+    started: Instant,
+    /// Set when the leader has been reaped; the group may still have members.
+    ended: Option<(RawExit, Instant, SystemTime)>,
+    stopping: Option<Stopping>,
+    check_interval: Duration,
+}
+
+struct Service {
+    id: u64,
+    spec: Arc<ServiceSpec>,
+    desired_up: bool,
+    status: Status,
+    generation: u64,
+    run: Option<Run>,
+    history: History,
+    restarts: u64,
+    last_exit: Option<Exit>,
+    next_start: Option<Instant>,
+    started_at: Option<SystemTime>,
+    /// The error of the latest manual spawn attempt, for the caller waiting on it.
+    spawn_error: Option<(u64, Error)>,
+}
+
+impl Service {
+    fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            id: self.id,
+            spec: self.spec.clone(),
+            status: self.status,
+            pid: self
+                .run
+                .as_ref()
+                .filter(|r| r.ended.is_none())
+                .map(|r| r.pid),
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            next_start: self.next_start,
+            started_at: self.run.as_ref().and(self.started_at),
+            generation: self.generation,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Restart,
+    StopDeadline,
+    GroupCheck,
+    GiveUp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    id: u64,
+    generation: u64,
+    kind: TimerKind,
+}
+
+enum Want {
+    /// No run left.
+    Down,
+    /// Removed.
+    Gone,
+    /// A run newer than the recorded generation was attempted, or nothing is pending.
+    Up,
+}
+
+enum Reply {
+    Count(Sender<Result<usize>>, usize),
+    Info(Sender<Result<ServiceInfo>>),
+}
+
+struct Pending {
+    targets: Vec<(u64, u64)>,
+    want: Want,
+    reply: Reply,
+}
+
+pub(crate) struct Config {
+    pub(crate) log_dir: PathBuf,
+    pub(crate) resurrect: bool,
+}
+
+pub(crate) struct Engine {
+    store: Store,
+    poller: Poller,
+    requests: Receiver<Request>,
+    shared: Arc<Shared>,
+    log_dir: PathBuf,
+    boot_id: String,
+    services: BTreeMap<u64, Service>,
+    tokens: HashMap<u64, u64>,
+    next_token: u64,
+    timers: BinaryHeap<Reverse<Timer>>,
+    pending: Vec<Pending>,
+    shutdown: Option<Sender<Result<()>>>,
+    dirty: HashSet<u64>,
+    removed: Vec<u64>,
+    outbox: Vec<Event>,
+    rng: u64,
+}
+
+pub(crate) fn log_path(log_dir: &Path, name: &str, stderr: bool) -> PathBuf {
+    log_dir.join(format!("{name}.{}.log", if stderr { "err" } else { "out" }))
+}
+
+impl Engine {
+    pub(crate) fn new(
+        store: Store,
+        poller: Poller,
+        requests: Receiver<Request>,
+        shared: Arc<Shared>,
+        config: Config,
+    ) -> Engine {
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Engine {
+            store,
+            poller,
+            requests,
+            shared,
+            log_dir: config.log_dir,
+            boot_id: sys::boot_id(),
+            services: BTreeMap::new(),
+            tokens: HashMap::new(),
+            next_token: 1,
+            timers: BinaryHeap::new(),
+            pending: Vec::new(),
+            shutdown: None,
+            dirty: HashSet::new(),
+            removed: Vec::new(),
+            outbox: Vec::new(),
+            rng: seed | 1,
+        }
+    }
+
+    /// Loads the registry, kills what a dead previous host left running, and starts every
+    /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
+    pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
+        self.reclaim_leftovers()?;
+        for stored in self.store.load_services()? {
+            let status = match stored.status {
+                s if s.is_running() || s == Status::Backoff => Status::Stopped,
+                s => s,
+            };
+            let id = stored.id;
+            self.services.insert(
+                id,
+                Service {
+                    id,
+                    spec: Arc::new(stored.spec),
+                    desired_up: stored.desired_up,
+                    status,
+                    generation: 0,
+                    run: None,
+                    history: History::default(),
+                    restarts: stored.restarts,
+                    last_exit: stored.last_exit,
+                    next_start: None,
+                    started_at: None,
+                    spawn_error: None,
+                },
+            );
+            self.dirty.insert(id);
+            if status != stored.status {
+                self.save_state(id);
+            }
+        }
+        if resurrect {
+            let up: Vec<u64> = self
+                .services
+                .values()
+                .filter(|s| s.desired_up)
+                .map(|s| s.id)
+                .collect();
+            for id in up {
+                if let Err(e) = self.spawn_run(id, false) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Kills the process groups of runs that a previous host left behind (it died without
+    /// recording their end), matching each by boot id, pid and process start time so that an
+    /// unrelated process that reused the pid is never touched.
+    fn reclaim_leftovers(&mut self) -> Result<()> {
+        let open = self.store.open_runs()?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let mut groups = HashSet::new();
+        let mut all = None;
+        for run in &open {
+            if run.boot_id != self.boot_id || run.pid == std::process::id() {
+                continue;
+            }
+            let leader = sys::proc_stat(run.pid).filter(|s| s.state != b'Z');
+            let same =
+                leader.is_some_and(|s| Some(s.start_time) == run.start_ticks && s.pgrp == run.pid);
+            if same {
+                // Hold a pidfd and check the identity again, so the pid cannot be reused
+                // between the check and the kill.
+                if let Ok(fd) = sys::pidfd_open(run.pid) {
+                    if sys::proc_stat(run.pid)
+                        .is_some_and(|s| Some(s.start_time) == run.start_ticks)
+                    {
+                        log::warn!(
+                            "service id {}: killing process group {} left by a previous host",
+                            run.service_id,
+                            run.pid
+                        );
+                        let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
+                        groups.insert(run.pid);
+                    }
+                }
+                continue;
+            }
+            // The leader is gone; members of its group may live on. A process in that group
+            // that started after the run is one of them (the group id stays allocated while
+            // members remain, so it cannot name a newer group unless its leader is new too,
+            // which the `pid != pgrp` test excludes).
+            let procs = all.get_or_insert_with(sys::all_processes);
+            let members = procs.iter().any(|p| {
+                p.pgrp == run.pid
+                    && p.pid != run.pid
+                    && run.start_ticks.is_none_or(|t| p.start_time >= t)
+            });
+            if members {
+                log::warn!(
+                    "service id {}: killing the remaining members of process group {} left by a previous host",
+                    run.service_id,
+                    run.pid
+                );
+                let _ = sys::kill_pgid(run.pid, Signal::Kill);
+                groups.insert(run.pid);
+            }
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while !groups.is_empty() && Instant::now() < deadline {
+            groups = sys::live_groups(&groups);
+            if !groups.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if !groups.is_empty() {
+            log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
+        }
+        self.store.close_open_runs()
+    }
+
+    /// The loop: wait, then handle exits, requests and due timers; publish; reply.
+    pub(crate) fn run(mut self) {
+        let mut ready = Vec::new();
+        loop {
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse(t)| t.at.saturating_duration_since(Instant::now()));
+            ready.clear();
+            if let Err(e) = self.poller.wait(timeout, &mut ready) {
+                log::error!("supervision wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            for &token in &ready {
+                if token != WAKER_TOKEN {
+                    if let Some(&id) = self.tokens.get(&token) {
+                        self.on_leader_exit(id);
+                    }
+                }
+            }
+            while let Ok(request) = self.requests.try_recv() {
+                self.handle(request);
+            }
+            self.fire_timers();
+            self.publish();
+            self.settle_pending();
+            if self.shutdown.is_some() && self.services.values().all(|s| s.run.is_none()) {
+                break;
+            }
+        }
+        self.publish();
+        {
+            let mut table = self.shared.table.lock();
+            table.shut_down = true;
+        }
+        self.shared.changed.notify_all();
+        self.shared.hub.close();
+        // Refuse whatever arrived meanwhile.
+        while let Ok(request) = self.requests.try_recv() {
+            refuse(request);
+        }
+        if let Some(reply) = self.shutdown.take() {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        if self.shutdown.is_some() {
+            return refuse(request);
+        }
+        match request {
+            Request::Start { spec, reply } => self.start(spec, reply),
+            Request::Stop { target, reply } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let targets = self.targets(&ids);
+                    for &id in &ids {
+                        self.set_desired(id, false);
+                        self.begin_stop(id, Then::Settle);
+                    }
+                    self.pending.push(Pending {
+                        targets,
+                        want: Want::Down,
+                        reply: Reply::Count(reply, ids.len()),
+                    });
+                }
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::Restart { target, reply } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let targets = self.targets(&ids);
+                    for &id in &ids {
+                        self.set_desired(id, true);
+                        self.services.get_mut(&id).expect("resolved above").history =
+                            History::default();
+                        self.begin_stop(id, Then::Start);
+                    }
+                    self.pending.push(Pending {
+                        targets,
+                        want: Want::Up,
+                        reply: Reply::Count(reply, ids.len()),
+                    });
+                }
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::Delete { target, reply } => match self.resolve(&target) {
+                Ok(ids) => {
+                    let targets = self.targets(&ids);
+                    for &id in &ids {
+                        self.begin_stop(id, Then::Delete);
+                    }
+                    self.pending.push(Pending {
+                        targets,
+                        want: Want::Gone,
+                        reply: Reply::Count(reply, ids.len()),
+                    });
+                }
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::Shutdown { reply } => {
+                self.shutdown = Some(reply);
+                let ids: Vec<u64> = self.services.keys().copied().collect();
+                for id in ids {
+                    self.begin_stop(id, Then::Settle);
+                }
+            }
+        }
+    }
+
+    fn resolve(&self, target: &str) -> Result<Vec<u64>> {
+        resolve(
+            target,
+            self.services.iter().map(|(id, s)| (*id, s.spec.name())),
+        )
+    }
+
+    fn targets(&self, ids: &[u64]) -> Vec<(u64, u64)> {
+        ids.iter()
+            .map(|id| (*id, self.services[id].generation))
+            .collect()
+    }
+
+    fn start(&mut self, spec: ServiceSpec, reply: Sender<Result<ServiceInfo>>) {
+        if let Err(e) = spec.validate() {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let existing = self
+            .services
+            .values()
+            .find(|s| s.spec.name() == spec.name())
+            .map(|s| s.id);
+        let id = match existing {
+            None => match self.store.insert_service(&spec, true, Status::Starting) {
+                Ok(id) => {
+                    self.services.insert(
+                        id,
+                        Service {
+                            id,
+                            spec: Arc::new(spec),
+                            desired_up: true,
+                            status: Status::Starting,
+                            generation: 0,
+                            run: None,
+                            history: History::default(),
+                            restarts: 0,
+                            last_exit: None,
+                            next_start: None,
+                            started_at: None,
+                            spawn_error: None,
+                        },
+                    );
+                    self.dirty.insert(id);
+                    id
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
+            Some(id) => {
+                let changed = *self.services[&id].spec != spec;
+                if changed {
+                    if let Err(e) = self.store.update_spec(id, &spec) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                    let svc = self.services.get_mut(&id).expect("found above");
+                    svc.spec = Arc::new(spec);
+                    svc.history = History::default();
+                    self.dirty.insert(id);
+                }
+                self.set_desired(id, true);
+                let svc = &self.services[&id];
+                let running_as_asked = matches!(svc.status, Status::Online | Status::Starting)
+                    && svc.run.is_some()
+                    && !changed;
+                if running_as_asked {
+                    let _ = reply.send(Ok(svc.info()));
+                    return;
+                }
+                id
+            }
+        };
+        let generation = self.services[&id].generation;
+        self.begin_stop(id, Then::Start);
+        self.pending.push(Pending {
+            targets: vec![(id, generation)],
+            want: Want::Up,
+            reply: Reply::Info(reply),
+        });
+    }
+
+    fn set_desired(&mut self, id: u64, up: bool) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        if svc.desired_up != up {
+            svc.desired_up = up;
+            if let Err(e) = self.store.set_desired(id, up) {
+                log::error!("service '{}': {e}", svc.spec.name());
+            }
+        }
+    }
+
+    /// Ends the current run (if any) gracefully, then does `then`. Without a run, `then`
+    /// happens at once. A later request overrides an earlier one's `then`, except that a
+    /// delete is never undone.
+    fn begin_stop(&mut self, id: u64, then: Then) {
+        let now = Instant::now();
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        svc.next_start = None;
+        let Some(run) = svc.run.as_mut() else {
+            self.after_run(id, then);
+            return;
+        };
+        if let Some(stopping) = run.stopping.as_mut() {
+            if stopping.then != Then::Delete {
+                stopping.then = then;
+            }
+            return;
+        }
+        let signal = svc.spec.get_stop_signal();
+        let deadline = now + svc.spec.get_stop_timeout();
+        run.stopping = Some(Stopping {
+            deadline,
+            killed: signal == Signal::Kill,
+            then,
+        });
+        if run.ended.is_none() {
+            if let Err(e) = sys::signal_group(&run.pidfd, run.pid, signal) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    log::warn!(
+                        "service '{}': cannot send the stop signal: {e}",
+                        svc.spec.name()
+                    );
+                }
+            }
+        }
+        svc.status = Status::Stopping;
+        let generation = svc.generation;
+        self.dirty.insert(id);
+        self.save_state(id);
+        self.timers.push(Reverse(Timer {
+            at: deadline,
+            id,
+            generation,
+            kind: TimerKind::StopDeadline,
+        }));
+        if self.services[&id]
+            .run
+            .as_ref()
+            .is_some_and(|r| r.ended.is_some())
+        {
+            self.check_group(id);
+        }
+    }
+
+    /// What follows a run that was stopped on purpose (or no run at all).
+    fn after_run(&mut self, id: u64, then: Then) {
+        match then {
+            Then::Settle => {
+                let svc = self.services.get_mut(&id).expect("callers pass a known id");
+                let was = svc.status;
+                if was == Status::Stopping
+                    || was == Status::Backoff
+                    || was == Status::Starting
+                    || was == Status::Online
+                {
+                    svc.status = Status::Stopped;
+                    svc.generation += 1; // cancels any pending restart timer
+                    self.dirty.insert(id);
+                    self.save_state(id);
+                    self.outbox.push(Event::Stopped {
+                        name: self.services[&id].spec.name().to_string(),
+                    });
+                }
+            }
+            Then::Start => {
+                if let Err(e) = self.spawn_run(id, false) {
+                    log::warn!("{e}");
+                }
+            }
+            Then::Delete => self.delete_now(id),
+        }
+    }
+
+    fn delete_now(&mut self, id: u64) {
+        let Some(svc) = self.services.remove(&id) else {
+            return;
+        };
+        if let Err(e) = self.store.delete_service(id) {
+            log::error!("service '{}': {e}", svc.spec.name());
+        }
+        for stderr in [false, true] {
+            let path = log_path(&self.log_dir, svc.spec.name(), stderr);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!(
+                        "service '{}': cannot remove log '{}': {e}",
+                        svc.spec.name(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        self.dirty.remove(&id);
+        self.removed.push(id);
+        self.outbox.push(Event::Deleted {
+            name: svc.spec.name().to_string(),
+        });
+    }
+
+    /// Spawns a new run. `auto` marks a restart by policy (counted in `restarts`); a manual
+    /// start that fails leaves the service `Errored` and returns the error.
+    fn spawn_run(&mut self, id: u64, auto: bool) -> Result<()> {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        debug_assert!(svc.run.is_none(), "a service never has two live runs");
+        svc.generation += 1;
+        svc.next_start = None;
+        let spec = svc.spec.clone();
+        let name = spec.name();
+        let out = log_path(&self.log_dir, name, false);
+        let err = log_path(&self.log_dir, name, true);
+        let spawned = child::spawn(&spec, &out, &err);
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        self.dirty.insert(id);
+        match spawned {
+            Ok(child) => {
+                let now = Instant::now();
+                let wall = SystemTime::now();
+                let token = self.next_token;
+                self.next_token += 1;
+                if let Err(e) = self.poller.add(&child.pidfd, token) {
+                    // Without the exit notification we could not supervise it: end it.
+                    log::error!("service '{name}': cannot watch the new process: {e}");
+                    let _ = sys::signal_group(&child.pidfd, child.pid, Signal::Kill);
+                }
+                self.tokens.insert(token, id);
+                if auto {
+                    svc.restarts += 1;
+                }
+                svc.status = Status::Online;
+                svc.started_at = Some(wall);
+                svc.spawn_error = None;
+                let start_ticks = sys::proc_stat(child.pid).map(|s| s.start_time);
+                let run_id = match self.store.insert_run(
+                    id,
+                    svc.generation,
+                    child.pid,
+                    &self.boot_id,
+                    start_ticks,
+                    wall,
+                ) {
+                    Ok(run_id) => Some(run_id),
+                    Err(e) => {
+                        log::error!("service '{name}': {e}");
+                        None
+                    }
+                };
+                let pid = child.pid;
+                svc.run = Some(Run {
+                    pid,
+                    pidfd: child.pidfd,
+                    token,
+                    run_id,
+                    started: now,
+                    ended: None,
+                    stopping: None,
+                    check_interval: GROUP_CHECK_MIN,
+                });
+                self.save_state(id);
+                self.outbox.push(Event::Started {
+                    name: name.to_string(),
+                    pid,
+                });
+                Ok(())
+            }
+            Err(e) if auto => {
+                // A failed automatic restart counts as a crash of zero uptime, so a briefly
+                // missing program or working directory does not end the service for good.
+                log::warn!("{e}");
+                let now = Instant::now();
+                self.apply_policy(
+                    id,
+                    RunEnd {
+                        started: now,
+                        ended: now,
+                        outcome: Outcome::Unknown,
+                    },
+                    SPAWN_RETRY_MIN,
+                );
+                Err(e)
+            }
+            Err(e) => {
+                svc.status = Status::Errored;
+                svc.spawn_error = Some((svc.generation, clone_error(&e)));
+                self.save_state(id);
+                self.outbox.push(Event::Errored {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn on_leader_exit(&mut self, id: u64) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        let Some(run) = svc.run.as_mut() else { return };
+        if run.ended.is_some() {
+            return;
+        }
+        let raw = match sys::reap(&run.pidfd) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return, // spurious readiness
+            Err(e) => {
+                log::error!(
+                    "service '{}': cannot collect the exit status: {e}",
+                    svc.spec.name()
+                );
+                RawExit::Unknown
+            }
+        };
+        run.ended = Some((raw, Instant::now(), SystemTime::now()));
+        self.poller.remove(&run.pidfd);
+        self.tokens.remove(&run.token);
+        if run.stopping.is_some() {
+            self.check_group(id);
+        } else {
+            // It ended by itself. Whatever it left in its group goes with it: a new run must
+            // never meet the old one's descendants.
+            if sys::group_has_members(&run.pidfd, run.pid) {
+                log::warn!(
+                    "service '{}': its main process exited; killing the rest of its process group",
+                    svc.spec.name()
+                );
+                let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
+            }
+            self.finish_run(id);
+        }
+    }
+
+    /// For a stopping run whose leader has exited: finish if the group is empty, else check
+    /// again shortly.
+    fn check_group(&mut self, id: u64) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let run = svc.run.as_mut().expect("only called with a run");
+        let empty = !sys::group_has_members(&run.pidfd, run.pid)
+            || sys::live_groups(&HashSet::from([run.pid])).is_empty();
+        if empty {
+            self.finish_run(id);
+            return;
+        }
+        let at = Instant::now() + run.check_interval;
+        run.check_interval = (run.check_interval * 2).min(GROUP_CHECK_MAX);
+        let generation = svc.generation;
+        self.timers.push(Reverse(Timer {
+            at,
+            id,
+            generation,
+            kind: TimerKind::GroupCheck,
+        }));
+    }
+
+    /// The run is over (leader reaped, group empty or killed): record it, then decide.
+    fn finish_run(&mut self, id: u64) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let run = svc.run.take().expect("only called with a run");
+        if run.ended.is_none() {
+            self.poller.remove(&run.pidfd);
+            self.tokens.remove(&run.token);
+        }
+        let (raw, ended, wall) =
+            run.ended
+                .unwrap_or((RawExit::Unknown, Instant::now(), SystemTime::now()));
+        let exit = Exit {
+            code: match raw {
+                RawExit::Code(c) => Some(c),
+                _ => None,
+            },
+            signal: match raw {
+                RawExit::Signal(s) => Some(s),
+                _ => None,
+            },
+            at: wall,
+            uptime: ended.saturating_duration_since(run.started),
+        };
+        svc.last_exit = Some(exit);
+        svc.started_at = None;
+        if let Some(run_id) = run.run_id {
+            if let Err(e) = self.store.end_run(run_id, &exit) {
+                log::error!("service '{}': {e}", svc.spec.name());
+            }
+        }
+        self.outbox.push(Event::Exited {
+            name: svc.spec.name().to_string(),
+            pid: run.pid,
+            exit,
+        });
+        self.dirty.insert(id);
+        match run.stopping {
+            Some(stopping) => {
+                let svc = self.services.get_mut(&id).expect("still present");
+                svc.status = Status::Stopping; // settled by `after_run`
+                self.after_run(id, stopping.then);
+            }
+            None => {
+                let outcome = match raw {
+                    RawExit::Code(c) => Outcome::Code(c),
+                    RawExit::Signal(s) => Outcome::Signal(s),
+                    RawExit::Unknown => Outcome::Unknown,
+                };
+                self.apply_policy(
+                    id,
+                    RunEnd {
+                        started: run.started,
+                        ended,
+                        outcome,
+                    },
+                    Duration::ZERO,
+                );
+            }
+        }
+    }
+
+    fn apply_policy(&mut self, id: u64, end: RunEnd, min_delay: Duration) {
+        let jitter = self.random_unit();
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let (decision, history) = svc.spec.restart_policy().decide(&svc.history, &end, jitter);
+        svc.history = history;
+        let name = svc.spec.name().to_string();
+        match decision {
+            Decision::Restart { delay, .. } => {
+                let delay = delay.max(min_delay);
+                if delay.is_zero() {
+                    let _ = self.spawn_run(id, true);
+                } else {
+                    let at = Instant::now() + delay;
+                    svc.status = Status::Backoff;
+                    svc.next_start = Some(at);
+                    let generation = svc.generation;
+                    self.save_state(id);
+                    self.timers.push(Reverse(Timer {
+                        at,
+                        id,
+                        generation,
+                        kind: TimerKind::Restart,
+                    }));
+                    self.outbox.push(Event::Backoff { name, delay });
+                }
+            }
+            Decision::Exited => {
+                svc.status = Status::Exited;
+                self.save_state(id);
+            }
+            Decision::Errored { crashes, window } => {
+                svc.status = Status::Errored;
+                self.save_state(id);
+                self.outbox.push(Event::Errored {
+                    name,
+                    reason: format!(
+                        "crash loop: {crashes} restarts within {}",
+                        crate::duration::format(window)
+                    ),
+                });
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse(timer)) = self.timers.peek().copied() {
+            if timer.at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(svc) = self.services.get_mut(&timer.id) else {
+                continue;
+            };
+            if svc.generation != timer.generation {
+                continue;
+            }
+            match timer.kind {
+                TimerKind::Restart => {
+                    if svc.status == Status::Backoff
+                        && svc.run.is_none()
+                        && svc.next_start == Some(timer.at)
+                    {
+                        let _ = self.spawn_run(timer.id, true);
+                    }
+                }
+                TimerKind::StopDeadline => {
+                    let Some(run) = svc.run.as_mut() else {
+                        continue;
+                    };
+                    let Some(stopping) = run.stopping.as_mut() else {
+                        continue;
+                    };
+                    if stopping.deadline != timer.at {
+                        continue;
+                    }
+                    if !stopping.killed {
+                        stopping.killed = true;
+                        log::info!(
+                            "service '{}': still running {} after the stop signal; sending SIGKILL to its group",
+                            svc.spec.name(),
+                            crate::duration::format(svc.spec.get_stop_timeout())
+                        );
+                        let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
+                    }
+                    self.timers.push(Reverse(Timer {
+                        at: now + KILL_GRACE,
+                        id: timer.id,
+                        generation: timer.generation,
+                        kind: TimerKind::GiveUp,
+                    }));
+                }
+                TimerKind::GroupCheck => {
+                    if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
+                        self.check_group(timer.id);
+                    }
+                }
+                TimerKind::GiveUp => {
+                    if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
+                        log::error!(
+                            "service '{}': members of its process group survived SIGKILL for {}s; giving up on them",
+                            svc.spec.name(),
+                            KILL_GRACE.as_secs()
+                        );
+                        self.finish_run(timer.id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn save_state(&mut self, id: u64) {
+        let svc = &self.services[&id];
+        if let Err(e) = self
+            .store
+            .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref())
+        {
+            log::error!("service '{}': {e}", svc.spec.name());
+        }
+    }
+
+    /// Copies changed services into the shared snapshot, wakes waiters, then sends the
+    /// events that led there (so a subscriber that sees an event also sees its state).
+    fn publish(&mut self) {
+        if !self.dirty.is_empty() || !self.removed.is_empty() {
+            let mut table = self.shared.table.lock();
+            for id in self.removed.drain(..) {
+                table.services.remove(&id);
+            }
+            for id in self.dirty.drain() {
+                if let Some(svc) = self.services.get(&id) {
+                    table.services.insert(id, svc.info());
+                }
+            }
+            drop(table);
+            self.shared.changed.notify_all();
+        }
+        for event in self.outbox.drain(..) {
+            self.shared.hub.emit(event);
+        }
+    }
+
+    fn settle_pending(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let done = self.pending[i].targets.iter().all(|&(id, generation)| {
+                let Some(svc) = self.services.get(&id) else {
+                    return true;
+                };
+                match self.pending[i].want {
+                    Want::Down => svc.run.is_none(),
+                    Want::Gone => false,
+                    Want::Up => {
+                        (svc.generation > generation && svc.status != Status::Stopping)
+                            || (svc.run.is_none() && svc.status != Status::Stopping)
+                    }
+                }
+            });
+            if !done {
+                i += 1;
+                continue;
+            }
+            let pending = self.pending.swap_remove(i);
+            match pending.reply {
+                Reply::Count(reply, n) => {
+                    let first_error = match pending.want {
+                        Want::Up => pending.targets.iter().find_map(|(id, _)| {
+                            let svc = self.services.get(id)?;
+                            svc.spawn_error
+                                .as_ref()
+                                .filter(|(g, _)| {
+                                    *g == svc.generation && svc.status == Status::Errored
+                                })
+                                .map(|(_, e)| clone_error(e))
+                        }),
+                        _ => None,
+                    };
+                    let _ = reply.send(first_error.map_or(Ok(n), Err));
+                }
+                Reply::Info(reply) => {
+                    let (id, _) = pending.targets[0];
+                    let result = match self.services.get(&id) {
+                        None => Err(Error::new(
+                            ErrorKind::NotFound,
+                            "was deleted while starting",
+                        )),
+                        Some(svc) => match &svc.spawn_error {
+                            Some((g, e))
+                                if *g == svc.generation && svc.status == Status::Errored =>
+                            {
+                                Err(clone_error(e))
+                            }
+                            _ => Ok(svc.info()),
+                        },
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    /// A sample in [0, 1) for backoff jitter (xorshift; quality is not a concern here).
+    fn random_unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn clone_error(e: &Error) -> Error {
+    e.clone()
+}
+
+fn refuse(request: Request) {
+    match request {
+        Request::Start { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+        Request::Stop { reply, .. }
+        | Request::Restart { reply, .. }
+        | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+        Request::Shutdown { reply } => drop(reply.send(Ok(()))),
+    }
+}

@@ -1,0 +1,214 @@
+//! Typed [`Event`]s and [`Events`] subscriptions.
+//!
+//! Each subscription has a bounded queue. The supervision thread never blocks on a
+//! subscriber: when a queue is full the event is dropped for that subscriber and counted,
+//! and the subscriber next receives [`Event::Lagged`] with the count.
+
+use crate::info::Exit;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many events a subscription holds before it starts to lag.
+const QUEUE: usize = 4096;
+
+/// Something that happened to a service.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A run started.
+    Started {
+        /// The service.
+        name: String,
+        /// The pid of the new process (the leader of its group).
+        pid: u32,
+    },
+    /// A run ended, for whatever reason.
+    Exited {
+        /// The service.
+        name: String,
+        /// The pid of the process that ended.
+        pid: u32,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// The service will restart after `delay`.
+    Backoff {
+        /// The service.
+        name: String,
+        /// The delay before the restart.
+        delay: Duration,
+    },
+    /// The operator's stop completed: nothing of the service runs.
+    Stopped {
+        /// The service.
+        name: String,
+    },
+    /// The service gave up: crash-loop limit, or a failed start.
+    Errored {
+        /// The service.
+        name: String,
+        /// Why, as a lowercase phrase.
+        reason: String,
+    },
+    /// The service was deleted.
+    Deleted {
+        /// The service.
+        name: String,
+    },
+    /// This subscription fell behind and `missed` events were dropped for it.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+impl Event {
+    /// The service the event is about; `None` for [`Event::Lagged`].
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Event::Started { name, .. }
+            | Event::Exited { name, .. }
+            | Event::Backoff { name, .. }
+            | Event::Stopped { name }
+            | Event::Errored { name, .. }
+            | Event::Deleted { name } => Some(name),
+            Event::Lagged { .. } => None,
+        }
+    }
+}
+
+struct Subscriber {
+    tx: Sender<Event>,
+    missed: Arc<AtomicU64>,
+}
+
+/// The sending side, shared by the supervision thread and `subscribe`.
+#[derive(Default)]
+pub(crate) struct Hub {
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+impl Hub {
+    pub(crate) fn subscribe(&self) -> Events {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let missed = Arc::new(AtomicU64::new(0));
+        self.subscribers.lock().push(Subscriber {
+            tx,
+            missed: missed.clone(),
+        });
+        Events { rx, missed }
+    }
+
+    /// Delivers to every subscriber without blocking; drops subscribers that went away.
+    pub(crate) fn emit(&self, event: Event) {
+        let mut subs = self.subscribers.lock();
+        subs.retain(|s| match s.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                s.missed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    /// Ends every subscription: iterators return `None` once drained.
+    pub(crate) fn close(&self) {
+        self.subscribers.lock().clear();
+    }
+}
+
+/// A subscription to a supervisor's events, from [`Supervisor::subscribe`](crate::Supervisor::subscribe).
+///
+/// Iterating blocks until the next event and ends when the supervisor shuts down.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{Event, RestartPolicy, ServiceSpec, Supervisor};
+/// use std::time::Duration;
+/// # fn main() -> sheepdog::Result<()> {
+/// let sup = Supervisor::temporary()?;
+/// let events = sup.subscribe();
+/// sup.start(ServiceSpec::new("once", "true").restart(RestartPolicy::never()))?;
+/// let first = events.recv_timeout(Duration::from_secs(5));
+/// assert!(matches!(first, Some(Event::Started { .. })));
+/// # sup.shutdown()?; Ok(()) }
+/// ```
+pub struct Events {
+    rx: Receiver<Event>,
+    missed: Arc<AtomicU64>,
+}
+
+impl Events {
+    fn lagged(&self) -> Option<Event> {
+        match self.missed.swap(0, Ordering::Relaxed) {
+            0 => None,
+            missed => Some(Event::Lagged { missed }),
+        }
+    }
+
+    /// The next event if one is queued, without blocking.
+    pub fn try_recv(&self) -> Option<Event> {
+        match self.rx.try_recv() {
+            Ok(event) => Some(event),
+            Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => self.lagged(),
+        }
+    }
+
+    /// The next event, waiting at most `timeout`; `None` if none came or the supervisor shut
+    /// down.
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        if let Some(event) = self.try_recv() {
+            return Some(event);
+        }
+        self.rx.recv_timeout(timeout).ok().or_else(|| self.lagged())
+    }
+}
+
+impl Iterator for Events {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if let Some(event) = self.try_recv() {
+            return Some(event);
+        }
+        self.rx.recv().ok().or_else(|| self.lagged())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_subscriber_lags_instead_of_blocking() {
+        let hub = Hub::default();
+        let events = hub.subscribe();
+        for i in 0..QUEUE + 10 {
+            hub.emit(Event::Deleted {
+                name: format!("s{i}"),
+            });
+        }
+        for _ in 0..QUEUE {
+            assert!(matches!(events.try_recv(), Some(Event::Deleted { .. })));
+        }
+        assert_eq!(events.try_recv(), Some(Event::Lagged { missed: 10 }));
+        assert_eq!(events.try_recv(), None);
+    }
+
+    #[test]
+    fn close_ends_iteration() {
+        let hub = Hub::default();
+        let events = hub.subscribe();
+        hub.emit(Event::Stopped { name: "a".into() });
+        hub.close();
+        assert_eq!(
+            events.collect::<Vec<_>>(),
+            vec![Event::Stopped { name: "a".into() }]
+        );
+    }
+}

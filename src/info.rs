@@ -1,0 +1,205 @@
+//! What the supervisor reports about a service: [`Status`], [`Exit`] and [`ServiceInfo`].
+
+use crate::spec::ServiceSpec;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where a service is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// Being started: not yet running, or running but not yet ready.
+    Starting,
+    /// Running.
+    Online,
+    /// Ended by itself and waiting for its automatic restart; [`ServiceInfo::next_start`]
+    /// says when.
+    Backoff,
+    /// Being stopped: the stop signal was sent and the supervisor waits for the whole process
+    /// group to end.
+    Stopping,
+    /// Stopped by the operator (or by shutdown).
+    Stopped,
+    /// Ended by itself, and its policy does not restart it.
+    Exited,
+    /// Hit its crash-loop limit, or could not be started.
+    Errored,
+}
+
+impl Status {
+    /// The status as a lowercase word: `"online"`, `"backoff"`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Starting => "starting",
+            Status::Online => "online",
+            Status::Backoff => "backoff",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Exited => "exited",
+            Status::Errored => "errored",
+        }
+    }
+
+    pub(crate) fn from_str(s: &str) -> Option<Status> {
+        Some(match s {
+            "starting" => Status::Starting,
+            "online" => Status::Online,
+            "backoff" => Status::Backoff,
+            "stopping" => Status::Stopping,
+            "stopped" => Status::Stopped,
+            "exited" => Status::Exited,
+            "errored" => Status::Errored,
+            _ => return None,
+        })
+    }
+
+    /// Whether a process of the service may be alive in this status.
+    pub fn is_running(self) -> bool {
+        matches!(self, Status::Starting | Status::Online | Status::Stopping)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a run of a service ended.
+///
+/// Recorded on every exit, crashes and stops included. Exactly one of [`code`](Exit::code)
+/// and [`signal`](Exit::signal) is set, unless another reaper took the status (see
+/// [`Exit::is_unknown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) at: SystemTime,
+    pub(crate) uptime: Duration,
+}
+
+impl Exit {
+    /// The exit code, if the process exited.
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// The signal number, if a signal killed the process.
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// Whether the run ended with exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Whether the exit status could not be collected (another part of the host reaped the
+    /// process and the kernel is too old to tell).
+    pub fn is_unknown(&self) -> bool {
+        self.code.is_none() && self.signal.is_none()
+    }
+
+    /// When the run ended.
+    pub fn at(&self) -> SystemTime {
+        self.at
+    }
+
+    /// How long the run lasted.
+    pub fn uptime(&self) -> Duration {
+        self.uptime
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit code {code}")?,
+            (None, Some(sig)) => write!(f, "killed by signal {sig}")?,
+            (None, None) => f.write_str("unknown exit status")?,
+        }
+        write!(f, " after {:.3}s", self.uptime.as_secs_f64())
+    }
+}
+
+/// A snapshot of one service: its identity, status, process and counters.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{ServiceSpec, Status, Supervisor};
+/// # fn main() -> sheepdog::Result<()> {
+/// let sup = Supervisor::temporary()?;
+/// let info = sup.start(ServiceSpec::new("nap", "sleep").arg("30"))?;
+/// assert_eq!(info.name(), "nap");
+/// assert_eq!(info.status(), Status::Online);
+/// assert!(info.pid().is_some());
+/// assert_eq!(info.restarts(), 0);
+/// # sup.shutdown()?; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
+    pub(crate) id: u64,
+    pub(crate) spec: Arc<ServiceSpec>,
+    pub(crate) status: Status,
+    pub(crate) pid: Option<u32>,
+    pub(crate) restarts: u64,
+    pub(crate) last_exit: Option<Exit>,
+    pub(crate) next_start: Option<Instant>,
+    pub(crate) started_at: Option<SystemTime>,
+    pub(crate) generation: u64,
+}
+
+impl ServiceInfo {
+    /// The service's id: assigned at creation, never reused.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        self.spec.name()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The pid of the running process (the leader of its process group), if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// How many times the supervisor restarted the service by itself (after it ended) since
+    /// the service was created. Restarts asked for by the operator are not counted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// How the last run ended, if one did.
+    pub fn last_exit(&self) -> Option<&Exit> {
+        self.last_exit.as_ref()
+    }
+
+    /// When the pending automatic restart is due, in [`Status::Backoff`].
+    pub fn next_start(&self) -> Option<Instant> {
+        self.next_start
+    }
+
+    /// When the current run started, if one runs.
+    pub fn started_at(&self) -> Option<SystemTime> {
+        self.started_at
+    }
+
+    /// How many runs have been started (or attempted) since the supervisor opened.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The spec the service runs with.
+    pub fn spec(&self) -> &ServiceSpec {
+        &self.spec
+    }
+}

@@ -1,0 +1,432 @@
+//! [`ServiceSpec`]: what to run and how to keep it running, as a `Command`-shaped builder.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::RestartPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// The longest service name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A signal that a service can be stopped with.
+///
+/// In files and JSON a signal is written by its name without `SIG`: `"TERM"`, `"INT"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[non_exhaustive]
+pub enum Signal {
+    /// `SIGTERM`: the default stop signal.
+    Term,
+    /// `SIGINT`.
+    Int,
+    /// `SIGQUIT`.
+    Quit,
+    /// `SIGHUP`.
+    Hup,
+    /// `SIGKILL`: no grace.
+    Kill,
+    /// `SIGUSR1`.
+    Usr1,
+    /// `SIGUSR2`.
+    Usr2,
+}
+
+/// A service: the program to run, its arguments and environment, and how to restart and stop it.
+///
+/// Built by value like [`std::process::Command`]; compared by value; serialized with serde
+/// (durations as `"500ms"`, `"10s"`). Validation happens at
+/// [`Supervisor::start`](crate::Supervisor::start), which reports the rule a spec breaks.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{RestartPolicy, ServiceSpec, Signal};
+/// use std::time::Duration;
+///
+/// let web = ServiceSpec::new("web", "python3")
+///     .args(["-m", "http.server", "8080"])
+///     .env("PYTHONUNBUFFERED", "1")
+///     .current_dir("/tmp")
+///     .restart(RestartPolicy::on_failure())
+///     .stop_signal(Signal::Int)
+///     .stop_timeout(Duration::from_secs(3));
+/// assert_eq!(web.name(), "web");
+/// assert_eq!(web.get_args(), ["-m", "http.server", "8080"]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    name: String,
+    program: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    args: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    env_remove: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    env_clear: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    current_dir: Option<String>,
+    #[serde(default)]
+    restart: RestartPolicy,
+    #[serde(default = "default_stop_signal")]
+    stop_signal: Signal,
+    #[serde(default = "default_stop_timeout", with = "crate::duration::serde_str")]
+    stop_timeout: Duration,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_stop_signal() -> Signal {
+    Signal::Term
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ServiceSpec {
+    /// A service called `name` that runs `program`. A program without a `/` is looked up on
+    /// `PATH` (the spec's own `PATH` if it sets one) when the service starts.
+    pub fn new(name: impl Into<String>, program: impl Into<String>) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            program: program.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            env_remove: BTreeSet::new(),
+            env_clear: false,
+            current_dir: None,
+            restart: RestartPolicy::default(),
+            stop_signal: default_stop_signal(),
+            stop_timeout: default_stop_timeout(),
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> ServiceSpec {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> ServiceSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable. The service's environment is the host's, with these
+    /// changes applied.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ServiceSpec {
+        let key = key.into();
+        self.env_remove.remove(&key);
+        self.env.insert(key, value.into());
+        self
+    }
+
+    /// Sets several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> ServiceSpec
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        for (k, v) in vars {
+            self = self.env(k, v);
+        }
+        self
+    }
+
+    /// Removes a variable from the inherited environment (and any set by [`env`](Self::env)).
+    pub fn env_remove(mut self, key: impl Into<String>) -> ServiceSpec {
+        let key = key.into();
+        self.env.remove(&key);
+        self.env_remove.insert(key);
+        self
+    }
+
+    /// Starts from an empty environment instead of the host's; variables set with
+    /// [`env`](Self::env) are still passed.
+    pub fn env_clear(mut self) -> ServiceSpec {
+        self.env_clear = true;
+        self.env_remove.clear();
+        self
+    }
+
+    /// The working directory of the service. By default, the host's.
+    pub fn current_dir(mut self, dir: impl Into<String>) -> ServiceSpec {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The restart policy. By default, [`RestartPolicy::always`].
+    pub fn restart(mut self, policy: RestartPolicy) -> ServiceSpec {
+        self.restart = policy;
+        self
+    }
+
+    /// The signal sent to the service's process group to stop it. By default, [`Signal::Term`].
+    pub fn stop_signal(mut self, signal: Signal) -> ServiceSpec {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// How long a stop waits after the stop signal before it kills the whole process group
+    /// with `SIGKILL`. By default, 5 s.
+    pub fn stop_timeout(mut self, timeout: Duration) -> ServiceSpec {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The program, as given.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The arguments.
+    pub fn get_args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// The environment variables set by the spec.
+    pub fn get_envs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The variables removed from the inherited environment.
+    pub fn get_env_removed(&self) -> impl Iterator<Item = &str> {
+        self.env_remove.iter().map(String::as_str)
+    }
+
+    /// Whether the inherited environment is cleared.
+    pub fn get_env_clear(&self) -> bool {
+        self.env_clear
+    }
+
+    /// The working directory, if set.
+    pub fn get_current_dir(&self) -> Option<&str> {
+        self.current_dir.as_deref()
+    }
+
+    /// The restart policy.
+    pub fn restart_policy(&self) -> &RestartPolicy {
+        &self.restart
+    }
+
+    /// The stop signal.
+    pub fn get_stop_signal(&self) -> Signal {
+        self.stop_signal
+    }
+
+    /// The stop timeout.
+    pub fn get_stop_timeout(&self) -> Duration {
+        self.stop_timeout
+    }
+
+    /// Checks every rule a spec must meet before anything is stored or spawned.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate_name(&self.name)?;
+        let invalid =
+            |msg: String| Err(Error::new(ErrorKind::InvalidSpec, msg).with_service(&self.name));
+        if self.program.is_empty() {
+            return invalid("invalid spec: the program is empty".into());
+        }
+        if self.program.contains('\0') {
+            return invalid("invalid spec: the program contains a NUL byte".into());
+        }
+        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
+            return invalid(format!(
+                "invalid spec: argument {} contains a NUL byte",
+                i + 1
+            ));
+        }
+        for (key, value) in &self.env {
+            if let Some(why) = env_key_problem(key) {
+                return invalid(format!(
+                    "invalid spec: environment key '{}' {why}",
+                    key.escape_debug()
+                ));
+            }
+            if value.contains('\0') {
+                return invalid(format!(
+                    "invalid spec: the value of environment variable '{key}' contains a NUL byte"
+                ));
+            }
+        }
+        for key in &self.env_remove {
+            if let Some(why) = env_key_problem(key) {
+                return invalid(format!(
+                    "invalid spec: environment key '{}' {why}",
+                    key.escape_debug()
+                ));
+            }
+        }
+        if let Some(dir) = &self.current_dir {
+            if dir.is_empty() || dir.contains('\0') {
+                return invalid(
+                    "invalid spec: the working directory is empty or contains a NUL byte".into(),
+                );
+            }
+        }
+        if let Err(why) = self.restart.backoff_config().check() {
+            return invalid(format!("invalid spec: {why}"));
+        }
+        Ok(())
+    }
+}
+
+fn env_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("is empty")
+    } else if key.contains('=') {
+        Some("contains '='")
+    } else if key.contains('\0') {
+        Some("contains a NUL byte")
+    } else {
+        None
+    }
+}
+
+/// Checks a service name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not starting with `.`, not all
+/// digits (those are ids), and not `all`.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.len() > MAX_NAME_LEN {
+        Some(format!(
+            "is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        ))
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(format!(
+            "contains {c:?}; names use only A-Z, a-z, 0-9, '.', '_' and '-'"
+        ))
+    } else if name.starts_with('.') {
+        Some("starts with '.'".to_string())
+    } else if name.bytes().all(|b| b.is_ascii_digit()) {
+        Some("is all digits, which would read as an id".to_string())
+    } else if name == "all" {
+        Some("is 'all', which names every service".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::new(
+            ErrorKind::InvalidSpec,
+            format!("invalid name: the name {why}"),
+        )
+        .with_service(name)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Backoff;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_follow_the_rules() {
+        for good in ["web", "a", "Web-1.worker_2", "1a", &"x".repeat(64)] {
+            assert!(validate_name(good).is_ok(), "{good} should be valid");
+        }
+        for (bad, rule) in [
+            ("", "empty"),
+            (&"x".repeat(65) as &str, "65 bytes"),
+            ("web api", "contains ' '"),
+            ("web/api", "contains '/'"),
+            ("café", "contains 'é'"),
+            (".hidden", "starts with '.'"),
+            ("42", "all digits"),
+            ("all", "'all'"),
+            ("a\nb", "contains '\\n'"),
+        ] {
+            let err = validate_name(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+            assert!(err.to_string().contains(rule), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_argv_and_env_are_invalid_spec() {
+        let base = ServiceSpec::new("svc", "true");
+        let cases = [
+            (base.clone().arg("a\0b"), "argument 1 contains a NUL"),
+            (base.clone().env("A=B", "v"), "contains '='"),
+            (base.clone().env("", "v"), "is empty"),
+            (base.clone().env("K", "v\0"), "NUL"),
+            (ServiceSpec::new("svc", ""), "program is empty"),
+            (ServiceSpec::new("svc", "tr\0ue"), "NUL"),
+            (base.clone().current_dir(""), "working directory"),
+        ];
+        for (spec, needle) in cases {
+            let err = spec.validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+            assert_eq!(err.service(), Some("svc"));
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let spec = ServiceSpec::new("web", "/usr/bin/python3")
+            .args(["-m", "http.server"])
+            .env("PORT", "8080")
+            .env_remove("DEBUG")
+            .current_dir("/srv")
+            .restart(
+                RestartPolicy::on_failure()
+                    .backoff(
+                        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
+                            .jitter(0.1),
+                    )
+                    .stable_after(Duration::from_secs(10))
+                    .max_restarts(5, Duration::from_secs(60))
+                    .success_codes([0, 2]),
+            )
+            .stop_signal(Signal::Int)
+            .stop_timeout(Duration::from_millis(1500));
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec, "{json}");
+    }
+
+    #[test]
+    fn minimal_json_takes_defaults_and_unknown_keys_are_errors() {
+        let spec: ServiceSpec = serde_json::from_str(r#"{"name":"a","program":"true"}"#).unwrap();
+        assert_eq!(spec, ServiceSpec::new("a", "true"));
+        let err =
+            serde_json::from_str::<ServiceSpec>(r#"{"name":"a","program":"true","colour":1}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn validate_never_panics(name in ".{0,80}", program in ".{0,20}", arg in ".{0,20}", key in ".{0,10}") {
+            let _ = ServiceSpec::new(name, program).arg(arg).env(key, "v").validate();
+        }
+
+        #[test]
+        fn deserializing_arbitrary_json_never_panics(text in ".{0,200}") {
+            let _ = serde_json::from_str::<ServiceSpec>(&text);
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! `Store`: the durable registry in SQLite. All SQL of the crate lives here.
+//!
+//! One connection, owned by the supervision thread. WAL with `synchronous=FULL`: a change is
+//! on disk when the call returns, so an acknowledged change survives a SIGKILL of the host
+//! (and, if the device honours fsync, a power loss).
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::info::{Exit, Status};
+use crate::spec::ServiceSpec;
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `PRAGMA application_id`: "SHDG". A database without it is not ours.
+const APPLICATION_ID: i32 = 0x5348_4447;
+
+/// Schema migrations; `user_version` counts how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE service (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE,
+    spec        TEXT NOT NULL,
+    desired_up  INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    restarts    INTEGER NOT NULL DEFAULT 0,
+    exit_code   INTEGER,
+    exit_signal INTEGER,
+    exit_at_ms  INTEGER,
+    exit_uptime_ms INTEGER,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE run (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    service_id  INTEGER NOT NULL REFERENCES service(id) ON DELETE CASCADE,
+    generation  INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    boot_id     TEXT NOT NULL,
+    start_ticks INTEGER,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    exit_code   INTEGER,
+    exit_signal INTEGER
+);
+CREATE INDEX run_by_service ON run(service_id, id);
+CREATE INDEX run_open ON run(id) WHERE ended_at_ms IS NULL;
+"#];
+
+/// Runs kept per service; older ones are pruned.
+const RUNS_KEPT: i64 = 100;
+
+/// A service as stored.
+#[derive(Debug)]
+pub(crate) struct StoredService {
+    pub(crate) id: u64,
+    pub(crate) spec: ServiceSpec,
+    pub(crate) desired_up: bool,
+    pub(crate) status: Status,
+    pub(crate) restarts: u64,
+    pub(crate) last_exit: Option<Exit>,
+}
+
+/// A run that had not ended when the previous host stopped writing.
+#[derive(Debug)]
+pub(crate) struct OpenRun {
+    pub(crate) service_id: u64,
+    pub(crate) pid: u32,
+    pub(crate) boot_id: String,
+    pub(crate) start_ticks: Option<u64>,
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn from_ms(v: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(v.max(0) as u64)
+}
+
+fn store_error(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    Error::new(
+        ErrorKind::Store,
+        format!("state file '{}': {what}", path.display()),
+    )
+    .with_source(e)
+}
+
+impl Store {
+    /// Opens the state database at `path`, creating it if it does not exist.
+    ///
+    /// A file that exists but is empty, not a SQLite database, not ours, corrupt, or from a
+    /// newer version is refused with a `Store` error and left untouched.
+    pub(crate) fn open(path: &Path) -> Result<Store> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() == 0 => {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "state file '{}' is empty; refusing to treat it as a new state (remove it to start afresh)",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(meta) if !meta.is_file() => {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!("state file '{}' is not a regular file", path.display()),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store::create(path)?,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!("cannot read state file '{}'", path.display()),
+                )
+                .with_source(e))
+            }
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| store_error(path, "cannot open", e))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.check_and_migrate()?;
+        Ok(store)
+    }
+
+    /// Creates a new database beside `path` and renames it into place, so a crash never
+    /// leaves an empty or half-made file under the real name.
+    fn create(path: &Path) -> Result<()> {
+        let tmp = path.with_extension("db.new");
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let conn = Connection::open(&tmp).map_err(|e| store_error(&tmp, "cannot create", e))?;
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(|e| store_error(&tmp, "cannot initialise", e))?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| store_error(&tmp, "cannot initialise", e))?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| {
+            Error::new(
+                ErrorKind::Store,
+                format!("cannot create state file '{}'", path.display()),
+            )
+            .with_source(e)
+        })?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory()
+            .map_err(|e| store_error(Path::new(":memory:"), "cannot open", e))?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        let store = Store {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        store.check_and_migrate()?;
+        Ok(store)
+    }
+
+    fn err(&self, what: &str, e: rusqlite::Error) -> Error {
+        store_error(&self.path, what, e)
+    }
+
+    fn check_and_migrate(&self) -> Result<()> {
+        let c = &self.conn;
+        c.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| self.err("cannot configure", e))?;
+        let app: i32 = c
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase) => Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "state file '{}' is not a SQLite database",
+                        self.path.display()
+                    ),
+                )
+                .with_source(e),
+                _ => self.err("cannot read", e),
+            })?;
+        if app != APPLICATION_ID {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "state file '{}' is not a sheepdog state file (application id {app:#x})",
+                    self.path.display()
+                ),
+            ));
+        }
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err("cannot read", e))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "state file '{}' has schema version {version}, newer than this sheepdog's {}",
+                    self.path.display(),
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
+        let check: String = c
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.err("cannot check integrity", e))?;
+        if check != "ok" {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!("state file '{}' is corrupt: {check}", self.path.display()),
+            ));
+        }
+        if self.path != Path::new(":memory:") {
+            let mode: String = c
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(|e| self.err("cannot enable WAL", e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                log::warn!(
+                    "state file '{}': journal mode is {mode}, not wal",
+                    self.path.display()
+                );
+            }
+        }
+        c.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.err("cannot configure", e))?;
+        c.pragma_update(None, "foreign_keys", true)
+            .map_err(|e| self.err("cannot configure", e))?;
+        let tx = c
+            .unchecked_transaction()
+            .map_err(|e| self.err("cannot migrate", e))?;
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql)
+                .map_err(|e| self.err("cannot migrate", e))?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(|e| self.err("cannot migrate", e))?;
+        tx.commit().map_err(|e| self.err("cannot migrate", e))?;
+        Ok(())
+    }
+
+    pub(crate) fn load_services(&self) -> Result<Vec<StoredService>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, name, spec, desired_up, status, restarts, exit_code, exit_signal, exit_at_ms, exit_uptime_ms
+                 FROM service ORDER BY id",
+            )
+            .map_err(|e| self.err("cannot read services", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i32>>(6)?,
+                    r.get::<_, Option<i32>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, Option<i64>>(9)?,
+                ))
+            })
+            .map_err(|e| self.err("cannot read services", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, spec, desired_up, status, restarts, code, signal, at, uptime) =
+                row.map_err(|e| self.err("cannot read services", e))?;
+            let spec: ServiceSpec = serde_json::from_str(&spec).map_err(|e| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "state file '{}': the stored spec is unreadable",
+                        self.path.display()
+                    ),
+                )
+                .with_service(&name)
+                .with_source(e)
+            })?;
+            let status = Status::from_str(&status).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "state file '{}': unknown stored status '{status}'",
+                        self.path.display()
+                    ),
+                )
+                .with_service(&name)
+            })?;
+            let last_exit = at.map(|at| Exit {
+                code,
+                signal,
+                at: from_ms(at),
+                uptime: Duration::from_millis(uptime.unwrap_or(0).max(0) as u64),
+            });
+            out.push(StoredService {
+                id: id as u64,
+                spec,
+                desired_up,
+                status,
+                restarts: restarts.max(0) as u64,
+                last_exit,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds a service and returns its id; ids are never reused, even after a delete.
+    pub(crate) fn insert_service(
+        &self,
+        spec: &ServiceSpec,
+        desired_up: bool,
+        status: Status,
+    ) -> Result<u64> {
+        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
+        self.conn
+            .execute(
+                "INSERT INTO service (name, spec, desired_up, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![spec.name(), json, desired_up, status.as_str(), ms(SystemTime::now())],
+            )
+            .map_err(|e| self.err("cannot save the service", e).with_service(spec.name()))?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub(crate) fn update_spec(&self, id: u64, spec: &ServiceSpec) -> Result<()> {
+        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
+        self.conn
+            .execute(
+                "UPDATE service SET spec = ?2 WHERE id = ?1",
+                params![id as i64, json],
+            )
+            .map_err(|e| {
+                self.err("cannot save the spec", e)
+                    .with_service(spec.name())
+            })?;
+        Ok(())
+    }
+
+    pub(crate) fn set_desired(&self, id: u64, up: bool) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE service SET desired_up = ?2 WHERE id = ?1",
+                params![id as i64, up],
+            )
+            .map_err(|e| self.err("cannot save the desired state", e))?;
+        Ok(())
+    }
+
+    /// Writes a service's status, restart count and last exit.
+    pub(crate) fn set_state(
+        &self,
+        id: u64,
+        status: Status,
+        restarts: u64,
+        last_exit: Option<&Exit>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
+                 exit_at_ms = ?6, exit_uptime_ms = ?7 WHERE id = ?1",
+                params![
+                    id as i64,
+                    status.as_str(),
+                    restarts as i64,
+                    last_exit.and_then(|e| e.code),
+                    last_exit.and_then(|e| e.signal),
+                    last_exit.map(|e| ms(e.at)),
+                    last_exit.map(|e| e.uptime.as_millis() as i64),
+                ],
+            )
+            .map_err(|e| self.err("cannot save the status", e))?;
+        Ok(())
+    }
+
+    pub(crate) fn delete_service(&self, id: u64) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM service WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.err("cannot delete the service", e))?;
+        Ok(())
+    }
+
+    /// Records the start of a run with the identity that tells its process apart from any
+    /// later process with the same pid.
+    pub(crate) fn insert_run(
+        &self,
+        service_id: u64,
+        generation: u64,
+        pid: u32,
+        boot_id: &str,
+        start_ticks: Option<u64>,
+        started_at: SystemTime,
+    ) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO run (service_id, generation, pid, boot_id, start_ticks, started_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    service_id as i64,
+                    generation as i64,
+                    pid,
+                    boot_id,
+                    start_ticks.map(|t| t as i64),
+                    ms(started_at)
+                ],
+            )
+            .map_err(|e| self.err("cannot record the run", e))?;
+        let run_id = self.conn.last_insert_rowid();
+        if run_id % 64 == 0 {
+            self.conn
+                .execute(
+                    "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
+                     (SELECT id FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    params![service_id as i64, RUNS_KEPT],
+                )
+                .map_err(|e| self.err("cannot prune runs", e))?;
+        }
+        Ok(run_id)
+    }
+
+    pub(crate) fn end_run(&self, run_id: i64, exit: &Exit) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4 WHERE id = ?1",
+                params![run_id, ms(exit.at), exit.code, exit.signal],
+            )
+            .map_err(|e| self.err("cannot record the exit", e))?;
+        Ok(())
+    }
+
+    /// Runs with no recorded end: candidates for leftovers of a host that died.
+    pub(crate) fn open_runs(&self) -> Result<Vec<OpenRun>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT service_id, pid, boot_id, start_ticks FROM run WHERE ended_at_ms IS NULL",
+            )
+            .map_err(|e| self.err("cannot read runs", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(OpenRun {
+                    service_id: r.get::<_, i64>(0)? as u64,
+                    pid: r.get(1)?,
+                    boot_id: r.get(2)?,
+                    start_ticks: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                })
+            })
+            .map_err(|e| self.err("cannot read runs", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("cannot read runs", e))
+    }
+
+    /// Marks every open run as ended now, without an exit status (the host died).
+    pub(crate) fn close_open_runs(&self) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE run SET ended_at_ms = ?1 WHERE ended_at_ms IS NULL",
+                params![ms(SystemTime::now())],
+            )
+            .map_err(|e| self.err("cannot close runs", e))?;
+        Ok(())
+    }
+
+    /// The number of runs recorded for a service (for tests and diagnostics).
+    #[cfg(test)]
+    pub(crate) fn run_count(&self, service_id: u64) -> u64 {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM run WHERE service_id = ?1",
+                params![service_id as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_or(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_round_trip_and_ids_are_never_reused() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (a, b);
+        {
+            let s = Store::open(&path)?;
+            a = s.insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)?;
+            b = s.insert_service(
+                &ServiceSpec::new("b", "true").arg("x"),
+                false,
+                Status::Stopped,
+            )?;
+            let exit = Exit {
+                code: Some(3),
+                signal: None,
+                at: from_ms(1_700_000_000_000),
+                uptime: Duration::from_millis(1500),
+            };
+            s.set_state(a, Status::Backoff, 7, Some(&exit))?;
+            s.delete_service(b)?;
+        }
+        let s = Store::open(&path)?;
+        let all = s.load_services()?;
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, a);
+        assert_eq!(all[0].status, Status::Backoff);
+        assert_eq!(all[0].restarts, 7);
+        assert_eq!(all[0].last_exit.unwrap().code(), Some(3));
+        assert_eq!(
+            all[0].last_exit.unwrap().uptime(),
+            Duration::from_millis(1500)
+        );
+        let c = s.insert_service(&ServiceSpec::new("c", "true"), true, Status::Starting)?;
+        assert!(c > b, "id {c} reused (b was {b})");
+        Ok(())
+    }
+
+    #[test]
+    fn runs_are_pruned_to_the_last_hundred() -> Result<()> {
+        let s = Store::open_in_memory()?;
+        let id = s.insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)?;
+        for g in 0..300 {
+            let run = s.insert_run(id, g, 100 + g as u32, "boot", Some(1), SystemTime::now())?;
+            s.end_run(
+                run,
+                &Exit {
+                    code: Some(1),
+                    signal: None,
+                    at: SystemTime::now(),
+                    uptime: Duration::ZERO,
+                },
+            )?;
+        }
+        let n = s.run_count(id);
+        assert!(
+            (RUNS_KEPT as u64..RUNS_KEPT as u64 + 64).contains(&n),
+            "{n} runs kept"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_empty_foreign_garbage_and_newer_files_without_touching_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let err = Store::open(&empty).err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::Store);
+        assert!(err.to_string().contains("is empty"), "{err}");
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+        let err = Store::open(&garbage).err().unwrap();
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x5au8; 8192]);
+
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let before = std::fs::read(&foreign).unwrap();
+        let err = Store::open(&foreign).err().unwrap();
+        assert!(
+            err.to_string().contains("not a sheepdog state file"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&foreign).unwrap(), before);
+
+        let newer = dir.path().join("newer.db");
+        drop(Store::open(&newer).unwrap());
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = Store::open(&newer).err().unwrap();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}

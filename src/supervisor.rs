@@ -1,0 +1,536 @@
+//! [`Supervisor`]: the public handle. Every method takes `&self` and is safe from any thread;
+//! changes are sent to the supervision thread, reads come from the snapshot it publishes.
+
+use crate::engine::{self, Config, Engine, Request, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Events;
+use crate::info::{ServiceInfo, Status};
+use crate::spec::ServiceSpec;
+use crate::store::Store;
+use crate::sys::{self, Poller, Waker};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One of a service's two output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output: `logs/<name>.out.log`.
+    Stdout,
+    /// Standard error: `logs/<name>.err.log`.
+    Stderr,
+}
+
+/// Runs services (long-running child processes) and keeps them alive.
+///
+/// A `Supervisor` owns a state directory (`sheepdog.db`, the registry in SQLite, and `logs/`)
+/// and one supervision thread that spawns, watches, restarts and stops every service. It is
+/// `Send + Sync`; share it by reference or in an `Arc`.
+///
+/// Call [`shutdown`](Supervisor::shutdown) to stop every service and join the thread; `Drop`
+/// does the same as a safety net, logging any failure.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{RestartPolicy, ServiceSpec, Status, Supervisor};
+/// use std::time::Duration;
+/// # fn main() -> sheepdog::Result<()> {
+/// let sup = Supervisor::temporary()?;
+/// sup.start(ServiceSpec::new("ticker", "sh").args(["-c", "while :; do echo tick; sleep 1; done"]))?;
+/// sup.wait_for("ticker", Status::Online, Duration::from_secs(5))?;
+/// assert_eq!(sup.list()?.len(), 1);
+/// assert_eq!(sup.stop("ticker")?, 1);
+/// assert_eq!(sup.describe("ticker")?.status(), Status::Stopped);
+/// sup.shutdown()?;
+/// # Ok(()) }
+/// ```
+pub struct Supervisor {
+    requests: Sender<Request>,
+    waker: Waker,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    state_dir: PathBuf,
+    log_dir: PathBuf,
+    // Dropped after the thread is joined: the lock file, then the temporary directory.
+    _lock: File,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Options for opening a [`Supervisor`].
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::Supervisor;
+/// # fn main() -> sheepdog::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let sup = Supervisor::builder().state_dir(dir.path()).resurrect(false).open()?;
+/// assert_eq!(sup.state_dir(), dir.path());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    state_dir: Option<PathBuf>,
+    resurrect: Option<bool>,
+}
+
+impl Builder {
+    /// The state directory; created if missing. Without one, [`open`](Builder::open) uses a
+    /// fresh temporary directory that is removed when the supervisor is dropped.
+    pub fn state_dir(mut self, dir: impl AsRef<Path>) -> Builder {
+        self.state_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Whether `open` starts every service whose desired state is up (started and not since
+    /// stopped). By default, this is enabled.
+    pub fn resurrect(mut self, yes: bool) -> Builder {
+        self.resurrect = Some(yes);
+        self
+    }
+
+    /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
+    /// previous host left running, and starts the supervision thread.
+    ///
+    /// # Errors
+    ///
+    /// `StateDirLocked` if another supervisor holds the directory, `Store` if its state file is
+    /// empty, corrupt, foreign or from a newer version (the file is left untouched), `Io` if
+    /// the directory cannot be created.
+    pub fn open(self) -> Result<Supervisor> {
+        let resurrect = self.resurrect.unwrap_or(true);
+        match self.state_dir {
+            Some(dir) => Supervisor::open_at(dir, None, resurrect),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("sheepdog-")
+                    .tempdir()
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Io, "cannot create a temporary state directory")
+                            .with_source(e)
+                    })?;
+                Supervisor::open_at(temp.path().to_path_buf(), Some(temp), resurrect)
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Opens (or creates) the supervisor whose state lives in `state_dir`, and resurrects its
+    /// services.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::open`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ErrorKind, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let sup = Supervisor::open(dir.path())?;
+    /// assert!(dir.path().join("sheepdog.db").exists());
+    /// // One supervisor per state directory.
+    /// assert_eq!(Supervisor::open(dir.path()).err().unwrap().kind(), ErrorKind::StateDirLocked);
+    /// # Ok(()) }
+    /// ```
+    pub fn open(state_dir: impl AsRef<Path>) -> Result<Supervisor> {
+        Supervisor::builder().state_dir(state_dir).open()
+    }
+
+    /// A supervisor whose state lives in a fresh temporary directory, removed when it is
+    /// dropped: the default for embedding when nothing needs to survive the host.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = sheepdog::Supervisor::temporary()?;
+    /// let dir = sup.state_dir().to_path_buf();
+    /// drop(sup);
+    /// assert!(!dir.exists());
+    /// # Ok(()) }
+    /// ```
+    pub fn temporary() -> Result<Supervisor> {
+        Supervisor::builder().open()
+    }
+
+    /// Options for opening a supervisor.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn open_at(
+        state_dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        resurrect: bool,
+    ) -> Result<Supervisor> {
+        let io_error =
+            |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            io_error(
+                format!("cannot create state directory '{}'", state_dir.display()),
+                e,
+            )
+        })?;
+        let lock_path = state_dir.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                io_error(
+                    format!("cannot open lock file '{}'", lock_path.display()),
+                    e,
+                )
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::StateDirLocked,
+                    format!(
+                        "state directory '{}' is in use by another supervisor",
+                        state_dir.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(
+                    format!("cannot lock state directory '{}'", state_dir.display()),
+                    e,
+                ))
+            }
+        }
+        let log_dir = state_dir.join("logs");
+        std::fs::create_dir_all(&log_dir).map_err(|e| {
+            io_error(
+                format!("cannot create log directory '{}'", log_dir.display()),
+                e,
+            )
+        })?;
+        sys::raise_fd_limit();
+        let store = Store::open(&state_dir.join("sheepdog.db"))?;
+        let shared = Arc::new(Shared::default());
+        let (requests, receiver) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let config = Config {
+            log_dir: log_dir.clone(),
+            resurrect,
+        };
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sheepdog".into())
+            .spawn(move || supervise(store, receiver, thread_shared, config, ready_tx))
+            .map_err(|e| io_error("cannot start the supervision thread".into(), e))?;
+        let ready: Result<Waker> = ready_rx.recv().unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Io,
+                "the supervision thread failed to start",
+            ))
+        });
+        let waker = match ready {
+            Ok(waker) => waker,
+            Err(e) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        Ok(Supervisor {
+            requests,
+            waker,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            state_dir,
+            log_dir,
+            _lock: lock,
+            _temp: temp,
+        })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {
+        let (tx, rx): (Sender<Result<T>>, Receiver<Result<T>>) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(make(tx))
+            .map_err(|_| Error::shut_down())?;
+        self.waker.wake();
+        rx.recv().unwrap_or_else(|_| Err(Error::shut_down()))
+    }
+
+    /// Creates or updates a service and makes sure it runs.
+    ///
+    /// A new service is saved and spawned. One that runs with an equal spec is left alone. One
+    /// that runs with a different spec is stopped gracefully and started with the new one. One
+    /// that is stopped, exited, errored or in backoff is started at once. Returns when the new
+    /// process is spawned (or nothing needed doing).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Spawn` if the process could
+    /// not be started (the service is saved, and left `Errored`); `ShutDown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ErrorKind, ServiceSpec, Status, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let info = sup.start(ServiceSpec::new("nap", "sleep").arg("30"))?;
+    /// assert_eq!(info.status(), Status::Online);
+    /// let err = sup.start(ServiceSpec::new("ghost", "/no/such/program")).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Spawn);
+    /// assert_eq!(sup.describe("ghost")?.status(), Status::Errored);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn start(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
+        self.call(|reply| Request::Start { spec, reply })
+    }
+
+    /// Stops the target (a name, an id, or `"all"`): the stop signal to each process group,
+    /// then SIGKILL to the group after the stop timeout. Services stop in parallel. Returns
+    /// when nothing of them runs, with how many services it acted on. A stopped service stays
+    /// stopped, across reopen too, until started or restarted.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`.
+    pub fn stop(&self, target: &str) -> Result<usize> {
+        self.call(|reply| Request::Stop {
+            target: target.to_string(),
+            reply,
+        })
+    }
+
+    /// Restarts the target (a name, an id, or `"all"`): stops what runs, then starts it again;
+    /// stopped, exited and errored services are started. Manual restarts reset the backoff and
+    /// are not counted in [`ServiceInfo::restarts`]. Returns how many services it acted on.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`, or the first `Spawn` error (after every target was tried).
+    pub fn restart(&self, target: &str) -> Result<usize> {
+        self.call(|reply| Request::Restart {
+            target: target.to_string(),
+            reply,
+        })
+    }
+
+    /// Stops and removes the target (a name, an id, or `"all"`), with its log files. Ids are
+    /// never reused; a later service with the same name starts afresh. Returns how many
+    /// services it removed.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`.
+    pub fn delete(&self, target: &str) -> Result<usize> {
+        self.call(|reply| Request::Delete {
+            target: target.to_string(),
+            reply,
+        })
+    }
+
+    /// The current state of one service, by name or id.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; `InvalidSpec` for `"all"` (use [`list`](Supervisor::list)).
+    pub fn describe(&self, target: &str) -> Result<ServiceInfo> {
+        if target == "all" {
+            return Err(Error::new(
+                ErrorKind::InvalidSpec,
+                "describe takes one service; use list for all",
+            ));
+        }
+        let table = self.shared.table.lock();
+        let ids = table.resolve(target)?;
+        Ok(table.services[&ids[0]].clone())
+    }
+
+    /// Every service, by id.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for a registry that must be read.
+    pub fn list(&self) -> Result<Vec<ServiceInfo>> {
+        Ok(self
+            .shared
+            .table
+            .lock()
+            .services
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    /// Blocks until every service of the target has `status`, or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` (naming the status the service is in), `NotFound` (also if the service is
+    /// deleted meanwhile), `ShutDown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{RestartPolicy, ServiceSpec, Status, Supervisor};
+    /// use std::time::Duration;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("once", "true").restart(RestartPolicy::never()))?;
+    /// sup.wait_for("once", Status::Exited, Duration::from_secs(5))?;
+    /// assert_eq!(sup.describe("once")?.last_exit().unwrap().code(), Some(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn wait_for(&self, target: &str, status: Status, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut table = self.shared.table.lock();
+        let ids = table.resolve(target)?;
+        loop {
+            let mut behind = None;
+            for id in &ids {
+                match table.services.get(id) {
+                    None => {
+                        return Err(
+                            Error::new(ErrorKind::NotFound, "was deleted while waited for")
+                                .with_service(target),
+                        )
+                    }
+                    Some(info) if info.status() != status => {
+                        behind = Some((info.name().to_string(), info.status()));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let Some((name, now)) = behind else {
+                return Ok(());
+            };
+            if table.shut_down {
+                return Err(Error::shut_down());
+            }
+            if self
+                .shared
+                .changed
+                .wait_until(&mut table, deadline)
+                .timed_out()
+            {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out after {} waiting for status {status} (status is {now})",
+                        crate::duration::format(timeout)
+                    ),
+                )
+                .with_service(name));
+            }
+        }
+    }
+
+    /// A new subscription to events from now on.
+    pub fn subscribe(&self) -> Events {
+        self.shared.hub.subscribe()
+    }
+
+    /// The log file of a service's stream: `logs/<name>.out.log` or `logs/<name>.err.log` in
+    /// the state directory.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn log_path(&self, target: &str, stream: Stream) -> Result<PathBuf> {
+        let info = self.describe(target)?;
+        Ok(engine::log_path(
+            &self.log_dir,
+            info.name(),
+            stream == Stream::Stderr,
+        ))
+    }
+
+    /// Stops every service (in parallel, each with its grace period) and joins the supervision
+    /// thread. Desired states are kept, so the next `open` resurrects the services that were
+    /// up. Idempotent; every other call afterwards fails with `ShutDown`.
+    ///
+    /// # Errors
+    ///
+    /// `Io` if the supervision thread panicked.
+    pub fn shutdown(&self) -> Result<()> {
+        let Some(thread) = self.thread.lock().take() else {
+            return Ok(());
+        };
+        let result = self.call(|reply| Request::Shutdown { reply });
+        let joined = thread.join();
+        match (result, joined) {
+            (_, Err(_)) => Err(Error::new(ErrorKind::Io, "the supervision thread panicked")),
+            (Err(e), _) if e.kind() != ErrorKind::ShutDown => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The supervision thread's body. The poller is made here because its event buffer stays on
+/// this thread; the waker goes back to the handle once the registry is loaded and resurrected.
+fn supervise(
+    store: Store,
+    requests: Receiver<Request>,
+    shared: Arc<Shared>,
+    config: Config,
+    ready: Sender<Result<Waker>>,
+) {
+    let io_error =
+        |what: &str, e: std::io::Error| Error::new(ErrorKind::Io, what.to_string()).with_source(e);
+    let poller = match Poller::new() {
+        Ok(p) => p,
+        Err(e) => {
+            return drop(ready.send(Err(io_error("cannot create the supervision poller", e))))
+        }
+    };
+    let waker = match poller.waker() {
+        Ok(w) => w,
+        Err(e) => return drop(ready.send(Err(io_error("cannot create the supervision waker", e)))),
+    };
+    let resurrect = config.resurrect;
+    let mut engine = Engine::new(store, poller, requests, shared, config);
+    match engine.init(resurrect) {
+        Ok(()) => {
+            let _ = ready.send(Ok(waker));
+            engine.run();
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            log::warn!("supervisor shutdown: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_sync_traits() {
+        fn check<T: Send + Sync>() {}
+        check::<Supervisor>();
+        check::<ServiceInfo>();
+        fn check_send<T: Send>() {}
+        check_send::<Events>();
+    }
+}

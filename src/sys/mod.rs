@@ -1,0 +1,25 @@
+//! What the supervisor needs from the operating system, picked once per platform.
+//!
+//! Each platform module provides:
+//!
+//! - `spawn(&mut Command) -> io::Result<(Child, OwnedFd)>`: start a child in its own process
+//!   group with stdin, signal dispositions and the fd table made clean, dying with the host
+//!   (PDEATHSIG) where the platform can, and return it with a pollable exit handle (a pidfd);
+//! - `reap(&OwnedFd) -> io::Result<Option<RawExit>>`: collect the exit of that child only,
+//!   never `waitpid(-1)`, which would take the host's own children;
+//! - `signal_group(&OwnedFd, pgid, Signal) -> io::Result<()>` and `group_alive(&OwnedFd, pgid)`;
+//! - `Poller`: one readiness wait over exit handles and a waker, with a deadline;
+//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`).
+//!
+//! This is the only module with `unsafe` code; each block says why it is sound.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(all(unix, not(target_os = "linux")))]
+compile_error!(
+    "sheepdog supports Linux only for now: its exit detection uses pidfd and epoll; \
+     a kqueue-based fallback for other Unix systems is planned"
+);
