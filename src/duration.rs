@@ -18,7 +18,7 @@ pub(crate) fn format(d: Duration) -> String {
         return "0s".to_string();
     }
     for (size, unit) in UNITS {
-        if nanos % size == 0 {
+        if nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }

@@ -39,7 +39,7 @@ const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
 /// A request from the API to the supervision thread.
 pub(crate) enum Request {
     Start {
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         reply: Sender<Result<ServiceInfo>>,
     },
     Stop {
@@ -426,7 +426,7 @@ impl Engine {
             return refuse(request);
         }
         match request {
-            Request::Start { spec, reply } => self.start(spec, reply),
+            Request::Start { spec, reply } => self.start(*spec, reply),
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
                     let targets = self.targets(&ids);
@@ -936,8 +936,9 @@ impl Engine {
                 self.outbox.push(Event::Errored {
                     name,
                     reason: format!(
-                        "crash loop: {crashes} restarts within {}",
-                        crate::duration::format(window)
+                        "crash loop: {crashes} crashes within {}, more than the {} restarts allowed",
+                        crate::duration::format(window),
+                        crashes.saturating_sub(1)
                     ),
                 });
             }
@@ -1053,8 +1054,8 @@ impl Engine {
                     Want::Down => svc.run.is_none(),
                     Want::Gone => false,
                     Want::Up => {
-                        (svc.generation > generation && svc.status != Status::Stopping)
-                            || (svc.run.is_none() && svc.status != Status::Stopping)
+                        svc.status != Status::Stopping
+                            && (svc.generation > generation || svc.run.is_none())
                     }
                 }
             });

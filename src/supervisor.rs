@@ -191,24 +191,7 @@ impl Supervisor {
                     e,
                 )
             })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::new(
-                    ErrorKind::StateDirLocked,
-                    format!(
-                        "state directory '{}' is in use by another supervisor",
-                        state_dir.display()
-                    ),
-                ))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io_error(
-                    format!("cannot lock state directory '{}'", state_dir.display()),
-                    e,
-                ))
-            }
-        }
+        lock_state_dir(&lock, &state_dir)?;
         let log_dir = state_dir.join("logs");
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             io_error(
@@ -295,7 +278,10 @@ impl Supervisor {
     /// # sup.shutdown()?; Ok(()) }
     /// ```
     pub fn start(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
-        self.call(|reply| Request::Start { spec, reply })
+        self.call(|reply| Request::Start {
+            spec: Box::new(spec),
+            reply,
+        })
     }
 
     /// Stops the target (a name, an id, or `"all"`): the stop signal to each process group,
@@ -475,6 +461,43 @@ impl Supervisor {
             (_, Err(_)) => Err(Error::new(ErrorKind::Io, "the supervision thread panicked")),
             (Err(e), _) if e.kind() != ErrorKind::ShutDown => Err(e),
             _ => Ok(()),
+        }
+    }
+}
+
+/// How long `open` waits for a lock that a just-forked child may still hold.
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Takes the exclusive lock on the state directory.
+///
+/// `flock` locks belong to the open file, which a child shares between its fork and its exec
+/// (close-on-exec acts only at exec). Any thread of the host that spawns a process can
+/// therefore hold our lock for a moment after we release it, so a busy lock is retried for a
+/// short while before it counts as another supervisor's.
+fn lock_state_dir(lock: &File, state_dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::StateDirLocked,
+                    format!(
+                        "state directory '{}' is in use by another supervisor",
+                        state_dir.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("cannot lock state directory '{}'", state_dir.display()),
+                )
+                .with_source(e))
+            }
         }
     }
 }

@@ -274,7 +274,7 @@ pub(crate) fn raise_fd_limit() -> u64 {
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
         if cur < max {
             limit.current = Some(max);
-            if setrlimit(Resource::Nofile, limit.clone()).is_ok() {
+            if setrlimit(Resource::Nofile, limit).is_ok() {
                 return max;
             }
         }

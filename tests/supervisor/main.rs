@@ -1,1 +1,15 @@
+//! Integration tests with real children, real SQLite files and real signals. Each test runs
+//! its children with a token in their environment and ends by proving, from /proc, that no
+//! process carrying it is left (see `common::Harness::finish`).
 
+mod common;
+
+mod backoff_races;
+mod child_hygiene;
+mod concurrency;
+mod events_and_logs;
+mod host_death;
+mod persistence;
+mod restarts;
+mod stopping;
+mod validation;
