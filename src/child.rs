@@ -4,14 +4,12 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ServiceSpec;
 use crate::sys;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Used when a spec clears the environment and sets no `PATH` of its own.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -121,6 +119,15 @@ fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
     Ok(())
 }
 
+/// Opens (creating) a service's stdout and stderr log files for appending.
+pub(crate) fn open_logs(
+    spec: &ServiceSpec,
+    stdout_log: &Path,
+    stderr_log: &Path,
+) -> Result<(File, File)> {
+    Ok((open_log(spec, stdout_log)?, open_log(spec, stderr_log)?))
+}
+
 fn open_log(spec: &ServiceSpec, path: &Path) -> Result<File> {
     OpenOptions::new()
         .create(true)
@@ -134,31 +141,35 @@ fn open_log(spec: &ServiceSpec, path: &Path) -> Result<File> {
 /// Spawns one run of `spec` with stdout and stderr appended to the given log files.
 ///
 /// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
-pub(crate) fn spawn(spec: &ServiceSpec, stdout_log: &Path, stderr_log: &Path) -> Result<Spawned> {
+pub(crate) fn spawn(spec: &ServiceSpec, stdout_log: &File, stderr_log: &File) -> Result<Spawned> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
-    let mut cmd = Command::new(&program);
-    cmd.arg0(spec.program())
-        .args(spec.get_args())
-        .stdin(Stdio::null());
-    if spec.get_env_clear() {
-        cmd.env_clear();
-    }
-    for key in spec.get_env_removed() {
-        cmd.env_remove(key);
-    }
-    cmd.envs(spec.get_envs());
-    if let Some(dir) = spec.get_current_dir() {
-        cmd.current_dir(dir);
-    }
-    cmd.stdout(open_log(spec, stdout_log)?);
-    cmd.stderr(open_log(spec, stderr_log)?);
-    let (child, pidfd) =
-        sys::spawn(&mut cmd).map_err(|e| explain_spawn_failure(spec, &program, e))?;
-    // The pidfd is now the handle; std's `Child` holds nothing else (stdio went to files),
-    // and dropping it neither waits nor kills.
-    let pid = child.id();
-    drop(child);
+    let mut env: Vec<(OsString, OsString)> = if spec.get_env_clear() {
+        Vec::new()
+    } else {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.to_string_lossy();
+                !spec.get_env_removed().any(|r| r == k) && !spec.get_envs().any(|(s, _)| s == k)
+            })
+            .collect()
+    };
+    env.extend(
+        spec.get_envs()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    let mut argv: Vec<&OsStr> = vec![OsStr::new(spec.program())];
+    argv.extend(spec.get_args().iter().map(OsStr::new));
+    let request = sys::SpawnRequest {
+        program: &program,
+        argv,
+        env,
+        cwd: spec.get_current_dir().map(Path::new),
+        stdout: stdout_log.as_fd(),
+        stderr: stderr_log.as_fd(),
+    };
+    let (pid, pidfd) =
+        sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;
     Ok(Spawned { pid, pidfd })
 }
 

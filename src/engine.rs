@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,6 +140,8 @@ struct Service {
     started_at: Option<SystemTime>,
     /// The error of the latest manual spawn attempt, for the caller waiting on it.
     spawn_error: Option<(u64, Error)>,
+    /// The open log files (stdout, stderr), kept across runs so a restart opens nothing.
+    logs: Option<(File, File)>,
 }
 
 impl Service {
@@ -283,6 +286,7 @@ impl Engine {
                     next_start: None,
                     started_at: None,
                     spawn_error: None,
+                    logs: None,
                 },
             );
             self.dirty.insert(id);
@@ -524,6 +528,7 @@ impl Engine {
                             next_start: None,
                             started_at: None,
                             spawn_error: None,
+                            logs: None,
                         },
                     );
                     self.dirty.insert(id);
@@ -694,9 +699,18 @@ impl Engine {
         svc.next_start = None;
         let spec = svc.spec.clone();
         let name = spec.name();
-        let out = log_path(&self.log_dir, name, false);
-        let err = log_path(&self.log_dir, name, true);
-        let spawned = child::spawn(&spec, &out, &err);
+        if svc.logs.is_none() {
+            match child::open_logs(
+                &spec,
+                &log_path(&self.log_dir, name, false),
+                &log_path(&self.log_dir, name, true),
+            ) {
+                Ok(files) => svc.logs = Some(files),
+                Err(e) => return self.spawn_failed(id, auto, e),
+            }
+        }
+        let (out, err) = svc.logs.as_ref().expect("opened above");
+        let spawned = child::spawn(&spec, out, err);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         self.dirty.insert(id);
         match spawned {
@@ -750,33 +764,37 @@ impl Engine {
                 });
                 Ok(())
             }
-            Err(e) if auto => {
-                // A failed automatic restart counts as a crash of zero uptime, so a briefly
-                // missing program or working directory does not end the service for good.
-                log::warn!("{e}");
-                let now = Instant::now();
-                self.apply_policy(
-                    id,
-                    RunEnd {
-                        started: now,
-                        ended: now,
-                        outcome: Outcome::Unknown,
-                    },
-                    SPAWN_RETRY_MIN,
-                );
-                Err(e)
-            }
-            Err(e) => {
-                svc.status = Status::Errored;
-                svc.spawn_error = Some((svc.generation, clone_error(&e)));
-                self.save_state(id);
-                self.outbox.push(Event::Errored {
-                    name: name.to_string(),
-                    reason: e.to_string(),
-                });
-                Err(e)
-            }
+            Err(e) => self.spawn_failed(id, auto, e),
         }
+    }
+
+    fn spawn_failed(&mut self, id: u64, auto: bool, e: Error) -> Result<()> {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let name = svc.spec.name().to_string();
+        if auto {
+            // A failed automatic restart counts as a crash of zero uptime, so a briefly
+            // missing program or working directory does not end the service for good.
+            log::warn!("{e}");
+            let now = Instant::now();
+            self.apply_policy(
+                id,
+                RunEnd {
+                    started: now,
+                    ended: now,
+                    outcome: Outcome::Unknown,
+                },
+                SPAWN_RETRY_MIN,
+            );
+            return Err(e);
+        }
+        svc.status = Status::Errored;
+        svc.spawn_error = Some((svc.generation, clone_error(&e)));
+        self.save_state(id);
+        self.outbox.push(Event::Errored {
+            name,
+            reason: e.to_string(),
+        });
+        Err(e)
     }
 
     fn on_leader_exit(&mut self, id: u64) {
@@ -864,11 +882,6 @@ impl Engine {
         };
         svc.last_exit = Some(exit);
         svc.started_at = None;
-        if let Some(run_id) = run.run_id {
-            if let Err(e) = self.store.end_run(run_id, &exit) {
-                log::error!("service '{}': {e}", svc.spec.name());
-            }
-        }
         self.outbox.push(Event::Exited {
             name: svc.spec.name().to_string(),
             pid: run.pid,
@@ -896,6 +909,12 @@ impl Engine {
                     },
                     Duration::ZERO,
                 );
+            }
+        }
+        // Written after the decision: an immediate restart is spawned before any write.
+        if let Some(run_id) = run.run_id {
+            if let Err(e) = self.store.end_run(run_id, &exit) {
+                log::error!("run {run_id}: {e}");
             }
         }
     }

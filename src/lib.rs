@@ -47,14 +47,21 @@ mod error;
 mod events;
 mod info;
 mod policy;
+mod signals;
 mod spec;
 mod store;
 mod supervisor;
 mod sys;
 
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::events::{Event, Events};
 pub use crate::info::{Exit, ServiceInfo, Status};
 pub use crate::policy::{Backoff, RestartPolicy};
+pub use crate::signals::TerminationSignals;
 pub use crate::spec::{ServiceSpec, Signal, MAX_NAME_LEN};
 pub use crate::supervisor::{Builder, Stream, Supervisor};

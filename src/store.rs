@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
 use rusqlite::{params, Connection, OpenFlags};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,9 +69,14 @@ pub(crate) struct OpenRun {
     pub(crate) start_ticks: Option<u64>,
 }
 
+/// The registry. Definitions (a service added, changed, deleted, its desired state) are
+/// committed with `synchronous=FULL`: on disk before the call returns. Run records and
+/// statuses use `synchronous=NORMAL`, which in WAL mode survives a crash of the host (only a
+/// power loss may roll back the newest of them) and keeps fsync off the restart path.
 pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
+    full_sync: Cell<bool>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -131,6 +137,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_path_buf(),
+            full_sync: Cell::new(true),
         };
         store.check_and_migrate()?;
         Ok(store)
@@ -167,9 +174,34 @@ impl Store {
         let store = Store {
             conn,
             path: PathBuf::from(":memory:"),
+            full_sync: Cell::new(true),
         };
         store.check_and_migrate()?;
         Ok(store)
+    }
+
+    fn sync_mode(&self, full: bool) -> &Connection {
+        if self.full_sync.get() != full {
+            let mode = if full { "FULL" } else { "NORMAL" };
+            match self.conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => self.full_sync.set(full),
+                Err(e) => log::warn!(
+                    "state file '{}': cannot set synchronous={mode}: {e}",
+                    self.path.display()
+                ),
+            }
+        }
+        &self.conn
+    }
+
+    /// The connection for a definition change: durable when the call returns.
+    fn durable(&self) -> &Connection {
+        self.sync_mode(true)
+    }
+
+    /// The connection for run records and statuses.
+    fn fast(&self) -> &Connection {
+        self.sync_mode(false)
     }
 
     fn err(&self, what: &str, e: rusqlite::Error) -> Error {
@@ -327,7 +359,7 @@ impl Store {
         status: Status,
     ) -> Result<u64> {
         let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
-        self.conn
+        self.durable()
             .execute(
                 "INSERT INTO service (name, spec, desired_up, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![spec.name(), json, desired_up, status.as_str(), ms(SystemTime::now())],
@@ -338,7 +370,7 @@ impl Store {
 
     pub(crate) fn update_spec(&self, id: u64, spec: &ServiceSpec) -> Result<()> {
         let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
-        self.conn
+        self.durable()
             .execute(
                 "UPDATE service SET spec = ?2 WHERE id = ?1",
                 params![id as i64, json],
@@ -351,7 +383,7 @@ impl Store {
     }
 
     pub(crate) fn set_desired(&self, id: u64, up: bool) -> Result<()> {
-        self.conn
+        self.durable()
             .execute(
                 "UPDATE service SET desired_up = ?2 WHERE id = ?1",
                 params![id as i64, up],
@@ -368,7 +400,7 @@ impl Store {
         restarts: u64,
         last_exit: Option<&Exit>,
     ) -> Result<()> {
-        self.conn
+        self.fast()
             .execute(
                 "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
                  exit_at_ms = ?6, exit_uptime_ms = ?7 WHERE id = ?1",
@@ -387,7 +419,7 @@ impl Store {
     }
 
     pub(crate) fn delete_service(&self, id: u64) -> Result<()> {
-        self.conn
+        self.durable()
             .execute("DELETE FROM service WHERE id = ?1", params![id as i64])
             .map_err(|e| self.err("cannot delete the service", e))?;
         Ok(())
@@ -404,7 +436,7 @@ impl Store {
         start_ticks: Option<u64>,
         started_at: SystemTime,
     ) -> Result<i64> {
-        self.conn
+        self.fast()
             .execute(
                 "INSERT INTO run (service_id, generation, pid, boot_id, start_ticks, started_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -420,7 +452,7 @@ impl Store {
             .map_err(|e| self.err("cannot record the run", e))?;
         let run_id = self.conn.last_insert_rowid();
         if run_id % 64 == 0 {
-            self.conn
+            self.fast()
                 .execute(
                     "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
                      (SELECT id FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -432,7 +464,7 @@ impl Store {
     }
 
     pub(crate) fn end_run(&self, run_id: i64, exit: &Exit) -> Result<()> {
-        self.conn
+        self.fast()
             .execute(
                 "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4 WHERE id = ?1",
                 params![run_id, ms(exit.at), exit.code, exit.signal],
@@ -465,7 +497,7 @@ impl Store {
 
     /// Marks every open run as ended now, without an exit status (the host died).
     pub(crate) fn close_open_runs(&self) -> Result<()> {
-        self.conn
+        self.fast()
             .execute(
                 "UPDATE run SET ended_at_ms = ?1 WHERE ended_at_ms IS NULL",
                 params![ms(SystemTime::now())],

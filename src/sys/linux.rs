@@ -1,11 +1,13 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, prctl for PDEATHSIG.
 
 use crate::spec::Signal;
+use libc::{c_char, c_int, c_void};
 use std::collections::HashSet;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::Duration;
 
 use rustix::event::epoll;
@@ -32,58 +34,243 @@ fn raw_signal(signal: Signal) -> i32 {
     }
 }
 
-/// Spawns `command` as the leader of a new process group, with a clean child side:
-/// - every signal disposition reset to the default (std resets only the mask and SIGPIPE, so a
-///   host that ignores SIGTERM would otherwise make every service ignore it);
-/// - every fd above 2 marked close-on-exec (the host may hold fds without O_CLOEXEC, or have
-///   inherited some; closing them outright would break std's exec-error pipe);
-/// - `PR_SET_PDEATHSIG(SIGKILL)`, so the child dies with the spawning thread. Call this only
-///   from the long-lived supervision thread.
+/// Everything a child needs, prepared by the parent: the child may not allocate.
+pub(crate) struct SpawnRequest<'a> {
+    /// An absolute path.
+    pub(crate) program: &'a Path,
+    /// `argv[0]` followed by the arguments.
+    pub(crate) argv: Vec<&'a OsStr>,
+    /// The complete environment.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) cwd: Option<&'a Path>,
+    pub(crate) stdout: BorrowedFd<'a>,
+    pub(crate) stderr: BorrowedFd<'a>,
+}
+
+/// What the child reads (and, on failure, writes) in the memory it shares with the parent.
+#[repr(C)]
+struct ChildArgs {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: *const c_char,
+    stdin: c_int,
+    stdout: c_int,
+    stderr: c_int,
+    parent: libc::pid_t,
+    /// The step that failed and its errno; 0 while all goes well.
+    failed_step: c_int,
+    errno: c_int,
+}
+
+const STEP_SETPGID: c_int = 1;
+const STEP_DUP2: c_int = 2;
+const STEP_CHDIR: c_int = 3;
+const STEP_PDEATHSIG: c_int = 4;
+const STEP_EXEC: c_int = 5;
+
+/// The stack the child runs on until it execs. It calls a dozen syscalls and nothing else.
+const CHILD_STACK: usize = 64 * 1024;
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in spawn argument"))
+}
+
+/// Spawns a child as the leader of a new process group and returns its pid and a pidfd.
 ///
-/// Returns the child and a pidfd for it, opened before anyone could reap it.
-pub(crate) fn spawn(command: &mut Command) -> io::Result<(Child, OwnedFd)> {
-    let parent = rustix::process::getpid();
-    command.process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (sigaction via `signal`, raw syscalls, `_exit`); it allocates
-    // nothing and touches no lock.
-    unsafe {
-        command.pre_exec(move || {
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            // Ignore failure: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC; the child then
-            // keeps what the host leaked, as with std alone.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The host may have died between fork and prctl: then nobody will send the signal.
-            if libc::getppid() != parent.as_raw_nonzero().get() {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+/// The child shares the parent's memory until it execs (`clone` with `CLONE_VM | CLONE_VFORK`,
+/// as `posix_spawn` does), so the cost does not grow with the host's memory, unlike `fork`.
+/// Before exec it:
+/// - resets every signal disposition to the default and unblocks every signal (std resets
+///   only the mask and SIGPIPE, so a host that ignores SIGTERM would otherwise make every
+///   service ignore it);
+/// - takes /dev/null as stdin and the given files as stdout and stderr;
+/// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
+///   inherited some);
+/// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
+///   from the long-lived supervision thread), and exits if the host died before that.
+///
+/// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
+pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
+    let path = cstring(req.program.as_os_str())?;
+    let argv: Vec<CString> = req
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<io::Result<_>>()?;
+    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env: Vec<CString> = req
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in environment"))
+        })
+        .collect::<io::Result<_>>()?;
+    let mut env_ptrs: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let cwd = req.cwd.map(|c| cstring(c.as_os_str())).transpose()?;
+    let devnull = std::fs::File::open("/dev/null")?;
+
+    let mut args = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: env_ptrs.as_ptr(),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        stdin: devnull.as_raw_fd(),
+        stdout: req.stdout.as_raw_fd(),
+        stderr: req.stderr.as_raw_fd(),
+        parent: rustix::process::getpid().as_raw_nonzero().get(),
+        failed_step: 0,
+        errno: 0,
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    let mut pidfd: c_int = -1;
+
+    // SAFETY: `stack` outlives the child's use of it: with CLONE_VFORK this thread is suspended
+    // until the child has exec'd or exited, and only then do `stack`, `args` and the strings
+    // they point to go out of scope. `child_main` receives a pointer to `args`, which stays
+    // valid for the same reason. The stack grows down, so the child gets its (16-byte
+    // aligned) end. Every signal is blocked around the clone, so no host signal handler runs on
+    // the child's stack before the child resets the dispositions; the old mask is restored
+    // right after.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let top = stack.as_mut_ptr().add(CHILD_STACK);
+        let top = top.sub(top as usize % 16);
+        let pid = libc::clone(
+            child_main,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&mut args as *mut ChildArgs).cast(),
+            &mut pidfd as *mut c_int,
+            std::ptr::null_mut::<c_void>(),
+            std::ptr::null_mut::<libc::pid_t>(),
+        );
+        let clone_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        pid
+    };
+    // SAFETY: CLONE_PIDFD stored a new fd (O_CLOEXEC) that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // The child has exec'd or exited; `args` is ours again.
+    let (failed_step, errno) = unsafe {
+        // SAFETY: the child no longer runs in this memory; volatile reads because the compiler
+        // cannot see the child's writes.
+        (
+            std::ptr::read_volatile(&args.failed_step),
+            std::ptr::read_volatile(&args.errno),
+        )
+    };
+    if failed_step != 0 {
+        // It exited with 127; collect it so no zombie stays behind.
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED,
+        );
+        let err = io::Error::from_raw_os_error(errno);
+        let what = match failed_step {
+            STEP_SETPGID => "setpgid",
+            STEP_DUP2 => "dup2",
+            STEP_CHDIR => "chdir",
+            STEP_PDEATHSIG => "prctl",
+            _ => return Err(err),
+        };
+        return Err(io::Error::new(
+            err.kind(),
+            format!("{what} in the new process: {err}"),
+        ));
     }
-    let child = command.spawn()?;
-    let pid = Pid::from_raw(child.id() as i32).expect("a spawned child has a positive pid");
-    // The child is ours and not yet reaped, so its pid cannot have been reused.
-    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)?;
-    Ok((child, pidfd))
+    drop((stack, devnull));
+    Ok((pid as u32, pidfd))
+}
+
+/// The child side of [`spawn`], on its own stack in the parent's memory, until exec.
+///
+/// It may call only raw syscalls: no allocation, no lock, no unwinding (a panic here would
+/// abort, being `extern "C"`, and nothing here can panic).
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `spawn` passes a valid, exclusive `ChildArgs` and is suspended until we exec or
+    // exit. The syscalls below take pointers into memory `spawn` keeps alive.
+    unsafe {
+        let a = &mut *(arg as *mut ChildArgs);
+        // Default dispositions (a zeroed kernel sigaction is SIG_DFL), then an empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<c_void>(),
+                    8,
+                );
+            }
+        }
+        let empty = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<c_void>(),
+            8,
+        );
+        let fail = |a: &mut ChildArgs, step: c_int| -> ! {
+            a.errno = *libc::__errno_location();
+            a.failed_step = step;
+            libc::_exit(127)
+        };
+        if libc::setpgid(0, 0) != 0 {
+            fail(a, STEP_SETPGID);
+        }
+        for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
+            if from == to {
+                if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
+                    fail(a, STEP_DUP2);
+                }
+            } else if libc::dup2(from, to) != to {
+                fail(a, STEP_DUP2);
+            }
+        }
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a, STEP_CHDIR);
+        }
+        // Ignore failure: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC; the child then keeps
+        // what the host leaked, as with std alone.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            fail(a, STEP_PDEATHSIG);
+        }
+        // The host may have died between clone and prctl: then nobody will send the signal.
+        if libc::getppid() != a.parent {
+            libc::_exit(1);
+        }
+        libc::execve(a.path, a.argv, a.envp);
+        fail(a, STEP_EXEC)
+    }
 }
 
 /// Opens a pidfd for a process we did not spawn (a leftover of a previous host).
@@ -376,6 +563,95 @@ impl Waker {
         // EAGAIN means the counter is already non-zero: the poller will wake anyway.
         let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
+}
+
+/// The write end of the pipe the termination-signal handler writes to; -1 until installed.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_termination_signal(sig: c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; a full pipe drops the byte, which is fine
+        // (the reader only needs to wake). errno is saved and restored around it.
+        unsafe {
+            let saved = *libc::__errno_location();
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+            *libc::__errno_location() = saved;
+        }
+    }
+}
+
+/// Installs handlers for `signals` that write the signal number into a pipe, and returns its
+/// read end (non-blocking). Process-wide: only for hosts that ask for it.
+pub(crate) fn install_termination_handlers(signals: &[i32]) -> io::Result<OwnedFd> {
+    let (read, write) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    let old = SIGNAL_PIPE.swap(write.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    std::mem::forget(write); // lives as long as the handlers may run: the process
+    if old >= 0 {
+        // SAFETY: the previous write end was leaked above by an earlier call; nothing else
+        // owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(old) });
+    }
+    for &sig in signals {
+        // SAFETY: the handler only calls async-signal-safe functions; the sigaction struct is
+        // fully initialised (zeroed mask, SA_RESTART).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_termination_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// Waits up to `timeout` for a byte on the signal pipe; returns the signal numbers read.
+pub(crate) fn wait_termination(pipe: &OwnedFd, timeout: Option<Duration>) -> io::Result<Vec<i32>> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let ts = timeout.map(|d| rustix::event::Timespec {
+        tv_sec: d.as_secs() as i64,
+        tv_nsec: i64::from(d.subsec_nanos()),
+    });
+    let mut fds = [PollFd::new(pipe, PollFlags::IN)];
+    match poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut buf = [0u8; 64];
+    let mut out = Vec::new();
+    loop {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend(buf[..n].iter().map(|b| i32::from(*b))),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn signal_number(signal: Signal) -> i32 {
+    raw_signal(signal)
+}
+
+pub(crate) fn signal_from_number(sig: i32) -> Option<Signal> {
+    [
+        Signal::Term,
+        Signal::Int,
+        Signal::Quit,
+        Signal::Hup,
+        Signal::Kill,
+        Signal::Usr1,
+        Signal::Usr2,
+    ]
+    .into_iter()
+    .find(|s| raw_signal(*s) == sig)
 }
 
 #[cfg(test)]
