@@ -5,7 +5,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ServiceSpec;
 use crate::sys;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -119,29 +118,10 @@ fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating) a service's stdout and stderr log files for appending.
-pub(crate) fn open_logs(
-    spec: &ServiceSpec,
-    stdout_log: &Path,
-    stderr_log: &Path,
-) -> Result<(File, File)> {
-    Ok((open_log(spec, stdout_log)?, open_log(spec, stderr_log)?))
-}
-
-fn open_log(spec: &ServiceSpec, path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| {
-            spawn_error(spec, format!("cannot open log file '{}'", path.display())).with_source(e)
-        })
-}
-
-/// Spawns one run of `spec` with stdout and stderr appended to the given log files.
+/// Spawns one run of `spec` with stdout and stderr on the given pipe write ends.
 ///
 /// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
-pub(crate) fn spawn(spec: &ServiceSpec, stdout_log: &File, stderr_log: &File) -> Result<Spawned> {
+pub(crate) fn spawn(spec: &ServiceSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Spawned> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
     let mut env: Vec<(OsString, OsString)> = if spec.get_env_clear() {
@@ -165,8 +145,8 @@ pub(crate) fn spawn(spec: &ServiceSpec, stdout_log: &File, stderr_log: &File) ->
         argv,
         env,
         cwd: spec.get_current_dir().map(Path::new),
-        stdout: stdout_log.as_fd(),
-        stderr: stderr_log.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
     };
     let (pid, pidfd) =
         sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;

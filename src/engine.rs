@@ -14,6 +14,8 @@ use crate::child;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, Hub};
 use crate::info::{Exit, ServiceInfo, Status};
+use crate::logs::reader::Activity;
+use crate::logs::{self, Pump};
 use crate::policy::{Decision, History, Outcome, RunEnd};
 use crate::spec::{ServiceSpec, Signal};
 use crate::store::Store;
@@ -22,9 +24,9 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +60,15 @@ pub(crate) enum Request {
     Shutdown {
         reply: Sender<Result<()>>,
     },
+    /// From the log pump: a run's pipes are read to their end (or their deadline passed).
+    Drained {
+        id: u64,
+        generation: u64,
+    },
+    /// From the log pump: a deleted service's logs are closed and removed.
+    LogsForgotten {
+        id: u64,
+    },
 }
 
 /// What the API reads without asking the thread: a snapshot published after every change,
@@ -67,6 +78,7 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<Table>,
     pub(crate) changed: Condvar,
     pub(crate) hub: Hub,
+    pub(crate) activity: Arc<Activity>,
 }
 
 #[derive(Default)]
@@ -124,6 +136,12 @@ struct Run {
     ended: Option<(RawExit, Instant, SystemTime)>,
     stopping: Option<Stopping>,
     check_interval: Duration,
+    /// The log pump has read the run's pipes to their end.
+    drained: bool,
+    /// The run is over and waits only for `drained` to be recorded.
+    awaiting_drain: bool,
+    /// For a run that ended by itself: the policy's decision, made at the exit.
+    decision: Option<Decision>,
 }
 
 struct Service {
@@ -140,8 +158,8 @@ struct Service {
     started_at: Option<SystemTime>,
     /// The error of the latest manual spawn attempt, for the caller waiting on it.
     spawn_error: Option<(u64, Error)>,
-    /// The open log files (stdout, stderr), kept across runs so a restart opens nothing.
-    logs: Option<(File, File)>,
+    /// Bytes of output dropped because the log could not be written.
+    log_dropped: Arc<AtomicU64>,
 }
 
 impl Service {
@@ -160,6 +178,7 @@ impl Service {
             next_start: self.next_start,
             started_at: self.run.as_ref().and(self.started_at),
             generation: self.generation,
+            log_dropped: self.log_dropped.clone(),
         }
     }
 }
@@ -203,6 +222,7 @@ struct Pending {
 pub(crate) struct Config {
     pub(crate) log_dir: PathBuf,
     pub(crate) resurrect: bool,
+    pub(crate) fd_limit: u64,
 }
 
 pub(crate) struct Engine {
@@ -210,7 +230,6 @@ pub(crate) struct Engine {
     poller: Poller,
     requests: Receiver<Request>,
     shared: Arc<Shared>,
-    log_dir: PathBuf,
     boot_id: String,
     services: BTreeMap<u64, Service>,
     tokens: HashMap<u64, u64>,
@@ -222,10 +241,11 @@ pub(crate) struct Engine {
     removed: Vec<u64>,
     outbox: Vec<Event>,
     rng: u64,
-}
-
-pub(crate) fn log_path(log_dir: &Path, name: &str, stderr: bool) -> PathBuf {
-    log_dir.join(format!("{name}.{}.log", if stderr { "err" } else { "out" }))
+    pump: Pump,
+    /// Deleted services whose logs the pump has not yet removed.
+    forgetting: HashSet<u64>,
+    /// The open-file limit, for the fd budget check at `start`.
+    fd_limit: u64,
 }
 
 impl Engine {
@@ -235,6 +255,7 @@ impl Engine {
         requests: Receiver<Request>,
         shared: Arc<Shared>,
         config: Config,
+        pump: Pump,
     ) -> Engine {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -246,7 +267,6 @@ impl Engine {
             poller,
             requests,
             shared,
-            log_dir: config.log_dir,
             boot_id: sys::boot_id(),
             services: BTreeMap::new(),
             tokens: HashMap::new(),
@@ -258,6 +278,9 @@ impl Engine {
             removed: Vec::new(),
             outbox: Vec::new(),
             rng: seed | 1,
+            pump,
+            forgetting: HashSet::new(),
+            fd_limit: config.fd_limit,
         }
     }
 
@@ -286,7 +309,7 @@ impl Engine {
                     next_start: None,
                     started_at: None,
                     spawn_error: None,
-                    logs: None,
+                    log_dropped: Arc::default(),
                 },
             );
             self.dirty.insert(id);
@@ -409,6 +432,7 @@ impl Engine {
                 break;
             }
         }
+        self.pump.shutdown();
         self.publish();
         {
             let mut table = self.shared.table.lock();
@@ -426,10 +450,21 @@ impl Engine {
     }
 
     fn handle(&mut self, request: Request) {
+        match request {
+            Request::Drained { id, generation } => return self.on_drained(id, generation),
+            Request::LogsForgotten { id } => {
+                self.forgetting.remove(&id);
+                return;
+            }
+            _ => {}
+        }
         if self.shutdown.is_some() {
             return refuse(request);
         }
         match request {
+            Request::Drained { .. } | Request::LogsForgotten { .. } => {
+                unreachable!("handled above")
+            }
             Request::Start { spec, reply } => self.start(*spec, reply),
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
@@ -510,6 +545,22 @@ impl Engine {
             .values()
             .find(|s| s.spec.name() == spec.name())
             .map(|s| s.id);
+        if existing.is_none() {
+            let need = fd_budget(self.services.len() + 1);
+            if need > self.fd_limit {
+                let e = Error::new(
+                    ErrorKind::Spawn,
+                    format!(
+                        "cannot start: {} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
+                        self.services.len() + 1,
+                        self.fd_limit
+                    ),
+                )
+                .with_service(spec.name());
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
         let id = match existing {
             None => match self.store.insert_service(&spec, true, Status::Starting) {
                 Ok(id) => {
@@ -528,7 +579,7 @@ impl Engine {
                             next_start: None,
                             started_at: None,
                             spawn_error: None,
-                            logs: None,
+                            log_dropped: Arc::default(),
                         },
                     );
                     self.dirty.insert(id);
@@ -671,18 +722,9 @@ impl Engine {
         if let Err(e) = self.store.delete_service(id) {
             log::error!("service '{}': {e}", svc.spec.name());
         }
-        for stderr in [false, true] {
-            let path = log_path(&self.log_dir, svc.spec.name(), stderr);
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!(
-                        "service '{}': cannot remove log '{}': {e}",
-                        svc.spec.name(),
-                        path.display()
-                    );
-                }
-            }
-        }
+        // The pump is the only writer of the logs, so it removes them; `delete` waits for it.
+        self.pump.forget(id);
+        self.forgetting.insert(id);
         self.dirty.remove(&id);
         self.removed.push(id);
         self.outbox.push(Event::Deleted {
@@ -699,18 +741,20 @@ impl Engine {
         svc.next_start = None;
         let spec = svc.spec.clone();
         let name = spec.name();
-        if svc.logs.is_none() {
-            match child::open_logs(
-                &spec,
-                &log_path(&self.log_dir, name, false),
-                &log_path(&self.log_dir, name, true),
-            ) {
-                Ok(files) => svc.logs = Some(files),
-                Err(e) => return self.spawn_failed(id, auto, e),
+        let pipes = match logs::make_pipes(spec.log_policy().get_merge_stderr()) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = Error::new(
+                    ErrorKind::Spawn,
+                    "cannot start: cannot create its output pipes",
+                )
+                .with_service(name)
+                .with_source(e);
+                return self.spawn_failed(id, auto, e);
             }
-        }
-        let (out, err) = svc.logs.as_ref().expect("opened above");
-        let spawned = child::spawn(&spec, out, err);
+        };
+        let err_write = pipes.err.as_ref().map_or(&pipes.out_write, |(_, w)| w);
+        let spawned = child::spawn(&spec, &pipes.out_write, err_write);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         self.dirty.insert(id);
         match spawned {
@@ -747,6 +791,16 @@ impl Engine {
                     }
                 };
                 let pid = child.pid;
+                let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
+                self.pump.attach(
+                    id,
+                    svc.generation,
+                    Arc::from(name),
+                    spec.log_policy().clone(),
+                    out_read,
+                    err.map(|(read, _)| read),
+                    svc.log_dropped.clone(),
+                );
                 svc.run = Some(Run {
                     pid,
                     pidfd: child.pidfd,
@@ -756,6 +810,9 @@ impl Engine {
                     ended: None,
                     stopping: None,
                     check_interval: GROUP_CHECK_MIN,
+                    drained: false,
+                    awaiting_drain: false,
+                    decision: None,
                 });
                 self.save_state(id);
                 self.outbox.push(Event::Started {
@@ -819,6 +876,7 @@ impl Engine {
         run.ended = Some((raw, Instant::now(), SystemTime::now()));
         self.poller.remove(&run.pidfd);
         self.tokens.remove(&run.token);
+        self.pump.detach(id, svc.generation);
         if run.stopping.is_some() {
             self.check_group(id);
         } else {
@@ -858,7 +916,63 @@ impl Engine {
     }
 
     /// The run is over (leader reaped, group empty or killed): record it, then decide.
+    /// The run is over as a process (leader reaped, group empty or given up on). Decides what
+    /// follows, then completes it once the log pump has drained its output, so that a service
+    /// reported exited or stopped has all of its output in its log. An immediate restart does
+    /// not wait: the pump writes the old run's remaining output before the new run's.
     fn finish_run(&mut self, id: u64) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let run = svc.run.as_mut().expect("only called with a run");
+        if run.stopping.is_none() && run.decision.is_none() {
+            let (raw, ended, _) =
+                run.ended
+                    .unwrap_or((RawExit::Unknown, Instant::now(), SystemTime::now()));
+            let end = RunEnd {
+                started: run.started,
+                ended,
+                outcome: match raw {
+                    RawExit::Code(c) => Outcome::Code(c),
+                    RawExit::Signal(s) => Outcome::Signal(s),
+                    RawExit::Unknown => Outcome::Unknown,
+                },
+            };
+            let decision = self.decide(id, end);
+            let run = self
+                .services
+                .get_mut(&id)
+                .and_then(|s| s.run.as_mut())
+                .expect("still running");
+            run.decision = Some(decision);
+        }
+        let run = self
+            .services
+            .get_mut(&id)
+            .and_then(|s| s.run.as_mut())
+            .expect("still running");
+        let immediate =
+            matches!(run.decision, Some(Decision::Restart { delay, .. }) if delay.is_zero());
+        if !run.drained && !immediate {
+            run.awaiting_drain = true;
+            return;
+        }
+        self.complete_run(id);
+    }
+
+    fn on_drained(&mut self, id: u64, generation: u64) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        if svc.generation != generation {
+            return;
+        }
+        let Some(run) = svc.run.as_mut() else { return };
+        run.drained = true;
+        if run.awaiting_drain {
+            self.complete_run(id);
+        }
+    }
+
+    fn complete_run(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let run = svc.run.take().expect("only called with a run");
         if run.ended.is_none() {
@@ -895,20 +1009,8 @@ impl Engine {
                 self.after_run(id, stopping.then);
             }
             None => {
-                let outcome = match raw {
-                    RawExit::Code(c) => Outcome::Code(c),
-                    RawExit::Signal(s) => Outcome::Signal(s),
-                    RawExit::Unknown => Outcome::Unknown,
-                };
-                self.apply_policy(
-                    id,
-                    RunEnd {
-                        started: run.started,
-                        ended,
-                        outcome,
-                    },
-                    Duration::ZERO,
-                );
+                let decision = run.decision.expect("decided in finish_run");
+                self.act(id, decision, Duration::ZERO);
             }
         }
         // Written after the decision: an immediate restart is spawned before any write.
@@ -920,10 +1022,21 @@ impl Engine {
     }
 
     fn apply_policy(&mut self, id: u64, end: RunEnd, min_delay: Duration) {
+        let decision = self.decide(id, end);
+        self.act(id, decision, min_delay);
+    }
+
+    /// Asks the policy about a run that ended by itself, and keeps the history it returns.
+    fn decide(&mut self, id: u64, end: RunEnd) -> Decision {
         let jitter = self.random_unit();
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let (decision, history) = svc.spec.restart_policy().decide(&svc.history, &end, jitter);
         svc.history = history;
+        decision
+    }
+
+    fn act(&mut self, id: u64, decision: Decision, min_delay: Duration) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let name = svc.spec.name().to_string();
         match decision {
             Decision::Restart { delay, .. } => {
@@ -1067,7 +1180,7 @@ impl Engine {
         while i < self.pending.len() {
             let done = self.pending[i].targets.iter().all(|&(id, generation)| {
                 let Some(svc) = self.services.get(&id) else {
-                    return true;
+                    return !self.forgetting.contains(&id);
                 };
                 match self.pending[i].want {
                     Want::Down => svc.run.is_none(),
@@ -1130,6 +1243,12 @@ impl Engine {
     }
 }
 
+/// The file descriptors `n` services may hold at once: per service a pidfd, two pipe read
+/// ends and two log files, plus the supervisor's own.
+fn fd_budget(n: usize) -> u64 {
+    n as u64 * 5 + 64
+}
+
 fn clone_error(e: &Error) -> Error {
     e.clone()
 }
@@ -1141,5 +1260,6 @@ fn refuse(request: Request) {
         | Request::Restart { reply, .. }
         | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
         Request::Shutdown { reply } => drop(reply.send(Ok(()))),
+        Request::Drained { .. } | Request::LogsForgotten { .. } => {}
     }
 }

@@ -58,6 +58,16 @@ pub enum Event {
         /// The service.
         name: String,
     },
+    /// A service's output could not be written to its log (disk full, directory removed,
+    /// permission lost). The output is dropped and counted
+    /// ([`ServiceInfo::log_dropped_bytes`](crate::ServiceInfo::log_dropped_bytes)) until
+    /// writing works again; then a marker line records the gap.
+    LogError {
+        /// The service.
+        name: String,
+        /// What failed, as a lowercase phrase.
+        error: String,
+    },
     /// This subscription fell behind and `missed` events were dropped for it.
     Lagged {
         /// How many events were dropped.
@@ -74,7 +84,8 @@ impl Event {
             | Event::Backoff { name, .. }
             | Event::Stopped { name }
             | Event::Errored { name, .. }
-            | Event::Deleted { name } => Some(name),
+            | Event::Deleted { name }
+            | Event::LogError { name, .. } => Some(name),
             Event::Lagged { .. } => None,
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::spec::ServiceSpec;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,6 +150,7 @@ pub struct ServiceInfo {
     pub(crate) next_start: Option<Instant>,
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) generation: u64,
+    pub(crate) log_dropped: Arc<AtomicU64>,
 }
 
 impl ServiceInfo {
@@ -196,6 +198,12 @@ impl ServiceInfo {
     /// How many runs have been started (or attempted) since the supervisor opened.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Bytes of output dropped since the supervisor opened because its log could not be
+    /// written (disk full, log directory removed, permission lost). Read live.
+    pub fn log_dropped_bytes(&self) -> u64 {
+        self.log_dropped.load(Ordering::Relaxed)
     }
 
     /// The spec the service runs with.

@@ -75,6 +75,107 @@ pub struct ServiceSpec {
     stop_signal: Signal,
     #[serde(default = "default_stop_timeout", with = "crate::duration::serde_str")]
     stop_timeout: Duration,
+    #[serde(default)]
+    log: LogPolicy,
+}
+
+/// How a service's output is stored: rotation, timestamps, streams, line cap.
+///
+/// Defaults: rotate at 10 MiB, keep 5 rotated files, no timestamps, stdout and stderr in
+/// separate files, lines capped at 64 KiB (a longer line is split, with the marker
+/// ` [sheepdog: line split]` before the inserted newline).
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{LogPolicy, ServiceSpec};
+///
+/// let spec = ServiceSpec::new("chatty", "sh")
+///     .args(["-c", "while :; do date; done"])
+///     .log(LogPolicy::default().max_bytes(1 << 20).keep(3).timestamps(true));
+/// assert_eq!(spec.log_policy().get_keep(), 3);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogPolicy {
+    max_bytes: u64,
+    keep: u32,
+    timestamps: bool,
+    merge_stderr: bool,
+    line_max: usize,
+}
+
+impl Default for LogPolicy {
+    fn default() -> LogPolicy {
+        LogPolicy {
+            max_bytes: 10 << 20,
+            keep: 5,
+            timestamps: false,
+            merge_stderr: false,
+            line_max: 64 << 10,
+        }
+    }
+}
+
+impl LogPolicy {
+    /// Rotates a log file once it would grow past `bytes` (at a line boundary when one is
+    /// within the line cap). 0 never rotates. By default, 10 MiB.
+    pub fn max_bytes(mut self, bytes: u64) -> LogPolicy {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How many rotated files (`.1` to `.k`) to keep; the oldest is removed. By default, 5.
+    pub fn keep(mut self, k: u32) -> LogPolicy {
+        self.keep = k;
+        self
+    }
+
+    /// Prefixes each line with the RFC 3339 UTC time (milliseconds) at which it was read.
+    /// By default, this is disabled: the log holds the bytes exactly as written.
+    pub fn timestamps(mut self, yes: bool) -> LogPolicy {
+        self.timestamps = yes;
+        self
+    }
+
+    /// Sends stderr into the stdout log, in the order the service wrote them. By default,
+    /// this is disabled.
+    pub fn merge_stderr(mut self, yes: bool) -> LogPolicy {
+        self.merge_stderr = yes;
+        self
+    }
+
+    /// The longest line kept whole; a longer one is split with a marker. At least 64 bytes.
+    /// By default, 64 KiB.
+    pub fn line_max(mut self, bytes: usize) -> LogPolicy {
+        self.line_max = bytes;
+        self
+    }
+
+    /// The rotation size (0: never).
+    pub fn get_max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The number of rotated files kept.
+    pub fn get_keep(&self) -> u32 {
+        self.keep
+    }
+
+    /// Whether lines get a timestamp.
+    pub fn get_timestamps(&self) -> bool {
+        self.timestamps
+    }
+
+    /// Whether stderr goes into the stdout log.
+    pub fn get_merge_stderr(&self) -> bool {
+        self.merge_stderr
+    }
+
+    /// The line cap in bytes.
+    pub fn get_line_max(&self) -> usize {
+        self.line_max
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -104,6 +205,7 @@ impl ServiceSpec {
             restart: RestartPolicy::default(),
             stop_signal: default_stop_signal(),
             stop_timeout: default_stop_timeout(),
+            log: LogPolicy::default(),
         }
     }
 
@@ -184,6 +286,17 @@ impl ServiceSpec {
     pub fn stop_timeout(mut self, timeout: Duration) -> ServiceSpec {
         self.stop_timeout = timeout;
         self
+    }
+
+    /// How the service's output is stored. By default, [`LogPolicy::default`].
+    pub fn log(mut self, policy: LogPolicy) -> ServiceSpec {
+        self.log = policy;
+        self
+    }
+
+    /// The log policy.
+    pub fn log_policy(&self) -> &LogPolicy {
+        &self.log
     }
 
     /// The service's name.
@@ -280,6 +393,12 @@ impl ServiceSpec {
                     "invalid spec: the working directory is empty or contains a NUL byte".into(),
                 );
             }
+        }
+        if self.log.line_max < 64 {
+            return invalid(format!(
+                "invalid spec: log line_max {} is below the minimum of 64 bytes",
+                self.log.line_max
+            ));
         }
         if let Err(why) = self.restart.backoff_config().check() {
             return invalid(format!("invalid spec: {why}"));
@@ -402,7 +521,15 @@ mod tests {
                     .success_codes([0, 2]),
             )
             .stop_signal(Signal::Int)
-            .stop_timeout(Duration::from_millis(1500));
+            .stop_timeout(Duration::from_millis(1500))
+            .log(
+                LogPolicy::default()
+                    .max_bytes(1000)
+                    .keep(2)
+                    .timestamps(true)
+                    .merge_stderr(true)
+                    .line_max(128),
+            );
         let json = serde_json::to_string(&spec).unwrap();
         let back: ServiceSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec, "{json}");

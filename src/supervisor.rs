@@ -1,10 +1,12 @@
 //! [`Supervisor`]: the public handle. Every method takes `&self` and is safe from any thread;
 //! changes are sent to the supervision thread, reads come from the snapshot it publishes.
 
-use crate::engine::{self, Config, Engine, Request, Shared};
+use crate::engine::{Config, Engine, Request, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
 use crate::info::{ServiceInfo, Status};
+use crate::logs::reader::{LogCursor, LogFollower};
+use crate::logs::Pump;
 use crate::spec::ServiceSpec;
 use crate::store::Store;
 use crate::sys::{self, Poller, Waker};
@@ -199,7 +201,7 @@ impl Supervisor {
                 e,
             )
         })?;
-        sys::raise_fd_limit();
+        let fd_limit = sys::raise_fd_limit();
         let store = Store::open(&state_dir.join("sheepdog.db"))?;
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
@@ -207,11 +209,15 @@ impl Supervisor {
         let config = Config {
             log_dir: log_dir.clone(),
             resurrect,
+            fd_limit,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sheepdog".into())
-            .spawn(move || supervise(store, receiver, thread_shared, config, ready_tx))
+            .spawn({
+                let requests = requests.clone();
+                move || supervise(store, receiver, requests, thread_shared, config, ready_tx)
+            })
             .map_err(|e| io_error("cannot start the supervision thread".into(), e))?;
         let ready: Result<Waker> = ready_rx.recv().unwrap_or_else(|_| {
             Err(Error::new(
@@ -424,6 +430,82 @@ impl Supervisor {
         }
     }
 
+    /// The last `n` lines of a service's log, oldest first, reading rotated files when the
+    /// live one holds fewer. Lines are decoded as lossy UTF-8; a final line without a newline
+    /// counts.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; `Io` if a log file cannot be read.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{RestartPolicy, ServiceSpec, Status, Stream, Supervisor};
+    /// use std::time::Duration;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("count", "seq").args(["1", "5"]).restart(RestartPolicy::never()))?;
+    /// sup.wait_for("count", Status::Exited, Duration::from_secs(5))?;
+    /// assert_eq!(sup.tail("count", Stream::Stdout, 2)?, ["4", "5"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn tail(&self, target: &str, stream: Stream, n: usize) -> Result<Vec<String>> {
+        let path = self.log_path(target, stream)?;
+        crate::logs::reader::tail(&path, n).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read log '{}'", path.display()),
+            )
+            .with_service(target)
+            .with_source(e)
+        })
+    }
+
+    /// Follows a service's log from its current end: an iterator of new lines that keeps
+    /// going across rotations and restarts.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn follow(&self, target: &str, stream: Stream) -> Result<LogFollower> {
+        Ok(LogFollower::at_end(
+            self.log_path(target, stream)?,
+            self.shared.activity.clone(),
+        ))
+    }
+
+    /// Follows a service's log from its oldest kept line.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn follow_from_start(&self, target: &str, stream: Stream) -> Result<LogFollower> {
+        Ok(LogFollower::at_start(
+            self.log_path(target, stream)?,
+            self.shared.activity.clone(),
+        ))
+    }
+
+    /// Follows a service's log from a cursor a follower handed out, without losing or
+    /// repeating a line (if the cursor's file was rotated away, from the oldest kept line).
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn follow_from(
+        &self,
+        target: &str,
+        stream: Stream,
+        cursor: LogCursor,
+    ) -> Result<LogFollower> {
+        Ok(LogFollower::at_cursor(
+            self.log_path(target, stream)?,
+            self.shared.activity.clone(),
+            cursor,
+        ))
+    }
+
     /// A new subscription to events from now on.
     pub fn subscribe(&self) -> Events {
         self.shared.hub.subscribe()
@@ -437,7 +519,7 @@ impl Supervisor {
     /// `NotFound`.
     pub fn log_path(&self, target: &str, stream: Stream) -> Result<PathBuf> {
         let info = self.describe(target)?;
-        Ok(engine::log_path(
+        Ok(crate::logs::log_path(
             &self.log_dir,
             info.name(),
             stream == Stream::Stderr,
@@ -506,7 +588,8 @@ fn lock_state_dir(lock: &File, state_dir: &Path) -> Result<()> {
 /// this thread; the waker goes back to the handle once the registry is loaded and resurrected.
 fn supervise(
     store: Store,
-    requests: Receiver<Request>,
+    receiver: Receiver<Request>,
+    requests: Sender<Request>,
     shared: Arc<Shared>,
     config: Config,
     ready: Sender<Result<Waker>>,
@@ -519,12 +602,23 @@ fn supervise(
             return drop(ready.send(Err(io_error("cannot create the supervision poller", e))))
         }
     };
-    let waker = match poller.waker() {
-        Ok(w) => w,
-        Err(e) => return drop(ready.send(Err(io_error("cannot create the supervision waker", e)))),
+    let (waker, pump_waker) = match (poller.waker(), poller.waker()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return drop(ready.send(Err(io_error("cannot create the supervision waker", e))))
+        }
+    };
+    let reports = crate::logs::Reports {
+        requests,
+        engine: pump_waker,
+        events: shared.clone(),
+    };
+    let pump = match Pump::start(config.log_dir.clone(), reports, shared.activity.clone()) {
+        Ok(p) => p,
+        Err(e) => return drop(ready.send(Err(io_error("cannot start the log pump thread", e)))),
     };
     let resurrect = config.resurrect;
-    let mut engine = Engine::new(store, poller, requests, shared, config);
+    let mut engine = Engine::new(store, poller, receiver, shared, config, pump);
     match engine.init(resurrect) {
         Ok(()) => {
             let _ = ready.send(Ok(waker));

@@ -273,6 +273,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
+/// A pipe for a child's output: both ends close-on-exec (the child's `dup2` onto 1 or 2 clears
+/// it there), the read end non-blocking.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
+    Ok((read, write))
+}
+
 /// Opens a pidfd for a process we did not spawn (a leftover of a previous host).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid =
@@ -554,6 +562,10 @@ impl Poller {
         Ok(())
     }
 }
+
+// SAFETY: `epoll::Event` is `!Send` only because its data field may hold a pointer; a
+// `Poller` stores nothing but u64 tokens in it, and owns its fds.
+unsafe impl Send for Poller {}
 
 /// Wakes a [`Poller`] from another thread.
 pub(crate) struct Waker(OwnedFd);

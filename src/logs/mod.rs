@@ -1,0 +1,501 @@
+//! Log capture: one pump thread for all services.
+//!
+//! Each run's stdout and stderr are pipes whose read ends the pump holds in one epoll. The
+//! pump is the only writer of the log files (`logs/<name>.out.log`, `.err.log`), with plain
+//! `read`/`write` through a [`sink::Sink`] per stream. It never stops draining: when writing
+//! fails, data is dropped and counted, so a child never blocks on a full disk. The
+//! supervision thread talks to it through [`Pump`] and hears back through its own request
+//! queue (`Drained`, `LogsForgotten`), so a slow disk never stalls supervision.
+
+mod clock;
+pub(crate) mod reader;
+pub(crate) mod sink;
+
+use crate::engine::Request;
+use crate::events::Event;
+use crate::spec::LogPolicy;
+use crate::sys::{self, Poller, Waker, WAKER_TOKEN};
+use crossbeam_channel::{Receiver, Sender};
+use reader::Activity;
+use sink::Sink;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long the pump keeps reading a run's pipes after its main process exited. A grandchild
+/// that keeps a pipe open longer loses its write end's reader (it gets EPIPE), and the run
+/// counts as drained.
+pub(crate) const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
+/// One read buffer for all pipes.
+const READ_BUF: usize = 256 * 1024;
+/// Reads per pipe per wake-up, so one fast writer cannot starve the others.
+const READS_PER_WAKE: usize = 8;
+
+/// The log file of a stream.
+pub(crate) fn log_path(log_dir: &Path, name: &str, stderr: bool) -> PathBuf {
+    log_dir.join(format!("{name}.{}.log", if stderr { "err" } else { "out" }))
+}
+
+enum Message {
+    Attach {
+        id: u64,
+        generation: u64,
+        name: Arc<str>,
+        policy: LogPolicy,
+        stdout: OwnedFd,
+        stderr: Option<OwnedFd>,
+        dropped: Arc<AtomicU64>,
+    },
+    Detach {
+        id: u64,
+        generation: u64,
+    },
+    Forget {
+        id: u64,
+    },
+    Shutdown,
+}
+
+/// The supervision thread's handle on the pump thread.
+pub(crate) struct Pump {
+    tx: Sender<Message>,
+    waker: Waker,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Where the pump reports back.
+pub(crate) struct Reports {
+    pub(crate) requests: Sender<Request>,
+    pub(crate) engine: Waker,
+    pub(crate) events: Arc<crate::engine::Shared>,
+}
+
+impl Pump {
+    pub(crate) fn start(
+        log_dir: PathBuf,
+        reports: Reports,
+        activity: Arc<Activity>,
+    ) -> std::io::Result<Pump> {
+        let poller = Poller::new()?;
+        let waker = poller.waker()?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("sheepdog-logs".into())
+            .spawn(move || {
+                PumpThread {
+                    poller,
+                    rx,
+                    log_dir,
+                    reports,
+                    activity,
+                    services: HashMap::new(),
+                    pipes: HashMap::new(),
+                    next_token: 1,
+                    buf: vec![0u8; READ_BUF],
+                    shutting_down: false,
+                }
+                .run()
+            })?;
+        Ok(Pump {
+            tx,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, m: Message) {
+        // The pump lives as long as this handle; a send can fail only after it panicked.
+        if self.tx.send(m).is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    /// Hands over the read ends of a new run's pipes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attach(
+        &self,
+        id: u64,
+        generation: u64,
+        name: Arc<str>,
+        policy: LogPolicy,
+        stdout: OwnedFd,
+        stderr: Option<OwnedFd>,
+        dropped: Arc<AtomicU64>,
+    ) {
+        self.send(Message::Attach {
+            id,
+            generation,
+            name,
+            policy,
+            stdout,
+            stderr,
+            dropped,
+        });
+    }
+
+    /// The run's main process exited: read its pipes to EOF (within [`DRAIN_DEADLINE`]), then
+    /// report `Request::Drained`.
+    pub(crate) fn detach(&self, id: u64, generation: u64) {
+        self.send(Message::Detach { id, generation });
+    }
+
+    /// The service is deleted: drop its pipes, remove its files, report
+    /// `Request::LogsForgotten`.
+    pub(crate) fn forget(&self, id: u64) {
+        self.send(Message::Forget { id });
+    }
+
+    /// Drains what is left (within the deadline) and joins the thread.
+    pub(crate) fn shutdown(&mut self) {
+        self.send(Message::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the log pump does not panic");
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Which {
+    Out,
+    Err,
+}
+
+struct Pipe {
+    fd: OwnedFd,
+    id: u64,
+    generation: u64,
+    which: Which,
+}
+
+struct RunPipes {
+    generation: u64,
+    tokens: Vec<u64>,
+    /// Set by `Detach`: close the pipes by then and report.
+    deadline: Option<Instant>,
+}
+
+struct ServiceLogs {
+    name: Arc<str>,
+    policy: LogPolicy,
+    out: Sink,
+    err: Sink,
+    runs: Vec<RunPipes>,
+}
+
+struct PumpThread {
+    poller: Poller,
+    rx: Receiver<Message>,
+    log_dir: PathBuf,
+    reports: Reports,
+    activity: Arc<Activity>,
+    services: HashMap<u64, ServiceLogs>,
+    pipes: HashMap<u64, Pipe>,
+    next_token: u64,
+    buf: Vec<u8>,
+    shutting_down: bool,
+}
+
+impl PumpThread {
+    fn run(mut self) {
+        let mut ready = Vec::new();
+        loop {
+            let next_deadline = self
+                .services
+                .values()
+                .flat_map(|s| s.runs.iter().filter_map(|r| r.deadline))
+                .min();
+            let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            ready.clear();
+            if let Err(e) = self.poller.wait(timeout, &mut ready) {
+                log::error!("log pump wait failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let mut wrote = false;
+            for &token in &ready {
+                if token != WAKER_TOKEN {
+                    wrote |= self.read_pipe(token);
+                }
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                wrote |= self.handle(m);
+            }
+            self.expire_drains();
+            if wrote {
+                self.activity.bump();
+            }
+            if self.shutting_down && self.pipes.is_empty() {
+                break;
+            }
+        }
+        for s in self.services.values_mut() {
+            s.out.close();
+            s.err.close();
+        }
+    }
+
+    fn handle(&mut self, m: Message) -> bool {
+        match m {
+            Message::Attach {
+                id,
+                generation,
+                name,
+                policy,
+                stdout,
+                stderr,
+                dropped,
+            } => {
+                // Whatever an earlier run left in its pipes comes first.
+                let mut wrote = false;
+                if let Some(s) = self.services.get(&id) {
+                    let older: Vec<u64> = s.runs.iter().flat_map(|r| r.tokens.clone()).collect();
+                    for token in older {
+                        wrote |= self.read_pipe(token);
+                    }
+                }
+                let log_dir = self.log_dir.clone();
+                let svc = self.services.entry(id).or_insert_with(|| ServiceLogs {
+                    name: name.clone(),
+                    policy: policy.clone(),
+                    out: Sink::new(log_path(&log_dir, &name, false), dropped.clone()),
+                    err: Sink::new(log_path(&log_dir, &name, true), dropped.clone()),
+                    runs: Vec::new(),
+                });
+                svc.policy = policy;
+                let mut tokens = Vec::new();
+                for (fd, which) in [(Some(stdout), Which::Out), (stderr, Which::Err)] {
+                    let Some(fd) = fd else { continue };
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    if let Err(e) = self.poller.add(&fd, token) {
+                        log::error!("service '{name}': cannot watch its output: {e}");
+                        continue;
+                    }
+                    tokens.push(token);
+                    self.pipes.insert(
+                        token,
+                        Pipe {
+                            fd,
+                            id,
+                            generation,
+                            which,
+                        },
+                    );
+                }
+                let svc = self.services.get_mut(&id).expect("inserted above");
+                svc.runs.push(RunPipes {
+                    generation,
+                    tokens,
+                    deadline: None,
+                });
+                wrote
+            }
+            Message::Detach { id, generation } => {
+                let Some(svc) = self.services.get_mut(&id) else {
+                    self.report(Request::Drained { id, generation });
+                    return false;
+                };
+                match svc.runs.iter_mut().find(|r| r.generation == generation) {
+                    Some(run) => run.deadline = Some(Instant::now() + DRAIN_DEADLINE),
+                    None => self.report(Request::Drained { id, generation }),
+                }
+                false
+            }
+            Message::Forget { id } => {
+                if let Some(svc) = self.services.remove(&id) {
+                    for run in &svc.runs {
+                        for token in &run.tokens {
+                            if let Some(pipe) = self.pipes.remove(token) {
+                                self.poller.remove(&pipe.fd);
+                            }
+                        }
+                    }
+                    remove_logs(&self.log_dir, &svc.name);
+                }
+                self.report(Request::LogsForgotten { id });
+                false
+            }
+            Message::Shutdown => {
+                self.shutting_down = true;
+                let deadline = Instant::now() + DRAIN_DEADLINE;
+                for svc in self.services.values_mut() {
+                    for run in &mut svc.runs {
+                        run.deadline = Some(run.deadline.map_or(deadline, |d| d.min(deadline)));
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Reads what a pipe holds (a bounded amount), writes it, and closes the pipe at EOF.
+    /// Returns whether anything was written.
+    fn read_pipe(&mut self, token: u64) -> bool {
+        let mut wrote = false;
+        for _ in 0..READS_PER_WAKE {
+            let Some(pipe) = self.pipes.get(&token) else {
+                return wrote;
+            };
+            match rustix::io::read(&pipe.fd, &mut self.buf[..]) {
+                Ok(0) => {
+                    self.close_pipe(token);
+                    return wrote;
+                }
+                Ok(n) => {
+                    let (id, which) = (pipe.id, pipe.which);
+                    let Some(svc) = self.services.get_mut(&id) else {
+                        return wrote;
+                    };
+                    let sink = match which {
+                        Which::Out => &mut svc.out,
+                        Which::Err => &mut svc.err,
+                    };
+                    if let Some(error) = sink.write(&self.buf[..n], &svc.policy, SystemTime::now())
+                    {
+                        log::warn!("service '{}': {error}", svc.name);
+                        self.reports.events.hub.emit(Event::LogError {
+                            name: svc.name.to_string(),
+                            error,
+                        });
+                    }
+                    wrote = true;
+                    if n < self.buf.len() {
+                        return wrote;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return wrote,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    log::warn!("reading a service's output failed: {e}");
+                    self.close_pipe(token);
+                    return wrote;
+                }
+            }
+        }
+        wrote
+    }
+
+    fn close_pipe(&mut self, token: u64) {
+        let Some(pipe) = self.pipes.remove(&token) else {
+            return;
+        };
+        self.poller.remove(&pipe.fd);
+        let (id, generation) = (pipe.id, pipe.generation);
+        drop(pipe);
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        let Some(pos) = svc.runs.iter().position(|r| r.generation == generation) else {
+            return;
+        };
+        let run = &mut svc.runs[pos];
+        run.tokens.retain(|t| *t != token);
+        if run.tokens.is_empty() {
+            let detached = run.deadline.is_some();
+            svc.runs.remove(pos);
+            if detached {
+                self.report(Request::Drained { id, generation });
+            } else {
+                // EOF before the exit was reported: keep a marker so `Detach` answers at once.
+                svc.runs.push(RunPipes {
+                    generation,
+                    tokens: Vec::new(),
+                    deadline: None,
+                });
+            }
+        }
+    }
+
+    /// Closes the pipes of runs whose drain deadline passed (after a last read).
+    fn expire_drains(&mut self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let mut done = Vec::new();
+        for (id, svc) in &mut self.services {
+            svc.runs.retain(|run| match run.deadline {
+                Some(_) if run.tokens.is_empty() => {
+                    done.push((*id, run.generation));
+                    false
+                }
+                Some(d) if d <= now => {
+                    expired.extend(run.tokens.iter().copied());
+                    true
+                }
+                _ => true,
+            });
+        }
+        for token in expired {
+            self.read_pipe(token);
+            if self.pipes.contains_key(&token) {
+                self.close_pipe(token);
+            }
+        }
+        for (id, generation) in done {
+            self.report(Request::Drained { id, generation });
+        }
+    }
+
+    fn report(&self, request: Request) {
+        if self.reports.requests.send(request).is_ok() {
+            self.reports.engine.wake();
+        }
+    }
+}
+
+/// Removes a service's log files: the live ones and every rotated one.
+pub(crate) fn remove_logs(log_dir: &Path, name: &str) {
+    let Ok(dir) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    let prefixes = [format!("{name}.out.log"), format!("{name}.err.log")];
+    for entry in dir.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let ours = prefixes.iter().any(|p| {
+            file == p
+                || file
+                    .strip_prefix(p.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if ours {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                log::warn!(
+                    "service '{name}': cannot remove log '{}': {e}",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// The pipes of one run: read ends for the pump, write ends for the child.
+pub(crate) struct RunPipesForSpawn {
+    pub(crate) out_read: OwnedFd,
+    pub(crate) out_write: OwnedFd,
+    pub(crate) err: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// Makes a run's pipes: one for stdout and, unless merged, one for stderr.
+pub(crate) fn make_pipes(merge_stderr: bool) -> std::io::Result<RunPipesForSpawn> {
+    let (out_read, out_write) = sys::pipe()?;
+    let err = if merge_stderr {
+        None
+    } else {
+        Some(sys::pipe()?)
+    };
+    Ok(RunPipesForSpawn {
+        out_read,
+        out_write,
+        err,
+    })
+}

@@ -1,0 +1,413 @@
+//! Reading logs while the pump writes them: [`tail`] across rotated files, and
+//! [`LogFollower`], which follows new lines across rotations and restarts and can resume from
+//! a [`LogCursor`] without losing or repeating a line.
+
+use super::sink::rotated;
+use parking_lot::{Condvar, Mutex};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How many rotated files a reader looks through at most.
+const MAX_ROTATED: u32 = 1000;
+
+/// Wakes followers when the pump has written something.
+#[derive(Default)]
+pub(crate) struct Activity {
+    written: Mutex<u64>,
+    changed: Condvar,
+    pub(crate) followers: AtomicUsize,
+}
+
+impl Activity {
+    pub(crate) fn bump(&self) {
+        if self.followers.load(Ordering::Relaxed) > 0 {
+            *self.written.lock() += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    fn current(&self) -> u64 {
+        *self.written.lock()
+    }
+
+    fn wait_past(&self, seen: u64, deadline: Instant) {
+        let mut written = self.written.lock();
+        while *written == seen {
+            if self.changed.wait_until(&mut written, deadline).timed_out() {
+                return;
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a log, oldest first, reading rotated files when the live one has
+/// fewer. A final line without a newline counts. Lines are decoded as lossy UTF-8.
+pub(crate) fn tail(base: &Path, n: usize) -> io::Result<Vec<String>> {
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut carry: Vec<u8> = Vec::new(); // the start of the oldest line seen so far
+    for i in 0..=MAX_ROTATED {
+        let path = rotated(base, i);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if i == 0 {
+                    continue;
+                }
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut end = file.metadata()?.len();
+        // A file that ends with a newline: that newline closes the line carried from the
+        // newer file's start.
+        let mut first_block = true;
+        while end > 0 && lines.len() < n {
+            let start = end.saturating_sub(64 * 1024);
+            let mut block = vec![0u8; (end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut block)?;
+            if first_block && block.last() == Some(&b'\n') {
+                if !carry.is_empty() {
+                    lines.push(std::mem::take(&mut carry));
+                }
+                block.pop();
+            }
+            first_block = false;
+            let mut rest = &block[..];
+            while let Some(pos) = rest.iter().rposition(|&b| b == b'\n') {
+                let mut line = rest[pos + 1..].to_vec();
+                line.extend_from_slice(&carry);
+                carry.clear();
+                lines.push(line);
+                rest = &rest[..pos];
+                if lines.len() >= n {
+                    break;
+                }
+            }
+            if lines.len() >= n {
+                break;
+            }
+            let mut joined = rest.to_vec();
+            joined.extend_from_slice(&carry);
+            carry = joined;
+            end = start;
+        }
+        if lines.len() >= n {
+            break;
+        }
+    }
+    if lines.len() < n && !carry.is_empty() {
+        lines.push(carry);
+    }
+    lines.truncate(n);
+    lines.reverse();
+    Ok(lines
+        .into_iter()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .collect())
+}
+
+/// A position in a service's log: just after the last line a [`LogFollower`] returned.
+///
+/// Resume with [`Supervisor::follow_from`](crate::Supervisor::follow_from). It names the file
+/// by identity (inode), so it stays valid across rotations for as long as that file is
+/// kept. Its text form (`Display` / `FromStr`) is `inode:offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LogCursor {
+    ino: u64,
+    offset: u64,
+}
+
+impl std::fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.ino, self.offset)
+    }
+}
+
+impl std::str::FromStr for LogCursor {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<LogCursor> {
+        let bad = || {
+            crate::Error::new(
+                crate::ErrorKind::InvalidSpec,
+                format!("'{s}' is not a log cursor (inode:offset)"),
+            )
+        };
+        let (ino, offset) = s.split_once(':').ok_or_else(bad)?;
+        Ok(LogCursor {
+            ino: ino.parse().map_err(|_| bad())?,
+            offset: offset.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// New lines of a service's log, as they are written.
+///
+/// Iterating blocks until the next line; it never ends by itself.
+/// [`recv_timeout`](LogFollower::recv_timeout) waits a bounded time. The follower keeps
+/// going across rotations (it finishes the rotated file first) and across restarts (they
+/// append to the same file). [`cursor`](LogFollower::cursor) tells where it is.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{ServiceSpec, Stream, Supervisor};
+/// use std::time::Duration;
+/// # fn main() -> sheepdog::Result<()> {
+/// let sup = Supervisor::temporary()?;
+/// sup.start(ServiceSpec::new("greeter", "sh").args(["-c", "echo hello; exec sleep 60"]))?;
+/// let mut lines = sup.follow_from_start("greeter", Stream::Stdout)?;
+/// assert_eq!(lines.recv_timeout(Duration::from_secs(5)).as_deref(), Some("hello"));
+/// # sup.shutdown()?; Ok(()) }
+/// ```
+pub struct LogFollower {
+    base: PathBuf,
+    file: Option<File>,
+    ino: u64,
+    /// Offset in `file` up to which bytes have been read into `pending`.
+    read_to: u64,
+    pending: Vec<u8>,
+    activity: Arc<Activity>,
+}
+
+impl LogFollower {
+    /// Follows from the current end of the live file.
+    pub(crate) fn at_end(base: PathBuf, activity: Arc<Activity>) -> LogFollower {
+        activity.followers.fetch_add(1, Ordering::Relaxed);
+        let mut f = LogFollower {
+            base,
+            file: None,
+            ino: 0,
+            read_to: 0,
+            pending: Vec::new(),
+            activity,
+        };
+        if let Ok(file) = File::open(&f.base) {
+            if let Ok(meta) = file.metadata() {
+                f.ino = meta.ino();
+                f.read_to = meta.len();
+                f.file = Some(file);
+            }
+        }
+        f
+    }
+
+    /// Follows from the oldest kept line.
+    pub(crate) fn at_start(base: PathBuf, activity: Arc<Activity>) -> LogFollower {
+        let mut f = LogFollower::at_end(base, activity);
+        f.file = None;
+        f.open_oldest();
+        f
+    }
+
+    /// Follows from `cursor`, or from the oldest kept line if its file was rotated away.
+    pub(crate) fn at_cursor(
+        base: PathBuf,
+        activity: Arc<Activity>,
+        cursor: LogCursor,
+    ) -> LogFollower {
+        let mut f = LogFollower::at_end(base, activity);
+        f.file = None;
+        match f.find_ino(cursor.ino) {
+            Some((_, file)) => {
+                f.file = Some(file);
+                f.ino = cursor.ino;
+                f.read_to = cursor.offset;
+            }
+            None => f.open_oldest(),
+        }
+        f
+    }
+
+    fn open_oldest(&mut self) {
+        let mut oldest = None;
+        for i in 0..=MAX_ROTATED {
+            let path = rotated(&self.base, i);
+            if path.exists() {
+                oldest = Some(path);
+            } else if i > 0 {
+                break;
+            }
+        }
+        if let Some(path) = oldest {
+            if let Ok(file) = File::open(path) {
+                self.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                self.read_to = 0;
+                self.file = Some(file);
+            }
+        }
+    }
+
+    /// The kept file with inode `ino`, and its rotation index.
+    fn find_ino(&self, ino: u64) -> Option<(u32, File)> {
+        for i in 0..=MAX_ROTATED {
+            let path = rotated(&self.base, i);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() == ino => return File::open(&path).ok().map(|f| (i, f)),
+                Ok(_) => {}
+                Err(_) if i > 0 => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Where the next line starts.
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            ino: self.ino,
+            offset: self.read_to - self.pending.len() as u64,
+        }
+    }
+
+    /// Takes a complete line out of `pending`.
+    fn take_line(&mut self) -> Option<String> {
+        let pos = self.pending.iter().position(|&b| b == b'\n')?;
+        let line = String::from_utf8_lossy(&self.pending[..pos]).into_owned();
+        self.pending.drain(..=pos);
+        Some(line)
+    }
+
+    /// Reads what is new; moves to the next file once the current one was rotated and read
+    /// to its end. Returns whether anything changed.
+    fn advance(&mut self) -> bool {
+        if self.file.is_none() {
+            if let Ok(file) = File::open(&self.base) {
+                self.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                self.read_to = 0;
+                self.file = Some(file);
+            } else {
+                return false;
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        let mut buf = [0u8; 64 * 1024];
+        let mut got = false;
+        if file.seek(SeekFrom::Start(self.read_to)).is_ok() {
+            while let Ok(n) = file.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                self.pending.extend_from_slice(&buf[..n]);
+                self.read_to += n as u64;
+                got = true;
+                if self.pending.len() > 1 << 20 {
+                    break;
+                }
+            }
+        }
+        if got {
+            return true;
+        }
+        // At the end of our file: if it is no longer the live file, go to its successor.
+        let live = std::fs::metadata(&self.base).map(|m| m.ino()).ok();
+        if live == Some(self.ino) {
+            return false;
+        }
+        let next = match self.find_ino(self.ino) {
+            Some((i, _)) if i > 0 => File::open(rotated(&self.base, i - 1)).ok(),
+            _ => None, // removed, or not found: the live file
+        };
+        let next = next.or_else(|| File::open(&self.base).ok());
+        match next {
+            Some(file) => {
+                if !self.pending.is_empty() && !self.pending.ends_with(b"\n") {
+                    // A line cut by rotation (only past the line cap) ends with its file.
+                    self.pending.push(b'\n');
+                }
+                self.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                self.read_to = 0;
+                self.file = Some(file);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next line, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.take_line() {
+                return Some(line);
+            }
+            let seen = self.activity.current();
+            if self.advance() {
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Bounded waits: a write that raced the check above still wakes us soon.
+            self.activity.wait_past(
+                seen,
+                deadline.min(Instant::now() + Duration::from_millis(100)),
+            );
+        }
+    }
+}
+
+impl Iterator for LogFollower {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(line) = self.recv_timeout(Duration::from_secs(3600)) {
+                return Some(line);
+            }
+        }
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        self.activity.followers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_reads_across_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("x.out.log");
+        std::fs::write(rotated(&base, 2), "1\n2\n").unwrap();
+        std::fs::write(rotated(&base, 1), "3\n4\n").unwrap();
+        std::fs::write(&base, "5\n6 partial").unwrap();
+        assert_eq!(tail(&base, 3).unwrap(), ["4", "5", "6 partial"]);
+        assert_eq!(
+            tail(&base, 10).unwrap(),
+            ["1", "2", "3", "4", "5", "6 partial"]
+        );
+        assert_eq!(tail(&base, 0).unwrap(), Vec::<String>::new());
+        std::fs::write(&base, "").unwrap();
+        assert_eq!(tail(&base, 1).unwrap(), ["4"]);
+    }
+
+    #[test]
+    fn tail_of_a_long_file_reads_blocks_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("x.out.log");
+        let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&base, text).unwrap();
+        let t = tail(&base, 20_000).unwrap();
+        assert_eq!(t.len(), 20_000);
+        assert_eq!(t[0], "line 30000");
+        assert_eq!(t[19_999], "line 49999");
+    }
+
+    #[test]
+    fn cursor_text_round_trips() {
+        let c = LogCursor { ino: 42, offset: 7 };
+        assert_eq!(c.to_string().parse::<LogCursor>().unwrap(), c);
+        assert!("x".parse::<LogCursor>().is_err());
+    }
+}
