@@ -3,6 +3,8 @@
  *   tick crash FILE [MS]   append "start <CLOCK_REALTIME ns> <pid>" to FILE; with MS > 0
  *                          sleep MS ms and append "exit <ns> <pid>"; exit 1
  *   tick idle FILE         append the start line, then pause until a signal ends it
+ *   tick log FILE MIB      write MIB MiB of 100-byte lines to stdout (65,500-byte writes),
+ *                          append "end <ns> <pid>", exit 0
  *
  * Each line is one O_APPEND write, so concurrent children never interleave.
  */
@@ -44,6 +46,23 @@ int main(int argc, char **argv) {
             append(argv[2], "exit");
         }
         return 1;
+    }
+    if (strcmp(argv[1], "log") == 0) {
+        long long total = (argc > 3 ? atoll(argv[3]) : 1) * 1024 * 1024 / 100 * 100;
+        static char chunk[65500];
+        for (int i = 0; i < 655; i++) {
+            memset(chunk + i * 100, 'x', 99);
+            chunk[i * 100 + 99] = '\n';
+        }
+        long long done = 0;
+        while (done < total) {
+            size_t n = total - done < (long long)sizeof chunk ? (size_t)(total - done) : sizeof chunk;
+            ssize_t w = write(1, chunk, n);
+            if (w <= 0) return 3;
+            done += w;
+        }
+        append(argv[2], "end");
+        return 0;
     }
     for (;;) pause();
 }

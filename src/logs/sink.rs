@@ -146,32 +146,30 @@ impl Sink {
             s.push(b' ');
             s
         });
-        // Fast check: no timestamps and no line over the cap.
+        // Fast check: no timestamps and no line over the cap. A line is over the cap only if
+        // some window of `cap - line_len` bytes holds no newline, so look backwards from the
+        // end of each window for the last newline in it: a few bytes per window for ordinary
+        // output, instead of a scan of every byte.
         if stamp.is_none() {
             let mut pos = 0;
-            let mut line = self.line_len;
-            let mut fits = true;
-            while pos < data.len() {
-                match find_newline(&data[pos..]) {
-                    Some(n) => {
-                        if line + n > cap {
-                            fits = false;
-                            break;
-                        }
-                        line = 0;
-                        pos += n + 1;
-                    }
-                    None => {
-                        if line + (data.len() - pos) > cap {
-                            fits = false;
-                        }
-                        line += data.len() - pos;
-                        break;
-                    }
+            let mut room = cap.saturating_sub(self.line_len);
+            let fits = loop {
+                if data.len() - pos <= room {
+                    break true;
                 }
-            }
+                match rfind_newline(&data[pos..pos + room + 1]) {
+                    Some(n) => {
+                        pos += n + 1;
+                        room = cap;
+                    }
+                    None => break false,
+                }
+            };
             if fits {
-                self.line_len = line;
+                match rfind_newline(data) {
+                    Some(n) => self.line_len = data.len() - n - 1,
+                    None => self.line_len += data.len(),
+                }
                 self.at_line_start = data.last() == Some(&b'\n');
                 return Cow::Borrowed(data);
             }
@@ -302,7 +300,7 @@ impl Sink {
             self.file = Some(file);
         }
         if let Some((error, dropped)) = self.broken.take() {
-            let lead = if self.at_line_start { "" } else { "\n" };
+            let lead = if self.file_ends_line { "" } else { "\n" };
             let marker = format!(
                 "{lead}[sheepdog: {dropped} bytes dropped while writing failed: {error}]\n"
             );

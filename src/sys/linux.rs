@@ -273,11 +273,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
+/// The size asked for a child's output pipe.
+const PIPE_SIZE: usize = 1 << 20;
+
 /// A pipe for a child's output: both ends close-on-exec (the child's `dup2` onto 1 or 2 clears
 /// it there), the read end non-blocking.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
+    // A larger pipe lets a fast writer run ahead of the pump instead of waiting on it every
+    // 64 KiB. Best effort: unprivileged users have a per-user budget for pipe memory.
+    let _ = rustix::pipe::fcntl_setpipe_size(&read, PIPE_SIZE);
     Ok((read, write))
 }
 

@@ -9,6 +9,7 @@ mod child_hygiene;
 mod concurrency;
 mod events_and_logs;
 mod host_death;
+mod logs;
 mod persistence;
 mod restarts;
 mod stopping;
