@@ -121,7 +121,12 @@ fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
 /// Spawns one run of `spec` with stdout and stderr on the given pipe write ends.
 ///
 /// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
-pub(crate) fn spawn(spec: &ServiceSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> Result<Spawned> {
+pub(crate) fn spawn(
+    spec: &ServiceSpec,
+    stdout: &OwnedFd,
+    stderr: &OwnedFd,
+    extra_env: &[(String, String)],
+) -> Result<Spawned> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
     let mut env: Vec<(OsString, OsString)> = if spec.get_env_clear() {
@@ -138,6 +143,10 @@ pub(crate) fn spawn(spec: &ServiceSpec, stdout: &OwnedFd, stderr: &OwnedFd) -> R
         spec.get_envs()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
     );
+    for (k, v) in extra_env {
+        env.retain(|(key, _)| key != k.as_str());
+        env.push((k.into(), v.into()));
+    }
     let mut argv: Vec<&OsStr> = vec![OsStr::new(spec.program())];
     argv.extend(spec.get_args().iter().map(OsStr::new));
     let request = sys::SpawnRequest {

@@ -68,6 +68,13 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("duration '{s}' is too large"))
 }
 
+/// `from + d`, saturating at about a century ahead instead of overflowing: a deadline given
+/// as `Duration::MAX` means "never" in practice.
+pub(crate) fn deadline(from: std::time::Instant, d: Duration) -> std::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    from.checked_add(d.min(CENTURY)).unwrap_or(from)
+}
+
 /// `#[serde(with = "crate::duration::serde_str")]` for a `Duration` field.
 pub(crate) mod serde_str {
     use serde::{de, Deserialize, Deserializer, Serializer};

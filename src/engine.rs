@@ -13,17 +13,20 @@
 use crate::child;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, Hub};
+use crate::graph;
 use crate::info::{Exit, ServiceInfo, Status};
 use crate::logs::reader::Activity;
 use crate::logs::{self, Pump};
 use crate::policy::{Decision, History, Outcome, RunEnd};
+use crate::probe::{self, Pool, Purpose};
+use crate::readiness::{Check, Condition, Ready};
 use crate::spec::{ServiceSpec, Signal};
 use crate::store::Store;
 use crate::sys::{self, Poller, RawExit, WAKER_TOKEN};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -35,6 +38,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest interval between checks of a lingering group.
 const GROUP_CHECK_MIN: Duration = Duration::from_millis(2);
 const GROUP_CHECK_MAX: Duration = Duration::from_millis(100);
+/// How often a readiness probe (TCP, command) is retried until it passes or times out.
+const READY_PROBE_EVERY: Duration = Duration::from_millis(50);
 /// The shortest delay before retrying an automatic restart whose spawn failed, so a missing
 /// program with `Backoff::none()` cannot spin the thread.
 const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
@@ -68,6 +73,18 @@ pub(crate) enum Request {
     /// From the log pump: a deleted service's logs are closed and removed.
     LogsForgotten {
         id: u64,
+    },
+    /// From the log pump: a line matched the run's `Ready::LogLine` pattern.
+    ReadyLine {
+        id: u64,
+        generation: u64,
+    },
+    /// From a probe worker: the outcome of a readiness or liveness probe.
+    Probed {
+        id: u64,
+        generation: u64,
+        purpose: Purpose,
+        outcome: probe::Outcome,
     },
 }
 
@@ -118,6 +135,9 @@ enum Then {
     Start,
     /// Remove the service.
     Delete,
+    /// The run failed a check (unhealthy, not ready in time): apply the restart policy as
+    /// for a crash.
+    Crash,
 }
 
 struct Stopping {
@@ -142,6 +162,18 @@ struct Run {
     awaiting_drain: bool,
     /// For a run that ended by itself: the policy's decision, made at the exit.
     decision: Option<Decision>,
+    /// Ready (per the spec's `Ready`); until then the status is `Starting`.
+    ready: bool,
+    /// Consecutive failed liveness probes.
+    health_failures: u32,
+    /// The `NOTIFY_SOCKET` of the run, and its poll token.
+    notify: Option<(std::os::unix::net::UnixDatagram, u64)>,
+    /// Whether a `WATCHDOG=1` came since the last health tick.
+    pinged: bool,
+    /// The last `STATUS=` the run sent.
+    status_text: Option<String>,
+    /// Why the supervisor ended the run, if it did so because of a check.
+    end_reason: Option<String>,
 }
 
 struct Service {
@@ -160,6 +192,8 @@ struct Service {
     spawn_error: Option<(u64, Error)>,
     /// Bytes of output dropped because the log could not be written.
     log_dropped: Arc<AtomicU64>,
+    /// Started by the operator but waiting for its dependencies.
+    waiting: bool,
 }
 
 impl Service {
@@ -174,11 +208,12 @@ impl Service {
                 .filter(|r| r.ended.is_none())
                 .map(|r| r.pid),
             restarts: self.restarts,
-            last_exit: self.last_exit,
+            last_exit: self.last_exit.clone(),
             next_start: self.next_start,
             started_at: self.run.as_ref().and(self.started_at),
             generation: self.generation,
             log_dropped: self.log_dropped.clone(),
+            status_text: self.run.as_ref().and_then(|r| r.status_text.clone()),
         }
     }
 }
@@ -189,6 +224,10 @@ enum TimerKind {
     StopDeadline,
     GroupCheck,
     GiveUp,
+    ReadyAfter,
+    ReadyTimeout,
+    ReadyProbe,
+    HealthProbe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,12 +250,18 @@ enum Want {
 enum Reply {
     Count(Sender<Result<usize>>, usize),
     Info(Sender<Result<ServiceInfo>>),
+    /// Shutdown's waves: nobody waits on this one.
+    Nobody,
 }
 
 struct Pending {
     targets: Vec<(u64, u64)>,
     want: Want,
     reply: Reply,
+    /// Later waves of a stop or delete in dependency order: begun when the earlier ones are
+    /// down.
+    stages: VecDeque<Vec<u64>>,
+    then: Then,
 }
 
 pub(crate) struct Config {
@@ -246,6 +291,12 @@ pub(crate) struct Engine {
     forgetting: HashSet<u64>,
     /// The open-file limit, for the fd budget check at `start`.
     fd_limit: u64,
+    /// Probe workers, started on the first probe.
+    probes: Option<Pool>,
+    /// For the probe workers to report back.
+    requests_tx: Sender<Request>,
+    /// Poll tokens of notify sockets, to their service.
+    notify_tokens: HashMap<u64, u64>,
 }
 
 impl Engine {
@@ -256,6 +307,7 @@ impl Engine {
         shared: Arc<Shared>,
         config: Config,
         pump: Pump,
+        requests_tx: Sender<Request>,
     ) -> Engine {
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -281,6 +333,9 @@ impl Engine {
             pump,
             forgetting: HashSet::new(),
             fd_limit: config.fd_limit,
+            probes: None,
+            requests_tx,
+            notify_tokens: HashMap::new(),
         }
     }
 
@@ -310,6 +365,7 @@ impl Engine {
                     started_at: None,
                     spawn_error: None,
                     log_dropped: Arc::default(),
+                    waiting: false,
                 },
             );
             self.dirty.insert(id);
@@ -419,6 +475,8 @@ impl Engine {
                 if token != WAKER_TOKEN {
                     if let Some(&id) = self.tokens.get(&token) {
                         self.on_leader_exit(id);
+                    } else if let Some(&id) = self.notify_tokens.get(&token) {
+                        self.on_notify(id);
                     }
                 }
             }
@@ -426,9 +484,13 @@ impl Engine {
                 self.handle(request);
             }
             self.fire_timers();
+            self.start_waiting();
             self.publish();
             self.settle_pending();
-            if self.shutdown.is_some() && self.services.values().all(|s| s.run.is_none()) {
+            if self.shutdown.is_some()
+                && self.pending.is_empty()
+                && self.services.values().all(|s| s.run.is_none())
+            {
                 break;
             }
         }
@@ -456,33 +518,37 @@ impl Engine {
                 self.forgetting.remove(&id);
                 return;
             }
+            Request::ReadyLine { id, generation } => return self.mark_ready(id, generation),
+            Request::Probed {
+                id,
+                generation,
+                purpose,
+                outcome,
+            } => return self.on_probed(id, generation, purpose, outcome),
             _ => {}
         }
         if self.shutdown.is_some() {
             return refuse(request);
         }
         match request {
-            Request::Drained { .. } | Request::LogsForgotten { .. } => {
-                unreachable!("handled above")
-            }
+            Request::Drained { .. }
+            | Request::LogsForgotten { .. }
+            | Request::ReadyLine { .. }
+            | Request::Probed { .. } => unreachable!("handled above"),
             Request::Start { spec, reply } => self.start(*spec, reply),
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
-                    let targets = self.targets(&ids);
                     for &id in &ids {
                         self.set_desired(id, false);
-                        self.begin_stop(id, Then::Settle);
                     }
-                    self.pending.push(Pending {
-                        targets,
-                        want: Want::Down,
-                        reply: Reply::Count(reply, ids.len()),
-                    });
+                    let n = ids.len();
+                    self.begin_staged(ids, Then::Settle, Want::Down, Reply::Count(reply, n));
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
             Request::Restart { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
+                    let ids = self.with_restart_with(ids);
                     let targets = self.targets(&ids);
                     for &id in &ids {
                         self.set_desired(id, true);
@@ -494,30 +560,138 @@ impl Engine {
                         targets,
                         want: Want::Up,
                         reply: Reply::Count(reply, ids.len()),
+                        stages: VecDeque::new(),
+                        then: Then::Start,
                     });
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
             Request::Delete { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
-                    let targets = self.targets(&ids);
-                    for &id in &ids {
-                        self.begin_stop(id, Then::Delete);
-                    }
-                    self.pending.push(Pending {
-                        targets,
-                        want: Want::Gone,
-                        reply: Reply::Count(reply, ids.len()),
-                    });
+                    let n = ids.len();
+                    self.begin_staged(ids, Then::Delete, Want::Gone, Reply::Count(reply, n));
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
             Request::Shutdown { reply } => {
                 self.shutdown = Some(reply);
                 let ids: Vec<u64> = self.services.keys().copied().collect();
-                for id in ids {
-                    self.begin_stop(id, Then::Settle);
+                self.begin_staged(ids, Then::Settle, Want::Down, Reply::Nobody);
+            }
+        }
+    }
+
+    /// Stops (or deletes) `ids` in dependency order: dependents first, each wave once the
+    /// one before is down, in parallel within a wave.
+    fn begin_staged(&mut self, ids: Vec<u64>, then: Then, want: Want, reply: Reply) {
+        let mut stages: VecDeque<Vec<u64>> = self.stop_waves(&ids).into();
+        let first = stages.pop_front().unwrap_or_default();
+        let targets = self.targets(&first);
+        for &id in &first {
+            self.begin_stop(id, then);
+        }
+        self.pending.push(Pending {
+            targets,
+            want,
+            reply,
+            stages,
+            then,
+        });
+    }
+
+    /// The services' dependency graph, by name.
+    fn graph_nodes(&self) -> Vec<graph::Node<'_>> {
+        self.services
+            .values()
+            .map(|s| graph::Node {
+                name: s.spec.name(),
+                deps: s.spec.get_after().iter().map(|d| d.name.as_str()).collect(),
+            })
+            .collect()
+    }
+
+    fn stop_waves(&self, ids: &[u64]) -> Vec<Vec<u64>> {
+        let nodes = self.graph_nodes();
+        let targets: BTreeSet<&str> = ids
+            .iter()
+            .filter_map(|id| self.services.get(id))
+            .map(|s| s.spec.name())
+            .collect();
+        let by_name: HashMap<&str, u64> = self
+            .services
+            .values()
+            .map(|s| (s.spec.name(), s.id))
+            .collect();
+        graph::waves(&nodes, &targets, true)
+            .into_iter()
+            .map(|wave| {
+                wave.iter()
+                    .filter_map(|n| by_name.get(n.as_str()).copied())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Adds the services that asked to be restarted with one of `ids` (`restart_with`).
+    fn with_restart_with(&self, mut ids: Vec<u64>) -> Vec<u64> {
+        loop {
+            let names: HashSet<&str> = ids
+                .iter()
+                .filter_map(|id| self.services.get(id))
+                .map(|s| s.spec.name())
+                .collect();
+            let more: Vec<u64> = self
+                .services
+                .values()
+                .filter(|s| {
+                    !ids.contains(&s.id)
+                        && s.spec
+                            .get_restart_with()
+                            .iter()
+                            .any(|n| names.contains(n.as_str()))
+                })
+                .map(|s| s.id)
+                .collect();
+            if more.is_empty() {
+                return ids;
+            }
+            ids.extend(more);
+        }
+    }
+
+    /// Whether every dependency of `id` meets its condition.
+    fn deps_met(&self, id: u64) -> bool {
+        let svc = &self.services[&id];
+        svc.spec.get_after().iter().all(|dep| {
+            let Some(d) = self.services.values().find(|s| s.spec.name() == dep.name) else {
+                return false;
+            };
+            match dep.condition {
+                Condition::Started => d
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.ended.is_none() && r.stopping.is_none()),
+                Condition::Ready => d.status == Status::Online,
+                Condition::Exited0 => {
+                    d.status == Status::Exited
+                        && d.last_exit.as_ref().is_some_and(|e| e.code == Some(0))
                 }
+            }
+        })
+    }
+
+    /// Starts the services that wait for dependencies now met.
+    fn start_waiting(&mut self) {
+        let ready: Vec<u64> = self
+            .services
+            .values()
+            .filter(|s| s.waiting && s.desired_up && s.run.is_none())
+            .map(|s| s.id)
+            .filter(|id| self.deps_met(*id))
+            .collect();
+        for id in ready {
+            if let Err(e) = self.spawn_run(id, false) {
+                log::warn!("{e}");
             }
         }
     }
@@ -531,12 +705,15 @@ impl Engine {
 
     fn targets(&self, ids: &[u64]) -> Vec<(u64, u64)> {
         ids.iter()
-            .map(|id| (*id, self.services[id].generation))
+            .filter_map(|id| Some((*id, self.services.get(id)?.generation)))
             .collect()
     }
 
     fn start(&mut self, spec: ServiceSpec, reply: Sender<Result<ServiceInfo>>) {
-        if let Err(e) = spec.validate() {
+        if let Err(e) = spec
+            .validate()
+            .and_then(|()| self.check_dependencies(&spec))
+        {
             let _ = reply.send(Err(e));
             return;
         }
@@ -580,6 +757,7 @@ impl Engine {
                             started_at: None,
                             spawn_error: None,
                             log_dropped: Arc::default(),
+                            waiting: false,
                         },
                     );
                     self.dirty.insert(id);
@@ -620,7 +798,40 @@ impl Engine {
             targets: vec![(id, generation)],
             want: Want::Up,
             reply: Reply::Info(reply),
+            stages: VecDeque::new(),
+            then: Then::Start,
         });
+    }
+
+    /// Every dependency exists, and the graph with this spec in it has no cycle.
+    fn check_dependencies(&self, spec: &ServiceSpec) -> Result<()> {
+        let invalid =
+            |msg: String| Error::new(ErrorKind::InvalidSpec, msg).with_service(spec.name());
+        for dep in spec.get_after() {
+            if !self.services.values().any(|s| s.spec.name() == dep.name) {
+                return Err(invalid(format!(
+                    "invalid spec: unknown dependency '{}'",
+                    dep.name
+                )));
+            }
+        }
+        // The new spec first, so that a cycle is named from the service being started.
+        let mut nodes = vec![graph::Node {
+            name: spec.name(),
+            deps: spec.get_after().iter().map(|d| d.name.as_str()).collect(),
+        }];
+        nodes.extend(
+            self.graph_nodes()
+                .into_iter()
+                .filter(|n| n.name != spec.name()),
+        );
+        match graph::find_cycle(&nodes) {
+            Some(cycle) => Err(invalid(format!(
+                "invalid spec: dependency cycle: {}",
+                cycle.join(" -> ")
+            ))),
+            None => Ok(()),
+        }
     }
 
     fn set_desired(&mut self, id: u64, up: bool) {
@@ -651,7 +862,7 @@ impl Engine {
             return;
         }
         let signal = svc.spec.get_stop_signal();
-        let deadline = now + svc.spec.get_stop_timeout();
+        let deadline = crate::duration::deadline(now, svc.spec.get_stop_timeout());
         run.stopping = Some(Stopping {
             deadline,
             killed: signal == Signal::Kill,
@@ -692,6 +903,7 @@ impl Engine {
             Then::Settle => {
                 let svc = self.services.get_mut(&id).expect("callers pass a known id");
                 let was = svc.status;
+                svc.waiting = false;
                 if was == Status::Stopping
                     || was == Status::Backoff
                     || was == Status::Starting
@@ -712,6 +924,7 @@ impl Engine {
                 }
             }
             Then::Delete => self.delete_now(id),
+            Then::Crash => unreachable!("a crash is settled by the policy in complete_run"),
         }
     }
 
@@ -735,7 +948,21 @@ impl Engine {
     /// Spawns a new run. `auto` marks a restart by policy (counted in `restarts`); a manual
     /// start that fails leaves the service `Errored` and returns the error.
     fn spawn_run(&mut self, id: u64, auto: bool) -> Result<()> {
+        // An operator's start waits for the service's dependencies; a restart by policy does not.
+        if !auto && !self.deps_met(id) {
+            let svc = self.services.get_mut(&id).expect("callers pass a known id");
+            svc.waiting = true;
+            svc.next_start = None;
+            svc.spawn_error = None;
+            if svc.status != Status::Starting {
+                svc.status = Status::Starting;
+                self.save_state(id);
+            }
+            self.dirty.insert(id);
+            return Ok(());
+        }
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        svc.waiting = false;
         debug_assert!(svc.run.is_none(), "a service never has two live runs");
         svc.generation += 1;
         svc.next_start = None;
@@ -754,7 +981,38 @@ impl Engine {
             }
         };
         let err_write = pipes.err.as_ref().map_or(&pipes.out_write, |(_, w)| w);
-        let spawned = child::spawn(&spec, &pipes.out_write, err_write);
+        let generation = self.services[&id].generation;
+        let wants_notify = *spec.get_ready() == Ready::Notify
+            || spec
+                .get_health()
+                .is_some_and(|h| *h.check() == Check::Notify);
+        let mut extra_env = Vec::new();
+        let notify = if wants_notify {
+            match notify_socket(id, generation) {
+                Ok((sock, name)) => {
+                    extra_env.push(("NOTIFY_SOCKET".to_string(), format!("@{name}")));
+                    if let Some(h) = spec.get_health().filter(|h| *h.check() == Check::Notify) {
+                        extra_env.push((
+                            "WATCHDOG_USEC".to_string(),
+                            h.get_interval().as_micros().to_string(),
+                        ));
+                    }
+                    Some(sock)
+                }
+                Err(e) => {
+                    let e = Error::new(
+                        ErrorKind::Spawn,
+                        "cannot start: cannot create its notify socket",
+                    )
+                    .with_service(name)
+                    .with_source(e);
+                    return self.spawn_failed(id, auto, e);
+                }
+            }
+        } else {
+            None
+        };
+        let spawned = child::spawn(&spec, &pipes.out_write, err_write, &extra_env);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         self.dirty.insert(id);
         match spawned {
@@ -772,7 +1030,12 @@ impl Engine {
                 if auto {
                     svc.restarts += 1;
                 }
-                svc.status = Status::Online;
+                let immediately = *spec.get_ready() == Ready::Immediately;
+                svc.status = if immediately {
+                    Status::Online
+                } else {
+                    Status::Starting
+                };
                 svc.started_at = Some(wall);
                 svc.spawn_error = None;
                 let start_ticks = sys::proc_stat(child.pid).map(|s| s.start_time);
@@ -792,6 +1055,10 @@ impl Engine {
                 };
                 let pid = child.pid;
                 let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
+                let watch = match spec.get_ready() {
+                    Ready::LogLine(pattern) => Some(pattern.clone()),
+                    _ => None,
+                };
                 self.pump.attach(
                     id,
                     svc.generation,
@@ -800,7 +1067,22 @@ impl Engine {
                     out_read,
                     err.map(|(read, _)| read),
                     svc.log_dropped.clone(),
+                    watch,
                 );
+                let notify = notify.and_then(|sock| {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    match self.poller.add(&sock, token) {
+                        Ok(()) => {
+                            self.notify_tokens.insert(token, id);
+                            Some((sock, token))
+                        }
+                        Err(e) => {
+                            log::error!("service '{name}': cannot watch its notify socket: {e}");
+                            None
+                        }
+                    }
+                });
                 svc.run = Some(Run {
                     pid,
                     pidfd: child.pidfd,
@@ -813,12 +1095,19 @@ impl Engine {
                     drained: false,
                     awaiting_drain: false,
                     decision: None,
+                    ready: false,
+                    health_failures: 0,
+                    notify,
+                    pinged: false,
+                    status_text: None,
+                    end_reason: None,
                 });
                 self.save_state(id);
                 self.outbox.push(Event::Started {
                     name: name.to_string(),
                     pid,
                 });
+                self.arm_readiness(id);
                 Ok(())
             }
             Err(e) => self.spawn_failed(id, auto, e),
@@ -923,7 +1212,8 @@ impl Engine {
     fn finish_run(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let run = svc.run.as_mut().expect("only called with a run");
-        if run.stopping.is_none() && run.decision.is_none() {
+        let by_policy = run.stopping.as_ref().is_none_or(|s| s.then == Then::Crash);
+        if by_policy && run.decision.is_none() {
             let (raw, ended, _) =
                 run.ended
                     .unwrap_or((RawExit::Unknown, Instant::now(), SystemTime::now()));
@@ -974,10 +1264,14 @@ impl Engine {
 
     fn complete_run(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
-        let run = svc.run.take().expect("only called with a run");
+        let mut run = svc.run.take().expect("only called with a run");
         if run.ended.is_none() {
             self.poller.remove(&run.pidfd);
             self.tokens.remove(&run.token);
+        }
+        if let Some((sock, token)) = run.notify.take() {
+            self.poller.remove(&sock);
+            self.notify_tokens.remove(&token);
         }
         let (raw, ended, wall) =
             run.ended
@@ -993,22 +1287,23 @@ impl Engine {
             },
             at: wall,
             uptime: ended.saturating_duration_since(run.started),
+            reason: run.end_reason.clone(),
         };
-        svc.last_exit = Some(exit);
+        svc.last_exit = Some(exit.clone());
         svc.started_at = None;
         self.outbox.push(Event::Exited {
             name: svc.spec.name().to_string(),
             pid: run.pid,
-            exit,
+            exit: exit.clone(),
         });
         self.dirty.insert(id);
         match run.stopping {
-            Some(stopping) => {
+            Some(stopping) if stopping.then != Then::Crash => {
                 let svc = self.services.get_mut(&id).expect("still present");
                 svc.status = Status::Stopping; // settled by `after_run`
                 self.after_run(id, stopping.then);
             }
-            None => {
+            _ => {
                 let decision = run.decision.expect("decided in finish_run");
                 self.act(id, decision, Duration::ZERO);
             }
@@ -1018,6 +1313,170 @@ impl Engine {
             if let Err(e) = self.store.end_run(run_id, &exit) {
                 log::error!("run {run_id}: {e}");
             }
+        }
+    }
+
+    fn timer(&mut self, id: u64, after: Duration, kind: TimerKind) {
+        let generation = self.services[&id].generation;
+        self.timers.push(Reverse(Timer {
+            at: crate::duration::deadline(Instant::now(), after),
+            id,
+            generation,
+            kind,
+        }));
+    }
+
+    /// Sets up what makes a new run ready, and the deadline for it.
+    fn arm_readiness(&mut self, id: u64) {
+        let spec = self.services[&id].spec.clone();
+        match spec.get_ready() {
+            Ready::Immediately => {
+                let generation = self.services[&id].generation;
+                return self.mark_ready(id, generation);
+            }
+            Ready::After(d) => self.timer(id, *d, TimerKind::ReadyAfter),
+            Ready::Tcp(_) | Ready::Command(_) => {
+                self.timer(id, Duration::ZERO, TimerKind::ReadyProbe)
+            }
+            Ready::LogLine(_) | Ready::Notify => {}
+        }
+        self.timer(id, spec.get_ready_timeout(), TimerKind::ReadyTimeout);
+    }
+
+    /// The run of `generation` is ready: `Online`, and its liveness checks begin.
+    fn mark_ready(&mut self, id: u64, generation: u64) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        if svc.generation != generation {
+            return;
+        }
+        let Some(run) = svc.run.as_mut() else { return };
+        if run.ready || run.ended.is_some() || run.stopping.is_some() {
+            return;
+        }
+        run.ready = true;
+        svc.status = Status::Online;
+        self.dirty.insert(id);
+        let name = svc.spec.name().to_string();
+        let health = svc.spec.get_health().cloned();
+        if *svc.spec.get_ready() != Ready::Immediately {
+            self.save_state(id);
+        }
+        self.outbox.push(Event::Ready { name });
+        if let Some(h) = health {
+            let first = h.get_initial_delay()
+                + if *h.check() == Check::Notify {
+                    h.get_interval()
+                } else {
+                    Duration::ZERO
+                };
+            self.timer(id, first, TimerKind::HealthProbe);
+        }
+    }
+
+    fn submit_probe(&mut self, id: u64, purpose: Purpose, check: Check, timeout: Duration) {
+        if self.probes.is_none() {
+            match self
+                .poller
+                .waker()
+                .and_then(|w| Pool::start(self.requests_tx.clone(), w))
+            {
+                Ok(pool) => self.probes = Some(pool),
+                Err(e) => {
+                    log::error!("cannot start the probe workers: {e}");
+                    return;
+                }
+            }
+        }
+        let generation = self.services[&id].generation;
+        self.probes
+            .as_ref()
+            .expect("started above")
+            .submit(probe::Job {
+                id,
+                generation,
+                purpose,
+                check,
+                timeout,
+            });
+    }
+
+    fn on_probed(&mut self, id: u64, generation: u64, purpose: Purpose, outcome: probe::Outcome) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        if svc.generation != generation {
+            return;
+        }
+        let Some(run) = svc.run.as_mut() else { return };
+        if run.ended.is_some() || run.stopping.is_some() {
+            return;
+        }
+        match purpose {
+            Purpose::Ready if run.ready => {}
+            Purpose::Ready => match outcome {
+                Ok(()) => self.mark_ready(id, generation),
+                Err(_) => self.timer(id, READY_PROBE_EVERY, TimerKind::ReadyProbe),
+            },
+            Purpose::Health => {
+                let h = svc.spec.get_health().cloned().expect("probed for health");
+                match outcome {
+                    Ok(()) => run.health_failures = 0,
+                    Err(reason) => {
+                        run.health_failures += 1;
+                        if run.health_failures >= h.get_failures() {
+                            return self.unhealthy(id, reason);
+                        }
+                    }
+                }
+                self.timer(id, h.get_interval(), TimerKind::HealthProbe);
+            }
+        }
+    }
+
+    fn unhealthy(&mut self, id: u64, reason: String) {
+        let name = self.services[&id].spec.name().to_string();
+        log::warn!("service '{name}': unhealthy: {reason}");
+        self.outbox.push(Event::Unhealthy {
+            name,
+            reason: reason.clone(),
+        });
+        self.fail_run(id, format!("unhealthy: {reason}"));
+    }
+
+    /// Ends a run that failed a check; the restart policy then treats it as a crash.
+    fn fail_run(&mut self, id: u64, reason: String) {
+        if let Some(run) = self.services.get_mut(&id).and_then(|s| s.run.as_mut()) {
+            run.end_reason = Some(reason);
+        }
+        self.begin_stop(id, Then::Crash);
+    }
+
+    /// Reads the run's `NOTIFY_SOCKET` datagrams (`sd_notify`).
+    fn on_notify(&mut self, id: u64) {
+        let Some(svc) = self.services.get_mut(&id) else {
+            return;
+        };
+        let generation = svc.generation;
+        let Some(run) = svc.run.as_mut() else { return };
+        let Some((sock, _)) = &run.notify else { return };
+        let mut buf = [0u8; 4096];
+        let mut ready = false;
+        while let Ok(n) = sock.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                match line.split_once('=') {
+                    Some(("READY", "1")) => ready = true,
+                    Some(("WATCHDOG", "1")) => run.pinged = true,
+                    Some(("STATUS", text)) => run.status_text = Some(text.to_string()),
+                    Some(("RESTART_RESET", "1")) => svc.history = History::default(),
+                    _ => {}
+                }
+            }
+        }
+        self.dirty.insert(id);
+        if ready {
+            self.mark_ready(id, generation);
         }
     }
 
@@ -1044,7 +1503,7 @@ impl Engine {
                 if delay.is_zero() {
                     let _ = self.spawn_run(id, true);
                 } else {
-                    let at = Instant::now() + delay;
+                    let at = crate::duration::deadline(Instant::now(), delay);
                     svc.status = Status::Backoff;
                     svc.next_start = Some(at);
                     let generation = svc.generation;
@@ -1130,6 +1589,77 @@ impl Engine {
                         self.check_group(timer.id);
                     }
                 }
+                TimerKind::ReadyAfter => {
+                    if svc
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| !r.ready && r.ended.is_none())
+                    {
+                        self.mark_ready(timer.id, timer.generation);
+                    }
+                }
+                TimerKind::ReadyTimeout => {
+                    let waiting = svc
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| !r.ready && r.ended.is_none() && r.stopping.is_none());
+                    if waiting {
+                        let reason = format!(
+                            "not ready within {}",
+                            crate::duration::format(svc.spec.get_ready_timeout())
+                        );
+                        log::warn!("service '{}': {reason}", svc.spec.name());
+                        self.fail_run(timer.id, reason);
+                    }
+                }
+                TimerKind::ReadyProbe => {
+                    let waiting = svc
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| !r.ready && r.ended.is_none() && r.stopping.is_none());
+                    let check = match svc.spec.get_ready() {
+                        Ready::Tcp(port) => Some(Check::Tcp(*port)),
+                        Ready::Command(argv) => Some(Check::Command(argv.clone())),
+                        _ => None,
+                    };
+                    if let (true, Some(check)) = (waiting, check) {
+                        let timeout = svc.spec.get_ready_timeout().min(Duration::from_secs(1));
+                        self.submit_probe(timer.id, Purpose::Ready, check, timeout);
+                    }
+                }
+                TimerKind::HealthProbe => {
+                    let live = svc
+                        .run
+                        .as_ref()
+                        .is_some_and(|r| r.ready && r.ended.is_none() && r.stopping.is_none());
+                    let Some(h) = svc.spec.get_health().cloned() else {
+                        continue;
+                    };
+                    if !live {
+                        continue;
+                    }
+                    if *h.check() == Check::Notify {
+                        let run = svc.run.as_mut().expect("live");
+                        let pinged = std::mem::replace(&mut run.pinged, false);
+                        let outcome = if pinged {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "no WATCHDOG=1 within {}",
+                                crate::duration::format(h.get_interval())
+                            ))
+                        };
+                        // Counted like a probe; the next tick is scheduled there.
+                        self.on_probed(timer.id, timer.generation, Purpose::Health, outcome);
+                    } else {
+                        self.submit_probe(
+                            timer.id,
+                            Purpose::Health,
+                            h.check().clone(),
+                            h.get_timeout(),
+                        );
+                    }
+                }
                 TimerKind::GiveUp => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
                         log::error!(
@@ -1187,13 +1717,27 @@ impl Engine {
                     Want::Gone => false,
                     Want::Up => {
                         svc.status != Status::Stopping
-                            && (svc.generation > generation || svc.run.is_none())
+                            && (svc.generation > generation || svc.run.is_none() || svc.waiting)
                     }
                 }
             });
             if !done {
                 i += 1;
                 continue;
+            }
+            if let Some(wave) = self.pending[i].stages.pop_front() {
+                // This wave is down: begin the next one (their dependencies).
+                let then = self.pending[i].then;
+                let wave: Vec<u64> = wave
+                    .into_iter()
+                    .filter(|id| self.services.contains_key(id))
+                    .collect();
+                let targets = self.targets(&wave);
+                self.pending[i].targets.extend(targets);
+                for id in wave {
+                    self.begin_stop(id, then);
+                }
+                continue; // check this pending again
             }
             let pending = self.pending.swap_remove(i);
             match pending.reply {
@@ -1230,6 +1774,7 @@ impl Engine {
                     };
                     let _ = reply.send(result);
                 }
+                Reply::Nobody => {}
             }
         }
     }
@@ -1249,6 +1794,19 @@ fn fd_budget(n: usize) -> u64 {
     n as u64 * 5 + 64
 }
 
+/// A datagram socket in the abstract namespace for the run's `sd_notify` messages.
+fn notify_socket(
+    id: u64,
+    generation: u64,
+) -> std::io::Result<(std::os::unix::net::UnixDatagram, String)> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("sheepdog/{}/{id}/{generation}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+    sock.set_nonblocking(true)?;
+    Ok((sock, name))
+}
+
 fn clone_error(e: &Error) -> Error {
     e.clone()
 }
@@ -1260,6 +1818,9 @@ fn refuse(request: Request) {
         | Request::Restart { reply, .. }
         | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
         Request::Shutdown { reply } => drop(reply.send(Ok(()))),
-        Request::Drained { .. } | Request::LogsForgotten { .. } => {}
+        Request::Drained { .. }
+        | Request::LogsForgotten { .. }
+        | Request::ReadyLine { .. }
+        | Request::Probed { .. } => {}
     }
 }

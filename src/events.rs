@@ -53,6 +53,18 @@ pub enum Event {
         /// Why, as a lowercase phrase.
         reason: String,
     },
+    /// The service became ready (its [`Ready`](crate::Ready) condition was met).
+    Ready {
+        /// The service.
+        name: String,
+    },
+    /// The service failed its liveness check `failures` times in a row and is being restarted.
+    Unhealthy {
+        /// The service.
+        name: String,
+        /// The last failure, as a lowercase phrase.
+        reason: String,
+    },
     /// The service was deleted.
     Deleted {
         /// The service.
@@ -85,6 +97,8 @@ impl Event {
             | Event::Stopped { name }
             | Event::Errored { name, .. }
             | Event::Deleted { name }
+            | Event::Ready { name }
+            | Event::Unhealthy { name, .. }
             | Event::LogError { name, .. } => Some(name),
             Event::Lagged { .. } => None,
         }

@@ -72,12 +72,13 @@ impl fmt::Display for Status {
 /// Recorded on every exit, crashes and stops included. Exactly one of [`code`](Exit::code)
 /// and [`signal`](Exit::signal) is set, unless another reaper took the status (see
 /// [`Exit::is_unknown`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exit {
     pub(crate) code: Option<i32>,
     pub(crate) signal: Option<i32>,
     pub(crate) at: SystemTime,
     pub(crate) uptime: Duration,
+    pub(crate) reason: Option<String>,
 }
 
 impl Exit {
@@ -111,6 +112,12 @@ impl Exit {
     pub fn uptime(&self) -> Duration {
         self.uptime
     }
+
+    /// Why the supervisor ended the run, when a check did (`unhealthy: …`,
+    /// `not ready within …`); `None` when the run ended by itself or by the operator's stop.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
 }
 
 impl fmt::Display for Exit {
@@ -120,7 +127,11 @@ impl fmt::Display for Exit {
             (None, Some(sig)) => write!(f, "killed by signal {sig}")?,
             (None, None) => f.write_str("unknown exit status")?,
         }
-        write!(f, " after {:.3}s", self.uptime.as_secs_f64())
+        write!(f, " after {:.3}s", self.uptime.as_secs_f64())?;
+        if let Some(reason) = &self.reason {
+            write!(f, " ({reason})")?;
+        }
+        Ok(())
     }
 }
 
@@ -151,6 +162,7 @@ pub struct ServiceInfo {
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) generation: u64,
     pub(crate) log_dropped: Arc<AtomicU64>,
+    pub(crate) status_text: Option<String>,
 }
 
 impl ServiceInfo {
@@ -204,6 +216,11 @@ impl ServiceInfo {
     /// written (disk full, log directory removed, permission lost). Read live.
     pub fn log_dropped_bytes(&self) -> u64 {
         self.log_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The last `STATUS=` text the service sent over `NOTIFY_SOCKET`, if any.
+    pub fn status_text(&self) -> Option<&str> {
+        self.status_text.as_deref()
     }
 
     /// The spec the service runs with.

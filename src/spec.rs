@@ -2,6 +2,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::RestartPolicy;
+use crate::readiness::{Check, Condition, Dependency, Health, Ready};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -77,6 +78,24 @@ pub struct ServiceSpec {
     stop_timeout: Duration,
     #[serde(default)]
     log: LogPolicy,
+    #[serde(default, skip_serializing_if = "is_immediately")]
+    ready: Ready,
+    #[serde(default = "default_ready_timeout", with = "crate::duration::serde_str")]
+    ready_timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    after: Vec<Dependency>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    restart_with: Vec<String>,
+}
+
+fn is_immediately(r: &Ready) -> bool {
+    *r == Ready::Immediately
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How a service's output is stored: rotation, timestamps, streams, line cap.
@@ -206,6 +225,11 @@ impl ServiceSpec {
             stop_signal: default_stop_signal(),
             stop_timeout: default_stop_timeout(),
             log: LogPolicy::default(),
+            ready: Ready::Immediately,
+            ready_timeout: default_ready_timeout(),
+            health: None,
+            after: Vec::new(),
+            restart_with: Vec::new(),
         }
     }
 
@@ -297,6 +321,69 @@ impl ServiceSpec {
     /// The log policy.
     pub fn log_policy(&self) -> &LogPolicy {
         &self.log
+    }
+
+    /// When the service counts as ready. By default, [`Ready::Immediately`].
+    pub fn ready(mut self, ready: Ready) -> ServiceSpec {
+        self.ready = ready;
+        self
+    }
+
+    /// How long a start may take to become ready; past it the start failed and counts as a
+    /// crash. By default, 30 s.
+    pub fn ready_timeout(mut self, timeout: Duration) -> ServiceSpec {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// A liveness check while the service runs. By default, none.
+    pub fn health(mut self, health: Health) -> ServiceSpec {
+        self.health = Some(health);
+        self
+    }
+
+    /// Starts this service only once `name` meets `condition`. The dependency must exist
+    /// when this service is started; a cycle is refused.
+    pub fn after(mut self, name: impl Into<String>, condition: Condition) -> ServiceSpec {
+        let name = name.into();
+        self.after.retain(|d| d.name != name);
+        self.after.push(Dependency { name, condition });
+        self
+    }
+
+    /// Restarts this service whenever `name` is restarted by the operator. By default, a
+    /// restart of a dependency leaves its dependents alone.
+    pub fn restart_with(mut self, name: impl Into<String>) -> ServiceSpec {
+        let name = name.into();
+        if !self.restart_with.contains(&name) {
+            self.restart_with.push(name);
+        }
+        self
+    }
+
+    /// The readiness condition.
+    pub fn get_ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// The ready timeout.
+    pub fn get_ready_timeout(&self) -> Duration {
+        self.ready_timeout
+    }
+
+    /// The liveness check, if any.
+    pub fn get_health(&self) -> Option<&Health> {
+        self.health.as_ref()
+    }
+
+    /// The dependencies.
+    pub fn get_after(&self) -> &[Dependency] {
+        &self.after
+    }
+
+    /// The services whose restart restarts this one.
+    pub fn get_restart_with(&self) -> &[String] {
+        &self.restart_with
     }
 
     /// The service's name.
@@ -399,6 +486,61 @@ impl ServiceSpec {
                 "invalid spec: log line_max {} is below the minimum of 64 bytes",
                 self.log.line_max
             ));
+        }
+        match &self.ready {
+            Ready::LogLine(pattern) => {
+                if let Err(e) = regex_lite::Regex::new(pattern) {
+                    return invalid(format!("invalid spec: ready log-line pattern '{pattern}' is not a regular expression: {e}"));
+                }
+            }
+            Ready::Tcp(0) => return invalid("invalid spec: ready tcp port 0".into()),
+            Ready::Command(argv) if argv.is_empty() || argv.iter().any(|a| a.contains('\0')) => {
+                return invalid(
+                    "invalid spec: the ready command is empty or contains a NUL byte".into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.health {
+            match h.check() {
+                Check::Tcp(0) => return invalid("invalid spec: health tcp port 0".into()),
+                Check::Command(argv)
+                    if argv.is_empty() || argv.iter().any(|a| a.contains('\0')) =>
+                {
+                    return invalid(
+                        "invalid spec: the health command is empty or contains a NUL byte".into(),
+                    );
+                }
+                Check::Http(url) if crate::probe::parse_loopback_url(url).is_none() => {
+                    return invalid(format!(
+                        "invalid spec: health url '{url}' is not a plain http URL on a loopback address"
+                    ));
+                }
+                _ => {}
+            }
+            if h.get_interval().is_zero() || h.get_failures() == 0 {
+                return invalid(
+                    "invalid spec: health interval and failures must be above zero".into(),
+                );
+            }
+        }
+        for dep in &self.after {
+            validate_name(&dep.name).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidSpec,
+                    format!(
+                        "invalid spec: dependency '{}' is not a valid name",
+                        dep.name.escape_debug()
+                    ),
+                )
+                .with_service(&self.name)
+            })?;
+            if dep.name == self.name {
+                return invalid(format!(
+                    "invalid spec: dependency cycle: {0} -> {0}",
+                    self.name
+                ));
+            }
         }
         if let Err(why) = self.restart.backoff_config().check() {
             return invalid(format!("invalid spec: {why}"));
@@ -529,7 +671,17 @@ mod tests {
                     .timestamps(true)
                     .merge_stderr(true)
                     .line_max(128),
-            );
+            )
+            .ready(Ready::LogLine("listening on \\d+".into()))
+            .ready_timeout(Duration::from_secs(7))
+            .health(
+                Health::http("http://127.0.0.1:8080/healthz")
+                    .interval(Duration::from_secs(2))
+                    .failures(4),
+            )
+            .after("db", Condition::Ready)
+            .after("setup", Condition::Exited0)
+            .restart_with("db");
         let json = serde_json::to_string(&spec).unwrap();
         let back: ServiceSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec, "{json}");

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const APPLICATION_ID: i32 = 0x5348_4447;
 
 /// Schema migrations; `user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE service (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     name        TEXT NOT NULL UNIQUE,
@@ -44,7 +45,12 @@ CREATE TABLE run (
 );
 CREATE INDEX run_by_service ON run(service_id, id);
 CREATE INDEX run_open ON run(id) WHERE ended_at_ms IS NULL;
-"#];
+"#,
+    r#"
+ALTER TABLE service ADD COLUMN exit_reason TEXT;
+ALTER TABLE run ADD COLUMN reason TEXT;
+"#,
+];
 
 /// Runs kept per service; older ones are pruned.
 const RUNS_KEPT: i64 = 100;
@@ -288,8 +294,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, name, spec, desired_up, status, restarts, exit_code, exit_signal, exit_at_ms, exit_uptime_ms
-                 FROM service ORDER BY id",
+                "SELECT id, name, spec, desired_up, status, restarts, exit_code, exit_signal, exit_at_ms, exit_uptime_ms,
+                 exit_reason FROM service ORDER BY id",
             )
             .map_err(|e| self.err("cannot read services", e))?;
         let rows = stmt
@@ -305,12 +311,13 @@ impl Store {
                     r.get::<_, Option<i32>>(7)?,
                     r.get::<_, Option<i64>>(8)?,
                     r.get::<_, Option<i64>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(|e| self.err("cannot read services", e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, name, spec, desired_up, status, restarts, code, signal, at, uptime) =
+            let (id, name, spec, desired_up, status, restarts, code, signal, at, uptime, reason) =
                 row.map_err(|e| self.err("cannot read services", e))?;
             let spec: ServiceSpec = serde_json::from_str(&spec).map_err(|e| {
                 Error::new(
@@ -338,6 +345,7 @@ impl Store {
                 signal,
                 at: from_ms(at),
                 uptime: Duration::from_millis(uptime.unwrap_or(0).max(0) as u64),
+                reason: reason.clone(),
             });
             out.push(StoredService {
                 id: id as u64,
@@ -403,7 +411,7 @@ impl Store {
         self.fast()
             .execute(
                 "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
-                 exit_at_ms = ?6, exit_uptime_ms = ?7 WHERE id = ?1",
+                 exit_at_ms = ?6, exit_uptime_ms = ?7, exit_reason = ?8 WHERE id = ?1",
                 params![
                     id as i64,
                     status.as_str(),
@@ -412,6 +420,7 @@ impl Store {
                     last_exit.and_then(|e| e.signal),
                     last_exit.map(|e| ms(e.at)),
                     last_exit.map(|e| e.uptime.as_millis() as i64),
+                    last_exit.and_then(|e| e.reason.as_deref()),
                 ],
             )
             .map_err(|e| self.err("cannot save the status", e))?;
@@ -466,8 +475,8 @@ impl Store {
     pub(crate) fn end_run(&self, run_id: i64, exit: &Exit) -> Result<()> {
         self.fast()
             .execute(
-                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4 WHERE id = ?1",
-                params![run_id, ms(exit.at), exit.code, exit.signal],
+                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5 WHERE id = ?1",
+                params![run_id, ms(exit.at), exit.code, exit.signal, exit.reason.as_deref()],
             )
             .map_err(|e| self.err("cannot record the exit", e))?;
         Ok(())
@@ -541,6 +550,7 @@ mod tests {
                 signal: None,
                 at: from_ms(1_700_000_000_000),
                 uptime: Duration::from_millis(1500),
+                reason: Some("unhealthy: test".into()),
             };
             s.set_state(a, Status::Backoff, 7, Some(&exit))?;
             s.delete_service(b)?;
@@ -551,9 +561,13 @@ mod tests {
         assert_eq!(all[0].id, a);
         assert_eq!(all[0].status, Status::Backoff);
         assert_eq!(all[0].restarts, 7);
-        assert_eq!(all[0].last_exit.unwrap().code(), Some(3));
+        assert_eq!(all[0].last_exit.as_ref().unwrap().code(), Some(3));
         assert_eq!(
-            all[0].last_exit.unwrap().uptime(),
+            all[0].last_exit.as_ref().unwrap().reason(),
+            Some("unhealthy: test")
+        );
+        assert_eq!(
+            all[0].last_exit.as_ref().unwrap().uptime(),
             Duration::from_millis(1500)
         );
         let c = s.insert_service(&ServiceSpec::new("c", "true"), true, Status::Starting)?;
@@ -574,6 +588,7 @@ mod tests {
                     signal: None,
                     at: SystemTime::now(),
                     uptime: Duration::ZERO,
+                    reason: None,
                 },
             )?;
         }

@@ -386,7 +386,7 @@ impl Supervisor {
     /// # Ok(()) }
     /// ```
     pub fn wait_for(&self, target: &str, status: Status, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::duration::deadline(Instant::now(), timeout);
         let mut table = self.shared.table.lock();
         let ids = table.resolve(target)?;
         loop {
@@ -506,6 +506,59 @@ impl Supervisor {
         ))
     }
 
+    /// The order in which `start` would bring up the target (a name, an id, or `"all"`): waves
+    /// of names, each depending only on earlier waves (dependencies outside the target are
+    /// not included). Nothing is started.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Condition, RestartPolicy, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("db", "sleep").arg("60"))?;
+    /// sup.start(ServiceSpec::new("web", "sleep").arg("60").after("db", Condition::Started))?;
+    /// assert_eq!(sup.plan_start("all")?, vec![vec!["db".to_string()], vec!["web".to_string()]]);
+    /// assert_eq!(sup.plan_stop("all")?, vec![vec!["web".to_string()], vec!["db".to_string()]]);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn plan_start(&self, target: &str) -> Result<Vec<Vec<String>>> {
+        self.plan(target, false)
+    }
+
+    /// The order in which `stop` (or `delete`) would bring the target down: dependents first.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn plan_stop(&self, target: &str) -> Result<Vec<Vec<String>>> {
+        self.plan(target, true)
+    }
+
+    fn plan(&self, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
+        let table = self.shared.table.lock();
+        let ids = table.resolve(target)?;
+        let nodes: Vec<crate::graph::Node<'_>> = table
+            .services
+            .values()
+            .map(|s| crate::graph::Node {
+                name: s.name(),
+                deps: s
+                    .spec()
+                    .get_after()
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect(),
+            })
+            .collect();
+        let targets = ids.iter().map(|id| table.services[id].name()).collect();
+        Ok(crate::graph::waves(&nodes, &targets, reverse))
+    }
+
     /// A new subscription to events from now on.
     pub fn subscribe(&self) -> Events {
         self.shared.hub.subscribe()
@@ -609,7 +662,7 @@ fn supervise(
         }
     };
     let reports = crate::logs::Reports {
-        requests,
+        requests: requests.clone(),
         engine: pump_waker,
         events: shared.clone(),
     };
@@ -618,7 +671,7 @@ fn supervise(
         Err(e) => return drop(ready.send(Err(io_error("cannot start the log pump thread", e)))),
     };
     let resurrect = config.resurrect;
-    let mut engine = Engine::new(store, poller, receiver, shared, config, pump);
+    let mut engine = Engine::new(store, poller, receiver, shared, config, pump, requests);
     match engine.init(resurrect) {
         Ok(()) => {
             let _ = ready.send(Ok(waker));

@@ -49,6 +49,7 @@ enum Message {
         stdout: OwnedFd,
         stderr: Option<OwnedFd>,
         dropped: Arc<AtomicU64>,
+        watch: Option<String>,
     },
     Detach {
         id: u64,
@@ -125,6 +126,7 @@ impl Pump {
         stdout: OwnedFd,
         stderr: Option<OwnedFd>,
         dropped: Arc<AtomicU64>,
+        watch: Option<String>,
     ) {
         self.send(Message::Attach {
             id,
@@ -134,6 +136,7 @@ impl Pump {
             stdout,
             stderr,
             dropped,
+            watch,
         });
     }
 
@@ -182,6 +185,36 @@ struct RunPipes {
     tokens: Vec<u64>,
     /// Set by `Detach`: close the pipes by then and report.
     deadline: Option<Instant>,
+    /// A `Ready::LogLine` pattern still to be matched, with the partial line of each stream.
+    watch: Option<Watch>,
+}
+
+struct Watch {
+    pattern: regex_lite::Regex,
+    partial: [Vec<u8>; 2],
+}
+
+impl Watch {
+    /// Feeds output; returns whether a complete line (or an over-long one) matched.
+    fn feed(&mut self, which: Which, data: &[u8], line_max: usize) -> bool {
+        let partial = &mut self.partial[which as usize];
+        let mut rest = data;
+        while let Some(nl) = sink::find_newline(rest) {
+            partial.extend_from_slice(&rest[..nl]);
+            if self.pattern.is_match(&String::from_utf8_lossy(partial)) {
+                return true;
+            }
+            partial.clear();
+            rest = &rest[nl + 1..];
+        }
+        partial.extend_from_slice(rest);
+        if partial.len() > line_max {
+            let hit = self.pattern.is_match(&String::from_utf8_lossy(partial));
+            partial.clear();
+            return hit;
+        }
+        false
+    }
 }
 
 struct ServiceLogs {
@@ -253,6 +286,7 @@ impl PumpThread {
                 stdout,
                 stderr,
                 dropped,
+                watch,
             } => {
                 // Whatever an earlier run left in its pipes comes first.
                 let mut wrote = false;
@@ -292,10 +326,17 @@ impl PumpThread {
                     );
                 }
                 let svc = self.services.get_mut(&id).expect("inserted above");
+                let watch = watch
+                    .and_then(|p| regex_lite::Regex::new(&p).ok())
+                    .map(|pattern| Watch {
+                        pattern,
+                        partial: [Vec::new(), Vec::new()],
+                    });
                 svc.runs.push(RunPipes {
                     generation,
                     tokens,
                     deadline: None,
+                    watch,
                 });
                 wrote
             }
@@ -368,6 +409,16 @@ impl PumpThread {
                         });
                     }
                     wrote = true;
+                    let generation = pipe.generation;
+                    let line_max = svc.policy.get_line_max();
+                    if let Some(run) = svc.runs.iter_mut().find(|r| r.generation == generation) {
+                        if let Some(w) = &mut run.watch {
+                            if w.feed(which, &self.buf[..n], line_max) {
+                                run.watch = None;
+                                self.report(Request::ReadyLine { id, generation });
+                            }
+                        }
+                    }
                     if n < self.buf.len() {
                         return wrote;
                     }
@@ -410,6 +461,7 @@ impl PumpThread {
                     generation,
                     tokens: Vec::new(),
                     deadline: None,
+                    watch: None,
                 });
             }
         }

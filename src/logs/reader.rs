@@ -244,6 +244,59 @@ impl LogFollower {
         }
     }
 
+    /// `(rotation index, inode)` of every kept file, newest first, as one consistent picture:
+    /// the pump may be renaming files meanwhile, so two scans must agree. A rotation in
+    /// progress leaves at most one index free, so the scan stops at two free in a row.
+    fn files(&self) -> Vec<(u32, u64)> {
+        let scan = || {
+            let mut out = Vec::new();
+            let mut misses = 0;
+            for i in 0..=MAX_ROTATED {
+                match std::fs::metadata(rotated(&self.base, i)) {
+                    Ok(m) => {
+                        misses = 0;
+                        out.push((i, m.ino()));
+                    }
+                    Err(_) if i == 0 => {}
+                    Err(_) => {
+                        misses += 1;
+                        if misses == 2 {
+                            break;
+                        }
+                    }
+                }
+            }
+            out
+        };
+        let mut last = scan();
+        for _ in 0..100 {
+            let again = scan();
+            if again == last {
+                return again;
+            }
+            last = again;
+        }
+        last
+    }
+
+    /// Opens the file written right after the one with inode `ino` (the live file if that one
+    /// is gone), checking that the rotation did not move on between looking and opening.
+    fn open_successor(&self, ino: u64) -> Option<File> {
+        for _ in 0..100 {
+            let files = self.files();
+            let target = match files.iter().position(|(_, i)| *i == ino) {
+                Some(0) => return None, // still the newest
+                Some(p) => files[p - 1],
+                None => *files.first()?,
+            };
+            let file = File::open(rotated(&self.base, target.0)).ok()?;
+            if file.metadata().ok()?.ino() == target.1 {
+                return Some(file);
+            }
+        }
+        None
+    }
+
     /// The kept file with inode `ino`, and its rotation index.
     fn find_ino(&self, ino: u64) -> Option<(u32, File)> {
         for i in 0..=MAX_ROTATED {
@@ -310,12 +363,7 @@ impl LogFollower {
         if live == Some(self.ino) {
             return false;
         }
-        let next = match self.find_ino(self.ino) {
-            Some((i, _)) if i > 0 => File::open(rotated(&self.base, i - 1)).ok(),
-            _ => None, // removed, or not found: the live file
-        };
-        let next = next.or_else(|| File::open(&self.base).ok());
-        match next {
+        match self.open_successor(self.ino) {
             Some(file) => {
                 if !self.pending.is_empty() && !self.pending.ends_with(b"\n") {
                     // A line cut by rotation (only past the line cap) ends with its file.
@@ -332,7 +380,7 @@ impl LogFollower {
 
     /// The next line, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::duration::deadline(Instant::now(), timeout);
         loop {
             if let Some(line) = self.take_line() {
                 return Some(line);

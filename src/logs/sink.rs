@@ -157,7 +157,8 @@ impl Sink {
                 if data.len() - pos <= room {
                     break true;
                 }
-                match rfind_newline(&data[pos..pos + room + 1]) {
+                match rfind_newline(&data[pos..pos + room.saturating_add(1).min(data.len() - pos)])
+                {
                     Some(n) => {
                         pos += n + 1;
                         room = cap;
@@ -184,7 +185,7 @@ impl Sink {
             }
             let rest = &data[pos..];
             let room = cap - self.line_len.min(cap);
-            let end = find_newline(&rest[..rest.len().min(room + 1)]);
+            let end = find_newline(&rest[..rest.len().min(room.saturating_add(1))]);
             match end {
                 Some(n) => {
                     staging.extend_from_slice(&rest[..=n]);
@@ -214,7 +215,10 @@ impl Sink {
     fn write_rotating(&mut self, buf: &[u8], policy: &LogPolicy) -> Result<(), (usize, io::Error)> {
         self.ensure_open().map_err(|e| (0, e))?;
         let max = policy.get_max_bytes();
-        let cap = policy.get_line_max().max(64) + SPLIT_MARKER.len() + 1;
+        let cap = policy
+            .get_line_max()
+            .max(64)
+            .saturating_add(SPLIT_MARKER.len() + 1);
         let mut done = 0;
         while done < buf.len() {
             let rest = &buf[done..];
@@ -232,11 +236,12 @@ impl Sink {
                     self.rotate(policy).map_err(|e| (done, e))?;
                     continue;
                 }
-                None => find_newline(&rest[room..rest.len().min(room + cap)]).map(|j| room + j + 1),
+                None => find_newline(&rest[room..rest.len().min(room.saturating_add(cap))])
+                    .map(|j| room + j + 1),
             };
             let cut = match cut {
                 Some(c) => c,
-                None if rest.len() <= room + cap => {
+                None if rest.len() <= room.saturating_add(cap) => {
                     // The chunk ends inside a line that may still end in time: write it now,
                     // rotate at its end later.
                     self.write_all(rest).map_err(|(n, e)| (done + n, e))?;

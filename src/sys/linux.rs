@@ -519,7 +519,7 @@ impl Poller {
         Ok(Waker(self.waker.try_clone()?))
     }
 
-    pub(crate) fn add(&self, fd: &OwnedFd, token: u64) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: &impl AsFd, token: u64) -> io::Result<()> {
         epoll::add(
             &self.epoll,
             fd,
@@ -529,7 +529,7 @@ impl Poller {
         Ok(())
     }
 
-    pub(crate) fn remove(&self, fd: &OwnedFd) {
+    pub(crate) fn remove(&self, fd: &impl AsFd) {
         // An fd that is about to be closed leaves the set anyway; ignore ENOENT.
         let _ = epoll::delete(&self.epoll, fd);
     }

@@ -11,6 +11,7 @@ mod events_and_logs;
 mod host_death;
 mod logs;
 mod persistence;
+mod readiness;
 mod restarts;
 mod stopping;
 mod validation;

@@ -91,14 +91,19 @@ fn a_grandchild_holding_stdout_cannot_hang_stop() {
 #[test]
 fn stop_signal_is_configurable() {
     let h = Harness::new();
+    // Ready once the traps are set, so the signal cannot arrive before them.
     let spec = h
         .sh(
             "intme",
-            "trap 'exit 42' INT; trap '' TERM; while :; do sleep 0.05; done",
+            "trap 'exit 42' INT; trap '' TERM; echo armed; while :; do sleep 0.05; done",
         )
+        .ready(sheepdog::Ready::LogLine("armed".into()))
         .stop_signal(Signal::Int)
         .stop_timeout(Duration::from_secs(5));
     h.sup().start(spec).unwrap();
+    h.sup()
+        .wait_for("intme", sheepdog::Status::Online, SECS_5)
+        .unwrap();
     let t = Instant::now();
     h.sup().stop("intme").unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
