@@ -4,10 +4,12 @@
 use crate::engine::{Config, Engine, Request, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
+use crate::fleet::{Applied, Fleet, Prune};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::Pump;
 use crate::spec::ServiceSpec;
+use crate::stats::Stats;
 use crate::store::Store;
 use crate::sys::{self, Poller, Waker};
 use crossbeam_channel::{Receiver, Sender};
@@ -58,6 +60,7 @@ pub struct Supervisor {
     thread: Mutex<Option<JoinHandle<()>>>,
     state_dir: PathBuf,
     log_dir: PathBuf,
+    cpu: Mutex<crate::stats::CpuHistory>,
     // Dropped after the thread is joined: the lock file, then the temporary directory.
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -237,6 +240,7 @@ impl Supervisor {
             waker,
             shared,
             thread: Mutex::new(Some(thread)),
+            cpu: Mutex::default(),
             state_dir,
             log_dir,
             _lock: lock,
@@ -557,6 +561,107 @@ impl Supervisor {
             .collect();
         let targets = ids.iter().map(|id| table.services[id].name()).collect();
         Ok(crate::graph::waves(&nodes, &targets, reverse))
+    }
+
+    /// CPU, memory, processes and threads of each service of the target (a name, an id, or
+    /// `"all"`), summed over its process group, read from /proc in one pass.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
+    pub fn stats(&self, target: &str) -> Result<Vec<Stats>> {
+        let targets: Vec<crate::stats::Target> = {
+            let table = self.shared.table.lock();
+            let ids = table.resolve(target)?;
+            ids.iter()
+                .map(|id| {
+                    let info = &table.services[id];
+                    crate::stats::Target {
+                        id: *id,
+                        generation: info.generation(),
+                        name: info.name().to_string(),
+                        pgid: info.pid(),
+                        started: info
+                            .started_at()
+                            .and_then(|t| t.elapsed().ok())
+                            .and_then(|d| Instant::now().checked_sub(d)),
+                    }
+                })
+                .collect()
+        };
+        Ok(crate::stats::measure(targets, &mut self.cpu.lock()))
+    }
+
+    /// Converges the supervisor to a fleet: starts new services (dependencies first),
+    /// restarts those whose spec changed, starts listed ones that are not running, and with
+    /// [`Prune::Yes`] stops and deletes those the fleet does not list. A service that fails to
+    /// start does not stop the others: it is reported in [`Applied::failed`].
+    ///
+    /// # Errors
+    ///
+    /// `ShutDown`, or the first error that is not about one service (a store failure).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Fleet, Prune, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("old", "sleep").arg("60"))?;
+    /// let fleet = Fleet::new([ServiceSpec::new("new", "sleep").arg("60")]);
+    /// let applied = sup.apply(&fleet, Prune::Yes)?;
+    /// assert_eq!(applied.started, ["new"]);
+    /// assert_eq!(applied.deleted, ["old"]);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn apply(&self, fleet: &Fleet, prune: Prune) -> Result<Applied> {
+        let before: std::collections::HashMap<String, ServiceInfo> = self
+            .list()?
+            .into_iter()
+            .map(|i| (i.name().to_string(), i))
+            .collect();
+        let mut applied = Applied::default();
+        for spec in fleet.in_start_order() {
+            let name = spec.name().to_string();
+            let outcome = match before.get(&name) {
+                None => self
+                    .start(spec.clone())
+                    .map(|_| applied.started.push(name.clone())),
+                Some(info) if info.spec() != spec => self
+                    .start(spec.clone())
+                    .map(|_| applied.restarted.push(name.clone())),
+                Some(info) => {
+                    let idle = matches!(
+                        info.status(),
+                        Status::Stopped | Status::Exited | Status::Errored
+                    );
+                    let r = if idle {
+                        self.start(spec.clone()).map(drop)
+                    } else {
+                        Ok(())
+                    };
+                    r.map(|_| applied.unchanged.push(name.clone()))
+                }
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
+                    return Err(e)
+                }
+                Err(e) => applied.failed.push((name, e.to_string())),
+            }
+        }
+        if prune == Prune::Yes {
+            let listed: std::collections::HashSet<&str> =
+                fleet.services().iter().map(|s| s.name()).collect();
+            for wave in self.plan_stop("all")? {
+                for name in wave.into_iter().filter(|n| !listed.contains(n.as_str())) {
+                    self.delete(&name)?;
+                    applied.deleted.push(name);
+                }
+            }
+        }
+        Ok(applied)
     }
 
     /// A new subscription to events from now on.

@@ -408,6 +408,27 @@ pub(crate) struct ProcStat {
     pub(crate) pgrp: u32,
     /// Clock ticks since boot at which the process started.
     pub(crate) start_time: u64,
+    /// CPU time used, user plus system, in clock ticks.
+    pub(crate) cpu_ticks: u64,
+    pub(crate) threads: u32,
+    /// Resident set size in pages.
+    pub(crate) rss_pages: u64,
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), for CPU times read from /proc.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as u64
+    } else {
+        100
+    }
+}
+
+/// The page size in bytes.
+pub(crate) fn page_size() -> u64 {
+    rustix::param::page_size() as u64
 }
 
 fn parse_stat(text: &str) -> Option<ProcStat> {
@@ -423,6 +444,9 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
         ppid: rest.get(1)?.parse().ok()?,
         pgrp: rest.get(2)?.parse().ok()?,
         start_time: rest.get(19)?.parse().ok()?,
+        cpu_ticks: rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?,
+        threads: rest.get(17)?.parse().ok()?,
+        rss_pages: rest.get(21)?.parse().ok()?,
     })
 }
 

@@ -174,7 +174,29 @@ fn follow_goes_across_rotations_and_restarts_and_resumes_from_a_cursor() {
     let mut got = Vec::new();
     let mut cursor = None;
     while got.len() < 6000 {
-        let line = follower.recv_timeout(SECS_10).expect("a line within 10 s");
+        let Some(line) = follower.recv_timeout(SECS_10) else {
+            let info = h.sup().describe("follow").unwrap();
+            let base = h.sup().log_path("follow", Stream::Stdout).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ls -li {}* ; tail -c 100 {}",
+                    base.display(),
+                    base.display()
+                ))
+                .output()
+                .unwrap();
+            panic!(
+                "stuck after {} lines (last {:?}), cursor {}, status {:?} gen {} restarts {}\n{}",
+                got.len(),
+                got.last(),
+                follower.cursor(),
+                info.status(),
+                info.generation(),
+                info.restarts(),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        };
         got.push(line);
         if got.len() == 3000 {
             // Hand over mid-stream: a new follower from the cursor continues exactly.

@@ -8,6 +8,7 @@ mod backoff_races;
 mod child_hygiene;
 mod concurrency;
 mod events_and_logs;
+mod fleet;
 mod host_death;
 mod logs;
 mod persistence;

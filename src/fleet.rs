@@ -1,0 +1,511 @@
+//! [`Fleet`]: a list of services read from a file (TOML, JSON or a Procfile), and what
+//! [`Supervisor::apply`](crate::Supervisor::apply) did to converge to it.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::graph;
+use crate::spec::{validate_name, ServiceSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// A fleet: services plus optional supervisor settings, as written in a fleet file.
+///
+/// TOML (`[[service]]` tables, every [`ServiceSpec`] option; durations as `"500ms"`):
+///
+/// ```
+/// use sheepdog::Fleet;
+///
+/// let fleet = Fleet::from_toml_str(r#"
+/// [[service]]
+/// name = "web"
+/// program = "python3"
+/// args = ["-m", "http.server", "8080"]
+/// ready = { tcp = 8080 }
+/// restart = { policy = "on-failure", backoff = { kind = "exponential", base = "100ms", max = "30s" } }
+/// "#).unwrap();
+/// assert_eq!(fleet.services()[0].name(), "web");
+///
+/// let err = Fleet::from_toml_str("[[service]]\nname = \"x\"\nprogram = \"true\"\ncolour = 1\n").unwrap_err();
+/// assert!(err.to_string().contains("line 4, column 1"), "{err}");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    #[serde(default, skip_serializing_if = "Settings::is_default")]
+    supervisor: Settings,
+    #[serde(default, rename = "service")]
+    services: Vec<ServiceSpec>,
+}
+
+/// Supervisor settings a fleet file may carry (command-line options take precedence).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The state directory (default: a temporary one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+}
+
+impl Settings {
+    fn is_default(&self) -> bool {
+        *self == Settings::default()
+    }
+}
+
+/// Whether [`Supervisor::apply`](crate::Supervisor::apply) removes services that the fleet
+/// does not list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prune {
+    /// Stop and delete them.
+    Yes,
+    /// Keep them.
+    No,
+}
+
+/// What [`Supervisor::apply`](crate::Supervisor::apply) did, by service name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// New services, started.
+    pub started: Vec<String>,
+    /// Services whose spec changed, restarted with the new one.
+    pub restarted: Vec<String>,
+    /// Services left as they were (equal spec; started if they were not running).
+    pub unchanged: Vec<String>,
+    /// Services not in the fleet, stopped and deleted.
+    pub deleted: Vec<String>,
+    /// Services that could not be started, with the error.
+    pub failed: Vec<(String, String)>,
+}
+
+fn parse_error(origin: &str, line: usize, column: usize, message: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidSpec,
+        format!(
+            "fleet file '{origin}': line {line}, column {column}: {}",
+            message.trim_end()
+        ),
+    )
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Fleet {
+    /// A fleet of the given services.
+    pub fn new(services: impl IntoIterator<Item = ServiceSpec>) -> Fleet {
+        Fleet {
+            supervisor: Settings::default(),
+            services: services.into_iter().collect(),
+        }
+    }
+
+    /// The services, in file order.
+    pub fn services(&self) -> &[ServiceSpec] {
+        &self.services
+    }
+
+    /// The supervisor settings.
+    pub fn settings(&self) -> &Settings {
+        &self.supervisor
+    }
+
+    /// Parses a TOML fleet.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSpec`, naming the line and column (an unknown key, a bad duration, a wrong
+    /// type), or the rule a service breaks (a bad name, a duplicate, a cycle).
+    pub fn from_toml_str(text: &str) -> Result<Fleet> {
+        Fleet::parse_toml(text, "<string>")
+    }
+
+    /// Reads a TOML fleet file.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_toml_str`](Fleet::from_toml_str); `Io` if the file cannot be read.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Fleet> {
+        let path = path.as_ref();
+        Fleet::parse_toml(&read(path)?, &path.display().to_string())
+    }
+
+    fn parse_toml(text: &str, origin: &str) -> Result<Fleet> {
+        let fleet: Fleet = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            parse_error(origin, line, column, e.message())
+        })?;
+        fleet.check(origin)?;
+        Ok(fleet)
+    }
+
+    /// Parses a JSON fleet: `{"service": [ {spec}, … ]}`.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_toml_str`](Fleet::from_toml_str).
+    pub fn from_json_str(text: &str) -> Result<Fleet> {
+        Fleet::parse_json(text, "<string>")
+    }
+
+    /// Reads a JSON fleet file.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_toml_str`](Fleet::from_toml_str); `Io` if the file cannot be read.
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Fleet> {
+        let path = path.as_ref();
+        Fleet::parse_json(&read(path)?, &path.display().to_string())
+    }
+
+    fn parse_json(text: &str, origin: &str) -> Result<Fleet> {
+        let fleet: Fleet = serde_json::from_str(text).map_err(|e| {
+            parse_error(
+                origin,
+                e.line(),
+                e.column(),
+                &strip_position(&e.to_string()),
+            )
+        })?;
+        fleet.check(origin)?;
+        Ok(fleet)
+    }
+
+    /// Reads a Procfile (`name: command` per line, run with `sh -c`), with the variables of
+    /// a `.env` file beside it (`KEY=value` lines, `#` comments, optional `export` and quotes),
+    /// as foreman and honcho do.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSpec` naming the line of a malformed entry or a bad name; `Io` if the file
+    /// cannot be read.
+    pub fn from_procfile(path: impl AsRef<Path>) -> Result<Fleet> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        let env_path = path.with_file_name(".env");
+        let env = match std::fs::read_to_string(&env_path) {
+            Ok(text) => parse_dotenv(&text, &env_path.display().to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("cannot read '{}'", env_path.display()),
+                )
+                .with_source(e))
+            }
+        };
+        let fleet = Fleet::parse_procfile(&read(path)?, &origin, &env)?;
+        fleet.check(&origin)?;
+        Ok(fleet)
+    }
+
+    fn parse_procfile(text: &str, origin: &str, env: &BTreeMap<String, String>) -> Result<Fleet> {
+        let mut services = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, command)) = line.split_once(':') else {
+                return Err(parse_error(origin, i + 1, 1, "expected 'name: command'"));
+            };
+            let (name, command) = (name.trim(), command.trim());
+            if command.is_empty() {
+                return Err(parse_error(
+                    origin,
+                    i + 1,
+                    line.len() + 1,
+                    "the command is empty",
+                ));
+            }
+            validate_name(name).map_err(|e| parse_error(origin, i + 1, 1, &e.to_string()))?;
+            services.push(
+                ServiceSpec::new(name, "sh")
+                    .args(["-c", command])
+                    .envs(env.clone()),
+            );
+        }
+        Ok(Fleet::new(services))
+    }
+
+    /// Every spec is valid, names are unique, dependencies exist and form no cycle.
+    fn check(&self, origin: &str) -> Result<()> {
+        let invalid = |msg: String| {
+            Error::new(
+                ErrorKind::InvalidSpec,
+                format!("fleet file '{origin}': {msg}"),
+            )
+        };
+        let mut names = BTreeSet::new();
+        for spec in &self.services {
+            spec.validate()?;
+            if !names.insert(spec.name()) {
+                return Err(invalid(format!(
+                    "service '{}' is defined twice",
+                    spec.name()
+                )));
+            }
+        }
+        for spec in &self.services {
+            for dep in spec.get_after() {
+                if !names.contains(dep.name.as_str()) {
+                    return Err(invalid(format!(
+                        "service '{}' depends on unknown service '{}'",
+                        spec.name(),
+                        dep.name
+                    )));
+                }
+            }
+        }
+        if let Some(cycle) = graph::find_cycle(&self.nodes()) {
+            return Err(invalid(format!("dependency cycle: {}", cycle.join(" -> "))));
+        }
+        Ok(())
+    }
+
+    fn nodes(&self) -> Vec<graph::Node<'_>> {
+        self.services
+            .iter()
+            .map(|s| graph::Node {
+                name: s.name(),
+                deps: s.get_after().iter().map(|d| d.name.as_str()).collect(),
+            })
+            .collect()
+    }
+
+    /// The services in an order where each comes after its dependencies.
+    pub(crate) fn in_start_order(&self) -> Vec<&ServiceSpec> {
+        let targets = self.services.iter().map(|s| s.name()).collect();
+        let order: Vec<String> = graph::waves(&self.nodes(), &targets, false)
+            .into_iter()
+            .flatten()
+            .collect();
+        order
+            .iter()
+            .filter_map(|n| self.services.iter().find(|s| s.name() == n))
+            .collect()
+    }
+
+    /// The fleet as TOML.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSpec` if a value cannot be written as TOML.
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| {
+            Error::new(ErrorKind::InvalidSpec, "cannot write the fleet as TOML").with_source(e)
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot read fleet file '{}'", path.display()),
+        )
+        .with_source(e)
+    })
+}
+
+/// serde_json appends " at line L column C"; the position is reported separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// `KEY=value` lines; `#` comments; optional `export `; single or double quotes.
+fn parse_dotenv(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(parse_error(origin, i + 1, 1, "expected KEY=value"));
+        };
+        let key = key.trim();
+        if key.is_empty() || key.contains(|c: char| c.is_whitespace()) {
+            return Err(parse_error(
+                origin,
+                i + 1,
+                1,
+                &format!("'{key}' is not a variable name"),
+            ));
+        }
+        let value = value.trim();
+        let value = if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
+        {
+            let inner = &value[1..value.len() - 1];
+            if value.starts_with('"') {
+                inner.replace("\\n", "\n").replace("\\\"", "\"")
+            } else {
+                inner.to_string()
+            }
+        } else {
+            value
+                .split(" #")
+                .next()
+                .unwrap_or("")
+                .trim_end()
+                .to_string()
+        };
+        out.insert(key.to_string(), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::readiness::{Condition, Health, Ready};
+    use crate::spec::{LogPolicy, Signal};
+    use crate::{Backoff, RestartPolicy};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn every_option() -> Fleet {
+        let db = ServiceSpec::new("db", "postgres");
+        let web = ServiceSpec::new("web", "/usr/bin/python3")
+            .args(["-m", "http.server"])
+            .env("PORT", "8080")
+            .env_remove("DEBUG")
+            .current_dir("/srv")
+            .restart(
+                RestartPolicy::on_failure()
+                    .backoff(
+                        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
+                            .factor(1.5)
+                            .jitter(0.1),
+                    )
+                    .stable_after(Duration::from_secs(10))
+                    .max_restarts(5, Duration::from_secs(60))
+                    .success_codes([0, 2]),
+            )
+            .stop_signal(Signal::Int)
+            .stop_timeout(Duration::from_millis(1500))
+            .log(
+                LogPolicy::default()
+                    .max_bytes(1000)
+                    .keep(2)
+                    .timestamps(true)
+                    .merge_stderr(true)
+                    .line_max(128),
+            )
+            .ready(Ready::LogLine("listening".into()))
+            .ready_timeout(Duration::from_secs(7))
+            .health(
+                Health::http("http://127.0.0.1:8080/")
+                    .interval(Duration::from_secs(2))
+                    .failures(4),
+            )
+            .after("db", Condition::Ready)
+            .restart_with("db");
+        let cleared = ServiceSpec::new("cleared", "true")
+            .env_clear()
+            .ready(Ready::After(Duration::from_millis(250)));
+        let mut f = Fleet::new([db, web, cleared]);
+        f.supervisor.state_dir = Some("/var/lib/x".into());
+        f
+    }
+
+    #[test]
+    fn every_option_round_trips_through_toml_and_json() {
+        let fleet = every_option();
+        let toml_text = fleet.to_toml_string().unwrap();
+        assert_eq!(
+            Fleet::from_toml_str(&toml_text).unwrap(),
+            fleet,
+            "{toml_text}"
+        );
+        let json = serde_json::to_string_pretty(&fleet).unwrap();
+        assert_eq!(Fleet::from_json_str(&json).unwrap(), fleet, "{json}");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_column() {
+        let text = "[[service]]\nname = \"a\"\nprogram = \"true\"\nstop_timeout = \"10 parsecs\"\n";
+        let err = Fleet::from_toml_str(text).unwrap_err();
+        assert!(err.to_string().contains("line 4"), "{err}");
+        assert!(err.to_string().contains("unknown unit"), "{err}");
+        let err = Fleet::from_toml_str("[[service]]\nname = 5\nprogram = \"true\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2, column 8"), "{err}");
+        let err = Fleet::from_json_str(
+            "{\"service\": [{\"name\": \"a\", \"program\": \"true\",\n \"colour\": 1}]}",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("line 2") && err.to_string().contains("colour"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicates_unknown_dependencies_and_cycles_are_refused() {
+        let dup = "[[service]]\nname = \"a\"\nprogram = \"true\"\n[[service]]\nname = \"a\"\nprogram = \"true\"\n";
+        assert!(Fleet::from_toml_str(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("defined twice"));
+        let cyc = "[[service]]\nname = \"a\"\nprogram = \"true\"\nafter = [{ name = \"b\", condition = \"started\" }]\n\
+                   [[service]]\nname = \"b\"\nprogram = \"true\"\nafter = [{ name = \"a\", condition = \"ready\" }]\n";
+        assert!(Fleet::from_toml_str(cyc)
+            .unwrap_err()
+            .to_string()
+            .contains("dependency cycle: a -> b -> a"));
+        let unknown = "[[service]]\nname = \"a\"\nprogram = \"true\"\nafter = [{ name = \"z\", condition = \"started\" }]\n";
+        assert!(Fleet::from_toml_str(unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown service 'z'"));
+    }
+
+    #[test]
+    fn procfile_and_dotenv() {
+        let env = parse_dotenv(
+            "# comment\nexport A=1\nB=\"two words\"\nC='x # y'\nD=plain # trailing\n",
+            ".env",
+        )
+        .unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "two words");
+        assert_eq!(env["C"], "x # y");
+        assert_eq!(env["D"], "plain");
+        let fleet = Fleet::parse_procfile(
+            "web: python3 -m http.server $PORT\n\n# worker\nworker: ./work --fast\n",
+            "Procfile",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(fleet.services().len(), 2);
+        assert_eq!(
+            fleet.services()[0].get_args(),
+            ["-c", "python3 -m http.server $PORT"]
+        );
+        assert!(fleet.services()[1]
+            .get_envs()
+            .any(|(k, v)| k == "B" && v == "two words"));
+        let err = Fleet::parse_procfile("web python3\n", "Procfile", &env).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        assert!(parse_dotenv("=1\n", ".env").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_toml_or_json_text_gives_a_fleet_or_an_error(text in ".{0,300}") {
+            let _ = Fleet::from_toml_str(&text);
+            let _ = Fleet::from_json_str(&text);
+            let _ = Fleet::parse_procfile(&text, "Procfile", &BTreeMap::new());
+            let _ = parse_dotenv(&text, ".env");
+        }
+    }
+}
