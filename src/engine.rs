@@ -50,6 +50,9 @@ pub(crate) enum Request {
         spec: Box<ServiceSpec>,
         reply: Sender<Result<ServiceInfo>>,
     },
+    StartMany {
+        items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>,
+    },
     Stop {
         target: String,
         reply: Sender<Result<usize>>,
@@ -124,6 +127,14 @@ fn resolve<'a>(target: &str, services: impl Iterator<Item = (u64, &'a str)>) -> 
         }
     }
     Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
+}
+
+/// A definition recorded by `define`: the service, whether its spec is new or changed, and
+/// what it was before (`None`: it did not exist), to undo it if the batch fails.
+struct Defined {
+    id: u64,
+    changed: bool,
+    previous: Option<(Arc<ServiceSpec>, bool)>,
 }
 
 /// What happens once a stopping run has fully ended.
@@ -262,6 +273,8 @@ struct Pending {
     /// down.
     stages: VecDeque<Vec<u64>>,
     then: Then,
+    /// Sent instead of the count when the operation completes (its state was not stored).
+    error: Option<Error>,
 }
 
 pub(crate) struct Config {
@@ -536,13 +549,22 @@ impl Engine {
             | Request::ReadyLine { .. }
             | Request::Probed { .. } => unreachable!("handled above"),
             Request::Start { spec, reply } => self.start(*spec, reply),
+            Request::StartMany { items } => self.start_many(items),
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
-                    for &id in &ids {
-                        self.set_desired(id, false);
-                    }
                     let n = ids.len();
-                    self.begin_staged(ids, Then::Settle, Want::Down, Reply::Count(reply, n));
+                    // Signal first, then store every desired state in one transaction.
+                    self.begin_staged(
+                        ids.clone(),
+                        Then::Settle,
+                        Want::Down,
+                        Reply::Count(reply, n),
+                    );
+                    let error = self.set_desired_many(&ids, false).err();
+                    self.pending
+                        .last_mut()
+                        .expect("pushed by begin_staged")
+                        .error = error;
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
@@ -550,8 +572,8 @@ impl Engine {
                 Ok(ids) => {
                     let ids = self.with_restart_with(ids);
                     let targets = self.targets(&ids);
+                    let error = self.set_desired_many(&ids, true).err();
                     for &id in &ids {
-                        self.set_desired(id, true);
                         self.services.get_mut(&id).expect("resolved above").history =
                             History::default();
                         self.begin_stop(id, Then::Start);
@@ -562,6 +584,7 @@ impl Engine {
                         reply: Reply::Count(reply, ids.len()),
                         stages: VecDeque::new(),
                         then: Then::Start,
+                        error,
                     });
                 }
                 Err(e) => drop(reply.send(Err(e))),
@@ -596,6 +619,7 @@ impl Engine {
             reply,
             stages,
             then,
+            error: None,
         });
     }
 
@@ -710,22 +734,81 @@ impl Engine {
     }
 
     fn start(&mut self, spec: ServiceSpec, reply: Sender<Result<ServiceInfo>>) {
-        if let Err(e) = spec
-            .validate()
-            .and_then(|()| self.check_dependencies(&spec))
-        {
-            let _ = reply.send(Err(e));
+        self.start_many(vec![(spec, reply)]);
+    }
+
+    /// Starts services: first every definition is checked and stored in one transaction (one
+    /// fsync however many), then each is spawned (or restarted into its new spec).
+    fn start_many(&mut self, items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>) {
+        if let Err(e) = self.store.begin() {
+            for (_, reply) in items {
+                let _ = reply.send(Err(e.clone()));
+            }
             return;
         }
+        let mut accepted = Vec::new();
+        for (spec, reply) in items {
+            match self.define(spec) {
+                Ok(defined) => accepted.push((defined, reply)),
+                Err(e) => drop(reply.send(Err(e))),
+            }
+        }
+        if let Err(e) = self.store.commit() {
+            // Nothing was stored: take the definitions back out of memory too.
+            for (d, reply) in accepted.into_iter().rev() {
+                match d.previous {
+                    None => {
+                        self.services.remove(&d.id);
+                        self.dirty.remove(&d.id);
+                        self.removed.push(d.id);
+                    }
+                    Some((spec, desired_up)) => {
+                        let svc = self.services.get_mut(&d.id).expect("defined above");
+                        svc.spec = spec;
+                        svc.desired_up = desired_up;
+                    }
+                }
+                let _ = reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        for (d, reply) in accepted {
+            let svc = &self.services[&d.id];
+            let running_as_asked = d.previous.is_some()
+                && !d.changed
+                && matches!(svc.status, Status::Online | Status::Starting)
+                && (svc.run.is_some() || svc.waiting);
+            if running_as_asked {
+                let _ = reply.send(Ok(svc.info()));
+                continue;
+            }
+            let generation = svc.generation;
+            self.begin_stop(d.id, Then::Start);
+            self.pending.push(Pending {
+                targets: vec![(d.id, generation)],
+                want: Want::Up,
+                reply: Reply::Info(reply),
+                stages: VecDeque::new(),
+                then: Then::Start,
+                error: None,
+            });
+        }
+    }
+
+    /// Checks a spec and records it (inside the caller's store batch): a new service, or a
+    /// new spec for an existing one; either way its desired state becomes up.
+    fn define(&mut self, spec: ServiceSpec) -> Result<Defined> {
+        spec.validate()?;
+        self.check_dependencies(&spec)?;
         let existing = self
             .services
             .values()
             .find(|s| s.spec.name() == spec.name())
             .map(|s| s.id);
-        if existing.is_none() {
+        let Some(id) = existing else {
             let need = fd_budget(self.services.len() + 1);
             if need > self.fd_limit {
-                let e = Error::new(
+                return Err(Error::new(
                     ErrorKind::Spawn,
                     format!(
                         "cannot start: {} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
@@ -733,74 +816,53 @@ impl Engine {
                         self.fd_limit
                     ),
                 )
-                .with_service(spec.name());
-                let _ = reply.send(Err(e));
-                return;
+                .with_service(spec.name()));
             }
-        }
-        let id = match existing {
-            None => match self.store.insert_service(&spec, true, Status::Starting) {
-                Ok(id) => {
-                    self.services.insert(
-                        id,
-                        Service {
-                            id,
-                            spec: Arc::new(spec),
-                            desired_up: true,
-                            status: Status::Starting,
-                            generation: 0,
-                            run: None,
-                            history: History::default(),
-                            restarts: 0,
-                            last_exit: None,
-                            next_start: None,
-                            started_at: None,
-                            spawn_error: None,
-                            log_dropped: Arc::default(),
-                            waiting: false,
-                        },
-                    );
-                    self.dirty.insert(id);
-                    id
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-            },
-            Some(id) => {
-                let changed = *self.services[&id].spec != spec;
-                if changed {
-                    if let Err(e) = self.store.update_spec(id, &spec) {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                    let svc = self.services.get_mut(&id).expect("found above");
-                    svc.spec = Arc::new(spec);
-                    svc.history = History::default();
-                    self.dirty.insert(id);
-                }
-                self.set_desired(id, true);
-                let svc = &self.services[&id];
-                let running_as_asked = matches!(svc.status, Status::Online | Status::Starting)
-                    && svc.run.is_some()
-                    && !changed;
-                if running_as_asked {
-                    let _ = reply.send(Ok(svc.info()));
-                    return;
-                }
-                id
-            }
+            let id = self.store.insert_service(&spec, true, Status::Starting)?;
+            self.services.insert(
+                id,
+                Service {
+                    id,
+                    spec: Arc::new(spec),
+                    desired_up: true,
+                    status: Status::Starting,
+                    generation: 0,
+                    run: None,
+                    history: History::default(),
+                    restarts: 0,
+                    last_exit: None,
+                    next_start: None,
+                    started_at: None,
+                    spawn_error: None,
+                    log_dropped: Arc::default(),
+                    waiting: false,
+                },
+            );
+            self.dirty.insert(id);
+            return Ok(Defined {
+                id,
+                changed: true,
+                previous: None,
+            });
         };
-        let generation = self.services[&id].generation;
-        self.begin_stop(id, Then::Start);
-        self.pending.push(Pending {
-            targets: vec![(id, generation)],
-            want: Want::Up,
-            reply: Reply::Info(reply),
-            stages: VecDeque::new(),
-            then: Then::Start,
-        });
+        let previous = (
+            self.services[&id].spec.clone(),
+            self.services[&id].desired_up,
+        );
+        let changed = *previous.0 != spec;
+        if changed {
+            self.store.update_spec(id, &spec)?;
+            let svc = self.services.get_mut(&id).expect("found above");
+            svc.spec = Arc::new(spec);
+            svc.history = History::default();
+            self.dirty.insert(id);
+        }
+        self.set_desired(id, true);
+        Ok(Defined {
+            id,
+            changed,
+            previous: Some(previous),
+        })
     }
 
     /// Every dependency exists, and the graph with this spec in it has no cycle.
@@ -832,6 +894,32 @@ impl Engine {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Sets the desired state of several services, stored in one transaction.
+    fn set_desired_many(&mut self, ids: &[u64], up: bool) -> Result<()> {
+        let changed: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.services.get(id).is_some_and(|s| s.desired_up != up))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        for id in &changed {
+            self.services
+                .get_mut(id)
+                .expect("filtered above")
+                .desired_up = up;
+        }
+        self.store.begin()?;
+        for id in &changed {
+            if let Err(e) = self.store.set_desired(*id, up) {
+                let _ = self.store.commit();
+                return Err(e);
+            }
+        }
+        self.store.commit().inspect_err(|e| log::error!("{e}"))
     }
 
     fn set_desired(&mut self, id: u64, up: bool) {
@@ -1754,6 +1842,7 @@ impl Engine {
                         }),
                         _ => None,
                     };
+                    let first_error = pending.error.or(first_error);
                     let _ = reply.send(first_error.map_or(Ok(n), Err));
                 }
                 Reply::Info(reply) => {
@@ -1814,6 +1903,11 @@ fn clone_error(e: &Error) -> Error {
 fn refuse(request: Request) {
     match request {
         Request::Start { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+        Request::StartMany { items } => {
+            for (_, reply) in items {
+                let _ = reply.send(Err(Error::shut_down()));
+            }
+        }
         Request::Stop { reply, .. }
         | Request::Restart { reply, .. }
         | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),

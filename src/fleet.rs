@@ -499,6 +499,33 @@ mod tests {
         assert!(parse_dotenv("=1\n", ".env").is_err());
     }
 
+    #[test]
+    fn the_readme_example_is_a_valid_fleet_with_every_section() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        // The example's dependency exists only in prose; add it so the fleet is complete.
+        let text = format!("{block}\n[[service]]\nname = \"db\"\nprogram = \"postgres\"\n");
+        let fleet = Fleet::from_toml_str(&text).unwrap();
+        let web = &fleet.services()[0];
+        assert_eq!(web.get_ready(), &Ready::Tcp(8080));
+        assert_eq!(web.log_policy().get_keep(), 5);
+        assert_eq!(web.get_health().unwrap().get_failures(), 3);
+        assert_eq!(
+            web.restart_policy(),
+            &RestartPolicy::on_failure()
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
+                        .jitter(0.1)
+                )
+                .max_restarts(5, Duration::from_secs(60))
+        );
+        assert_eq!(
+            fleet.settings().state_dir.as_deref(),
+            Some("/var/lib/myapp/services")
+        );
+    }
+
     proptest! {
         #[test]
         fn any_toml_or_json_text_gives_a_fleet_or_an_error(text in ".{0,300}") {

@@ -83,6 +83,8 @@ pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
     full_sync: Cell<bool>,
+    /// Inside `begin` … `commit`: every write joins one transaction, committed durably.
+    in_batch: Cell<bool>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -144,6 +146,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             full_sync: Cell::new(true),
+            in_batch: Cell::new(false),
         };
         store.check_and_migrate()?;
         Ok(store)
@@ -181,13 +184,35 @@ impl Store {
             conn,
             path: PathBuf::from(":memory:"),
             full_sync: Cell::new(true),
+            in_batch: Cell::new(false),
         };
         store.check_and_migrate()?;
         Ok(store)
     }
 
+    /// Starts a batch: the writes until [`commit`](Store::commit) form one transaction,
+    /// committed with `synchronous=FULL` (one fsync for all of them).
+    pub(crate) fn begin(&self) -> Result<()> {
+        self.sync_mode(true);
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err("cannot begin a transaction", e))?;
+        self.in_batch.set(true);
+        Ok(())
+    }
+
+    /// Commits the batch; on failure it is rolled back and nothing of it is stored.
+    pub(crate) fn commit(&self) -> Result<()> {
+        self.in_batch.set(false);
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(self.err("cannot commit", e));
+        }
+        Ok(())
+    }
+
     fn sync_mode(&self, full: bool) -> &Connection {
-        if self.full_sync.get() != full {
+        if !self.in_batch.get() && self.full_sync.get() != full {
             let mode = if full { "FULL" } else { "NORMAL" };
             match self.conn.pragma_update(None, "synchronous", mode) {
                 Ok(()) => self.full_sync.set(full),

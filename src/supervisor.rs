@@ -294,6 +294,46 @@ impl Supervisor {
         })
     }
 
+    /// Starts several services as [`start`](Supervisor::start) does, with their definitions
+    /// stored in one transaction (one disk sync for all), dependencies before dependents when
+    /// they are listed in that order. Returns one result per spec, in order.
+    ///
+    /// # Errors
+    ///
+    /// `ShutDown`; each spec's own error is in its result.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let specs = (0..3).map(|i| ServiceSpec::new(format!("nap{i}"), "sleep").arg("60"));
+    /// let started = sup.start_many(specs)?;
+    /// assert!(started.iter().all(|r| r.is_ok()));
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn start_many(
+        &self,
+        specs: impl IntoIterator<Item = ServiceSpec>,
+    ) -> Result<Vec<Result<ServiceInfo>>> {
+        let mut items = Vec::new();
+        let mut replies = Vec::new();
+        for spec in specs {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            items.push((spec, tx));
+            replies.push(rx);
+        }
+        self.requests
+            .send(Request::StartMany { items })
+            .map_err(|_| Error::shut_down())?;
+        self.waker.wake();
+        Ok(replies
+            .into_iter()
+            .map(|rx| rx.recv().unwrap_or_else(|_| Err(Error::shut_down())))
+            .collect())
+    }
+
     /// Stops the target (a name, an id, or `"all"`): the stop signal to each process group,
     /// then SIGKILL to the group after the stop timeout. Services stop in parallel. Returns
     /// when nothing of them runs, with how many services it acted on. A stopped service stays
@@ -621,30 +661,35 @@ impl Supervisor {
             .map(|i| (i.name().to_string(), i))
             .collect();
         let mut applied = Applied::default();
+        let mut to_start = Vec::new();
         for spec in fleet.in_start_order() {
             let name = spec.name().to_string();
-            let outcome = match before.get(&name) {
-                None => self
-                    .start(spec.clone())
-                    .map(|_| applied.started.push(name.clone())),
-                Some(info) if info.spec() != spec => self
-                    .start(spec.clone())
-                    .map(|_| applied.restarted.push(name.clone())),
-                Some(info) => {
-                    let idle = matches!(
+            let kind = match before.get(&name) {
+                None => 0,
+                Some(info) if info.spec() != spec => 1,
+                Some(info)
+                    if matches!(
                         info.status(),
                         Status::Stopped | Status::Exited | Status::Errored
-                    );
-                    let r = if idle {
-                        self.start(spec.clone()).map(drop)
-                    } else {
-                        Ok(())
-                    };
-                    r.map(|_| applied.unchanged.push(name.clone()))
+                    ) =>
+                {
+                    2
+                }
+                Some(_) => {
+                    applied.unchanged.push(name);
+                    continue;
                 }
             };
-            match outcome {
-                Ok(()) => {}
+            to_start.push((name, kind, spec.clone()));
+        }
+        let results = self.start_many(to_start.iter().map(|(_, _, spec)| spec.clone()))?;
+        for ((name, kind, _), result) in to_start.into_iter().zip(results) {
+            match result {
+                Ok(_) => match kind {
+                    0 => applied.started.push(name),
+                    1 => applied.restarted.push(name),
+                    _ => applied.unchanged.push(name),
+                },
                 Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
                     return Err(e)
                 }

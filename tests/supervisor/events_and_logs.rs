@@ -127,7 +127,10 @@ fn drop_stops_everything_and_removes_a_temporary_state_dir() {
             .env(TOKEN_VAR, &token),
     )
     .unwrap();
-    assert_eq!(tagged_processes(&token).len(), 1);
+    let one = wait_until(SECS_5, || {
+        (tagged_processes(&token).len() == 1).then_some(())
+    });
+    assert!(one.is_some(), "running: {:?}", tagged_processes(&token));
     drop(sup);
     assert!(
         tagged_processes(&token).is_empty(),
