@@ -126,6 +126,7 @@ pub(crate) fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     extra_env: &[(String, String)],
+    cgroup_procs: Option<&Path>,
 ) -> Result<Spawned> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
@@ -156,6 +157,7 @@ pub(crate) fn spawn(
         cwd: spec.get_current_dir().map(Path::new),
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
+        cgroup_procs,
     };
     let (pid, pidfd) =
         sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     pub(crate) hub: Hub,
     pub(crate) activity: Arc<Activity>,
+    /// What `open` found left running by a dead previous host and killed: (service, pids).
+    pub(crate) reclaimed: Mutex<Vec<(String, Vec<u32>)>>,
 }
 
 #[derive(Default)]
@@ -278,6 +280,7 @@ struct Pending {
 }
 
 pub(crate) struct Config {
+    pub(crate) cgroups: Option<crate::containment::Cgroups>,
     pub(crate) log_dir: PathBuf,
     pub(crate) resurrect: bool,
     pub(crate) fd_limit: u64,
@@ -310,6 +313,8 @@ pub(crate) struct Engine {
     requests_tx: Sender<Request>,
     /// Poll tokens of notify sockets, to their service.
     notify_tokens: HashMap<u64, u64>,
+    /// A cgroup per service, when the hierarchy allows it.
+    cgroups: Option<crate::containment::Cgroups>,
 }
 
 impl Engine {
@@ -349,13 +354,14 @@ impl Engine {
             probes: None,
             requests_tx,
             notify_tokens: HashMap::new(),
+            cgroups: config.cgroups,
         }
     }
 
     /// Loads the registry, kills what a dead previous host left running, and starts every
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
-        self.reclaim_leftovers()?;
+        let reclaimed = self.reclaim_leftovers()?;
         for stored in self.store.load_services()? {
             let status = match stored.status {
                 s if s.is_running() || s == Status::Backoff => Status::Stopped,
@@ -386,6 +392,20 @@ impl Engine {
                 self.save_state(id);
             }
         }
+        {
+            let mut list = self.shared.reclaimed.lock();
+            for (id, pids) in reclaimed {
+                let name = self
+                    .services
+                    .get(&id)
+                    .map_or_else(|| format!("#{id}"), |s| s.spec.name().to_string());
+                log::warn!(
+                    "service '{name}': killed {} processes left running by a previous host",
+                    pids.len()
+                );
+                list.push((name, pids));
+            }
+        }
         if resurrect {
             let up: Vec<u64> = self
                 .services
@@ -406,11 +426,23 @@ impl Engine {
     /// Kills the process groups of runs that a previous host left behind (it died without
     /// recording their end), matching each by boot id, pid and process start time so that an
     /// unrelated process that reused the pid is never touched.
-    fn reclaim_leftovers(&mut self) -> Result<()> {
-        let open = self.store.open_runs()?;
-        if open.is_empty() {
-            return Ok(());
+    fn reclaim_leftovers(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
+        let mut reclaimed: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        // Whatever is in a service's cgroup belongs to a previous host: nothing runs yet.
+        if let Some(cg) = &self.cgroups {
+            let ids = cg.populated_services();
+            for &id in &ids {
+                let pids = cg.pids(id);
+                log::warn!("service id {id}: killing {} processes a previous host left in its cgroup: {pids:?}", pids.len());
+                reclaimed.entry(id).or_default().extend(pids);
+                let _ = cg.kill(id);
+            }
+            let deadline = Instant::now() + KILL_GRACE;
+            while ids.iter().any(|id| cg.populated(*id)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
+        let open = self.store.open_runs()?;
         let mut groups = HashSet::new();
         let mut all = None;
         for run in &open {
@@ -432,6 +464,13 @@ impl Engine {
                             run.service_id,
                             run.pid
                         );
+                        let members: Vec<u32> = all
+                            .get_or_insert_with(sys::all_processes)
+                            .iter()
+                            .filter(|p| p.pgrp == run.pid)
+                            .map(|p| p.pid)
+                            .collect();
+                        reclaimed.entry(run.service_id).or_default().extend(members);
                         let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
                         groups.insert(run.pid);
                     }
@@ -443,12 +482,17 @@ impl Engine {
             // members remain, so it cannot name a newer group unless its leader is new too,
             // which the `pid != pgrp` test excludes).
             let procs = all.get_or_insert_with(sys::all_processes);
-            let members = procs.iter().any(|p| {
-                p.pgrp == run.pid
-                    && p.pid != run.pid
-                    && run.start_ticks.is_none_or(|t| p.start_time >= t)
-            });
-            if members {
+            let members: Vec<u32> = procs
+                .iter()
+                .filter(|p| {
+                    p.pgrp == run.pid
+                        && p.pid != run.pid
+                        && run.start_ticks.is_none_or(|t| p.start_time >= t)
+                })
+                .map(|p| p.pid)
+                .collect();
+            if !members.is_empty() {
+                reclaimed.entry(run.service_id).or_default().extend(members);
                 log::warn!(
                     "service id {}: killing the remaining members of process group {} left by a previous host",
                     run.service_id,
@@ -468,7 +512,11 @@ impl Engine {
         if !groups.is_empty() {
             log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
         }
-        self.store.close_open_runs()
+        self.store.close_open_runs()?;
+        Ok(reclaimed
+            .into_iter()
+            .map(|(id, pids)| (id, pids.into_iter().collect()))
+            .collect())
     }
 
     /// The loop: wait, then handle exits, requests and due timers; publish; reply.
@@ -508,6 +556,9 @@ impl Engine {
             }
         }
         self.pump.shutdown();
+        if let Some(cg) = &self.cgroups {
+            cg.remove_all();
+        }
         self.publish();
         {
             let mut table = self.shared.table.lock();
@@ -966,6 +1017,15 @@ impl Engine {
                 }
             }
         }
+        if let Some(cg) = &self.cgroups {
+            // Members of the service's cgroup that left its process group get it too.
+            let pgid = run.pid;
+            for pid in cg.pids(id) {
+                if sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
+                    let _ = sys::kill_pid(pid, signal);
+                }
+            }
+        }
         svc.status = Status::Stopping;
         let generation = svc.generation;
         self.dirty.insert(id);
@@ -1020,6 +1080,9 @@ impl Engine {
         let Some(svc) = self.services.remove(&id) else {
             return;
         };
+        if let Some(cg) = &self.cgroups {
+            cg.remove(id);
+        }
         if let Err(e) = self.store.delete_service(id) {
             log::error!("service '{}': {e}", svc.spec.name());
         }
@@ -1100,7 +1163,22 @@ impl Engine {
         } else {
             None
         };
-        let spawned = child::spawn(&spec, &pipes.out_write, err_write, &extra_env);
+        let cgroup_procs = match self.cgroups.as_ref().map(|c| c.prepare(id)).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                let e = Error::new(ErrorKind::Spawn, "cannot start: cannot create its cgroup")
+                    .with_service(name)
+                    .with_source(e);
+                return self.spawn_failed(id, auto, e);
+            }
+        };
+        let spawned = child::spawn(
+            &spec,
+            &pipes.out_write,
+            err_write,
+            &extra_env,
+            cgroup_procs.as_deref(),
+        );
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         self.dirty.insert(id);
         match spawned {
@@ -1259,14 +1337,22 @@ impl Engine {
         } else {
             // It ended by itself. Whatever it left in its group goes with it: a new run must
             // never meet the old one's descendants.
-            if sys::group_has_members(&run.pidfd, run.pid) {
+            let in_cgroup = self.cgroups.as_ref().is_some_and(|cg| cg.populated(id));
+            if sys::group_has_members(&run.pidfd, run.pid) || in_cgroup {
                 log::warn!(
-                    "service '{}': its main process exited; killing the rest of its process group",
+                    "service '{}': its main process exited; killing what it left running",
                     svc.spec.name()
                 );
                 let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
             }
-            self.finish_run(id);
+            if in_cgroup {
+                // Escaped descendants too; and the next run waits until they are gone.
+                let _ = self.cgroups.as_ref().expect("checked above").kill(id);
+                self.timer(id, KILL_GRACE, TimerKind::GiveUp);
+                self.check_group(id);
+            } else {
+                self.finish_run(id);
+            }
         }
     }
 
@@ -1275,9 +1361,10 @@ impl Engine {
     fn check_group(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let run = svc.run.as_mut().expect("only called with a run");
-        let empty = !sys::group_has_members(&run.pidfd, run.pid)
+        let group_empty = !sys::group_has_members(&run.pidfd, run.pid)
             || sys::live_groups(&HashSet::from([run.pid])).is_empty();
-        if empty {
+        let cgroup_empty = self.cgroups.as_ref().is_none_or(|cg| !cg.populated(id));
+        if group_empty && cgroup_empty {
             self.finish_run(id);
             return;
         }
@@ -1664,6 +1751,9 @@ impl Engine {
                             crate::duration::format(svc.spec.get_stop_timeout())
                         );
                         let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
+                        if let Some(cg) = &self.cgroups {
+                            let _ = cg.kill(timer.id);
+                        }
                     }
                     self.timers.push(Reverse(Timer {
                         at: now + KILL_GRACE,

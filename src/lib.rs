@@ -41,6 +41,7 @@ message that says so.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod child;
+mod containment;
 mod duration;
 mod engine;
 mod error;
@@ -64,6 +65,7 @@ mod sys;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use crate::containment::Containment;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::events::{Event, Events};
 pub use crate::fleet::{Applied, Fleet, Prune, Settings};

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+/// The shortest health-check interval: a check is a probe (a connection, a process), and
+/// running them back to back would only burn CPU.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The longest service name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -518,10 +522,14 @@ impl ServiceSpec {
                 }
                 _ => {}
             }
-            if h.get_interval().is_zero() || h.get_failures() == 0 {
-                return invalid(
-                    "invalid spec: health interval and failures must be above zero".into(),
-                );
+            if h.get_interval() < MIN_HEALTH_INTERVAL
+                || h.get_timeout().is_zero()
+                || h.get_failures() == 0
+            {
+                return invalid(format!(
+                    "invalid spec: health interval must be at least {}, and timeout and failures above zero",
+                    crate::duration::format(MIN_HEALTH_INTERVAL)
+                ));
             }
         }
         for dep in &self.after {

@@ -1,6 +1,7 @@
 //! [`Supervisor`]: the public handle. Every method takes `&self` and is safe from any thread;
 //! changes are sent to the supervision thread, reads come from the snapshot it publishes.
 
+use crate::containment::{Cgroups, Containment};
 use crate::engine::{Config, Engine, Request, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
@@ -61,6 +62,7 @@ pub struct Supervisor {
     state_dir: PathBuf,
     log_dir: PathBuf,
     cpu: Mutex<crate::stats::CpuHistory>,
+    containment: Containment,
     // Dropped after the thread is joined: the lock file, then the temporary directory.
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -82,6 +84,7 @@ pub struct Supervisor {
 pub struct Builder {
     state_dir: Option<PathBuf>,
     resurrect: Option<bool>,
+    containment: Option<Containment>,
 }
 
 impl Builder {
@@ -99,6 +102,14 @@ impl Builder {
         self
     }
 
+    /// How services' processes are contained. By default, [`Containment::Auto`]: a cgroup
+    /// per service where a writable cgroup v2 hierarchy exists (root, or a delegated subtree),
+    /// else the process group.
+    pub fn containment(mut self, containment: Containment) -> Builder {
+        self.containment = Some(containment);
+        self
+    }
+
     /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
     /// previous host left running, and starts the supervision thread.
     ///
@@ -109,8 +120,9 @@ impl Builder {
     /// the directory cannot be created.
     pub fn open(self) -> Result<Supervisor> {
         let resurrect = self.resurrect.unwrap_or(true);
+        let containment = self.containment.unwrap_or(Containment::Auto);
         match self.state_dir {
-            Some(dir) => Supervisor::open_at(dir, None, resurrect),
+            Some(dir) => Supervisor::open_at(dir, None, resurrect, containment),
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("sheepdog-")
@@ -119,7 +131,12 @@ impl Builder {
                         Error::new(ErrorKind::Io, "cannot create a temporary state directory")
                             .with_source(e)
                     })?;
-                Supervisor::open_at(temp.path().to_path_buf(), Some(temp), resurrect)
+                Supervisor::open_at(
+                    temp.path().to_path_buf(),
+                    Some(temp),
+                    resurrect,
+                    containment,
+                )
             }
         }
     }
@@ -175,6 +192,7 @@ impl Supervisor {
         state_dir: PathBuf,
         temp: Option<tempfile::TempDir>,
         resurrect: bool,
+        containment: Containment,
     ) -> Result<Supervisor> {
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
@@ -205,6 +223,24 @@ impl Supervisor {
             )
         })?;
         let fd_limit = sys::raise_fd_limit();
+        let cgroups = match containment {
+            Containment::ProcessGroup => None,
+            Containment::Auto => Cgroups::detect(&state_dir)
+                .inspect_err(|e| log::info!("no cgroup containment ({e}); using process groups"))
+                .ok(),
+            Containment::Cgroup => Some(Cgroups::detect(&state_dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    "cannot make a cgroup for the services (cgroup containment was asked for)",
+                )
+                .with_source(e)
+            })?),
+        };
+        let containment = if cgroups.is_some() {
+            Containment::Cgroup
+        } else {
+            Containment::ProcessGroup
+        };
         let store = Store::open(&state_dir.join("sheepdog.db"))?;
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
@@ -213,6 +249,7 @@ impl Supervisor {
             log_dir: log_dir.clone(),
             resurrect,
             fd_limit,
+            cgroups,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -241,6 +278,7 @@ impl Supervisor {
             shared,
             thread: Mutex::new(Some(thread)),
             cpu: Mutex::default(),
+            containment,
             state_dir,
             log_dir,
             _lock: lock,
@@ -251,6 +289,27 @@ impl Supervisor {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The containment in force: [`Containment::Cgroup`] or [`Containment::ProcessGroup`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Containment, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().containment(Containment::ProcessGroup).open()?;
+    /// assert_eq!(sup.containment(), Containment::ProcessGroup);
+    /// # Ok(()) }
+    /// ```
+    pub fn containment(&self) -> Containment {
+        self.containment
+    }
+
+    /// What `open` found still running from a previous host that died, and killed before
+    /// starting anything: (service, pids).
+    pub fn reclaimed(&self) -> Vec<(String, Vec<u32>)> {
+        self.shared.reclaimed.lock().clone()
     }
 
     fn call<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Request) -> Result<T> {

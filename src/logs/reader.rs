@@ -215,7 +215,7 @@ impl LogFollower {
         let mut f = LogFollower::at_end(base, activity);
         f.file = None;
         match f.find_ino(cursor.ino) {
-            Some((_, file)) => {
+            Some(file) => {
                 f.file = Some(file);
                 f.ino = cursor.ino;
                 f.read_to = cursor.offset;
@@ -226,20 +226,20 @@ impl LogFollower {
     }
 
     fn open_oldest(&mut self) {
-        let mut oldest = None;
-        for i in 0..=MAX_ROTATED {
-            let path = rotated(&self.base, i);
-            if path.exists() {
-                oldest = Some(path);
-            } else if i > 0 {
-                break;
-            }
-        }
-        if let Some(path) = oldest {
-            if let Ok(file) = File::open(path) {
-                self.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+        // From a consistent picture of the files, checked again after opening: a rotation
+        // in progress must not make us start past files it was renaming.
+        for _ in 0..100 {
+            let Some(&(index, ino)) = self.files().last() else {
+                return;
+            };
+            let Ok(file) = File::open(rotated(&self.base, index)) else {
+                continue;
+            };
+            if file.metadata().is_ok_and(|m| m.ino() == ino) {
+                self.ino = ino;
                 self.read_to = 0;
                 self.file = Some(file);
+                return;
             }
         }
     }
@@ -297,15 +297,16 @@ impl LogFollower {
         None
     }
 
-    /// The kept file with inode `ino`, and its rotation index.
-    fn find_ino(&self, ino: u64) -> Option<(u32, File)> {
-        for i in 0..=MAX_ROTATED {
-            let path = rotated(&self.base, i);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.ino() == ino => return File::open(&path).ok().map(|f| (i, f)),
-                Ok(_) => {}
-                Err(_) if i > 0 => return None,
-                Err(_) => {}
+    /// The kept file with inode `ino`, if it is still kept.
+    fn find_ino(&self, ino: u64) -> Option<File> {
+        for _ in 0..100 {
+            let files = self.files();
+            let &(index, _) = files.iter().find(|(_, i)| *i == ino)?;
+            let Ok(file) = File::open(rotated(&self.base, index)) else {
+                continue;
+            };
+            if file.metadata().is_ok_and(|m| m.ino() == ino) {
+                return Some(file);
             }
         }
         None

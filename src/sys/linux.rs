@@ -45,6 +45,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) cwd: Option<&'a Path>,
     pub(crate) stdout: BorrowedFd<'a>,
     pub(crate) stderr: BorrowedFd<'a>,
+    /// The `cgroup.procs` file of the cgroup the child joins before exec.
+    pub(crate) cgroup_procs: Option<&'a Path>,
 }
 
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
@@ -54,6 +56,7 @@ struct ChildArgs {
     argv: *const *const c_char,
     envp: *const *const c_char,
     cwd: *const c_char,
+    cgroup_procs: *const c_char,
     stdin: c_int,
     stdout: c_int,
     stderr: c_int,
@@ -68,6 +71,7 @@ const STEP_DUP2: c_int = 2;
 const STEP_CHDIR: c_int = 3;
 const STEP_PDEATHSIG: c_int = 4;
 const STEP_EXEC: c_int = 5;
+const STEP_CGROUP: c_int = 6;
 
 /// The stack the child runs on until it execs. It calls a dozen syscalls and nothing else.
 const CHILD_STACK: usize = 64 * 1024;
@@ -115,6 +119,10 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     let mut env_ptrs: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let cwd = req.cwd.map(|c| cstring(c.as_os_str())).transpose()?;
+    let cgroup_procs = req
+        .cgroup_procs
+        .map(|c| cstring(c.as_os_str()))
+        .transpose()?;
     let devnull = std::fs::File::open("/dev/null")?;
 
     let mut args = ChildArgs {
@@ -122,6 +130,9 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
         cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        cgroup_procs: cgroup_procs
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
         stdin: devnull.as_raw_fd(),
         stdout: req.stdout.as_raw_fd(),
         stderr: req.stderr.as_raw_fd(),
@@ -185,6 +196,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
             STEP_DUP2 => "dup2",
             STEP_CHDIR => "chdir",
             STEP_PDEATHSIG => "prctl",
+            STEP_CGROUP => "joining its cgroup",
             _ => return Err(err),
         };
         return Err(io::Error::new(
@@ -233,6 +245,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         };
         if libc::setpgid(0, 0) != 0 {
             fail(a, STEP_SETPGID);
+        }
+        if !a.cgroup_procs.is_null() {
+            // Join the service's cgroup before anything of the service runs.
+            let fd = libc::open(a.cgroup_procs, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(a, STEP_CGROUP);
+            }
+            libc::close(fd);
         }
         for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
             if from == to {
@@ -285,6 +305,15 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // 64 KiB. Best effort: unprivileged users have a per-user budget for pipe memory.
     let _ = rustix::pipe::fcntl_setpipe_size(&read, PIPE_SIZE);
     Ok((read, write))
+}
+
+/// Sends `signal` to one process by pid: only for members of a service's cgroup that left its
+/// process group, read from `cgroup.procs` just before.
+pub(crate) fn kill_pid(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid =
+        Pid::from_raw(pid as i32).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let sig = rustix::process::Signal::from_named_raw(raw_signal(signal)).expect("a named signal");
+    rustix::process::kill_process(pid, sig).map_err(io::Error::from)
 }
 
 /// Opens a pidfd for a process we did not spawn (a leftover of a previous host).

@@ -7,6 +7,7 @@ mod common;
 mod backoff_races;
 mod child_hygiene;
 mod concurrency;
+mod containment;
 mod events_and_logs;
 mod fleet;
 mod host_death;
