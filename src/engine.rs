@@ -53,6 +53,15 @@ pub(crate) enum Request {
     StartMany {
         items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>,
     },
+    History {
+        target: String,
+        limit: usize,
+        reply: Sender<Result<Vec<crate::history::Run>>>,
+    },
+    Explain {
+        target: String,
+        reply: Sender<Result<crate::history::Explanation>>,
+    },
     Stop {
         target: String,
         reply: Sender<Result<usize>>,
@@ -601,6 +610,20 @@ impl Engine {
             | Request::Probed { .. } => unreachable!("handled above"),
             Request::Start { spec, reply } => self.start(*spec, reply),
             Request::StartMany { items } => self.start_many(items),
+            Request::History {
+                target,
+                limit,
+                reply,
+            } => {
+                let result = self
+                    .resolve_one(&target)
+                    .and_then(|id| self.store.runs(id, limit));
+                let _ = reply.send(result);
+            }
+            Request::Explain { target, reply } => {
+                let result = self.resolve_one(&target).map(|id| self.explain(id));
+                let _ = reply.send(result);
+            }
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
                     let n = ids.len();
@@ -769,6 +792,17 @@ impl Engine {
                 log::warn!("{e}");
             }
         }
+    }
+
+    /// One service by name or id (not `all`).
+    fn resolve_one(&self, target: &str) -> Result<u64> {
+        if target == "all" {
+            return Err(Error::new(
+                ErrorKind::InvalidSpec,
+                "this takes one service, not all",
+            ));
+        }
+        Ok(self.resolve(target)?[0])
     }
 
     fn resolve(&self, target: &str) -> Result<Vec<u64>> {
@@ -971,6 +1005,101 @@ impl Engine {
             }
         }
         self.store.commit().inspect_err(|e| log::error!("{e}"))
+    }
+
+    /// Why the service is in its status, from the engine's own state and the policy.
+    fn explain(&self, id: u64) -> crate::history::Explanation {
+        use crate::history::ordinal;
+        use crate::policy::Backoff;
+        let svc = &self.services[&id];
+        let fmt = crate::duration::format;
+        let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        let policy = svc.spec.restart_policy();
+        let text = match svc.status {
+            Status::Starting if svc.waiting => {
+                let unmet: Vec<String> = svc
+                    .spec
+                    .get_after()
+                    .iter()
+                    .filter(|d| {
+                        let dep = self.services.values().find(|s| s.spec.name() == d.name);
+                        !dep.is_some_and(|s| match d.condition {
+                            Condition::Started => s.run.is_some(),
+                            Condition::Ready => s.status == Status::Online,
+                            Condition::Exited0 => {
+                                s.status == Status::Exited
+                                    && s.last_exit.as_ref().is_some_and(|e| e.code == Some(0))
+                            }
+                        })
+                    })
+                    .map(|d| format!("{} to be {:?}", d.name, d.condition).to_lowercase())
+                    .collect();
+                format!("waiting for {}", unmet.join(", "))
+            }
+            Status::Starting => format!(
+                "running, not ready yet ({:?}; gives up after {})",
+                svc.spec.get_ready(),
+                fmt(svc.spec.get_ready_timeout())
+            ),
+            Status::Online => {
+                let up = svc
+                    .started_at
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                let pid = svc.run.as_ref().map_or(0, |r| r.pid);
+                format!(
+                    "pid {pid}, up {}, {} automatic restarts so far",
+                    secs(up),
+                    svc.restarts
+                )
+            }
+            Status::Backoff => {
+                let left = svc
+                    .next_start
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                let kind = match policy.backoff_config() {
+                    Backoff::None => "no backoff".to_string(),
+                    Backoff::Fixed { delay } => format!("fixed backoff of {}", fmt(*delay)),
+                    Backoff::Exponential { base, max, .. } => {
+                        format!("exponential backoff from {} to {}", fmt(*base), fmt(*max))
+                    }
+                };
+                let last = svc
+                    .last_exit
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("after {e}; "));
+                format!(
+                    "{last}{} restart in a row, next start in {} ({kind}, resets after {} of uptime)",
+                    ordinal(svc.history.consecutive),
+                    secs(left),
+                    fmt(policy.get_stable_after())
+                )
+            }
+            Status::Stopping => {
+                "the stop signal was sent; waiting for the process group to end".to_string()
+            }
+            Status::Stopped => {
+                "stopped by the operator (or shutdown); restart or start it to run it again"
+                    .to_string()
+            }
+            Status::Exited => match &svc.last_exit {
+                Some(e) => format!("{e}; its restart policy does not restart that"),
+                None => "ended; its restart policy does not restart that".to_string(),
+            },
+            Status::Errored => match (&svc.spawn_error, &svc.last_exit) {
+                (Some((_, e)), _) => format!("{e}"),
+                (None, Some(e)) => format!(
+                    "gave up after {} automatic restarts; last {e}",
+                    svc.restarts
+                ),
+                (None, None) => "gave up".to_string(),
+            },
+        };
+        crate::history::Explanation {
+            status: svc.status,
+            text,
+        }
     }
 
     fn set_desired(&mut self, id: u64, up: bool) {
@@ -1993,6 +2122,8 @@ fn clone_error(e: &Error) -> Error {
 fn refuse(request: Request) {
     match request {
         Request::Start { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+        Request::History { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+        Request::Explain { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
         Request::StartMany { items } => {
             for (_, reply) in items {
                 let _ = reply.send(Err(Error::shut_down()));

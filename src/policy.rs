@@ -127,6 +127,11 @@ impl RestartPolicy {
         self
     }
 
+    /// The uptime after which a run counts as stable.
+    pub fn get_stable_after(&self) -> Duration {
+        self.stable_after
+    }
+
     /// The configured backoff.
     pub fn backoff_config(&self) -> &Backoff {
         &self.backoff

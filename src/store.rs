@@ -507,6 +507,33 @@ impl Store {
         Ok(())
     }
 
+    /// The newest `limit` runs of a service, newest first.
+    pub(crate) fn runs(&self, service_id: u64, limit: usize) -> Result<Vec<crate::history::Run>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, generation, pid, started_at_ms, ended_at_ms, exit_code, exit_signal, reason
+                 FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err("cannot read runs", e))?;
+        let rows = stmt
+            .query_map(params![service_id as i64, limit as i64], |r| {
+                Ok(crate::history::Run {
+                    id: r.get(0)?,
+                    generation: r.get::<_, i64>(1)? as u64,
+                    pid: r.get(2)?,
+                    started_at: from_ms(r.get(3)?),
+                    ended_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
+                    code: r.get(5)?,
+                    signal: r.get(6)?,
+                    reason: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err("cannot read runs", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("cannot read runs", e))
+    }
+
     /// Runs with no recorded end: candidates for leftovers of a host that died.
     pub(crate) fn open_runs(&self) -> Result<Vec<OpenRun>> {
         let mut stmt = self

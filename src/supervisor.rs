@@ -6,6 +6,7 @@ use crate::engine::{Config, Engine, Request, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
 use crate::fleet::{Applied, Fleet, Prune};
+use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::Pump;
@@ -766,6 +767,47 @@ impl Supervisor {
             }
         }
         Ok(applied)
+    }
+
+    /// The newest `limit` runs of one service (by name or id), newest first: start, end, exit
+    /// status and, when a check ended it, why. The registry keeps the last 100 runs of each.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `Store`, `ShutDown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{RestartPolicy, ServiceSpec, Status, Supervisor};
+    /// use std::time::Duration;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("once", "sh").args(["-c", "exit 4"]).restart(RestartPolicy::never()))?;
+    /// sup.wait_for("once", Status::Exited, Duration::from_secs(5))?;
+    /// let runs = sup.history("once", 10)?;
+    /// assert_eq!(runs[0].code(), Some(4));
+    /// # Ok(()) }
+    /// ```
+    pub fn history(&self, target: &str, limit: usize) -> Result<Vec<Run>> {
+        self.call(|reply| Request::History {
+            target: target.to_string(),
+            limit,
+            reply,
+        })
+    }
+
+    /// Why one service (by name or id) is in its status, in words: the backoff step and the
+    /// next start, the dependency it waits for, the error it gave up on.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`.
+    pub fn explain(&self, target: &str) -> Result<Explanation> {
+        self.call(|reply| Request::Explain {
+            target: target.to_string(),
+            reply,
+        })
     }
 
     /// A new subscription to events from now on.

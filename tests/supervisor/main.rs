@@ -10,6 +10,7 @@ mod concurrency;
 mod containment;
 mod events_and_logs;
 mod fleet;
+mod history;
 mod host_death;
 mod logs;
 mod persistence;
