@@ -1804,6 +1804,16 @@ impl Engine {
         match decision {
             Decision::Restart { delay, .. } => {
                 let delay = delay.max(min_delay);
+                let reason = match &svc.last_exit {
+                    Some(e) if min_delay.is_zero() => e.to_string(),
+                    _ => "its start failed".to_string(),
+                };
+                self.outbox.push(Event::Restarting {
+                    name: name.clone(),
+                    reason,
+                    delay,
+                });
+                let svc = self.services.get_mut(&id).expect("callers pass a known id");
                 if delay.is_zero() {
                     let _ = self.spawn_run(id, true);
                 } else {

@@ -34,6 +34,15 @@ pub enum Event {
         /// How it ended.
         exit: Exit,
     },
+    /// The restart policy decided to restart the service after `delay` (zero: at once).
+    Restarting {
+        /// The service.
+        name: String,
+        /// What ended the run: its exit, and why if a check ended it.
+        reason: String,
+        /// The delay before the restart.
+        delay: Duration,
+    },
     /// The service will restart after `delay`.
     Backoff {
         /// The service.
@@ -94,6 +103,7 @@ impl Event {
             Event::Started { name, .. }
             | Event::Exited { name, .. }
             | Event::Backoff { name, .. }
+            | Event::Restarting { name, .. }
             | Event::Stopped { name }
             | Event::Errored { name, .. }
             | Event::Deleted { name }

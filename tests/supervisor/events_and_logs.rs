@@ -16,29 +16,28 @@ fn a_crash_emits_exited_backoff_started_in_order() {
         )
         .unwrap();
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 6 {
         let e = events.recv_timeout(SECS_5).expect("an event");
         assert_eq!(e.name(), Some("ev"));
-        if matches!(e, Event::Ready { .. }) {
-            // Each run is ready at once (`Ready::Immediately`) and says so.
-            assert!(
-                matches!(seen.last(), Some(Event::Started { .. })),
-                "{seen:?}"
-            );
-            continue;
-        }
         seen.push(e);
     }
+    // Each run is ready at once (`Ready::Immediately`) and says so.
     assert!(matches!(seen[0], Event::Started { .. }), "{seen:?}");
+    assert!(matches!(seen[1], Event::Ready { .. }), "{seen:?}");
     assert!(
-        matches!(&seen[1], Event::Exited { exit, .. } if exit.code() == Some(2)),
+        matches!(&seen[2], Event::Exited { exit, .. } if exit.code() == Some(2)),
         "{seen:?}"
     );
     assert!(
-        matches!(seen[2], Event::Backoff { delay, .. } if delay == Duration::from_millis(50)),
+        matches!(&seen[3], Event::Restarting { reason, delay, .. }
+            if reason.starts_with("exit code 2") && *delay == Duration::from_millis(50)),
         "{seen:?}"
     );
-    assert!(matches!(seen[3], Event::Started { .. }), "{seen:?}");
+    assert!(
+        matches!(seen[4], Event::Backoff { delay, .. } if delay == Duration::from_millis(50)),
+        "{seen:?}"
+    );
+    assert!(matches!(seen[5], Event::Started { .. }), "{seen:?}");
     h.sup().stop("ev").unwrap();
     expect_event(&events, SECS_5, "stopped", |e| {
         matches!(e, Event::Stopped { .. })
