@@ -324,6 +324,8 @@ pub(crate) struct Engine {
     notify_tokens: HashMap<u64, u64>,
     /// A cgroup per service, when the hierarchy allows it.
     cgroups: Option<crate::containment::Cgroups>,
+    /// Deletes that could not be stored, for the callers waiting on them.
+    failed_deletes: HashMap<u64, Error>,
 }
 
 impl Engine {
@@ -364,6 +366,7 @@ impl Engine {
             requests_tx,
             notify_tokens: HashMap::new(),
             cgroups: config.cgroups,
+            failed_deletes: HashMap::new(),
         }
     }
 
@@ -862,7 +865,11 @@ impl Engine {
             let running_as_asked = d.previous.is_some()
                 && !d.changed
                 && matches!(svc.status, Status::Online | Status::Starting)
-                && (svc.run.is_some() || svc.waiting);
+                && (svc
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| r.ended.is_none() && r.stopping.is_none())
+                    || svc.waiting);
             if running_as_asked {
                 let _ = reply.send(Ok(svc.info()));
                 continue;
@@ -1206,14 +1213,21 @@ impl Engine {
     }
 
     fn delete_now(&mut self, id: u64) {
+        if let Err(e) = self.store.delete_service(id) {
+            // Not stored: keep the service (stopped), and tell the caller.
+            let svc = self.services.get_mut(&id).expect("callers pass a known id");
+            log::error!("service '{}': {e}", svc.spec.name());
+            svc.status = Status::Stopped;
+            self.dirty.insert(id);
+            self.failed_deletes
+                .insert(id, e.with_service(svc.spec.name()));
+            return;
+        }
         let Some(svc) = self.services.remove(&id) else {
             return;
         };
         if let Some(cg) = &self.cgroups {
             cg.remove(id);
-        }
-        if let Err(e) = self.store.delete_service(id) {
-            log::error!("service '{}': {e}", svc.spec.name());
         }
         // The pump is the only writer of the logs, so it removes them; `delete` waits for it.
         self.pump.forget(id);
@@ -1461,6 +1475,7 @@ impl Engine {
         self.poller.remove(&run.pidfd);
         self.tokens.remove(&run.token);
         self.pump.detach(id, svc.generation);
+        self.dirty.insert(id);
         if run.stopping.is_some() {
             self.check_group(id);
         } else {
@@ -2031,10 +2046,13 @@ impl Engine {
                 };
                 match self.pending[i].want {
                     Want::Down => svc.run.is_none(),
-                    Want::Gone => false,
+                    Want::Gone => self.failed_deletes.contains_key(&id),
+                    // A new run was attempted (whatever became of it since), or nothing will
+                    // start: a racing stop won, or it waits for its dependencies.
                     Want::Up => {
-                        svc.status != Status::Stopping
-                            && (svc.generation > generation || svc.run.is_none() || svc.waiting)
+                        svc.generation > generation
+                            || svc.waiting
+                            || (svc.run.is_none() && svc.status != Status::Stopping)
                     }
                 }
             });
@@ -2071,7 +2089,14 @@ impl Engine {
                         }),
                         _ => None,
                     };
-                    let first_error = pending.error.or(first_error);
+                    let failed_delete = match pending.want {
+                        Want::Gone => pending
+                            .targets
+                            .iter()
+                            .find_map(|(id, _)| self.failed_deletes.remove(id)),
+                        _ => None,
+                    };
+                    let first_error = pending.error.or(failed_delete).or(first_error);
                     let _ = reply.send(first_error.map_or(Ok(n), Err));
                 }
                 Reply::Info(reply) => {

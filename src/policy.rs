@@ -316,7 +316,7 @@ impl Backoff {
                 let spread = 1.0 + jitter.clamp(0.0, 1.0) * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
                 let secs = (grown * spread).min(max.as_secs_f64());
                 if secs.is_finite() && secs > 0.0 {
-                    Duration::from_secs_f64(secs).min(max)
+                    Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max))
                 } else if secs.is_finite() {
                     Duration::ZERO
                 } else {

@@ -97,6 +97,15 @@ fn from_ms(v: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(v.max(0) as u64)
 }
 
+/// Whether the file starts with SQLite's header string.
+fn has_sqlite_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
+}
+
 fn store_error(path: &Path, what: &str, e: rusqlite::Error) -> Error {
     Error::new(
         ErrorKind::Store,
@@ -119,6 +128,14 @@ impl Store {
                         "state file '{}' is empty; refusing to treat it as a new state (remove it to start afresh)",
                         path.display()
                     ),
+                ));
+            }
+            Ok(meta) if meta.is_file() && !has_sqlite_header(path) => {
+                // Checked before SQLite opens it: with a stale -wal beside it, SQLite would
+                // read the old pages from the log over a foreign file, and later write them.
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!("state file '{}' is not a SQLite database", path.display()),
                 ));
             }
             Ok(meta) if !meta.is_file() => {
