@@ -74,12 +74,15 @@ fn main() -> Result<(), Error> {
     }
     let sup = Supervisor::open(state.ok_or(usage)?)?;
     let t0 = Instant::now();
-    for i in 0..fleet.n {
-        let spec = ServiceSpec::new(format!("t{i:04}"), fleet.program.as_str())
+    // One request and one transaction for the whole fleet, as `apply` does.
+    let specs = (0..fleet.n).map(|i| {
+        ServiceSpec::new(format!("t{i:04}"), fleet.program.as_str())
             .args(&fleet.args)
             .restart(fleet.restart.clone())
-            .log(LogPolicy::default().max_bytes(0));
-        if let Err(e) = sup.start(spec) {
+            .log(LogPolicy::default().max_bytes(0))
+    });
+    for result in sup.start_many(specs)? {
+        if let Err(e) = result {
             eprintln!("bench_driver: {e}");
             sup.shutdown()?;
             return Err(e.into());
