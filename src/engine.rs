@@ -860,6 +860,8 @@ impl Engine {
             }
             return;
         }
+        // The spawns' run records and statuses: one more transaction for all of them.
+        let batch = accepted.len() > 1 && self.store.begin().is_ok();
         for (d, reply) in accepted {
             let svc = &self.services[&d.id];
             let running_as_asked = d.previous.is_some()
@@ -884,6 +886,11 @@ impl Engine {
                 then: Then::Start,
                 error: None,
             });
+        }
+        if batch {
+            if let Err(e) = self.store.commit() {
+                log::error!("{e}");
+            }
         }
     }
 
