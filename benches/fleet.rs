@@ -5,9 +5,11 @@
 //! `SHEEPDOG_BENCH_QUICK=1 cargo bench --bench fleet` runs a seconds-long smoke version.
 //! Figures are printed as a table; nothing is asserted (shared machines are noisy).
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{percentile, tick_binary};
 use sheepdog::{Backoff, RestartPolicy, ServiceSpec, Status, Supervisor};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 struct Params {
@@ -16,19 +18,6 @@ struct Params {
     crashlate_uptime_ms: u64,
     fleet: usize,
     idle: Duration,
-}
-
-fn tick_binary(dir: &Path) -> PathBuf {
-    let out = dir.join("tick");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/tick.c");
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) builds the benchmark child");
-    assert!(status.success(), "cc failed on {}", src.display());
-    out
 }
 
 /// `(kind, ns, pid)` lines appended by the children.
@@ -45,15 +34,6 @@ fn read_ticks(file: &Path) -> Vec<(String, i64, u32)> {
             ))
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    // Nearest rank, as the anchor harness computes it.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

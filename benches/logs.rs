@@ -5,24 +5,13 @@
 //! `cargo bench --bench logs` (about a minute) or `SHEEPDOG_BENCH_QUICK=1 cargo bench --bench
 //! logs` (seconds). Figures are printed; nothing is asserted.
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{percentile, tick_binary};
 use sheepdog::{Backoff, LogPolicy, RestartPolicy, ServiceSpec, Status, Stream, Supervisor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn tick_binary(dir: &Path) -> PathBuf {
-    let out = dir.join("tick");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/tick.c");
-    let ok = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) builds the benchmark child")
-        .success();
-    assert!(ok, "cc failed on {}", src.display());
-    out
-}
 
 fn expected_bytes(mib: u64) -> u64 {
     mib * 1024 * 1024 / 100 * 100
@@ -125,13 +114,6 @@ fn crash_latencies(ticks: &Path) -> Vec<f64> {
     out
 }
 
-fn p(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((q / 100.0) * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
 /// The crash → restart latency of a service that runs 50 ms then exits, for `secs`.
 fn crasher(sup: &Supervisor, tick: &Path, ticks: &Path, name: &str) {
     let spec = ServiceSpec::new(name, tick.to_str().unwrap())
@@ -205,14 +187,14 @@ fn main() {
     println!(
         "| unrelated crash → restart p50 / p99, idle (n={}) | {:.2} / {:.2} ms |",
         idle.len(),
-        p(&idle, 50.0),
-        p(&idle, 99.0)
+        percentile(&idle, 50.0),
+        percentile(&idle, 99.0)
     );
     println!(
         "| unrelated crash → restart p50 / p99, during the writers (n={}) | {:.2} / {:.2} ms |",
         busy.len(),
-        p(&busy, 50.0),
-        p(&busy, 99.0)
+        percentile(&busy, 50.0),
+        percentile(&busy, 99.0)
     );
     println!(
         "| host peak RSS (VmHWM) | {:.1} MiB |",

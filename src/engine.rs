@@ -219,6 +219,25 @@ struct Service {
 }
 
 impl Service {
+    fn new(id: u64, spec: ServiceSpec, desired_up: bool, status: Status) -> Service {
+        Service {
+            id,
+            spec: Arc::new(spec),
+            desired_up,
+            status,
+            generation: 0,
+            run: None,
+            history: History::default(),
+            restarts: 0,
+            last_exit: None,
+            next_start: None,
+            started_at: None,
+            spawn_error: None,
+            log_dropped: Arc::default(),
+            waiting: false,
+        }
+    }
+
     fn info(&self) -> ServiceInfo {
         ServiceInfo {
             id: self.id,
@@ -383,20 +402,9 @@ impl Engine {
             self.services.insert(
                 id,
                 Service {
-                    id,
-                    spec: Arc::new(stored.spec),
-                    desired_up: stored.desired_up,
-                    status,
-                    generation: 0,
-                    run: None,
-                    history: History::default(),
                     restarts: stored.restarts,
                     last_exit: stored.last_exit,
-                    next_start: None,
-                    started_at: None,
-                    spawn_error: None,
-                    log_dropped: Arc::default(),
-                    waiting: false,
+                    ..Service::new(id, stored.spec, stored.desired_up, status)
                 },
             );
             self.dirty.insert(id);
@@ -918,25 +926,8 @@ impl Engine {
                 .with_service(spec.name()));
             }
             let id = self.store.insert_service(&spec, true, Status::Starting)?;
-            self.services.insert(
-                id,
-                Service {
-                    id,
-                    spec: Arc::new(spec),
-                    desired_up: true,
-                    status: Status::Starting,
-                    generation: 0,
-                    run: None,
-                    history: History::default(),
-                    restarts: 0,
-                    last_exit: None,
-                    next_start: None,
-                    started_at: None,
-                    spawn_error: None,
-                    log_dropped: Arc::default(),
-                    waiting: false,
-                },
-            );
+            self.services
+                .insert(id, Service::new(id, spec, true, Status::Starting));
             self.dirty.insert(id);
             return Ok(Defined {
                 id,

@@ -367,53 +367,21 @@ fn parse_dotenv(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::readiness::{Condition, Health, Ready};
-    use crate::spec::{LogPolicy, Signal};
+    use crate::readiness::Ready;
+
     use crate::{Backoff, RestartPolicy};
     use proptest::prelude::*;
     use std::time::Duration;
 
     fn every_option() -> Fleet {
         let db = ServiceSpec::new("db", "postgres");
-        let web = ServiceSpec::new("web", "/usr/bin/python3")
-            .args(["-m", "http.server"])
-            .env("PORT", "8080")
-            .env_remove("DEBUG")
-            .current_dir("/srv")
-            .restart(
-                RestartPolicy::on_failure()
-                    .backoff(
-                        Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
-                            .factor(1.5)
-                            .jitter(0.1),
-                    )
-                    .stable_after(Duration::from_secs(10))
-                    .max_restarts(5, Duration::from_secs(60))
-                    .success_codes([0, 2]),
-            )
-            .stop_signal(Signal::Int)
-            .stop_timeout(Duration::from_millis(1500))
-            .log(
-                LogPolicy::default()
-                    .max_bytes(1000)
-                    .keep(2)
-                    .timestamps(true)
-                    .merge_stderr(true)
-                    .line_max(128),
-            )
-            .ready(Ready::LogLine("listening".into()))
-            .ready_timeout(Duration::from_secs(7))
-            .health(
-                Health::http("http://127.0.0.1:8080/")
-                    .interval(Duration::from_secs(2))
-                    .failures(4),
-            )
-            .after("db", Condition::Ready)
-            .restart_with("db");
+        // Every option away from its default; it depends on db and setup.
+        let web = crate::spec::tests::every_option();
+        let setup = ServiceSpec::new("setup", "true");
         let cleared = ServiceSpec::new("cleared", "true")
             .env_clear()
             .ready(Ready::After(Duration::from_millis(250)));
-        let mut f = Fleet::new([db, web, cleared]);
+        let mut f = Fleet::new([db, setup, web, cleared]);
         f.supervisor.state_dir = Some("/var/lib/x".into());
         f
     }

@@ -606,7 +606,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::Backoff;
     use proptest::prelude::*;
@@ -653,9 +653,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_round_trip_keeps_every_field() {
-        let spec = ServiceSpec::new("web", "/usr/bin/python3")
+    /// A spec that sets every option away from its default.
+    pub(crate) fn every_option() -> ServiceSpec {
+        ServiceSpec::new("web", "/usr/bin/python3")
             .args(["-m", "http.server"])
             .env("PORT", "8080")
             .env_remove("DEBUG")
@@ -689,7 +689,12 @@ mod tests {
             )
             .after("db", Condition::Ready)
             .after("setup", Condition::Exited0)
-            .restart_with("db");
+            .restart_with("db")
+    }
+
+    #[test]
+    fn json_round_trip_keeps_every_field() {
+        let spec = every_option();
         let json = serde_json::to_string(&spec).unwrap();
         let back: ServiceSpec = serde_json::from_str(&json).unwrap();
         assert_eq!(back, spec, "{json}");
