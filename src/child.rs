@@ -126,7 +126,7 @@ pub(crate) fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     extra_env: &[(String, String)],
-    cgroup_procs: Option<&Path>,
+    cgroup: Option<&Path>,
 ) -> Result<Spawned> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
@@ -157,7 +157,18 @@ pub(crate) fn spawn(
         cwd: spec.get_current_dir().map(Path::new),
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
-        cgroup_procs,
+        cgroup: None,
+    };
+    let cgroup_dir = match cgroup {
+        Some(dir) => Some(std::fs::File::open(dir).map_err(|e| {
+            spawn_error(spec, format!("cannot open its cgroup '{}'", dir.display())).with_source(e)
+        })?),
+        None => None,
+    };
+    let procs = cgroup.map(|d| d.join("cgroup.procs"));
+    let request = sys::SpawnRequest {
+        cgroup: cgroup_dir.as_ref().map(|f| f.as_fd()).zip(procs.as_deref()),
+        ..request
     };
     let (pid, pidfd) =
         sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;

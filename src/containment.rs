@@ -23,7 +23,11 @@ pub enum Containment {
     ProcessGroup,
 }
 
-/// The supervisor's cgroup, holding one cgroup per service.
+/// The supervisor's cgroup, holding one cgroup per run of a service: `svc-<id>.<generation>`.
+///
+/// A fresh cgroup per run, removed once the run is over: on this kernel (6.18) a child cloned
+/// with `CLONE_INTO_CGROUP` into a cgroup that was ever killed with `cgroup.kill` is killed at
+/// birth, so a killed cgroup is never reused.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     root: PathBuf,
@@ -77,72 +81,112 @@ impl Cgroups {
         Ok(Cgroups { root })
     }
 
-    /// Removes the (empty) service cgroups and the supervisor's own, at shutdown.
-    pub(crate) fn remove_all(&self) {
-        if let Ok(dir) = std::fs::read_dir(&self.root) {
-            for e in dir.flatten() {
-                if e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with("svc-"))
-                {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.root);
+    fn dir(&self, id: u64, generation: u64) -> PathBuf {
+        self.root.join(format!("svc-{id}.{generation}"))
     }
 
-    fn dir(&self, id: u64) -> PathBuf {
-        self.root.join(format!("svc-{id}"))
-    }
-
-    /// Makes the service's cgroup and returns its `cgroup.procs`, for the child to join.
-    pub(crate) fn prepare(&self, id: u64) -> io::Result<PathBuf> {
-        let dir = self.dir(id);
+    /// Makes the run's cgroup and returns its directory, for the child to start in.
+    pub(crate) fn prepare(&self, id: u64, generation: u64) -> io::Result<PathBuf> {
+        let dir = self.dir(id, generation);
         match std::fs::create_dir(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        Ok(dir.join("cgroup.procs"))
+        Ok(dir)
     }
 
-    /// Whether any process is in the service's cgroup (a zombie counts until reaped).
-    pub(crate) fn populated(&self, id: u64) -> bool {
-        std::fs::read_to_string(self.dir(id).join("cgroup.events"))
-            .map(|t| t.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false)
+    /// Whether any process is in the run's cgroup (a zombie counts until reaped).
+    pub(crate) fn populated(&self, id: u64, generation: u64) -> bool {
+        populated_in(&self.dir(id, generation))
     }
 
-    /// The pids in the service's cgroup.
-    pub(crate) fn pids(&self, id: u64) -> Vec<u32> {
-        std::fs::read_to_string(self.dir(id).join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+    /// The pids in the run's cgroup.
+    pub(crate) fn pids(&self, id: u64, generation: u64) -> Vec<u32> {
+        pids_in(&self.dir(id, generation))
     }
 
-    /// SIGKILLs every process in the service's cgroup, atomically (Linux 5.14+).
-    pub(crate) fn kill(&self, id: u64) -> io::Result<()> {
-        std::fs::write(self.dir(id).join("cgroup.kill"), b"1")
+    /// SIGKILLs every process in the run's cgroup, atomically (Linux 5.14+).
+    pub(crate) fn kill(&self, id: u64, generation: u64) -> io::Result<()> {
+        std::fs::write(self.dir(id, generation).join("cgroup.kill"), b"1")
     }
 
-    /// Removes the service's cgroup (it must be empty).
-    pub(crate) fn remove(&self, id: u64) {
-        match std::fs::remove_dir(self.dir(id)) {
+    /// Removes the run's cgroup once the run is over (it is empty then).
+    pub(crate) fn remove_run(&self, id: u64, generation: u64) {
+        let dir = self.dir(id, generation);
+        match std::fs::remove_dir(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                log::warn!("cannot remove cgroup '{}': {e}", self.dir(id).display())
+                log::warn!("cannot remove cgroup '{}': {e}", dir.display())
             }
             _ => {}
         }
     }
 
-    /// Service ids whose cgroups hold processes: what a dead host left running.
-    pub(crate) fn populated_services(&self) -> Vec<u64> {
+    /// Every run cgroup: (service id, directory).
+    fn runs(&self) -> Vec<(u64, PathBuf)> {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };
         dir.flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("svc-")?.parse().ok())
-            .filter(|id| self.populated(*id))
+            .filter_map(|e| {
+                let name = e.file_name();
+                let id = name
+                    .to_str()?
+                    .strip_prefix("svc-")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((id, e.path()))
+            })
             .collect()
     }
+
+    /// Kills what a dead host left in run cgroups, waits (boundedly) for it to be gone,
+    /// removes those cgroups, and returns the pids per service id.
+    pub(crate) fn reclaim(&self, patience: std::time::Duration) -> Vec<(u64, Vec<u32>)> {
+        let mut out = Vec::new();
+        let mut dirs = Vec::new();
+        for (id, dir) in self.runs() {
+            if populated_in(&dir) {
+                let pids = pids_in(&dir);
+                log::warn!("service id {id}: killing {} processes a previous host left in its cgroup: {pids:?}", pids.len());
+                let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
+                out.push((id, pids));
+            }
+            dirs.push(dir);
+        }
+        let deadline = std::time::Instant::now() + patience;
+        while dirs.iter().any(|d| populated_in(d)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        out
+    }
+
+    /// Removes every (empty) run cgroup of a service, or of all services, and with `all` the
+    /// supervisor's own.
+    pub(crate) fn remove_service(&self, id: Option<u64>) {
+        for (run_id, dir) in self.runs() {
+            if id.is_none_or(|i| i == run_id) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        if id.is_none() {
+            let _ = std::fs::remove_dir(&self.root);
+        }
+    }
+}
+
+fn populated_in(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|t| t.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+fn pids_in(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }

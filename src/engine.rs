@@ -450,16 +450,8 @@ impl Engine {
         let mut reclaimed: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
         // Whatever is in a service's cgroup belongs to a previous host: nothing runs yet.
         if let Some(cg) = &self.cgroups {
-            let ids = cg.populated_services();
-            for &id in &ids {
-                let pids = cg.pids(id);
-                log::warn!("service id {id}: killing {} processes a previous host left in its cgroup: {pids:?}", pids.len());
+            for (id, pids) in cg.reclaim(KILL_GRACE) {
                 reclaimed.entry(id).or_default().extend(pids);
-                let _ = cg.kill(id);
-            }
-            let deadline = Instant::now() + KILL_GRACE;
-            while ids.iter().any(|id| cg.populated(*id)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
             }
         }
         let open = self.store.open_runs()?;
@@ -577,7 +569,7 @@ impl Engine {
         }
         self.pump.shutdown();
         if let Some(cg) = &self.cgroups {
-            cg.remove_all();
+            cg.remove_service(None);
         }
         self.publish();
         {
@@ -1154,7 +1146,7 @@ impl Engine {
         if let Some(cg) = &self.cgroups {
             // Members of the service's cgroup that left its process group get it too.
             let pgid = run.pid;
-            for pid in cg.pids(id) {
+            for pid in cg.pids(id, svc.generation) {
                 if sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
                     let _ = sys::kill_pid(pid, signal);
                 }
@@ -1225,7 +1217,7 @@ impl Engine {
             return;
         };
         if let Some(cg) = &self.cgroups {
-            cg.remove(id);
+            cg.remove_service(Some(id));
         }
         // The pump is the only writer of the logs, so it removes them; `delete` waits for it.
         self.pump.forget(id);
@@ -1304,7 +1296,12 @@ impl Engine {
         } else {
             None
         };
-        let cgroup_procs = match self.cgroups.as_ref().map(|c| c.prepare(id)).transpose() {
+        let cgroup_procs = match self
+            .cgroups
+            .as_ref()
+            .map(|c| c.prepare(id, generation))
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => {
                 let e = Error::new(ErrorKind::Spawn, "cannot start: cannot create its cgroup")
@@ -1479,7 +1476,11 @@ impl Engine {
         } else {
             // It ended by itself. Whatever it left in its group goes with it: a new run must
             // never meet the old one's descendants.
-            let in_cgroup = self.cgroups.as_ref().is_some_and(|cg| cg.populated(id));
+            let generation = svc.generation;
+            let in_cgroup = self
+                .cgroups
+                .as_ref()
+                .is_some_and(|cg| cg.populated(id, generation));
             if sys::group_has_members(&run.pidfd, run.pid) || in_cgroup {
                 log::warn!(
                     "service '{}': its main process exited; killing what it left running",
@@ -1489,7 +1490,11 @@ impl Engine {
             }
             if in_cgroup {
                 // Escaped descendants too; and the next run waits until they are gone.
-                let _ = self.cgroups.as_ref().expect("checked above").kill(id);
+                let _ = self
+                    .cgroups
+                    .as_ref()
+                    .expect("checked above")
+                    .kill(id, generation);
                 self.timer(id, KILL_GRACE, TimerKind::GiveUp);
                 self.check_group(id);
             } else {
@@ -1505,7 +1510,11 @@ impl Engine {
         let run = svc.run.as_mut().expect("only called with a run");
         let group_empty = !sys::group_has_members(&run.pidfd, run.pid)
             || sys::live_groups(&HashSet::from([run.pid])).is_empty();
-        let cgroup_empty = self.cgroups.as_ref().is_none_or(|cg| !cg.populated(id));
+        let generation = svc.generation;
+        let cgroup_empty = self
+            .cgroups
+            .as_ref()
+            .is_none_or(|cg| !cg.populated(id, generation));
         if group_empty && cgroup_empty {
             self.finish_run(id);
             return;
@@ -1589,6 +1598,9 @@ impl Engine {
         if let Some((sock, token)) = run.notify.take() {
             self.poller.remove(&sock);
             self.notify_tokens.remove(&token);
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.remove_run(id, svc.generation);
         }
         let (raw, ended, wall) =
             run.ended
@@ -1904,7 +1916,7 @@ impl Engine {
                         );
                         let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
                         if let Some(cg) = &self.cgroups {
-                            let _ = cg.kill(timer.id);
+                            let _ = cg.kill(timer.id, timer.generation);
                         }
                     }
                     self.timers.push(Reverse(Timer {

@@ -45,8 +45,9 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) cwd: Option<&'a Path>,
     pub(crate) stdout: BorrowedFd<'a>,
     pub(crate) stderr: BorrowedFd<'a>,
-    /// The `cgroup.procs` file of the cgroup the child joins before exec.
-    pub(crate) cgroup_procs: Option<&'a Path>,
+    /// The cgroup the child starts in: its directory (for `CLONE_INTO_CGROUP`) and its
+    /// `cgroup.procs` (for kernels without it, where the child joins before exec).
+    pub(crate) cgroup: Option<(BorrowedFd<'a>, &'a Path)>,
 }
 
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
@@ -120,8 +121,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     env_ptrs.push(std::ptr::null());
     let cwd = req.cwd.map(|c| cstring(c.as_os_str())).transpose()?;
     let cgroup_procs = req
-        .cgroup_procs
-        .map(|c| cstring(c.as_os_str()))
+        .cgroup
+        .map(|(_, procs)| cstring(procs.as_os_str()))
         .transpose()?;
     let devnull = std::fs::File::open("/dev/null")?;
 
@@ -157,16 +158,48 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let top = stack.as_mut_ptr().add(CHILD_STACK);
         let top = top.sub(top as usize % 16);
-        let pid = libc::clone(
-            child_main,
-            top.cast(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            (&mut args as *mut ChildArgs).cast(),
-            &mut pidfd as *mut c_int,
-            std::ptr::null_mut::<c_void>(),
-            std::ptr::null_mut::<libc::pid_t>(),
+        let arg: *mut c_void = (&mut args as *mut ChildArgs).cast();
+        // Straight into the service's cgroup with clone3 where we can: joining it later
+        // (writing cgroup.procs) waits for an RCU grace period, milliseconds per spawn.
+        let mut pid = -1;
+        let mut clone_error = io::Error::from_raw_os_error(libc::ENOSYS);
+        if let Some((dir, _)) = req.cgroup {
+            let mut cl = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                    | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: stack.as_mut_ptr() as u64,
+                stack_size: (top as usize - stack.as_mut_ptr() as usize) as u64,
+                cgroup: dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // The child must not join again once it starts inside.
+            let procs = std::mem::replace(&mut args.cgroup_procs, std::ptr::null());
+            let rc = clone3_vfork(&mut cl, child_main, arg);
+            if rc >= 0 {
+                pid = rc as c_int;
+            } else {
+                args.cgroup_procs = procs;
+                clone_error = io::Error::from_raw_os_error(-rc as i32);
+            }
+        }
+        let fall_back = matches!(
+            clone_error.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::E2BIG) | Some(libc::EINVAL)
         );
-        let clone_error = io::Error::last_os_error();
+        if pid < 0 && fall_back {
+            pid = libc::clone(
+                child_main,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                arg,
+                &mut pidfd as *mut c_int,
+                std::ptr::null_mut::<c_void>(),
+                std::ptr::null_mut::<libc::pid_t>(),
+            );
+            clone_error = io::Error::last_os_error();
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
             return Err(clone_error);
@@ -206,6 +239,112 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     }
     drop((stack, devnull));
     Ok((pid as u32, pidfd))
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 with `CLONE_VM | CLONE_VFORK` and a stack of its own: the child starts on that
+/// stack and calls `child(arg)`, which must exec or exit (if it returns, the child exits
+/// with its value). Returns the child's pid, or a negative errno. The calling thread is
+/// suspended until the child execs or exits. glibc has no wrapper for clone3 that runs a
+/// function on a new stack, so the syscall is made here, as glibc's own clone does it.
+///
+/// # Safety
+///
+/// `args` must describe a valid, 16-byte aligned stack that outlives the child's use of it
+/// (guaranteed by CLONE_VFORK when the stack lives until this returns), and `child` must
+/// follow the rules of [`child_main`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    child: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the parent side is a plain syscall (rcx and r11 are clobbered by it). The child
+    // side runs on the new stack (rsp = stack + stack_size, 16-byte aligned, so the `call`
+    // leaves the callee the alignment the ABI wants); r12 and r13 survive the syscall into
+    // the child, which calls `child(arg)` and exits with its value, never returning here.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child as usize,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// See the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    child: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: as on x86_64; x19 and x20 survive the syscall into the child, whose sp is the
+    // new stack's (16-byte aligned) top.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x20",
+            "blr x19",
+            "mov x8, 93",
+            "svc 0",
+            "udf 0",
+            "2:",
+            in("x8") libc::SYS_clone3,
+            inlateout("x0") args as *mut CloneArgs as i64 => ret,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x19") child as usize,
+            in("x20") arg,
+            clobber_abi("C"),
+        );
+    }
+    ret
+}
+
+/// Other architectures: no clone3 here; the caller falls back to clone and cgroup.procs.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3_vfork(
+    _: &mut CloneArgs,
+    _: extern "C" fn(*mut c_void) -> c_int,
+    _: *mut c_void,
+) -> i64 {
+    -(libc::ENOSYS as i64)
 }
 
 /// The child side of [`spawn`], on its own stack in the parent's memory, until exec.

@@ -89,8 +89,10 @@ fn a_killed_host_leaves_nothing_after_reopen() {
         });
         assert!(
             members.is_some(),
-            "{}: one leader and one grandchild",
-            info.name()
+            "{}: one leader and one grandchild, not {:?}; reclaimed {:?}",
+            info.name(),
+            group_members(pgid),
+            sup.reclaimed()
         );
     }
     let now: HashSet<u32> = tagged_processes(&token).into_iter().collect();
