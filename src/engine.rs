@@ -629,19 +629,13 @@ impl Engine {
             }
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
+                    // Stored first (one transaction for all): if that fails, nothing is done.
+                    if let Err(e) = self.set_desired_many(&ids, false) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                     let n = ids.len();
-                    // Signal first, then store every desired state in one transaction.
-                    self.begin_staged(
-                        ids.clone(),
-                        Then::Settle,
-                        Want::Down,
-                        Reply::Count(reply, n),
-                    );
-                    let error = self.set_desired_many(&ids, false).err();
-                    self.pending
-                        .last_mut()
-                        .expect("pushed by begin_staged")
-                        .error = error;
+                    self.begin_staged(ids, Then::Settle, Want::Down, Reply::Count(reply, n));
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
@@ -649,7 +643,11 @@ impl Engine {
                 Ok(ids) => {
                     let ids = self.with_restart_with(ids);
                     let targets = self.targets(&ids);
-                    let error = self.set_desired_many(&ids, true).err();
+                    if let Err(e) = self.set_desired_many(&ids, true) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                    let error = None;
                     for &id in &ids {
                         self.services.get_mut(&id).expect("resolved above").history =
                             History::default();
@@ -668,6 +666,12 @@ impl Engine {
             },
             Request::Delete { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
+                    // Down on disk first: if the row cannot be removed later, the service
+                    // stays, stopped, in memory and on disk alike.
+                    if let Err(e) = self.set_desired_many(&ids, false) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                     let n = ids.len();
                     self.begin_staged(ids, Then::Delete, Want::Gone, Reply::Count(reply, n));
                 }
@@ -988,20 +992,26 @@ impl Engine {
         if changed.is_empty() {
             return Ok(());
         }
+        let stored = self.store.begin().and_then(|()| {
+            for id in &changed {
+                if let Err(e) = self.store.set_desired(*id, up) {
+                    let _ = self.store.commit();
+                    return Err(e);
+                }
+            }
+            self.store.commit()
+        });
+        if let Err(e) = stored {
+            log::error!("{e}");
+            return Err(e);
+        }
         for id in &changed {
             self.services
                 .get_mut(id)
                 .expect("filtered above")
                 .desired_up = up;
         }
-        self.store.begin()?;
-        for id in &changed {
-            if let Err(e) = self.store.set_desired(*id, up) {
-                let _ = self.store.commit();
-                return Err(e);
-            }
-        }
-        self.store.commit().inspect_err(|e| log::error!("{e}"))
+        Ok(())
     }
 
     /// Why the service is in its status, from the engine's own state and the policy.
@@ -1220,7 +1230,7 @@ impl Engine {
             cg.remove_service(Some(id));
         }
         // The pump is the only writer of the logs, so it removes them; `delete` waits for it.
-        self.pump.forget(id);
+        self.pump.forget(id, Arc::from(svc.spec.name()));
         self.forgetting.insert(id);
         self.dirty.remove(&id);
         self.removed.push(id);

@@ -57,6 +57,7 @@ enum Message {
     },
     Forget {
         id: u64,
+        name: Arc<str>,
     },
     Shutdown,
 }
@@ -148,8 +149,8 @@ impl Pump {
 
     /// The service is deleted: drop its pipes, remove its files, report
     /// `Request::LogsForgotten`.
-    pub(crate) fn forget(&self, id: u64) {
-        self.send(Message::Forget { id });
+    pub(crate) fn forget(&self, id: u64, name: Arc<str>) {
+        self.send(Message::Forget { id, name });
     }
 
     /// Drains what is left (within the deadline) and joins the thread.
@@ -351,7 +352,9 @@ impl PumpThread {
                 }
                 false
             }
-            Message::Forget { id } => {
+            Message::Forget { id, name } => {
+                // Also when this pump never saw it run: its logs may be from before `open`.
+                remove_logs(&self.log_dir, &name);
                 if let Some(svc) = self.services.remove(&id) {
                     for run in &svc.runs {
                         for token in &run.tokens {
