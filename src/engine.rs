@@ -963,6 +963,10 @@ impl Engine {
                 )));
             }
         }
+        // A cycle through this service needs an edge out of it.
+        if spec.get_after().is_empty() {
+            return Ok(());
+        }
         // The new spec first, so that a cycle is named from the service being started.
         let mut nodes = vec![graph::Node {
             name: spec.name(),
@@ -1609,9 +1613,7 @@ impl Engine {
             self.poller.remove(&sock);
             self.notify_tokens.remove(&token);
         }
-        if let Some(cg) = &self.cgroups {
-            cg.remove_run(id, svc.generation);
-        }
+        let run_generation = svc.generation;
         let (raw, ended, wall) =
             run.ended
                 .unwrap_or((RawExit::Unknown, Instant::now(), SystemTime::now()));
@@ -1647,7 +1649,10 @@ impl Engine {
                 self.act(id, decision, Duration::ZERO);
             }
         }
-        // Written after the decision: an immediate restart is spawned before any write.
+        // After the decision: an immediate restart is spawned before this cleanup and any write.
+        if let Some(cg) = &self.cgroups {
+            cg.remove_run(id, run_generation);
+        }
         if let Some(run_id) = run.run_id {
             if let Err(e) = self.store.end_run(run_id, &exit) {
                 log::error!("run {run_id}: {e}");
