@@ -1709,12 +1709,13 @@ impl Engine {
         }
         self.outbox.push(Event::Ready { name });
         if let Some(h) = health {
-            let first = h.get_initial_delay()
-                + if *h.check() == Check::Notify {
+            let first = h
+                .get_initial_delay()
+                .saturating_add(if *h.check() == Check::Notify {
                     h.get_interval()
                 } else {
                     Duration::ZERO
-                };
+                });
             self.timer(id, first, TimerKind::HealthProbe);
         }
     }
