@@ -196,6 +196,8 @@ struct Run {
     status_text: Option<String>,
     /// Why the supervisor ended the run, if it did so because of a check.
     end_reason: Option<String>,
+    /// Consecutive memory samples over the limit.
+    memory_strikes: u32,
 }
 
 struct Service {
@@ -269,6 +271,7 @@ enum TimerKind {
     ReadyTimeout,
     ReadyProbe,
     HealthProbe,
+    MemorySample,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -312,6 +315,7 @@ pub(crate) struct Config {
     pub(crate) log_dir: PathBuf,
     pub(crate) resurrect: bool,
     pub(crate) fd_limit: u64,
+    pub(crate) memory_sample: Duration,
 }
 
 pub(crate) struct Engine {
@@ -345,6 +349,9 @@ pub(crate) struct Engine {
     cgroups: Option<crate::containment::Cgroups>,
     /// Deletes that could not be stored, for the callers waiting on them.
     failed_deletes: HashMap<u64, Error>,
+    /// How often memory limits are checked, and whether a check is scheduled.
+    memory_sample: Duration,
+    memory_sampling: bool,
 }
 
 impl Engine {
@@ -386,6 +393,8 @@ impl Engine {
             notify_tokens: HashMap::new(),
             cgroups: config.cgroups,
             failed_deletes: HashMap::new(),
+            memory_sample: config.memory_sample,
+            memory_sampling: false,
         }
     }
 
@@ -1419,7 +1428,18 @@ impl Engine {
                     pinged: false,
                     status_text: None,
                     end_reason: None,
+                    memory_strikes: 0,
                 });
+                if spec.get_max_memory().is_some() && !self.memory_sampling {
+                    self.memory_sampling = true;
+                    let at = crate::duration::deadline(Instant::now(), self.memory_sample);
+                    self.timers.push(Reverse(Timer {
+                        at,
+                        id: 0,
+                        generation: 0,
+                        kind: TimerKind::MemorySample,
+                    }));
+                }
                 self.save_state(id);
                 self.outbox.push(Event::Started {
                     name: name.to_string(),
@@ -1780,6 +1800,71 @@ impl Engine {
         }
     }
 
+    /// Checks the memory limits: a service over its limit for two samples in a row is ended
+    /// (and restarted by its policy). Reschedules itself only while a limited service runs.
+    fn sample_memory(&mut self) {
+        let limited: Vec<(u64, u64, u32, u64)> = self
+            .services
+            .values()
+            .filter_map(|s| {
+                let limit = s.spec.get_max_memory()?;
+                let run = s
+                    .run
+                    .as_ref()
+                    .filter(|r| r.ended.is_none() && r.stopping.is_none())?;
+                Some((s.id, s.generation, run.pid, limit))
+            })
+            .collect();
+        if limited.is_empty() {
+            self.memory_sampling = false;
+            return;
+        }
+        let page = sys::page_size();
+        let mut rss: HashMap<u32, u64> = HashMap::new();
+        let groups: HashSet<u32> = limited.iter().map(|l| l.2).collect();
+        let mut by_pid = HashMap::new();
+        for p in sys::all_processes() {
+            if groups.contains(&p.pgrp) {
+                *rss.entry(p.pgrp).or_default() += p.rss_pages * page;
+            }
+            by_pid.insert(p.pid, p);
+        }
+        for (id, generation, pgid, limit) in limited {
+            let mut used = rss.get(&pgid).copied().unwrap_or(0);
+            if let Some(cg) = &self.cgroups {
+                // Members that left the process group count too.
+                for pid in cg.pids(id, generation) {
+                    if let Some(p) = by_pid.get(&pid).filter(|p| p.pgrp != pgid) {
+                        used += p.rss_pages * page;
+                    }
+                }
+            }
+            let run = self
+                .services
+                .get_mut(&id)
+                .and_then(|s| s.run.as_mut())
+                .expect("listed above");
+            if used > limit {
+                run.memory_strikes += 1;
+                if run.memory_strikes >= 2 {
+                    let reason =
+                        format!("memory limit: {} MiB over {} MiB", used >> 20, limit >> 20);
+                    log::warn!("service '{}': {reason}", self.services[&id].spec.name());
+                    self.fail_run(id, reason);
+                }
+            } else {
+                run.memory_strikes = 0;
+            }
+        }
+        let at = crate::duration::deadline(Instant::now(), self.memory_sample);
+        self.timers.push(Reverse(Timer {
+            at,
+            id: 0,
+            generation: 0,
+            kind: TimerKind::MemorySample,
+        }));
+    }
+
     fn unhealthy(&mut self, id: u64, reason: String) {
         let name = self.services[&id].spec.name().to_string();
         log::warn!("service '{name}': unhealthy: {reason}");
@@ -1898,6 +1983,10 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if timer.kind == TimerKind::MemorySample {
+                self.sample_memory();
+                continue;
+            }
             let Some(svc) = self.services.get_mut(&timer.id) else {
                 continue;
             };
@@ -2018,6 +2107,7 @@ impl Engine {
                         );
                     }
                 }
+                TimerKind::MemorySample => unreachable!("handled before the service lookup"),
                 TimerKind::GiveUp => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
                         log::error!(

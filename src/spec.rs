@@ -92,6 +92,8 @@ pub struct ServiceSpec {
     after: Vec<Dependency>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     restart_with: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_memory: Option<u64>,
 }
 
 fn is_immediately(r: &Ready) -> bool {
@@ -234,6 +236,7 @@ impl ServiceSpec {
             health: None,
             after: Vec::new(),
             restart_with: Vec::new(),
+            max_memory: None,
         }
     }
 
@@ -363,6 +366,21 @@ impl ServiceSpec {
             self.restart_with.push(name);
         }
         self
+    }
+
+    /// Restarts the service (through its restart policy, reason `memory limit`) when the
+    /// resident memory of its whole process group (and cgroup) stays above `bytes` for two
+    /// consecutive samples. Sampling (every second by default, see
+    /// [`Builder::memory_sample_interval`](crate::Builder::memory_sample_interval)) runs only
+    /// while some running service sets a limit. By default, no limit.
+    pub fn max_memory(mut self, bytes: u64) -> ServiceSpec {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// The memory limit, if any.
+    pub fn get_max_memory(&self) -> Option<u64> {
+        self.max_memory
     }
 
     /// The readiness condition.

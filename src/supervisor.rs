@@ -86,6 +86,7 @@ pub struct Builder {
     state_dir: Option<PathBuf>,
     resurrect: Option<bool>,
     containment: Option<Containment>,
+    memory_sample: Option<Duration>,
 }
 
 impl Builder {
@@ -111,6 +112,13 @@ impl Builder {
         self
     }
 
+    /// How often services with a [`max_memory`](crate::ServiceSpec::max_memory) limit are
+    /// measured. By default, 1 s. No sampling happens while no running service has a limit.
+    pub fn memory_sample_interval(mut self, every: Duration) -> Builder {
+        self.memory_sample = Some(every.max(Duration::from_millis(10)));
+        self
+    }
+
     /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
     /// previous host left running, and starts the supervision thread.
     ///
@@ -122,8 +130,9 @@ impl Builder {
     pub fn open(self) -> Result<Supervisor> {
         let resurrect = self.resurrect.unwrap_or(true);
         let containment = self.containment.unwrap_or(Containment::Auto);
+        let sample = self.memory_sample.unwrap_or(Duration::from_secs(1));
         match self.state_dir {
-            Some(dir) => Supervisor::open_at(dir, None, resurrect, containment),
+            Some(dir) => Supervisor::open_at(dir, None, resurrect, containment, sample),
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("sheepdog-")
@@ -137,6 +146,7 @@ impl Builder {
                     Some(temp),
                     resurrect,
                     containment,
+                    sample,
                 )
             }
         }
@@ -194,6 +204,7 @@ impl Supervisor {
         temp: Option<tempfile::TempDir>,
         resurrect: bool,
         containment: Containment,
+        memory_sample: Duration,
     ) -> Result<Supervisor> {
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
@@ -251,6 +262,7 @@ impl Supervisor {
             resurrect,
             fd_limit,
             cgroups,
+            memory_sample,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()

@@ -104,3 +104,42 @@ fn explain_says_why_for_each_status() {
     assert!(h.sup().explain("all").is_err());
     h.finish();
 }
+
+#[test]
+fn a_service_over_its_memory_limit_is_restarted_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = sheepdog::Supervisor::builder()
+        .state_dir(dir.path())
+        .memory_sample_interval(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    let hog = sheepdog::ServiceSpec::new("hog", "/bin/sh")
+        .args([
+            "-c",
+            "x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 600",
+        ])
+        .env(TOKEN_VAR, &token)
+        .max_memory(30 << 20)
+        .restart(RestartPolicy::never());
+    let lean = sheepdog::ServiceSpec::new("lean", "sleep")
+        .arg("600")
+        .env(TOKEN_VAR, &token)
+        .max_memory(30 << 20);
+    sup.start(hog).unwrap();
+    sup.start(lean).unwrap();
+    sup.wait_for("hog", Status::Exited, SECS_10).unwrap();
+    let exit = sup.describe("hog").unwrap().last_exit().cloned().unwrap();
+    assert!(
+        exit.reason().unwrap().starts_with("memory limit: "),
+        "{exit}"
+    );
+    assert_eq!(sup.history("hog", 1).unwrap()[0].reason(), exit.reason());
+    assert_eq!(
+        sup.describe("lean").unwrap().status(),
+        Status::Online,
+        "under its limit"
+    );
+    sup.shutdown().unwrap();
+    assert!(wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(())).is_some());
+}
