@@ -1179,12 +1179,7 @@ impl Engine {
         let generation = svc.generation;
         self.dirty.insert(id);
         self.save_state(id);
-        self.timers.push(Reverse(Timer {
-            at: deadline,
-            id,
-            generation,
-            kind: TimerKind::StopDeadline,
-        }));
+        self.push_timer(deadline, id, generation, TimerKind::StopDeadline);
         if self.services[&id]
             .run
             .as_ref()
@@ -1433,12 +1428,7 @@ impl Engine {
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
                     let at = crate::duration::deadline(Instant::now(), self.memory_sample);
-                    self.timers.push(Reverse(Timer {
-                        at,
-                        id: 0,
-                        generation: 0,
-                        kind: TimerKind::MemorySample,
-                    }));
+                    self.push_timer(at, 0, 0, TimerKind::MemorySample);
                 }
                 self.save_state(id);
                 self.outbox.push(Event::Started {
@@ -1556,12 +1546,7 @@ impl Engine {
         let at = Instant::now() + run.check_interval;
         run.check_interval = (run.check_interval * 2).min(GROUP_CHECK_MAX);
         let generation = svc.generation;
-        self.timers.push(Reverse(Timer {
-            at,
-            id,
-            generation,
-            kind: TimerKind::GroupCheck,
-        }));
+        self.push_timer(at, id, generation, TimerKind::GroupCheck);
     }
 
     /// The run is over (leader reaped, group empty or killed): record it, then decide.
@@ -1682,8 +1667,17 @@ impl Engine {
 
     fn timer(&mut self, id: u64, after: Duration, kind: TimerKind) {
         let generation = self.services[&id].generation;
+        self.push_timer(
+            crate::duration::deadline(Instant::now(), after),
+            id,
+            generation,
+            kind,
+        );
+    }
+
+    fn push_timer(&mut self, at: Instant, id: u64, generation: u64, kind: TimerKind) {
         self.timers.push(Reverse(Timer {
-            at: crate::duration::deadline(Instant::now(), after),
+            at,
             id,
             generation,
             kind,
@@ -1857,12 +1851,7 @@ impl Engine {
             }
         }
         let at = crate::duration::deadline(Instant::now(), self.memory_sample);
-        self.timers.push(Reverse(Timer {
-            at,
-            id: 0,
-            generation: 0,
-            kind: TimerKind::MemorySample,
-        }));
+        self.push_timer(at, 0, 0, TimerKind::MemorySample);
     }
 
     fn unhealthy(&mut self, id: u64, reason: String) {
@@ -1948,12 +1937,7 @@ impl Engine {
                     svc.next_start = Some(at);
                     let generation = svc.generation;
                     self.save_state(id);
-                    self.timers.push(Reverse(Timer {
-                        at,
-                        id,
-                        generation,
-                        kind: TimerKind::Restart,
-                    }));
+                    self.push_timer(at, id, generation, TimerKind::Restart);
                     self.outbox.push(Event::Backoff { name, delay });
                 }
             }
@@ -2024,12 +2008,12 @@ impl Engine {
                             let _ = cg.kill(timer.id, timer.generation);
                         }
                     }
-                    self.timers.push(Reverse(Timer {
-                        at: now + KILL_GRACE,
-                        id: timer.id,
-                        generation: timer.generation,
-                        kind: TimerKind::GiveUp,
-                    }));
+                    self.push_timer(
+                        now + KILL_GRACE,
+                        timer.id,
+                        timer.generation,
+                        TimerKind::GiveUp,
+                    );
                 }
                 TimerKind::GroupCheck => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
