@@ -122,6 +122,17 @@ fn the_hosts_own_children_keep_their_exit_status() {
 #[test]
 fn a_host_that_ignores_sigterm_still_stops_services_with_it() {
     if std::env::var_os("SHEEPDOG_IGNORING_HOST").is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .unwrap()
+            .trim();
+        let mask = u64::from_str_radix(ignored, 16).unwrap();
+        assert!(
+            mask & (1 << (15 - 1)) != 0,
+            "SIGTERM is ignored in this host: {ignored}"
+        );
         let h = Harness::new();
         let spec = h
             .sh("plain", "exec sleep 600")
@@ -150,6 +161,69 @@ fn a_host_that_ignores_sigterm_still_stops_services_with_it() {
         .args(["-c", "trap '' TERM; exec \"$0\" --exact child_hygiene::a_host_that_ignores_sigterm_still_stops_services_with_it --nocapture"])
         .arg(exe)
         .env("SHEEPDOG_IGNORING_HOST", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the inner test ran: {text}");
+}
+
+/// Runs in a subprocess whose SIGCHLD disposition is SIG_IGN (the kernel then reaps children
+/// itself), and where another thread reaps with `waitpid(-1)`: exit statuses still come back
+/// (from the pidfd, Linux 6.15+).
+#[test]
+fn exit_statuses_survive_a_host_that_reaps_behind_our_back() {
+    if std::env::var_os("SHEEPDOG_REAPING_HOST").is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .unwrap()
+            .trim();
+        let mask = u64::from_str_radix(ignored, 16).unwrap();
+        assert!(
+            mask & (1 << (17 - 1)) != 0,
+            "SIGCHLD is ignored in this host: {ignored}"
+        );
+        // A second reaper in the host, as a careless library might run.
+        std::thread::spawn(|| loop {
+            let _ = rustix::process::wait(rustix::process::WaitOptions::empty());
+            std::thread::sleep(Duration::from_millis(1));
+        });
+        let h = Harness::new();
+        for (name, script, code) in [
+            ("seven", "sleep 0.05; exit 7", 7),
+            ("zero", "sleep 0.05; exit 0", 0),
+        ] {
+            h.sup()
+                .start(h.sh(name, script).restart(RestartPolicy::never()))
+                .unwrap();
+            h.sup().wait_for(name, Status::Exited, SECS_5).unwrap();
+            let info = h.sup().describe(name).unwrap();
+            let exit = info.last_exit().unwrap();
+            let kernel_knows = exit.code().is_some();
+            if kernel_knows {
+                assert_eq!(exit.code(), Some(code), "{name}");
+            } else {
+                eprintln!("kernel without PIDFD_INFO_EXIT: the status is unknown, as documented");
+                assert!(exit.is_unknown());
+            }
+        }
+        h.finish();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    // Shells do not pass an ignored SIGCHLD on; perl's %SIG does, and exec keeps it.
+    let out = std::process::Command::new("perl")
+        .args(["-e", "$SIG{CHLD} = 'IGNORE'; exec @ARGV or die"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "child_hygiene::exit_statuses_survive_a_host_that_reaps_behind_our_back",
+            "--nocapture",
+        ])
+        .env("SHEEPDOG_REAPING_HOST", "1")
         .output()
         .unwrap();
     let text =
