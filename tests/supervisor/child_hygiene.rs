@@ -122,17 +122,7 @@ fn the_hosts_own_children_keep_their_exit_status() {
 #[test]
 fn a_host_that_ignores_sigterm_still_stops_services_with_it() {
     if std::env::var_os("SHEEPDOG_IGNORING_HOST").is_some() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let ignored = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .unwrap()
-            .trim();
-        let mask = u64::from_str_radix(ignored, 16).unwrap();
-        assert!(
-            mask & (1 << (15 - 1)) != 0,
-            "SIGTERM is ignored in this host: {ignored}"
-        );
+        assert!(ignores_signal(15), "SIGTERM is ignored in this host");
         let h = Harness::new();
         let spec = h
             .sh("plain", "exec sleep 600")
@@ -156,17 +146,13 @@ fn a_host_that_ignores_sigterm_still_stops_services_with_it() {
         h.finish();
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new("/bin/sh")
-        .args(["-c", "trap '' TERM; exec \"$0\" --exact child_hygiene::a_host_that_ignores_sigterm_still_stops_services_with_it --nocapture"])
-        .arg(exe)
-        .env("SHEEPDOG_IGNORING_HOST", "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "the inner test ran: {text}");
+    let mut sh = std::process::Command::new("/bin/sh");
+    sh.args(["-c", "trap '' TERM; exec \"$@\"", "sh"]);
+    run_alone(
+        sh,
+        "child_hygiene::a_host_that_ignores_sigterm_still_stops_services_with_it",
+        "SHEEPDOG_IGNORING_HOST",
+    );
 }
 
 /// Runs in a subprocess whose SIGCHLD disposition is SIG_IGN (the kernel then reaps children
@@ -175,17 +161,7 @@ fn a_host_that_ignores_sigterm_still_stops_services_with_it() {
 #[test]
 fn exit_statuses_survive_a_host_that_reaps_behind_our_back() {
     if std::env::var_os("SHEEPDOG_REAPING_HOST").is_some() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let ignored = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .unwrap()
-            .trim();
-        let mask = u64::from_str_radix(ignored, 16).unwrap();
-        assert!(
-            mask & (1 << (17 - 1)) != 0,
-            "SIGCHLD is ignored in this host: {ignored}"
-        );
+        assert!(ignores_signal(17), "SIGCHLD is ignored in this host");
         // A second reaper in the host, as a careless library might run.
         std::thread::spawn(|| loop {
             let _ = rustix::process::wait(rustix::process::WaitOptions::empty());
@@ -213,21 +189,12 @@ fn exit_statuses_survive_a_host_that_reaps_behind_our_back() {
         h.finish();
         return;
     }
-    let exe = std::env::current_exe().unwrap();
     // Shells do not pass an ignored SIGCHLD on; perl's %SIG does, and exec keeps it.
-    let out = std::process::Command::new("perl")
-        .args(["-e", "$SIG{CHLD} = 'IGNORE'; exec @ARGV or die"])
-        .arg(exe)
-        .args([
-            "--exact",
-            "child_hygiene::exit_statuses_survive_a_host_that_reaps_behind_our_back",
-            "--nocapture",
-        ])
-        .env("SHEEPDOG_REAPING_HOST", "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "the inner test ran: {text}");
+    let mut perl = std::process::Command::new("perl");
+    perl.args(["-e", "$SIG{CHLD} = 'IGNORE'; exec @ARGV or die"]);
+    run_alone(
+        perl,
+        "child_hygiene::exit_statuses_survive_a_host_that_reaps_behind_our_back",
+        "SHEEPDOG_REAPING_HOST",
+    );
 }

@@ -105,31 +105,27 @@ fn kill_all(pids: &[u32]) {
     }
 }
 
+/// Every pid listed in /proc now.
+fn pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Live (not zombie) processes whose environment holds `TOKEN_VAR=token`.
 pub fn tagged_processes(token: &str) -> Vec<u32> {
     let needle = format!("{TOKEN_VAR}={token}");
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !is_alive(pid) {
-            continue;
-        }
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    pids()
+        .into_iter()
+        .filter(|&pid| is_alive(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
 }
 
 /// Whether `pid` is a live process (a zombie counts as dead).
@@ -194,28 +190,44 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<String> {
 
 /// Pids in `pgid`'s process group that are alive.
 pub fn group_members(pgid: u32) -> HashSet<u32> {
-    let mut out = HashSet::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-            out.insert(pid);
-        }
-    }
-    out
+    let pgid = pgid.to_string();
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+            fields.len() > 2 && fields[2] == pgid && fields[0] != "Z"
+        })
+        .collect()
+}
+
+/// Whether this process ignores signal `sig`, from the `SigIgn` mask in /proc/self/status.
+pub fn ignores_signal(sig: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(mask, 16).unwrap() & (1 << (sig - 1)) != 0
+}
+
+/// Runs the test `name` alone, in a new process started by `command` (which is handed this
+/// test binary's path and arguments to exec), with `env_var` set so that the test takes its
+/// inner branch; fails unless that inner run passed.
+pub fn run_alone(mut command: std::process::Command, name: &str, env_var: &str) {
+    let out = command
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env_var, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the inner test ran: {text}");
 }
