@@ -174,6 +174,10 @@ pub struct LogFollower {
     read_to: u64,
     pending: Vec<u8>,
     activity: Arc<Activity>,
+    /// Files that existed when the follower began without a file to read: their lines are
+    /// older than it. Once the first file appears, reading starts at the oldest file not
+    /// among them, so rotations in between lose nothing.
+    older: Vec<u64>,
 }
 
 impl LogFollower {
@@ -187,6 +191,7 @@ impl LogFollower {
             read_to: 0,
             pending: Vec::new(),
             activity,
+            older: Vec::new(),
         };
         if let Ok(file) = File::open(&f.base) {
             if let Ok(meta) = file.metadata() {
@@ -195,6 +200,9 @@ impl LogFollower {
                 f.file = Some(file);
             }
         }
+        if f.file.is_none() {
+            f.older = f.files().into_iter().map(|(_, ino)| ino).collect();
+        }
         f
     }
 
@@ -202,6 +210,7 @@ impl LogFollower {
     pub(crate) fn at_start(base: PathBuf, activity: Arc<Activity>) -> LogFollower {
         let mut f = LogFollower::at_end(base, activity);
         f.file = None;
+        f.older.clear();
         f.open_oldest();
         f
     }
@@ -220,7 +229,10 @@ impl LogFollower {
                 f.ino = cursor.ino;
                 f.read_to = cursor.offset;
             }
-            None => f.open_oldest(),
+            None => {
+                f.older.clear();
+                f.open_oldest();
+            }
         }
         f
     }
@@ -229,7 +241,9 @@ impl LogFollower {
         // From a consistent picture of the files, checked again after opening: a rotation
         // in progress must not make us start past files it was renaming.
         for _ in 0..100 {
-            let Some(&(index, ino)) = self.files().last() else {
+            let files = self.files();
+            let Some(&(index, ino)) = files.iter().rev().find(|(_, i)| !self.older.contains(i))
+            else {
                 return;
             };
             let Ok(file) = File::open(rotated(&self.base, index)) else {
@@ -332,11 +346,9 @@ impl LogFollower {
     /// to its end. Returns whether anything changed.
     fn advance(&mut self) -> bool {
         if self.file.is_none() {
-            if let Ok(file) = File::open(&self.base) {
-                self.ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
-                self.read_to = 0;
-                self.file = Some(file);
-            } else {
+            // Nothing to read when the follower began: start at the oldest newer file.
+            self.open_oldest();
+            if self.file.is_none() {
                 return false;
             }
         }
