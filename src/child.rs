@@ -126,8 +126,10 @@ pub(crate) fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     extra_env: &[(String, String)],
-    cgroup: Option<&Path>,
+    cgroup: Option<&crate::containment::Prepared>,
 ) -> Result<Spawned> {
+    let join = cgroup.map(|c| c.join.iter().map(|f| f.as_fd()).collect());
+    let cgroup = cgroup.map(|c| c.dir.as_path());
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
     let mut env: Vec<(OsString, OsString)> = if spec.get_env_clear() {
@@ -158,6 +160,7 @@ pub(crate) fn spawn(
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
         cgroup: None,
+        join: join.unwrap_or_default(),
     };
     let cgroup_dir = match cgroup {
         Some(dir) => Some(std::fs::File::open(dir).map_err(|e| {

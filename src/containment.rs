@@ -6,9 +6,39 @@
 //! stop ends with `cgroup.kill`, and the service counts as stopped only when the cgroup is
 //! empty, so a `setsid` double-fork daemon cannot escape. Without one, the process group is
 //! the container, and such a daemon escapes it (the README says so).
+//!
+//! Limits (`max_pids`, `max_memory`) use the `pids` and `memory` controllers: in the v2
+//! cgroup when the hierarchy offers them there, else in a parallel per-run cgroup of the v1
+//! hierarchy that holds the controller (hybrid hosts mount v2 beside v1 controllers), which
+//! the child also joins before exec.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+/// The limits a run's cgroups enforce.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Limits {
+    pub(crate) max_pids: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
+}
+
+/// A run's cgroups, made: the v2 directory to start in, and the `cgroup.procs` of each v1
+/// cgroup the child joins before exec.
+pub(crate) struct Prepared {
+    pub(crate) dir: PathBuf,
+    pub(crate) join: Vec<OwnedFd>,
+}
+
+/// Where a controller is available.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Controller {
+    /// In the v2 hierarchy, enabled for the run cgroups.
+    V2,
+    /// In a v1 hierarchy: the supervisor's directory there.
+    V1(PathBuf),
+    Missing,
+}
 
 /// How a supervisor contains its services' processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +61,8 @@ pub enum Containment {
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     root: PathBuf,
+    pids: Controller,
+    memory: Controller,
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.
@@ -41,6 +73,84 @@ fn cgroup2_mount() -> Option<PathBuf> {
         let mount = left.split_whitespace().nth(4)?;
         (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
     })
+}
+
+/// The mount point and mount root of the v1 hierarchy holding `controller`.
+fn cgroup1_mount(controller: &str) -> Option<(PathBuf, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = left.split_whitespace();
+        let root = fields.nth(3)?.to_string();
+        let mount = fields.next()?;
+        let mut right = right.split_whitespace();
+        if right.next()? != "cgroup" {
+            return None;
+        }
+        let options = right.nth(1)?;
+        options
+            .split(',')
+            .any(|o| o == controller)
+            .then(|| (PathBuf::from(mount), root))
+    })
+}
+
+/// The host's path in the v1 hierarchy holding `controller` (`N:a,b:/path`).
+fn own_cgroup1(controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let _ = parts.next()?;
+        let list = parts.next()?;
+        let path = parts.next()?;
+        list.split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_string())
+    })
+}
+
+/// Makes a directory and checks that a child can be made and removed in it.
+fn writable_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join("probe");
+    let _ = std::fs::remove_dir(&probe);
+    std::fs::create_dir(&probe)?;
+    std::fs::remove_dir(&probe)
+}
+
+/// Finds `controller` for the supervisor's run cgroups: enabled in v2 below `root`, else a
+/// writable directory `sheepdog-<key>` in its v1 hierarchy.
+fn find_controller(root: &Path, controller: &str, key: &str) -> Controller {
+    let offered = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    if offered.split_whitespace().any(|c| c == controller)
+        && std::fs::write(
+            root.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        )
+        .is_ok()
+    {
+        return Controller::V2;
+    }
+    let Some((mount, mount_root)) = cgroup1_mount(controller) else {
+        return Controller::Missing;
+    };
+    let Some(own) = own_cgroup1(controller) else {
+        return Controller::Missing;
+    };
+    let own = own.strip_prefix(&mount_root).unwrap_or(&own);
+    let dir = mount
+        .join(own.trim_start_matches('/'))
+        .join(format!("sheepdog-{key}"));
+    match writable_dir(&dir) {
+        Ok(()) => Controller::V1(dir),
+        Err(e) => {
+            log::info!(
+                "the {controller} controller is not usable at '{}': {e}",
+                dir.display()
+            );
+            Controller::Missing
+        }
+    }
 }
 
 /// The host's own cgroup v2 path, from /proc/self/cgroup (`0::/path`).
@@ -69,30 +179,126 @@ impl Cgroups {
         let mount =
             cgroup2_mount().ok_or_else(|| unavailable("no cgroup v2 hierarchy is mounted"))?;
         let own = own_cgroup().ok_or_else(|| unavailable("this process has no cgroup v2 path"))?;
+        let key = state_key(state_dir);
         let root = mount
             .join(own.trim_start_matches('/'))
-            .join(format!("sheepdog-{}", state_key(state_dir)));
-        std::fs::create_dir_all(&root)?;
+            .join(format!("sheepdog-{key}"));
         // Writable means we can make and remove a child.
-        let probe = root.join("probe");
-        let _ = std::fs::remove_dir(&probe);
-        std::fs::create_dir(&probe)?;
-        std::fs::remove_dir(&probe)?;
-        Ok(Cgroups { root })
+        writable_dir(&root)?;
+        let pids = find_controller(&root, "pids", &key);
+        let memory = find_controller(&root, "memory", &key);
+        Ok(Cgroups { root, pids, memory })
+    }
+
+    /// Whether `max_pids` can be enforced.
+    pub(crate) fn limits_pids(&self) -> bool {
+        self.pids != Controller::Missing
+    }
+
+    /// Whether the kernel enforces `max_memory`.
+    pub(crate) fn limits_memory(&self) -> bool {
+        self.memory != Controller::Missing
+    }
+
+    /// Where the limits live, in words, for the log.
+    pub(crate) fn describe(&self) -> String {
+        let where_ = |c: &Controller| match c {
+            Controller::V2 => "cgroup v2".to_string(),
+            Controller::V1(dir) => format!("cgroup v1 at '{}'", dir.display()),
+            Controller::Missing => "unavailable".to_string(),
+        };
+        format!(
+            "cgroup v2 at '{}'; pids controller: {}; memory controller: {}",
+            self.root.display(),
+            where_(&self.pids),
+            where_(&self.memory)
+        )
+    }
+
+    fn run_name(id: u64, generation: u64) -> String {
+        format!("svc-{id}.{generation}")
     }
 
     fn dir(&self, id: u64, generation: u64) -> PathBuf {
-        self.root.join(format!("svc-{id}.{generation}"))
+        self.root.join(Cgroups::run_name(id, generation))
     }
 
-    /// Makes the run's cgroup and returns its directory, for the child to start in.
-    pub(crate) fn prepare(&self, id: u64, generation: u64) -> io::Result<PathBuf> {
-        let dir = self.dir(id, generation);
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
+    /// The v1 directories of a run, one per controller held in v1.
+    fn v1_dirs(&self, id: u64, generation: u64) -> impl Iterator<Item = PathBuf> + '_ {
+        [&self.pids, &self.memory]
+            .into_iter()
+            .filter_map(move |c| match c {
+                Controller::V1(root) => Some(root.join(Cgroups::run_name(id, generation))),
+                _ => None,
+            })
+    }
+
+    /// Makes the run's cgroups with its limits: the v2 directory for the child to start in,
+    /// and the v1 `cgroup.procs` files it must join.
+    pub(crate) fn prepare(&self, id: u64, generation: u64, limits: Limits) -> io::Result<Prepared> {
+        let name = Cgroups::run_name(id, generation);
+        let dir = self.root.join(&name);
+        make_dir(&dir)?;
+        let mut join = Vec::new();
+        let settings = [
+            (&self.pids, limits.max_pids, "pids.max", "pids.max"),
+            (
+                &self.memory,
+                limits.max_memory,
+                "memory.max",
+                "memory.limit_in_bytes",
+            ),
+        ];
+        for (controller, limit, v2_file, v1_file) in settings {
+            let Some(limit) = limit else { continue };
+            match controller {
+                Controller::V2 => std::fs::write(dir.join(v2_file), limit.to_string())?,
+                Controller::V1(root) => {
+                    let v1 = root.join(&name);
+                    make_dir(&v1)?;
+                    std::fs::write(v1.join(v1_file), limit.to_string())?;
+                    let procs = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(v1.join("cgroup.procs"))?;
+                    join.push(OwnedFd::from(procs));
+                }
+                Controller::Missing => {}
+            }
         }
-        Ok(dir)
+        Ok(Prepared { dir, join })
+    }
+
+    /// The peak memory charged to the run's memory cgroup, if it has one.
+    pub(crate) fn peak_memory(&self, id: u64, generation: u64) -> Option<u64> {
+        let file = match &self.memory {
+            Controller::V2 => self.dir(id, generation).join("memory.peak"),
+            Controller::V1(root) => root
+                .join(Cgroups::run_name(id, generation))
+                .join("memory.max_usage_in_bytes"),
+            Controller::Missing => return None,
+        };
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// How many processes of the run the kernel's OOM killer ended (its memory cgroup's
+    /// `oom_kill` count; 0 without a memory controller).
+    pub(crate) fn oom_kills(&self, id: u64, generation: u64) -> u64 {
+        let (file, key) = match &self.memory {
+            Controller::V2 => (self.dir(id, generation).join("memory.events"), "oom_kill "),
+            Controller::V1(root) => (
+                root.join(Cgroups::run_name(id, generation))
+                    .join("memory.oom_control"),
+                "oom_kill ",
+            ),
+            Controller::Missing => return 0,
+        };
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            })
+            .unwrap_or(0)
     }
 
     /// Whether any process is in the run's cgroup (a zombie counts until reaped).
@@ -112,32 +318,30 @@ impl Cgroups {
 
     /// Removes the run's cgroup once the run is over (it is empty then).
     pub(crate) fn remove_run(&self, id: u64, generation: u64) {
-        let dir = self.dir(id, generation);
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                log::warn!("cannot remove cgroup '{}': {e}", dir.display())
+        for dir in std::iter::once(self.dir(id, generation)).chain(self.v1_dirs(id, generation)) {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    log::warn!("cannot remove cgroup '{}': {e}", dir.display())
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 
-    /// Every run cgroup: (service id, directory).
+    /// Every run cgroup in v2: (service id, directory).
     fn runs(&self) -> Vec<(u64, PathBuf)> {
-        let Ok(dir) = std::fs::read_dir(&self.root) else {
-            return Vec::new();
-        };
-        dir.flatten()
-            .filter_map(|e| {
-                let name = e.file_name();
-                let id = name
-                    .to_str()?
-                    .strip_prefix("svc-")?
-                    .split('.')
-                    .next()?
-                    .parse()
-                    .ok()?;
-                Some((id, e.path()))
+        runs_in(&self.root)
+    }
+
+    /// Every run cgroup in v1 hierarchies: (service id, directory).
+    fn v1_runs(&self) -> Vec<(u64, PathBuf)> {
+        [&self.pids, &self.memory]
+            .into_iter()
+            .filter_map(|c| match c {
+                Controller::V1(root) => Some(runs_in(root)),
+                _ => None,
             })
+            .flatten()
             .collect()
     }
 
@@ -162,20 +366,36 @@ impl Cgroups {
         for d in dirs {
             let _ = std::fs::remove_dir(d);
         }
+        // Nothing runs yet, so every v1 run cgroup is a leftover (empty once v2 is).
+        for (_, d) in self.v1_runs() {
+            let _ = std::fs::remove_dir(d);
+        }
         out
     }
 
     /// Removes every (empty) run cgroup of a service, or of all services, and with `all` the
     /// supervisor's own.
     pub(crate) fn remove_service(&self, id: Option<u64>) {
-        for (run_id, dir) in self.runs() {
+        for (run_id, dir) in self.runs().into_iter().chain(self.v1_runs()) {
             if id.is_none_or(|i| i == run_id) {
                 let _ = std::fs::remove_dir(dir);
             }
         }
         if id.is_none() {
             let _ = std::fs::remove_dir(&self.root);
+            for c in [&self.pids, &self.memory] {
+                if let Controller::V1(root) = c {
+                    let _ = std::fs::remove_dir(root);
+                }
+            }
         }
+    }
+}
+
+fn make_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -189,4 +409,23 @@ fn pids_in(dir: &Path) -> Vec<u32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
+}
+
+fn runs_in(root: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let id = name
+                .to_str()?
+                .strip_prefix("svc-")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((id, e.path()))
+        })
+        .collect()
 }

@@ -14,6 +14,7 @@ use crate::child;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, Hub};
 use crate::graph;
+use crate::history::Cause;
 use crate::info::{Exit, ServiceInfo, Status};
 use crate::logs::reader::Activity;
 use crate::logs::{self, Pump};
@@ -22,6 +23,7 @@ use crate::probe::{self, Pool, Purpose};
 use crate::readiness::{Check, Condition, Ready};
 use crate::spec::{ServiceSpec, Signal};
 use crate::store::Store;
+use crate::store::{NewRun, RunEnding};
 use crate::sys::{self, Poller, RawExit, WAKER_TOKEN};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -81,6 +83,7 @@ pub(crate) enum Request {
     Drained {
         id: u64,
         generation: u64,
+        tail: Option<logs::RunTail>,
     },
     /// From the log pump: a deleted service's logs are closed and removed.
     LogsForgotten {
@@ -198,6 +201,12 @@ struct Run {
     end_reason: Option<String>,
     /// Consecutive memory samples over the limit.
     memory_strikes: u32,
+    /// Why the supervisor ended it, when it did (a stop, a restart, a failed check).
+    cause: Option<Cause>,
+    /// What the kernel counted when it was reaped.
+    usage: Option<sys::Usage>,
+    /// Kills in its memory cgroup by the OOM killer when it started.
+    oom_kills_at_start: u64,
 }
 
 struct Service {
@@ -423,6 +432,7 @@ impl Engine {
         }
         {
             let mut list = self.shared.reclaimed.lock();
+            let mut events = Vec::new();
             for (id, pids) in reclaimed {
                 let name = self
                     .services
@@ -432,8 +442,13 @@ impl Engine {
                     "service '{name}': killed {} processes left running by a previous host",
                     pids.len()
                 );
+                events.push(Event::Reclaimed {
+                    name: name.clone(),
+                    pids: pids.clone(),
+                });
                 list.push((name, pids));
             }
+            self.shared.hub.set_preamble(events);
         }
         if resurrect {
             let up: Vec<u64> = self
@@ -477,8 +492,15 @@ impl Engine {
                 // Hold a pidfd and check the identity again, so the pid cannot be reused
                 // between the check and the kill.
                 if let Ok(fd) = sys::pidfd_open(run.pid) {
-                    if sys::proc_stat(run.pid)
-                        .is_some_and(|s| Some(s.start_time) == run.start_ticks)
+                    // On pidfs the inode names the very process: a pid reused within the
+                    // same clock tick of start time still differs there.
+                    let same_inode = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
+                        (Some(stored), Some(now)) => stored == now,
+                        _ => true,
+                    };
+                    if same_inode
+                        && sys::proc_stat(run.pid)
+                            .is_some_and(|s| Some(s.start_time) == run.start_ticks)
                     {
                         log::warn!(
                             "service id {}: killing process group {} left by a previous host",
@@ -598,7 +620,11 @@ impl Engine {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Drained { id, generation } => return self.on_drained(id, generation),
+            Request::Drained {
+                id,
+                generation,
+                tail,
+            } => return self.on_drained(id, generation, tail),
             Request::LogsForgotten { id } => {
                 self.forgetting.remove(&id);
                 return;
@@ -912,6 +938,14 @@ impl Engine {
     fn define(&mut self, spec: ServiceSpec) -> Result<Defined> {
         spec.validate()?;
         self.check_dependencies(&spec)?;
+        if spec.get_max_pids().is_some() && !self.cgroups.as_ref().is_some_and(|c| c.limits_pids())
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidSpec,
+                "invalid spec: max_pids needs the pids cgroup controller, which this supervisor does not have (see Supervisor::containment)",
+            )
+            .with_service(spec.name()));
+        }
         let existing = self
             .services
             .values()
@@ -1147,7 +1181,18 @@ impl Engine {
             if stopping.then != Then::Delete {
                 stopping.then = then;
             }
+            if then == Then::Settle || then == Then::Delete {
+                // An operator's stop wins over a check that was already ending the run.
+                run.cause = Some(Cause::Stopped);
+            }
             return;
+        }
+        if run.ended.is_none() {
+            run.cause.get_or_insert(match then {
+                Then::Settle | Then::Delete => Cause::Stopped,
+                Then::Start => Cause::Restarted,
+                Then::Crash => Cause::Crashed,
+            });
         }
         let signal = svc.spec.get_stop_signal();
         let deadline = crate::duration::deadline(now, svc.spec.get_stop_timeout());
@@ -1317,7 +1362,13 @@ impl Engine {
         let cgroup_procs = match self
             .cgroups
             .as_ref()
-            .map(|c| c.prepare(id, generation))
+            .map(|c| {
+                let limits = crate::containment::Limits {
+                    max_pids: spec.get_max_pids(),
+                    max_memory: spec.get_max_memory(),
+                };
+                c.prepare(id, generation, limits)
+            })
             .transpose()
         {
             Ok(p) => p,
@@ -1333,7 +1384,7 @@ impl Engine {
             &pipes.out_write,
             err_write,
             &extra_env,
-            cgroup_procs.as_deref(),
+            cgroup_procs.as_ref(),
         );
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         self.dirty.insert(id);
@@ -1361,14 +1412,16 @@ impl Engine {
                 svc.started_at = Some(wall);
                 svc.spawn_error = None;
                 let start_ticks = sys::proc_stat(child.pid).map(|s| s.start_time);
-                let run_id = match self.store.insert_run(
-                    id,
-                    svc.generation,
-                    child.pid,
-                    &self.boot_id,
+                let run_id = match self.store.insert_run(&NewRun {
+                    service_id: id,
+                    generation: svc.generation,
+                    pid: child.pid,
+                    boot_id: &self.boot_id,
                     start_ticks,
-                    wall,
-                ) {
+                    pidfd_ino: sys::pidfd_inode(&child.pidfd),
+                    started_at: wall,
+                    ready: immediately,
+                }) {
                     Ok(run_id) => Some(run_id),
                     Err(e) => {
                         log::error!("service '{name}': {e}");
@@ -1376,6 +1429,10 @@ impl Engine {
                     }
                 };
                 let pid = child.pid;
+                let oom_kills_at_start = self
+                    .cgroups
+                    .as_ref()
+                    .map_or(0, |cg| cg.oom_kills(id, generation));
                 let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
                 let watch = match spec.get_ready() {
                     Ready::LogLine(pattern) => Some(pattern.clone()),
@@ -1390,6 +1447,7 @@ impl Engine {
                     err.map(|(read, _)| read),
                     svc.log_dropped.clone(),
                     watch,
+                    run_id,
                 );
                 let notify = notify.and_then(|sock| {
                     let token = self.next_token;
@@ -1424,6 +1482,9 @@ impl Engine {
                     status_text: None,
                     end_reason: None,
                     memory_strikes: 0,
+                    cause: None,
+                    usage: None,
+                    oom_kills_at_start,
                 });
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
@@ -1445,22 +1506,53 @@ impl Engine {
     fn spawn_failed(&mut self, id: u64, auto: bool, e: Error) -> Result<()> {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let name = svc.spec.name().to_string();
+        let generation = svc.generation;
+        let exit = Exit {
+            code: None,
+            signal: None,
+            at: SystemTime::now(),
+            uptime: Duration::ZERO,
+            reason: Some(e.to_string()),
+        };
+        let errno = e.os_error();
+        let record = |store: &Store, boot_id: &str, decision: Option<&str>, delay| {
+            let ending = RunEnding {
+                exit: &exit,
+                cause: Cause::SpawnFailed,
+                errno,
+                decision,
+                delay,
+                usage: None,
+            };
+            if let Err(e) = store.insert_failed_run(id, generation, boot_id, &ending) {
+                log::error!("service '{name}': {e}");
+            }
+        };
         if auto {
             // A failed automatic restart counts as a crash of zero uptime, so a briefly
             // missing program or working directory does not end the service for good.
             log::warn!("{e}");
             let now = Instant::now();
-            self.apply_policy(
+            let decision = self.decide(
                 id,
                 RunEnd {
                     started: now,
                     ended: now,
                     outcome: Outcome::Unknown,
                 },
-                SPAWN_RETRY_MIN,
             );
+            let (text, delay) = describe_decision(&decision, SPAWN_RETRY_MIN);
+            record(&self.store, &self.boot_id, Some(&text), delay);
+            self.act(id, decision, SPAWN_RETRY_MIN);
             return Err(e);
         }
+        record(
+            &self.store,
+            &self.boot_id,
+            Some("errored: a start by hand is not retried"),
+            None,
+        );
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
         svc.status = Status::Errored;
         svc.spawn_error = Some((svc.generation, clone_error(&e)));
         self.save_state(id);
@@ -1480,7 +1572,10 @@ impl Engine {
             return;
         }
         let raw = match sys::reap(&run.pidfd) {
-            Ok(Some(raw)) => raw,
+            Ok(Some((raw, usage))) => {
+                run.usage = usage;
+                raw
+            }
             Ok(None) => return, // spurious readiness
             Err(e) => {
                 log::error!(
@@ -1510,6 +1605,10 @@ impl Engine {
                     "service '{}': its main process exited; killing what it left running",
                     svc.spec.name()
                 );
+                run.end_reason.get_or_insert_with(|| {
+                    "its main process exited and left processes running; they were killed"
+                        .to_string()
+                });
                 let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
             }
             if in_cgroup {
@@ -1593,7 +1692,12 @@ impl Engine {
         self.complete_run(id);
     }
 
-    fn on_drained(&mut self, id: u64, generation: u64) {
+    fn on_drained(&mut self, id: u64, generation: u64, tail: Option<logs::RunTail>) {
+        if let Some(tail) = tail.filter(|t| !t.stdout.is_empty() || !t.stderr.is_empty()) {
+            if let Err(e) = self.store.set_tail(tail.run_id, &tail.stdout, &tail.stderr) {
+                log::error!("run {}: {e}", tail.run_id);
+            }
+        }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
@@ -1635,6 +1739,20 @@ impl Engine {
             uptime: ended.saturating_duration_since(run.started),
             reason: run.end_reason.clone(),
         };
+        let oom = self
+            .cgroups
+            .as_ref()
+            .is_some_and(|cg| cg.oom_kills(id, run_generation) > run.oom_kills_at_start);
+        if let (Some(usage), Some(cg)) = (run.usage.as_mut(), &self.cgroups) {
+            usage.peak_memory = cg.peak_memory(id, run_generation);
+        }
+        let cause = match (run.cause, raw) {
+            (Some(cause), _) => cause,
+            (None, _) if oom => Cause::OutOfMemory,
+            (None, RawExit::Code(0)) => Cause::Exited,
+            (None, _) => Cause::Crashed,
+        };
+        let svc = self.services.get_mut(&id).expect("still present");
         svc.last_exit = Some(exit.clone());
         svc.started_at = None;
         self.outbox.push(Event::Exited {
@@ -1644,7 +1762,7 @@ impl Engine {
         });
         self.dirty.insert(id);
         match run.stopping {
-            Some(stopping) if stopping.then != Then::Crash => {
+            Some(ref stopping) if stopping.then != Then::Crash => {
                 let svc = self.services.get_mut(&id).expect("still present");
                 svc.status = Status::Stopping; // settled by `after_run`
                 self.after_run(id, stopping.then);
@@ -1659,7 +1777,23 @@ impl Engine {
             cg.remove_run(id, run_generation);
         }
         if let Some(run_id) = run.run_id {
-            if let Err(e) = self.store.end_run(run_id, &exit) {
+            let by_policy = run.stopping.is_none_or(|s| s.then == Then::Crash);
+            let (decision, delay) = match run.decision.filter(|_| by_policy) {
+                Some(d) => {
+                    let (text, delay) = describe_decision(&d, Duration::ZERO);
+                    (Some(text), delay)
+                }
+                None => (None, None),
+            };
+            let ending = RunEnding {
+                exit: &exit,
+                cause,
+                errno: None,
+                decision: decision.as_deref(),
+                delay,
+                usage: run.usage,
+            };
+            if let Err(e) = self.store.end_run(id, run_id, &ending) {
                 log::error!("run {run_id}: {e}");
             }
         }
@@ -1719,6 +1853,11 @@ impl Engine {
         let name = svc.spec.name().to_string();
         let health = svc.spec.get_health().cloned();
         if *svc.spec.get_ready() != Ready::Immediately {
+            if let Some(run_id) = run.run_id {
+                if let Err(e) = self.store.set_ready(run_id, SystemTime::now()) {
+                    log::error!("service '{name}': {e}");
+                }
+            }
             self.save_state(id);
         }
         self.outbox.push(Event::Ready { name });
@@ -1844,7 +1983,7 @@ impl Engine {
                     let reason =
                         format!("memory limit: {} MiB over {} MiB", used >> 20, limit >> 20);
                     log::warn!("service '{}': {reason}", self.services[&id].spec.name());
-                    self.fail_run(id, reason);
+                    self.fail_run(id, Cause::MemoryLimit, reason);
                 }
             } else {
                 run.memory_strikes = 0;
@@ -1861,13 +2000,14 @@ impl Engine {
             name,
             reason: reason.clone(),
         });
-        self.fail_run(id, format!("unhealthy: {reason}"));
+        self.fail_run(id, Cause::Unhealthy, format!("unhealthy: {reason}"));
     }
 
     /// Ends a run that failed a check; the restart policy then treats it as a crash.
-    fn fail_run(&mut self, id: u64, reason: String) {
+    fn fail_run(&mut self, id: u64, cause: Cause, reason: String) {
         if let Some(run) = self.services.get_mut(&id).and_then(|s| s.run.as_mut()) {
             run.end_reason = Some(reason);
+            run.cause.get_or_insert(cause);
         }
         self.begin_stop(id, Then::Crash);
     }
@@ -1897,11 +2037,6 @@ impl Engine {
         if ready {
             self.mark_ready(id, generation);
         }
-    }
-
-    fn apply_policy(&mut self, id: u64, end: RunEnd, min_delay: Duration) {
-        let decision = self.decide(id, end);
-        self.act(id, decision, min_delay);
     }
 
     /// Asks the policy about a run that ended by itself, and keeps the history it returns.
@@ -2040,7 +2175,7 @@ impl Engine {
                             crate::duration::format(svc.spec.get_ready_timeout())
                         );
                         log::warn!("service '{}': {reason}", svc.spec.name());
-                        self.fail_run(timer.id, reason);
+                        self.fail_run(timer.id, Cause::NotReady, reason);
                     }
                 }
                 TimerKind::ReadyProbe => {
@@ -2248,6 +2383,34 @@ fn notify_socket(
     let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
     sock.set_nonblocking(true)?;
     Ok((sock, name))
+}
+
+/// A decision of the restart policy in words, and its delay if it restarts.
+fn describe_decision(decision: &Decision, min_delay: Duration) -> (String, Option<Duration>) {
+    match *decision {
+        Decision::Restart { delay, attempt } => {
+            let delay = delay.max(min_delay);
+            (
+                format!(
+                    "restart in {} ({} restart in a row)",
+                    crate::duration::format(delay),
+                    crate::history::ordinal(attempt)
+                ),
+                Some(delay),
+            )
+        }
+        Decision::Exited => (
+            "not restarted: the policy does not restart this exit".to_string(),
+            None,
+        ),
+        Decision::Errored { crashes, window } => (
+            format!(
+                "errored: crash loop, {crashes} crashes within {}",
+                crate::duration::format(window)
+            ),
+            None,
+        ),
+    }
 }
 
 fn clone_error(e: &Error) -> Error {

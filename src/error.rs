@@ -84,6 +84,14 @@ impl Error {
         self
     }
 
+    /// The OS error number behind this error, when its source is an OS error.
+    pub(crate) fn os_error(&self) -> Option<i32> {
+        self.source
+            .as_deref()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error)
+    }
+
     pub(crate) fn shut_down() -> Error {
         Error::new(ErrorKind::ShutDown, "the supervisor is shut down")
     }

@@ -89,6 +89,15 @@ pub enum Event {
         /// What failed, as a lowercase phrase.
         error: String,
     },
+    /// `open` found processes of this service that a previous host left running when it
+    /// died, and killed them before starting anything. Reported once per `open`: every
+    /// subscription, whenever it is made, receives these events first.
+    Reclaimed {
+        /// The service (`#<id>` if its definition is gone).
+        name: String,
+        /// The processes killed.
+        pids: Vec<u32>,
+    },
     /// This subscription fell behind and `missed` events were dropped for it.
     Lagged {
         /// How many events were dropped.
@@ -109,7 +118,8 @@ impl Event {
             | Event::Deleted { name }
             | Event::Ready { name }
             | Event::Unhealthy { name, .. }
-            | Event::LogError { name, .. } => Some(name),
+            | Event::LogError { name, .. }
+            | Event::Reclaimed { name, .. } => Some(name),
             Event::Lagged { .. } => None,
         }
     }
@@ -124,11 +134,22 @@ struct Subscriber {
 #[derive(Default)]
 pub(crate) struct Hub {
     subscribers: Mutex<Vec<Subscriber>>,
+    /// What `open` reported, for every subscription to begin with.
+    preamble: Mutex<Vec<Event>>,
 }
 
 impl Hub {
+    /// Sets the events every subscription begins with (at most the queue's size are kept).
+    pub(crate) fn set_preamble(&self, mut events: Vec<Event>) {
+        events.truncate(QUEUE / 2);
+        *self.preamble.lock() = events;
+    }
+
     pub(crate) fn subscribe(&self) -> Events {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        for event in self.preamble.lock().iter() {
+            let _ = tx.try_send(event.clone());
+        }
         let missed = Arc::new(AtomicU64::new(0));
         self.subscribers.lock().push(Subscriber {
             tx,

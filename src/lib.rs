@@ -70,7 +70,7 @@ pub use crate::containment::Containment;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::events::{Event, Events};
 pub use crate::fleet::{Applied, Fleet, Prune, Settings};
-pub use crate::history::{Explanation, Run};
+pub use crate::history::{Cause, Explanation, Run, Usage};
 pub use crate::info::{Exit, ServiceInfo, Status};
 pub use crate::logs::reader::{LogCursor, LogFollower};
 pub use crate::policy::{Backoff, RestartPolicy};

@@ -94,6 +94,8 @@ pub struct ServiceSpec {
     restart_with: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_pids: Option<u64>,
 }
 
 fn is_immediately(r: &Ready) -> bool {
@@ -128,7 +130,12 @@ pub struct LogPolicy {
     timestamps: bool,
     merge_stderr: bool,
     line_max: usize,
+    tail_lines: usize,
+    tail_bytes: usize,
 }
+
+/// The most output of one stream a run record keeps.
+pub(crate) const TAIL_BYTES_MAX: usize = 64 << 10;
 
 impl Default for LogPolicy {
     fn default() -> LogPolicy {
@@ -138,6 +145,8 @@ impl Default for LogPolicy {
             timestamps: false,
             merge_stderr: false,
             line_max: 64 << 10,
+            tail_lines: 20,
+            tail_bytes: 4 << 10,
         }
     }
 }
@@ -175,6 +184,27 @@ impl LogPolicy {
     pub fn line_max(mut self, bytes: usize) -> LogPolicy {
         self.line_max = bytes;
         self
+    }
+
+    /// How much of each stream's end the run history keeps ([`Run::last_stdout`]): the last
+    /// `lines` lines, cut to the last `bytes` bytes (at most 64 KiB). `tail(0, 0)` keeps
+    /// nothing. By default, 20 lines and 4 KiB.
+    ///
+    /// [`Run::last_stdout`]: crate::Run::last_stdout
+    pub fn tail(mut self, lines: usize, bytes: usize) -> LogPolicy {
+        self.tail_lines = lines;
+        self.tail_bytes = bytes;
+        self
+    }
+
+    /// The lines kept per stream in the run history.
+    pub fn get_tail_lines(&self) -> usize {
+        self.tail_lines
+    }
+
+    /// The bytes kept per stream in the run history.
+    pub fn get_tail_bytes(&self) -> usize {
+        self.tail_bytes
     }
 
     /// The rotation size (0: never).
@@ -237,6 +267,7 @@ impl ServiceSpec {
             after: Vec::new(),
             restart_with: Vec::new(),
             max_memory: None,
+            max_pids: None,
         }
     }
 
@@ -373,6 +404,10 @@ impl ServiceSpec {
     /// consecutive samples. Sampling (every second by default, see
     /// [`Builder::memory_sample_interval`](crate::Builder::memory_sample_interval)) runs only
     /// while some running service sets a limit. By default, no limit.
+    ///
+    /// With cgroup containment and a memory controller, the kernel also enforces the limit
+    /// (`memory.max`, or `memory.limit_in_bytes` on a v1 hierarchy): a run that reaches it is
+    /// OOM-killed, and its history records [`Cause::OutOfMemory`](crate::Cause::OutOfMemory).
     pub fn max_memory(mut self, bytes: u64) -> ServiceSpec {
         self.max_memory = Some(bytes);
         self
@@ -381,6 +416,30 @@ impl ServiceSpec {
     /// The memory limit, if any.
     pub fn get_max_memory(&self) -> Option<u64> {
         self.max_memory
+    }
+
+    /// Caps the number of processes (and threads) the service may have at once, through the
+    /// `pids` cgroup controller: a fork bomb gets `EAGAIN` from `fork` instead of taking the
+    /// host down. Needs cgroup containment with a `pids` controller (v2, or v1 beside it); a
+    /// supervisor without one refuses the service with an `InvalidSpec` error rather than
+    /// run it unlimited. By default, no cap.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let spec = ServiceSpec::new("workers", "sh").args(["-c", "exec ./pool"]).max_pids(64);
+    /// assert_eq!(spec.get_max_pids(), Some(64));
+    /// ```
+    pub fn max_pids(mut self, n: u64) -> ServiceSpec {
+        self.max_pids = Some(n);
+        self
+    }
+
+    /// The process cap, if any.
+    pub fn get_max_pids(&self) -> Option<u64> {
+        self.max_pids
     }
 
     /// The readiness condition.
@@ -507,6 +566,15 @@ impl ServiceSpec {
             return invalid(format!(
                 "invalid spec: log line_max {} is below the minimum of 64 bytes",
                 self.log.line_max
+            ));
+        }
+        if self.max_pids == Some(0) {
+            return invalid("invalid spec: max_pids must be at least 1".into());
+        }
+        if self.log.tail_bytes > TAIL_BYTES_MAX {
+            return invalid(format!(
+                "invalid spec: log tail_bytes {} is over the maximum of {TAIL_BYTES_MAX} bytes",
+                self.log.tail_bytes
             ));
         }
         match &self.ready {
@@ -696,7 +764,8 @@ pub(crate) mod tests {
                     .keep(2)
                     .timestamps(true)
                     .merge_stderr(true)
-                    .line_max(128),
+                    .line_max(128)
+                    .tail(5, 300),
             )
             .ready(Ready::LogLine("listening on \\d+".into()))
             .ready_timeout(Duration::from_secs(7))
@@ -708,6 +777,8 @@ pub(crate) mod tests {
             .after("db", Condition::Ready)
             .after("setup", Condition::Exited0)
             .restart_with("db")
+            .max_memory(256 << 20)
+            .max_pids(64)
     }
 
     #[test]

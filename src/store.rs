@@ -5,6 +5,7 @@
 //! (and, if the device honours fsync, a power loss).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::history::{Cause, Usage};
 use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
 use rusqlite::{params, Connection, OpenFlags};
@@ -50,10 +51,46 @@ CREATE INDEX run_open ON run(id) WHERE ended_at_ms IS NULL;
 ALTER TABLE service ADD COLUMN exit_reason TEXT;
 ALTER TABLE run ADD COLUMN reason TEXT;
 "#,
+    r#"
+ALTER TABLE run ADD COLUMN ready_at_ms INTEGER;
+ALTER TABLE run ADD COLUMN cause TEXT;
+ALTER TABLE run ADD COLUMN errno INTEGER;
+ALTER TABLE run ADD COLUMN decision TEXT;
+ALTER TABLE run ADD COLUMN delay_ms INTEGER;
+ALTER TABLE run ADD COLUMN max_rss INTEGER;
+ALTER TABLE run ADD COLUMN user_us INTEGER;
+ALTER TABLE run ADD COLUMN system_us INTEGER;
+ALTER TABLE run ADD COLUMN stdout_tail BLOB;
+ALTER TABLE run ADD COLUMN stderr_tail BLOB;
+ALTER TABLE run ADD COLUMN pidfd_ino INTEGER;
+"#,
 ];
 
-/// Runs kept per service; older ones are pruned.
-const RUNS_KEPT: i64 = 100;
+/// Ended runs kept per service by default; older ones are pruned.
+pub(crate) const RUNS_KEPT: usize = 100;
+
+/// A run as it starts.
+pub(crate) struct NewRun<'a> {
+    pub(crate) service_id: u64,
+    pub(crate) generation: u64,
+    pub(crate) pid: u32,
+    pub(crate) boot_id: &'a str,
+    pub(crate) start_ticks: Option<u64>,
+    pub(crate) pidfd_ino: Option<u64>,
+    pub(crate) started_at: SystemTime,
+    /// Ready at once (`Ready::Immediately`).
+    pub(crate) ready: bool,
+}
+
+/// How a run ended and what followed.
+pub(crate) struct RunEnding<'a> {
+    pub(crate) exit: &'a Exit,
+    pub(crate) cause: Cause,
+    pub(crate) errno: Option<i32>,
+    pub(crate) decision: Option<&'a str>,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) usage: Option<Usage>,
+}
 
 /// A service as stored.
 #[derive(Debug)]
@@ -73,6 +110,7 @@ pub(crate) struct OpenRun {
     pub(crate) pid: u32,
     pub(crate) boot_id: String,
     pub(crate) start_ticks: Option<u64>,
+    pub(crate) pidfd_ino: Option<u64>,
 }
 
 /// The registry. Definitions (a service added, changed, deleted, its desired state) are
@@ -85,6 +123,8 @@ pub(crate) struct Store {
     full_sync: Cell<bool>,
     /// Inside `begin` … `commit`: every write joins one transaction, committed durably.
     in_batch: Cell<bool>,
+    /// Ended runs kept per service.
+    runs_kept: Cell<i64>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -164,6 +204,7 @@ impl Store {
             path: path.to_path_buf(),
             full_sync: Cell::new(true),
             in_batch: Cell::new(false),
+            runs_kept: Cell::new(RUNS_KEPT as i64),
         };
         store.check_and_migrate()?;
         Ok(store)
@@ -202,6 +243,7 @@ impl Store {
             path: PathBuf::from(":memory:"),
             full_sync: Cell::new(true),
             in_batch: Cell::new(false),
+            runs_kept: Cell::new(RUNS_KEPT as i64),
         };
         store.check_and_migrate()?;
         Ok(store)
@@ -476,51 +518,121 @@ impl Store {
         Ok(())
     }
 
+    /// How many ended runs to keep per service.
+    pub(crate) fn set_runs_kept(&self, n: usize) {
+        self.runs_kept.set(n.min(i64::MAX as usize) as i64);
+    }
+
     /// Records the start of a run with the identity that tells its process apart from any
     /// later process with the same pid.
-    pub(crate) fn insert_run(
+    pub(crate) fn insert_run(&self, run: &NewRun<'_>) -> Result<i64> {
+        let started = ms(run.started_at);
+        self.fast()
+            .prepare_cached(
+                "INSERT INTO run (service_id, generation, pid, boot_id, start_ticks, started_at_ms,
+                                  ready_at_ms, pidfd_ino)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    run.service_id as i64,
+                    run.generation as i64,
+                    run.pid,
+                    run.boot_id,
+                    run.start_ticks.map(|t| t as i64),
+                    started,
+                    run.ready.then_some(started),
+                    run.pidfd_ino.map(|i| i as i64),
+                ])
+            })
+            .map_err(|e| self.err("cannot record the run", e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn prune(&self, service_id: u64) -> Result<()> {
+        self.fast()
+            .prepare_cached(
+                "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
+                 (SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
+                  ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )
+            .and_then(|mut stmt| stmt.execute(params![service_id as i64, self.runs_kept.get()]))
+            .map_err(|e| self.err("cannot prune runs", e))?;
+        Ok(())
+    }
+
+    /// Records a start that failed before there was a process: a run with pid 0 that ended
+    /// when it began.
+    pub(crate) fn insert_failed_run(
         &self,
         service_id: u64,
         generation: u64,
-        pid: u32,
         boot_id: &str,
-        start_ticks: Option<u64>,
-        started_at: SystemTime,
-    ) -> Result<i64> {
+        ending: &RunEnding<'_>,
+    ) -> Result<()> {
+        let at = ms(ending.exit.at);
         self.fast()
             .execute(
-                "INSERT INTO run (service_id, generation, pid, boot_id, start_ticks, started_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    service_id as i64,
-                    generation as i64,
-                    pid,
-                    boot_id,
-                    start_ticks.map(|t| t as i64),
-                    ms(started_at)
-                ],
+                "INSERT INTO run (service_id, generation, pid, boot_id, started_at_ms, ended_at_ms)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?4)",
+                params![service_id as i64, generation as i64, boot_id, at],
             )
-            .map_err(|e| self.err("cannot record the run", e))?;
+            .map_err(|e| self.err("cannot record the failed start", e))?;
         let run_id = self.conn.last_insert_rowid();
-        if run_id % 64 == 0 {
-            self.fast()
-                .execute(
-                    "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
-                     (SELECT id FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                    params![service_id as i64, RUNS_KEPT],
-                )
-                .map_err(|e| self.err("cannot prune runs", e))?;
-        }
-        Ok(run_id)
+        self.end_run(service_id, run_id, ending)
     }
 
-    pub(crate) fn end_run(&self, run_id: i64, exit: &Exit) -> Result<()> {
+    /// Records the end of a run, and prunes the service's oldest ended runs: at most a few
+    /// rows each time, through the `(service_id, id)` index, so pruning never stalls the
+    /// supervision thread.
+    pub(crate) fn end_run(&self, service_id: u64, run_id: i64, end: &RunEnding<'_>) -> Result<()> {
+        let exit = end.exit;
+        let micros = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
         self.fast()
-            .execute(
-                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5 WHERE id = ?1",
-                params![run_id, ms(exit.at), exit.code, exit.signal, exit.reason.as_deref()],
+            .prepare_cached(
+                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5,
+                    cause = ?6, errno = ?7, decision = ?8, delay_ms = ?9, max_rss = ?10,
+                    user_us = ?11, system_us = ?12
+                 WHERE id = ?1",
             )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    run_id,
+                    ms(exit.at),
+                    exit.code,
+                    exit.signal,
+                    exit.reason.as_deref(),
+                    end.cause.to_string(),
+                    end.errno,
+                    end.decision,
+                    end.delay
+                        .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+                    end.usage
+                        .and_then(|u| u.peak_memory)
+                        .map(|b| b.min(i64::MAX as u64) as i64),
+                    end.usage.map(|u| micros(u.user)),
+                    end.usage.map(|u| micros(u.system)),
+                ])
+            })
             .map_err(|e| self.err("cannot record the exit", e))?;
+        self.prune(service_id)
+    }
+
+    /// Stores the last output of a run, once the log pump has drained it.
+    pub(crate) fn set_tail(&self, run_id: i64, stdout: &[u8], stderr: &[u8]) -> Result<()> {
+        self.fast()
+            .prepare_cached("UPDATE run SET stdout_tail = ?2, stderr_tail = ?3 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![run_id, stdout, stderr]))
+            .map_err(|e| self.err("cannot record the run's last output", e))?;
+        Ok(())
+    }
+
+    /// Records when a run became ready.
+    pub(crate) fn set_ready(&self, run_id: i64, at: SystemTime) -> Result<()> {
+        self.fast()
+            .prepare_cached("UPDATE run SET ready_at_ms = ?2 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![run_id, ms(at)]))
+            .map_err(|e| self.err("cannot record the run's readiness", e))?;
         Ok(())
     }
 
@@ -529,12 +641,28 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, generation, pid, started_at_ms, ended_at_ms, exit_code, exit_signal, reason
+                "SELECT id, generation, pid, started_at_ms, ended_at_ms, exit_code, exit_signal,
+                        reason, ready_at_ms, cause, errno, decision, delay_ms, max_rss, user_us,
+                        system_us, stdout_tail, stderr_tail
                  FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT ?2",
             )
             .map_err(|e| self.err("cannot read runs", e))?;
+        let text =
+            |v: Option<Vec<u8>>| String::from_utf8_lossy(&v.unwrap_or_default()).into_owned();
         let rows = stmt
             .query_map(params![service_id as i64, limit as i64], |r| {
+                let micros = |i: usize| -> rusqlite::Result<Option<Duration>> {
+                    Ok(r.get::<_, Option<i64>>(i)?
+                        .map(|v| Duration::from_micros(v.max(0) as u64)))
+                };
+                let usage = match (micros(14)?, micros(15)?) {
+                    (Some(user), Some(system)) => Some(Usage {
+                        peak_memory: r.get::<_, Option<i64>>(13)?.map(|b| b.max(0) as u64),
+                        user,
+                        system,
+                    }),
+                    _ => None,
+                };
                 Ok(crate::history::Run {
                     id: r.get(0)?,
                     generation: r.get::<_, i64>(1)? as u64,
@@ -544,6 +672,18 @@ impl Store {
                     code: r.get(5)?,
                     signal: r.get(6)?,
                     reason: r.get(7)?,
+                    ready_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
+                    cause: r
+                        .get::<_, Option<String>>(9)?
+                        .and_then(|c| c.parse::<Cause>().ok()),
+                    errno: r.get(10)?,
+                    decision: r.get(11)?,
+                    restart_delay: r
+                        .get::<_, Option<i64>>(12)?
+                        .map(|v| Duration::from_millis(v.max(0) as u64)),
+                    usage,
+                    last_stdout: text(r.get(16)?),
+                    last_stderr: text(r.get(17)?),
                 })
             })
             .map_err(|e| self.err("cannot read runs", e))?;
@@ -556,7 +696,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT service_id, pid, boot_id, start_ticks FROM run WHERE ended_at_ms IS NULL",
+                "SELECT service_id, pid, boot_id, start_ticks, pidfd_ino FROM run
+                 WHERE ended_at_ms IS NULL AND pid != 0",
             )
             .map_err(|e| self.err("cannot read runs", e))?;
         let rows = stmt
@@ -566,6 +707,7 @@ impl Store {
                     pid: r.get(1)?,
                     boot_id: r.get(2)?,
                     start_ticks: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    pidfd_ino: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
                 })
             })
             .map_err(|e| self.err("cannot read runs", e))?;
@@ -577,7 +719,7 @@ impl Store {
     pub(crate) fn close_open_runs(&self) -> Result<()> {
         self.fast()
             .execute(
-                "UPDATE run SET ended_at_ms = ?1 WHERE ended_at_ms IS NULL",
+                "UPDATE run SET ended_at_ms = ?1, cause = 'host died' WHERE ended_at_ms IS NULL",
                 params![ms(SystemTime::now())],
             )
             .map_err(|e| self.err("cannot close runs", e))?;
@@ -648,25 +790,57 @@ mod tests {
     fn runs_are_pruned_to_the_last_hundred() -> Result<()> {
         let s = Store::open_in_memory()?;
         let id = s.insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)?;
+        let other = s.insert_service(&ServiceSpec::new("b", "true"), true, Status::Online)?;
+        // An open run of another service is never pruned, whatever its age.
+        s.insert_run(&new_run(other, 0))?;
+        let add = |g: u64| -> Result<()> {
+            let run = s.insert_run(&new_run(id, g))?;
+            let exit = Exit {
+                code: Some(1),
+                signal: None,
+                at: SystemTime::now(),
+                uptime: Duration::ZERO,
+                reason: None,
+            };
+            s.end_run(id, run, &ending(&exit))
+        };
         for g in 0..300 {
-            let run = s.insert_run(id, g, 100 + g as u32, "boot", Some(1), SystemTime::now())?;
-            s.end_run(
-                run,
-                &Exit {
-                    code: Some(1),
-                    signal: None,
-                    at: SystemTime::now(),
-                    uptime: Duration::ZERO,
-                    reason: None,
-                },
-            )?;
+            add(g)?;
         }
-        let n = s.run_count(id);
-        assert!(
-            (RUNS_KEPT as u64..RUNS_KEPT as u64 + 64).contains(&n),
-            "{n} runs kept"
-        );
+        assert_eq!(s.run_count(id), RUNS_KEPT as u64);
+        let runs = s.runs(id, 1000)?;
+        assert_eq!(runs.first().map(|r| r.generation()), Some(299));
+        assert_eq!(runs.last().map(|r| r.generation()), Some(200));
+        s.set_runs_kept(0);
+        add(300)?;
+        assert_eq!(s.run_count(id), 0);
+        assert_eq!(s.run_count(other), 1);
+        assert_eq!(s.open_runs()?.len(), 1);
         Ok(())
+    }
+
+    fn new_run(service_id: u64, generation: u64) -> NewRun<'static> {
+        NewRun {
+            service_id,
+            generation,
+            pid: 100 + generation as u32,
+            boot_id: "boot",
+            start_ticks: Some(1),
+            pidfd_ino: Some(7),
+            started_at: SystemTime::now(),
+            ready: true,
+        }
+    }
+
+    fn ending(exit: &Exit) -> RunEnding<'_> {
+        RunEnding {
+            exit,
+            cause: Cause::Crashed,
+            errno: None,
+            decision: Some("restart in 0s"),
+            delay: Some(Duration::ZERO),
+            usage: None,
+        }
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Supervisor {
     log_dir: PathBuf,
     cpu: Mutex<crate::stats::CpuHistory>,
     containment: Containment,
+    /// Whether the kernel enforces `max_pids` and `max_memory` (cgroup controllers).
+    kernel_limits: (bool, bool),
     // Dropped after the thread is joined: the lock file, then the temporary directory.
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -87,6 +89,7 @@ pub struct Builder {
     resurrect: Option<bool>,
     containment: Option<Containment>,
     memory_sample: Option<Duration>,
+    runs_kept: Option<usize>,
 }
 
 impl Builder {
@@ -119,6 +122,15 @@ impl Builder {
         self
     }
 
+    /// How many ended runs of each service [`history`](Supervisor::history) keeps; older ones
+    /// are pruned as new ones start (a bounded delete per start, never a sweep). 0 keeps
+    /// only the runs in progress, which `open` needs to find what a dead host left. By
+    /// default, 100.
+    pub fn runs_kept(mut self, n: usize) -> Builder {
+        self.runs_kept = Some(n);
+        self
+    }
+
     /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
     /// previous host left running, and starts the supervision thread.
     ///
@@ -128,11 +140,8 @@ impl Builder {
     /// empty, corrupt, foreign or from a newer version (the file is left untouched), `Io` if
     /// the directory cannot be created.
     pub fn open(self) -> Result<Supervisor> {
-        let resurrect = self.resurrect.unwrap_or(true);
-        let containment = self.containment.unwrap_or(Containment::Auto);
-        let sample = self.memory_sample.unwrap_or(Duration::from_secs(1));
-        match self.state_dir {
-            Some(dir) => Supervisor::open_at(dir, None, resurrect, containment, sample),
+        match self.state_dir.clone() {
+            Some(dir) => Supervisor::open_at(dir, None, self),
             None => {
                 let temp = tempfile::Builder::new()
                     .prefix("sheepdog-")
@@ -141,13 +150,7 @@ impl Builder {
                         Error::new(ErrorKind::Io, "cannot create a temporary state directory")
                             .with_source(e)
                     })?;
-                Supervisor::open_at(
-                    temp.path().to_path_buf(),
-                    Some(temp),
-                    resurrect,
-                    containment,
-                    sample,
-                )
+                Supervisor::open_at(temp.path().to_path_buf(), Some(temp), self)
             }
         }
     }
@@ -202,10 +205,11 @@ impl Supervisor {
     fn open_at(
         state_dir: PathBuf,
         temp: Option<tempfile::TempDir>,
-        resurrect: bool,
-        containment: Containment,
-        memory_sample: Duration,
+        options: Builder,
     ) -> Result<Supervisor> {
+        let resurrect = options.resurrect.unwrap_or(true);
+        let containment = options.containment.unwrap_or(Containment::Auto);
+        let memory_sample = options.memory_sample.unwrap_or(Duration::from_secs(1));
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
         std::fs::create_dir_all(&state_dir).map_err(|e| {
@@ -248,12 +252,19 @@ impl Supervisor {
                 .with_source(e)
             })?),
         };
+        if let Some(cg) = &cgroups {
+            log::info!("containment: {}", cg.describe());
+        }
+        let kernel_limits = cgroups
+            .as_ref()
+            .map_or((false, false), |cg| (cg.limits_pids(), cg.limits_memory()));
         let containment = if cgroups.is_some() {
             Containment::Cgroup
         } else {
             Containment::ProcessGroup
         };
         let store = Store::open(&state_dir.join("sheepdog.db"))?;
+        store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -292,6 +303,7 @@ impl Supervisor {
             thread: Mutex::new(Some(thread)),
             cpu: Mutex::default(),
             containment,
+            kernel_limits,
             state_dir,
             log_dir,
             _lock: lock,
@@ -317,6 +329,32 @@ impl Supervisor {
     /// ```
     pub fn containment(&self) -> Containment {
         self.containment
+    }
+
+    /// Whether [`ServiceSpec::max_pids`](crate::ServiceSpec::max_pids) can be enforced: cgroup
+    /// containment with a `pids` controller (in cgroup v2, or in a v1 hierarchy beside it).
+    /// Without it, a service that sets `max_pids` is refused.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Containment, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().containment(Containment::ProcessGroup).open()?;
+    /// assert!(!sup.enforces_max_pids());
+    /// let err = sup.start(ServiceSpec::new("bomb", "true").max_pids(64)).unwrap_err();
+    /// assert_eq!(err.kind(), sheepdog::ErrorKind::InvalidSpec);
+    /// # Ok(()) }
+    /// ```
+    pub fn enforces_max_pids(&self) -> bool {
+        self.kernel_limits.0
+    }
+
+    /// Whether the kernel enforces [`ServiceSpec::max_memory`](crate::ServiceSpec::max_memory)
+    /// (cgroup containment with a `memory` controller), so that a run reaching it is
+    /// OOM-killed and recorded as such. Without it the supervisor's own sampling enforces it.
+    pub fn enforces_max_memory(&self) -> bool {
+        self.kernel_limits.1
     }
 
     /// What `open` found still running from a previous host that died, and killed before

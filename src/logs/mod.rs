@@ -50,6 +50,7 @@ enum Message {
         stderr: Option<OwnedFd>,
         dropped: Arc<AtomicU64>,
         watch: Option<String>,
+        run_id: Option<i64>,
     },
     Detach {
         id: u64,
@@ -128,6 +129,7 @@ impl Pump {
         stderr: Option<OwnedFd>,
         dropped: Arc<AtomicU64>,
         watch: Option<String>,
+        run_id: Option<i64>,
     ) {
         self.send(Message::Attach {
             id,
@@ -138,11 +140,12 @@ impl Pump {
             stderr,
             dropped,
             watch,
+            run_id,
         });
     }
 
     /// The run's main process exited: read its pipes to EOF (within [`DRAIN_DEADLINE`]), then
-    /// report `Request::Drained`.
+    /// report `Request::Drained` with the last lines of each stream.
     pub(crate) fn detach(&self, id: u64, generation: u64) {
         self.send(Message::Detach { id, generation });
     }
@@ -188,6 +191,71 @@ struct RunPipes {
     deadline: Option<Instant>,
     /// A `Ready::LogLine` pattern still to be matched, with the partial line of each stream.
     watch: Option<Watch>,
+    /// The end of each stream, for the run's record.
+    tail: Option<Tail>,
+}
+
+/// The last output of a run, for its record in the run history.
+#[derive(Debug)]
+pub(crate) struct RunTail {
+    pub(crate) run_id: i64,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: Vec<u8>,
+}
+
+/// The last `bytes` (at least) of each stream of a run, trimmed to `lines` lines at the end.
+struct Tail {
+    run_id: i64,
+    lines: usize,
+    bytes: usize,
+    streams: [Vec<u8>; 2],
+}
+
+impl Tail {
+    fn push(&mut self, which: Which, data: &[u8]) {
+        let (cap, buf) = (self.bytes, &mut self.streams[which as usize]);
+        if cap == 0 {
+            return;
+        }
+        if data.len() >= cap {
+            buf.clear();
+            buf.extend_from_slice(&data[data.len() - cap..]);
+        } else {
+            buf.extend_from_slice(data);
+            if buf.len() > 2 * cap {
+                buf.drain(..buf.len() - cap);
+            }
+        }
+    }
+
+    fn finish(self) -> RunTail {
+        let [out, err] = self.streams;
+        RunTail {
+            run_id: self.run_id,
+            stdout: last_lines(&out, self.lines, self.bytes).to_vec(),
+            stderr: last_lines(&err, self.lines, self.bytes).to_vec(),
+        }
+    }
+}
+
+/// The last `lines` lines of `buf` within its last `bytes` bytes (a final line without a
+/// newline counts as a line).
+pub(crate) fn last_lines(buf: &[u8], lines: usize, bytes: usize) -> &[u8] {
+    if lines == 0 {
+        return &[];
+    }
+    let buf = &buf[buf.len().saturating_sub(bytes)..];
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return &buf[i + 1..];
+            }
+        }
+    }
+    buf
 }
 
 struct Watch {
@@ -288,6 +356,7 @@ impl PumpThread {
                 stderr,
                 dropped,
                 watch,
+                run_id,
             } => {
                 // Whatever an earlier run left in its pipes comes first.
                 let mut wrote = false;
@@ -333,22 +402,29 @@ impl PumpThread {
                         pattern,
                         partial: [Vec::new(), Vec::new()],
                     });
+                let tail = run_id.map(|run_id| Tail {
+                    run_id,
+                    lines: svc.policy.get_tail_lines(),
+                    bytes: svc.policy.get_tail_bytes(),
+                    streams: [Vec::new(), Vec::new()],
+                });
                 svc.runs.push(RunPipes {
                     generation,
                     tokens,
                     deadline: None,
                     watch,
+                    tail,
                 });
                 wrote
             }
             Message::Detach { id, generation } => {
                 let Some(svc) = self.services.get_mut(&id) else {
-                    self.report(Request::Drained { id, generation });
+                    self.report_drained(id, generation, None);
                     return false;
                 };
                 match svc.runs.iter_mut().find(|r| r.generation == generation) {
                     Some(run) => run.deadline = Some(Instant::now() + DRAIN_DEADLINE),
-                    None => self.report(Request::Drained { id, generation }),
+                    None => self.report_drained(id, generation, None),
                 }
                 false
             }
@@ -415,6 +491,9 @@ impl PumpThread {
                     let generation = pipe.generation;
                     let line_max = svc.policy.get_line_max();
                     if let Some(run) = svc.runs.iter_mut().find(|r| r.generation == generation) {
+                        if let Some(tail) = &mut run.tail {
+                            tail.push(which, &self.buf[..n]);
+                        }
                         if let Some(w) = &mut run.watch {
                             if w.feed(which, &self.buf[..n], line_max) {
                                 run.watch = None;
@@ -455,9 +534,9 @@ impl PumpThread {
         run.tokens.retain(|t| *t != token);
         if run.tokens.is_empty() {
             let detached = run.deadline.is_some();
-            svc.runs.remove(pos);
+            let run = svc.runs.remove(pos);
             if detached {
-                self.report(Request::Drained { id, generation });
+                self.report_drained(id, generation, run.tail);
             } else {
                 // EOF before the exit was reported: keep a marker so `Detach` answers at once.
                 svc.runs.push(RunPipes {
@@ -465,6 +544,7 @@ impl PumpThread {
                     tokens: Vec::new(),
                     deadline: None,
                     watch: None,
+                    tail: run.tail,
                 });
             }
         }
@@ -476,17 +556,20 @@ impl PumpThread {
         let mut expired = Vec::new();
         let mut done = Vec::new();
         for (id, svc) in &mut self.services {
-            svc.runs.retain(|run| match run.deadline {
-                Some(_) if run.tokens.is_empty() => {
-                    done.push((*id, run.generation));
-                    false
+            let mut i = 0;
+            while i < svc.runs.len() {
+                let run = &svc.runs[i];
+                match run.deadline {
+                    Some(_) if run.tokens.is_empty() => {
+                        let run = svc.runs.remove(i);
+                        done.push((*id, run.generation, run.tail));
+                        continue;
+                    }
+                    Some(d) if d <= now => expired.extend(run.tokens.iter().copied()),
+                    _ => {}
                 }
-                Some(d) if d <= now => {
-                    expired.extend(run.tokens.iter().copied());
-                    true
-                }
-                _ => true,
-            });
+                i += 1;
+            }
         }
         for token in expired {
             self.read_pipe(token);
@@ -494,9 +577,18 @@ impl PumpThread {
                 self.close_pipe(token);
             }
         }
-        for (id, generation) in done {
-            self.report(Request::Drained { id, generation });
+        for (id, generation, tail) in done {
+            self.report_drained(id, generation, tail);
         }
+    }
+
+    fn report_drained(&self, id: u64, generation: u64, tail: Option<Tail>) {
+        let tail = tail.map(Tail::finish);
+        self.report(Request::Drained {
+            id,
+            generation,
+            tail,
+        });
     }
 
     fn report(&self, request: Request) {

@@ -48,6 +48,9 @@ pub(crate) struct SpawnRequest<'a> {
     /// The cgroup the child starts in: its directory (for `CLONE_INTO_CGROUP`) and its
     /// `cgroup.procs` (for kernels without it, where the child joins before exec).
     pub(crate) cgroup: Option<(BorrowedFd<'a>, &'a Path)>,
+    /// `cgroup.procs` files (opened for writing) of further cgroups the child joins before
+    /// exec: the v1 hierarchies of its limits. At most two.
+    pub(crate) join: Vec<BorrowedFd<'a>>,
 }
 
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
@@ -58,6 +61,7 @@ struct ChildArgs {
     envp: *const *const c_char,
     cwd: *const c_char,
     cgroup_procs: *const c_char,
+    join: [c_int; 2],
     stdin: c_int,
     stdout: c_int,
     stderr: c_int,
@@ -125,6 +129,16 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         .map(|(_, procs)| cstring(procs.as_os_str()))
         .transpose()?;
     let devnull = std::fs::File::open("/dev/null")?;
+    if req.join.len() > 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than two cgroups to join",
+        ));
+    }
+    let mut join = [-1; 2];
+    for (slot, fd) in join.iter_mut().zip(&req.join) {
+        *slot = fd.as_raw_fd();
+    }
 
     let mut args = ChildArgs {
         path: path.as_ptr(),
@@ -134,6 +148,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         cgroup_procs: cgroup_procs
             .as_ref()
             .map_or(std::ptr::null(), |c| c.as_ptr()),
+        join,
         stdin: devnull.as_raw_fd(),
         stdout: req.stdout.as_raw_fd(),
         stderr: req.stderr.as_raw_fd(),
@@ -393,6 +408,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             }
             libc::close(fd);
         }
+        for fd in a.join {
+            if fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(a, STEP_CGROUP);
+            }
+        }
         for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
             if from == to {
                 if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
@@ -455,6 +475,18 @@ pub(crate) fn kill_pid(pid: u32, signal: Signal) -> io::Result<()> {
     rustix::process::kill_process(pid, sig).map_err(io::Error::from)
 }
 
+/// The inode of a pidfd on pidfs (Linux 6.9+), unique to its process for the life of the
+/// boot: with the boot id it names a process even after its pid is reused. `None` on older
+/// kernels, where every pidfd shares one anonymous inode.
+pub(crate) fn pidfd_inode(pidfd: &OwnedFd) -> Option<u64> {
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    let fs = rustix::fs::fstatfs(pidfd).ok()?;
+    if fs.f_type as i64 != PIDFS_MAGIC {
+        return None;
+    }
+    rustix::fs::fstat(pidfd).ok().map(|st| st.st_ino)
+}
+
 /// Opens a pidfd for a process we did not spawn (a leftover of a previous host).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid =
@@ -462,30 +494,59 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)
 }
 
-/// Reaps the child behind `pidfd` if it has exited; `Ok(None)` if it is still running.
+pub(crate) use crate::history::Usage;
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+}
+
+/// Reaps the child behind `pidfd` if it has exited; `Ok(None)` if it is still running. The
+/// usage comes from the same `waitid` (its rusage argument, which the libc wrapper hides).
 ///
 /// If the host auto-reaps children (`SIGCHLD` ignored) or another thread reaped this one with
 /// `waitpid(-1)`, `waitid` fails with ECHILD; the exit status then comes from the pidfd itself
-/// (`PIDFD_GET_INFO`, Linux 6.15+), or is `Unknown` on older kernels.
-pub(crate) fn reap(pidfd: &OwnedFd) -> io::Result<Option<RawExit>> {
-    match rustix::process::waitid(
-        rustix::process::WaitId::PidFd(pidfd.as_fd()),
-        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-    ) {
-        Ok(Some(status)) => {
-            if let Some(code) = status.exit_status() {
-                Ok(Some(RawExit::Code(code)))
-            } else if let Some(sig) = status.terminating_signal() {
-                Ok(Some(RawExit::Signal(sig)))
-            } else {
-                // NOHANG with nothing to report fills a zeroed siginfo.
-                Ok(None)
-            }
-        }
-        Ok(None) => Ok(None),
-        Err(rustix::io::Errno::CHILD) => Ok(Some(exit_from_pidfd_info(pidfd))),
-        Err(e) => Err(e.into()),
+/// (`PIDFD_GET_INFO`, Linux 6.15+), or is `Unknown` on older kernels, and there is no usage.
+pub(crate) fn reap(pidfd: &OwnedFd) -> io::Result<Option<(RawExit, Option<Usage>)>> {
+    // SAFETY: `siginfo_t` and `rusage` are plain old data, valid when zeroed; the kernel
+    // writes at most their sizes into them; the pidfd is ours and open.
+    let (rc, info, usage) = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let rc = libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PIDFD,
+            pidfd.as_raw_fd(),
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOHANG,
+            &mut usage as *mut libc::rusage,
+        );
+        (rc, info, usage)
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ECHILD) => Ok(Some((exit_from_pidfd_info(pidfd), None))),
+            Some(libc::EINTR) => reap(pidfd),
+            _ => Err(e),
+        };
     }
+    // SAFETY: after a successful waitid the pid and status fields are initialised (zero pid
+    // when WNOHANG found nothing to report).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    let raw = match info.si_code {
+        libc::CLD_EXITED => RawExit::Code(status),
+        libc::CLD_KILLED | libc::CLD_DUMPED => RawExit::Signal(status),
+        _ => RawExit::Unknown,
+    };
+    let usage = Usage {
+        peak_memory: None,
+        user: timeval(usage.ru_utime),
+        system: timeval(usage.ru_stime),
+    };
+    Ok(Some((raw, Some(usage))))
 }
 
 fn exit_from_pidfd_info(pidfd: &OwnedFd) -> RawExit {

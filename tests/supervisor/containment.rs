@@ -149,3 +149,171 @@ fn a_killed_host_leaves_no_escaped_daemon_after_reopen() {
     let gone = wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(()));
     assert!(gone.is_some(), "leaked: {:?}", tagged_processes(&token));
 }
+
+#[test]
+fn a_fork_bomb_is_held_at_max_pids_and_stopped() {
+    let h = Harness::new();
+    if !h.sup().enforces_max_pids() {
+        eprintln!("skipped: no pids cgroup controller here (needs cgroup containment)");
+        return;
+    }
+    // Forks sleepers as fast as it can; a failed fork is retried.
+    let bomb = "import os, time\n\
+                while True:\n\
+                \x20   try:\n\
+                \x20       if os.fork() == 0:\n\
+                \x20           time.sleep(600)\n\
+                \x20           os._exit(0)\n\
+                \x20   except OSError:\n\
+                \x20       time.sleep(0.001)\n";
+    let spec = sheepdog::ServiceSpec::new("bomb", "python3")
+        .args(["-c", bomb])
+        .env(TOKEN_VAR, &h.token)
+        .max_pids(64)
+        .stop_timeout(Duration::from_millis(200));
+    h.sup().start(spec).unwrap();
+    let full = wait_until(SECS_10, || {
+        (tagged_processes(&h.token).len() >= 64).then_some(())
+    });
+    assert!(
+        full.is_some(),
+        "the bomb reached its cap: {}",
+        tagged_processes(&h.token).len()
+    );
+    for _ in 0..3 {
+        let n = tagged_processes(&h.token).len();
+        assert!(n <= 64, "{n} processes: the cap did not hold");
+    }
+    assert_eq!(status(h.sup(), "bomb"), Status::Online);
+    h.sup().stop("bomb").unwrap();
+    assert!(
+        tagged_processes(&h.token).is_empty(),
+        "the bomb survived its stop"
+    );
+    h.finish();
+}
+
+#[test]
+fn fifty_grandchildren_ignoring_sigterm_are_gone_after_stop() {
+    let h = Harness::new();
+    if !cgroups_or_skip(&h) {
+        return;
+    }
+    // 25 stay in the group, 25 leave it with setsid; all ignore SIGTERM (inherited).
+    let script = "trap '' TERM; for i in $(seq 25); do sleep 600 & setsid sleep 600 & done; \
+                  exec sleep 600";
+    let spec = h
+        .sh("tree", script)
+        .stop_timeout(Duration::from_millis(200));
+    h.sup().start(spec).unwrap();
+    let up = wait_until(SECS_10, || {
+        (tagged_processes(&h.token).len() == 51).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the tree is up: {}",
+        tagged_processes(&h.token).len()
+    );
+    h.sup().stop("tree").unwrap();
+    assert!(
+        tagged_processes(&h.token).is_empty(),
+        "survivors: {:?}",
+        tagged_processes(&h.token)
+    );
+    h.finish();
+}
+
+const REUSE_TEST: &str = "containment::a_reused_pid_is_never_signalled";
+
+/// Takes `pid` for a new process by setting `ns_last_pid` (root only); other processes on the
+/// machine may win the race, so this retries.
+fn spawn_with_pid(pid: u32) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..1000 {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return None; // taken by a process that lives on
+        }
+        if std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).is_err() {
+            return None;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .ok()?;
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn a_reused_pid_is_never_signalled() {
+    if let Some(dir) = std::env::var_os("SHEEPDOG_HELPER_HOST") {
+        let sup = Supervisor::builder()
+            .state_dir(dir)
+            .containment(Containment::ProcessGroup)
+            .open()
+            .unwrap();
+        let token = std::env::var("SHEEPDOG_HELPER_TOKEN").unwrap();
+        let info = sup
+            .start(
+                sheepdog::ServiceSpec::new("victim", "sleep")
+                    .arg("600")
+                    .env(TOKEN_VAR, token),
+            )
+            .unwrap();
+        println!("pid {}", info.pid().unwrap());
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: forcing a pid needs root (ns_last_pid)");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let state = root.path().join("state");
+    let token = new_token();
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", REUSE_TEST, "--nocapture"])
+        .env("SHEEPDOG_HELPER_HOST", &state)
+        .env("SHEEPDOG_HELPER_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(host.stdout.take().unwrap()));
+    let pid: u32 = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("pid ").map(|p| p.parse().unwrap()))
+        .expect("the helper host reported its service's pid");
+    host.kill().unwrap();
+    host.wait().unwrap();
+    // Dead, and reaped by init (until then its pid is taken).
+    let gone = || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(());
+    wait_until(SECS_10, gone).expect("the service died with its host and was reaped");
+    let Some(mut impostor) = spawn_with_pid(pid) else {
+        eprintln!("skipped: could not take pid {pid} back (a busy machine won every race)");
+        return;
+    };
+    // Same pid, leads a process group of the same id: only its start time and pidfs inode
+    // tell it apart from the dead host's service.
+    let sup = Supervisor::builder()
+        .state_dir(&state)
+        .containment(Containment::ProcessGroup)
+        .resurrect(false)
+        .open()
+        .unwrap();
+    let survived = is_alive(pid);
+    let reclaimed = sup.reclaimed();
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    sup.shutdown().unwrap();
+    assert!(survived, "the process that reused pid {pid} was killed");
+    assert!(reclaimed.is_empty(), "{reclaimed:?}");
+    assert!(tagged_processes(&token).is_empty());
+}

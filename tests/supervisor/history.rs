@@ -1,7 +1,9 @@
 //! Run history and explanations.
 
 use crate::common::*;
-use sheepdog::{Backoff, Condition, RestartPolicy, Status};
+use sheepdog::{
+    Backoff, Cause, Condition, Containment, Health, LogPolicy, Ready, RestartPolicy, Status,
+};
 use std::time::Duration;
 
 #[test]
@@ -21,6 +23,11 @@ fn history_records_crashes_stops_and_restarts() {
     })
     .expect("three runs");
     h.sup().wait_for("hist", Status::Online, SECS_5).unwrap();
+    // The third run has stored its count (a restart while it writes would truncate it).
+    wait_until(SECS_5, || {
+        (std::fs::read_to_string(&count).ok()?.trim() == "3").then_some(())
+    })
+    .expect("the third run counted itself");
     h.sup().restart("hist").unwrap();
     h.sup().stop("hist").unwrap();
     let runs = h.sup().history("hist", 10).unwrap();
@@ -107,13 +114,16 @@ fn explain_says_why_for_each_status() {
 
 #[test]
 fn a_service_over_its_memory_limit_is_restarted_with_the_reason() {
+    // Process-group containment: the supervisor's own sampling enforces the limit.
     let dir = tempfile::tempdir().unwrap();
     let token = new_token();
     let sup = sheepdog::Supervisor::builder()
         .state_dir(dir.path())
+        .containment(Containment::ProcessGroup)
         .memory_sample_interval(Duration::from_millis(100))
         .open()
         .unwrap();
+    assert!(!sup.enforces_max_memory());
     let hog = sheepdog::ServiceSpec::new("hog", "/bin/sh")
         .args([
             "-c",
@@ -134,12 +144,224 @@ fn a_service_over_its_memory_limit_is_restarted_with_the_reason() {
         exit.reason().unwrap().starts_with("memory limit: "),
         "{exit}"
     );
-    assert_eq!(sup.history("hog", 1).unwrap()[0].reason(), exit.reason());
+    let run = &sup.history("hog", 1).unwrap()[0];
+    assert_eq!(run.reason(), exit.reason());
+    assert_eq!(run.cause(), Some(Cause::MemoryLimit));
     assert_eq!(
         sup.describe("lean").unwrap().status(),
         Status::Online,
         "under its limit"
     );
+    sup.shutdown().unwrap();
+    assert!(wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(())).is_some());
+}
+
+/// Waits until the newest run of `name` has ended and its output was drained into the record.
+fn last_run(sup: &sheepdog::Supervisor, name: &str, ended: usize) -> Vec<sheepdog::Run> {
+    wait_until(SECS_10, || {
+        let runs = sup.history(name, 100).unwrap();
+        let done = runs.iter().filter(|r| r.cause().is_some()).count() >= ended;
+        done.then_some(runs)
+    })
+    .unwrap_or_else(|| panic!("{name}: {ended} ended runs: {:?}", sup.history(name, 100)))
+}
+
+#[test]
+fn a_crash_record_has_its_cause_decision_usage_and_last_lines() {
+    let h = Harness::new();
+    // 30 lines to stdout, 3 to stderr, some CPU in a child it waits for, then exit 3.
+    let script = "for i in $(seq 1 30); do echo \"out $i\"; done; \
+                  echo err1 >&2; echo err2 >&2; printf 'err3 no newline' >&2; \
+                  awk 'BEGIN { for (i = 0; i < 3000000; i++) s += i }'; exit 3";
+    let spec = h.sh("crasher", script).restart(
+        RestartPolicy::always()
+            .backoff(Backoff::fixed(Duration::from_secs(60)))
+            .max_restarts(10, Duration::from_secs(60)),
+    );
+    h.sup().start(spec).unwrap();
+    h.sup()
+        .wait_for("crasher", Status::Backoff, SECS_10)
+        .unwrap();
+    let runs = wait_until(SECS_10, || {
+        let runs = h.sup().history("crasher", 10).unwrap();
+        (!runs.is_empty() && !runs[0].last_stdout().is_empty()).then_some(runs)
+    })
+    .expect("the run's last lines were recorded");
+    let run = &runs[0];
+    assert_eq!(run.code(), Some(3));
+    assert_eq!(run.cause(), Some(Cause::Crashed));
+    assert_eq!(run.restart_delay(), Some(Duration::from_secs(60)));
+    assert_eq!(
+        run.decision(),
+        Some("restart in 1m (1st restart in a row)"),
+        "{run:?}"
+    );
+    let want: String = (11..=30).map(|i| format!("out {i}\n")).collect();
+    assert_eq!(run.last_stdout(), want, "the last 20 lines");
+    assert_eq!(run.last_stderr(), "err1\nerr2\nerr3 no newline");
+    let usage = run.usage().expect("usage from the reap");
+    assert!(
+        usage.user_cpu() + usage.system_cpu() > Duration::ZERO,
+        "the awk it waited for counts: {usage:?}"
+    );
+    assert_eq!(run.ready_at(), Some(run.started_at()), "ready at once");
+    h.finish();
+}
+
+#[test]
+fn records_say_stopped_restarted_unhealthy_and_not_ready() {
+    let h = Harness::new();
+    h.sup().start(h.sh("plain", "exec sleep 600")).unwrap();
+    h.sup().restart("plain").unwrap();
+    h.sup().stop("plain").unwrap();
+    let runs = last_run(h.sup(), "plain", 2);
+    let causes: Vec<_> = runs.iter().map(|r| r.cause()).collect();
+    assert_eq!(causes, [Some(Cause::Stopped), Some(Cause::Restarted)]);
+    assert!(runs.iter().all(|r| r.decision().is_none()), "{runs:?}");
+    assert!(runs.iter().all(|r| r.usage().is_some()), "{runs:?}");
+
+    let sick = h
+        .sh("sick", "exec sleep 600")
+        .health(
+            Health::command(["false"])
+                .interval(Duration::from_millis(50))
+                .failures(1),
+        )
+        .restart(RestartPolicy::never());
+    h.sup().start(sick).unwrap();
+    let run = &last_run(h.sup(), "sick", 1)[0];
+    assert_eq!(run.cause(), Some(Cause::Unhealthy), "{run:?}");
+    assert_eq!(run.signal(), Some(15));
+    assert!(run.reason().unwrap().starts_with("unhealthy: "), "{run:?}");
+    assert_eq!(
+        run.decision(),
+        Some("not restarted: the policy does not restart this exit")
+    );
+
+    let slow = h
+        .sh("slow", "exec sleep 600")
+        .ready(Ready::Command(vec!["false".into()]))
+        .ready_timeout(Duration::from_millis(200))
+        .restart(RestartPolicy::never());
+    h.sup().start(slow).unwrap();
+    let run = &last_run(h.sup(), "slow", 1)[0];
+    assert_eq!(run.cause(), Some(Cause::NotReady), "{run:?}");
+    assert_eq!(run.ready_at(), None);
+
+    let ready = h
+        .sh("late", "sleep 0.2; echo up; exec sleep 600")
+        .ready(Ready::LogLine("^up$".into()));
+    h.sup().start(ready).unwrap();
+    h.sup().wait_for("late", Status::Online, SECS_5).unwrap();
+    let run = &h.sup().history("late", 1).unwrap()[0];
+    let ready_after = run
+        .ready_at()
+        .expect("ready recorded")
+        .duration_since(run.started_at())
+        .unwrap();
+    assert!(ready_after >= Duration::from_millis(150), "{ready_after:?}");
+    h.finish();
+}
+
+#[test]
+fn a_failed_restart_is_recorded_with_its_errno() {
+    let h = Harness::new();
+    // The program removes itself and crashes: the restart cannot find it.
+    let program = h.dir.path().join("once.sh");
+    std::fs::write(&program, "#!/bin/sh\nrm \"$0\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let spec = sheepdog::ServiceSpec::new("vanish", program.to_str().unwrap())
+        .env(TOKEN_VAR, &h.token)
+        .restart(
+            RestartPolicy::always()
+                .backoff(Backoff::none())
+                .max_restarts(2, Duration::from_secs(60)),
+        );
+    h.sup().start(spec).unwrap();
+    h.sup()
+        .wait_for("vanish", Status::Errored, SECS_10)
+        .unwrap();
+    let runs = h.sup().history("vanish", 10).unwrap();
+    let failed: Vec<_> = runs
+        .iter()
+        .filter(|r| r.cause() == Some(Cause::SpawnFailed))
+        .collect();
+    assert!(!failed.is_empty(), "{runs:?}");
+    for run in failed {
+        assert_eq!(run.pid(), 0);
+        assert_eq!(run.errno(), Some(2), "ENOENT: {run:?}");
+        assert!(run.reason().unwrap().contains("not found"), "{run:?}");
+        assert!(run.decision().is_some(), "{run:?}");
+    }
+    assert_eq!(runs.last().unwrap().cause(), Some(Cause::Crashed));
+    h.finish();
+}
+
+#[test]
+fn a_service_at_its_kernel_memory_limit_is_oom_killed_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = sheepdog::Supervisor::builder()
+        .state_dir(dir.path())
+        .containment(Containment::Auto)
+        // The kernel acts first; the supervisor's own sampling stays out of the way.
+        .memory_sample_interval(Duration::from_secs(60))
+        .open()
+        .unwrap();
+    if !sup.enforces_max_memory() {
+        eprintln!("skipped: no memory cgroup controller here (needs cgroup containment)");
+        return;
+    }
+    let hog = sheepdog::ServiceSpec::new("hog", "python3")
+        .args(["-c", "import time; b = b'a' * (200 << 20); time.sleep(600)"])
+        .env(TOKEN_VAR, &token)
+        .max_memory(32 << 20)
+        .restart(RestartPolicy::never());
+    sup.start(hog).unwrap();
+    sup.wait_for("hog", Status::Exited, SECS_10).unwrap();
+    let run = &sup.history("hog", 1).unwrap()[0];
+    assert_eq!(run.cause(), Some(Cause::OutOfMemory), "{run:?}");
+    assert_eq!(run.signal(), Some(9), "{run:?}");
+    let peak = run.usage().and_then(|u| u.peak_memory_bytes());
+    assert!(
+        peak.is_some_and(|p| p > 16 << 20 && p <= 32 << 20),
+        "peak at the limit: {peak:?}"
+    );
+    sup.shutdown().unwrap();
+    assert!(wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(())).is_some());
+}
+
+#[test]
+fn history_keeps_the_configured_number_of_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = sheepdog::Supervisor::builder()
+        .state_dir(dir.path())
+        .runs_kept(5)
+        .open()
+        .unwrap();
+    let spec = sheepdog::ServiceSpec::new("flap", "/bin/sh")
+        .args(["-c", "exit 1"])
+        .env(TOKEN_VAR, &token)
+        .log(LogPolicy::default().tail(0, 0))
+        .restart(
+            RestartPolicy::always()
+                .backoff(Backoff::none())
+                .max_restarts(20, Duration::from_secs(60)),
+        );
+    sup.start(spec).unwrap();
+    sup.wait_for("flap", Status::Errored, SECS_10).unwrap();
+    let runs = sup.history("flap", 100).unwrap();
+    assert_eq!(runs.len(), 5, "{runs:#?}");
+    assert!(runs.iter().all(|r| r.last_stdout().is_empty()));
+    assert!(runs[0]
+        .decision()
+        .unwrap()
+        .starts_with("errored: crash loop"));
     sup.shutdown().unwrap();
     assert!(wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(())).is_some());
 }

@@ -78,6 +78,18 @@ fn a_killed_host_leaves_nothing_after_reopen() {
     for o in &orphans {
         assert!(!is_alive(*o), "orphan {o} of the dead host survived open");
     }
+    // A subscription made after `open` still begins with what it reclaimed.
+    let events = sup.subscribe();
+    let mut reported: HashSet<u32> = HashSet::new();
+    let mut names = HashSet::new();
+    while let Some(sheepdog::Event::Reclaimed { name, pids }) = events.try_recv() {
+        names.insert(name);
+        reported.extend(pids);
+    }
+    assert_eq!(names.len(), SERVICES, "one Reclaimed event per service");
+    for o in &orphans {
+        assert!(reported.contains(o), "orphan {o} reported: {reported:?}");
+    }
     let infos = sup.list().unwrap();
     assert_eq!(infos.len(), SERVICES);
     for info in &infos {
