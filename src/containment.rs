@@ -45,11 +45,24 @@ enum Controller {
 #[non_exhaustive]
 pub enum Containment {
     /// The strongest available: a cgroup per service where a writable cgroup v2 hierarchy
-    /// exists, else the process group. The default.
+    /// exists; else the process group plus a subreaper if the builder opted in
+    /// ([`Builder::subreaper`](crate::Builder::subreaper)); else the process group. The
+    /// default.
     Auto,
     /// A cgroup v2 per service; `open` fails if none can be made.
     Cgroup,
-    /// The process group only: descendants that call `setsid` or `setpgid` escape it.
+    /// The process group, with the host made a child subreaper
+    /// (`PR_SET_CHILD_SUBREAPER`): a descendant that leaves the group (`setsid`, a double
+    /// fork) and is orphaned is re-parented to the host instead of init. The supervisor
+    /// finds it among the host's children, knows its service from the `SHEEPDOG_RUN`
+    /// variable every run's environment carries, and ends it with its service. An orphan
+    /// that cleared its environment cannot be attributed; one in a session of its own is
+    /// logged as such. This changes the host: orphans of anything the host runs come to it,
+    /// and those the supervisor does not claim stay zombies until the host reaps them.
+    Subreaper,
+    /// The process group only: descendants that call `setsid` or `setpgid` escape it while
+    /// the host lives (the next `open` after the host's death still finds them by their
+    /// `SHEEPDOG_RUN` variable).
     ProcessGroup,
 }
 
@@ -162,7 +175,7 @@ fn own_cgroup() -> Option<String> {
 
 /// A stable name for a state directory (FNV-1a of its canonical path), so the next `open` on
 /// the same directory finds the cgroups a dead host left.
-fn state_key(state_dir: &Path) -> String {
+pub(crate) fn state_key(state_dir: &Path) -> String {
     let path = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in path.as_os_str().as_encoded_bytes() {

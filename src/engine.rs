@@ -325,6 +325,23 @@ pub(crate) struct Config {
     pub(crate) resurrect: bool,
     pub(crate) fd_limit: u64,
     pub(crate) memory_sample: Duration,
+    /// The host is a child subreaper: orphans re-parented to it are claimed.
+    pub(crate) subreaper: bool,
+    /// Names this supervisor in each run's `SHEEPDOG_RUN`.
+    pub(crate) run_key: String,
+}
+
+/// The variable in every run's environment that names its supervisor, service and run:
+/// `<state dir key>:<service id>:<generation>`.
+pub(crate) const RUN_VAR: &str = "SHEEPDOG_RUN";
+
+/// A descendant that left its service's process group and was re-parented to the host (a
+/// child subreaper), claimed through its `SHEEPDOG_RUN`.
+struct Escapee {
+    pid: u32,
+    pidfd: OwnedFd,
+    id: u64,
+    generation: u64,
 }
 
 pub(crate) struct Engine {
@@ -361,7 +378,19 @@ pub(crate) struct Engine {
     /// How often memory limits are checked, and whether a check is scheduled.
     memory_sample: Duration,
     memory_sampling: bool,
+    subreaper: bool,
+    run_key: String,
+    /// Claimed escapees, by poll token.
+    escapees: HashMap<u64, Escapee>,
+    /// Orphans the supervisor could not attribute, reported once each.
+    unclaimed: HashSet<u32>,
+    /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
+    /// (pid, process group, marker), read once per loop iteration when a stop needs them.
+    marked: Option<HashMap<u64, Vec<Marked>>>,
 }
+
+/// A process carrying our `SHEEPDOG_RUN`: (pid, process group, the variable's value).
+type Marked = (u32, u32, String);
 
 impl Engine {
     pub(crate) fn new(
@@ -404,6 +433,11 @@ impl Engine {
             failed_deletes: HashMap::new(),
             memory_sample: config.memory_sample,
             memory_sampling: false,
+            subreaper: config.subreaper,
+            run_key: config.run_key,
+            escapees: HashMap::new(),
+            unclaimed: HashSet::new(),
+            marked: None,
         }
     }
 
@@ -545,7 +579,49 @@ impl Engine {
                 groups.insert(run.pid);
             }
         }
+        // Whatever carries this supervisor's SHEEPDOG_RUN is a leftover too, wherever it went
+        // (a `setsid` daemon left the group; without cgroups nothing else finds it). Nothing
+        // of ours runs yet, so every match is one.
+        let prefix = format!("{}:", self.run_key);
+        let me = std::process::id();
+        let mut marked = Vec::new();
+        for p in all.get_or_insert_with(sys::all_processes).iter() {
+            if p.pid == me {
+                continue;
+            }
+            let Some(marker) = sys::environ_value(p.pid, RUN_VAR) else {
+                continue;
+            };
+            let Some(id) = marker
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|id| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            // Pin the process, then check it is still the one that carried the marker.
+            let Ok(fd) = sys::pidfd_open(p.pid) else {
+                continue;
+            };
+            if sys::environ_value(p.pid, RUN_VAR).as_deref() != Some(marker.as_str()) {
+                continue;
+            }
+            log::warn!(
+                "service id {id}: killing process {} left by a previous host",
+                p.pid
+            );
+            let _ = sys::signal_process(&fd, Signal::Kill);
+            reclaimed.entry(id).or_default().insert(p.pid);
+            marked.push(p.pid);
+        }
         let deadline = Instant::now() + KILL_GRACE;
+        while marked
+            .iter()
+            .any(|&pid| sys::proc_stat(pid).is_some_and(|s| s.state != b'Z'))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         while !groups.is_empty() && Instant::now() < deadline {
             groups = sys::live_groups(&groups);
             if !groups.is_empty() {
@@ -581,6 +657,8 @@ impl Engine {
                         self.on_leader_exit(id);
                     } else if let Some(&id) = self.notify_tokens.get(&token) {
                         self.on_notify(id);
+                    } else if self.escapees.contains_key(&token) {
+                        self.on_escapee_exit(token);
                     }
                 }
             }
@@ -588,6 +666,7 @@ impl Engine {
                 self.handle(request);
             }
             self.fire_timers();
+            self.marked = None;
             self.start_waiting();
             self.publish();
             self.settle_pending();
@@ -1222,6 +1301,12 @@ impl Engine {
         }
         svc.status = Status::Stopping;
         let generation = svc.generation;
+        if self.subreaper {
+            self.claim_escapees();
+        } else if self.cgroups.is_none() {
+            self.find_marked(id, generation);
+        }
+        self.signal_escapees(id, generation, signal);
         self.dirty.insert(id);
         self.save_state(id);
         self.push_timer(deadline, id, generation, TimerKind::StopDeadline);
@@ -1333,7 +1418,10 @@ impl Engine {
             || spec
                 .get_health()
                 .is_some_and(|h| *h.check() == Check::Notify);
-        let mut extra_env = Vec::new();
+        let mut extra_env = vec![(
+            RUN_VAR.to_string(),
+            format!("{}:{id}:{generation}", self.run_key),
+        )];
         let notify = if wants_notify {
             match notify_socket(id, generation) {
                 Ok((sock, name)) => {
@@ -1600,7 +1688,13 @@ impl Engine {
                 .cgroups
                 .as_ref()
                 .is_some_and(|cg| cg.populated(id, generation));
-            if sys::group_has_members(&run.pidfd, run.pid) || in_cgroup {
+            let escaped = self.subreaper && {
+                self.claim_escapees();
+                self.signal_escapees(id, generation, Signal::Kill) > 0
+            };
+            let svc = self.services.get_mut(&id).expect("still present");
+            let run = svc.run.as_mut().expect("still running");
+            if sys::group_has_members(&run.pidfd, run.pid) || in_cgroup || escaped {
                 log::warn!(
                     "service '{}': its main process exited; killing what it left running",
                     svc.spec.name()
@@ -1611,13 +1705,11 @@ impl Engine {
                 });
                 let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
             }
-            if in_cgroup {
+            if in_cgroup || escaped {
                 // Escaped descendants too; and the next run waits until they are gone.
-                let _ = self
-                    .cgroups
-                    .as_ref()
-                    .expect("checked above")
-                    .kill(id, generation);
+                if let Some(cg) = self.cgroups.as_ref().filter(|_| in_cgroup) {
+                    let _ = cg.kill(id, generation);
+                }
                 self.timer(id, KILL_GRACE, TimerKind::GiveUp);
                 self.check_group(id);
             } else {
@@ -1629,16 +1721,21 @@ impl Engine {
     /// For a stopping run whose leader has exited: finish if the group is empty, else check
     /// again shortly.
     fn check_group(&mut self, id: u64) {
+        self.claim_escapees();
+        let generation = self.services[&id].generation;
+        let escapees_gone = !self
+            .escapees
+            .values()
+            .any(|e| e.id == id && e.generation == generation);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let run = svc.run.as_mut().expect("only called with a run");
         let group_empty = !sys::group_has_members(&run.pidfd, run.pid)
             || sys::live_groups(&HashSet::from([run.pid])).is_empty();
-        let generation = svc.generation;
         let cgroup_empty = self
             .cgroups
             .as_ref()
             .is_none_or(|cg| !cg.populated(id, generation));
-        if group_empty && cgroup_empty {
+        if group_empty && cgroup_empty && escapees_gone {
             self.finish_run(id);
             return;
         }
@@ -1646,6 +1743,163 @@ impl Engine {
         run.check_interval = (run.check_interval * 2).min(GROUP_CHECK_MAX);
         let generation = svc.generation;
         self.push_timer(at, id, generation, TimerKind::GroupCheck);
+    }
+
+    /// With a subreaper host: claims the orphans re-parented to it, by their `SHEEPDOG_RUN`.
+    /// An orphan of a run that is over is killed at once; one without the variable is
+    /// reported once if it sits in a session of its own (a `setsid` daemon), the mark of an
+    /// escape, since the host's own children look the same otherwise.
+    fn claim_escapees(&mut self) {
+        if !self.subreaper {
+            return;
+        }
+        let leaders: HashSet<u32> = self
+            .services
+            .values()
+            .filter_map(|s| s.run.as_ref().filter(|r| r.ended.is_none()).map(|r| r.pid))
+            .collect();
+        let claimed: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
+        let prefix = format!("{}:", self.run_key);
+        let host_session = sys::session_of(std::process::id());
+        for pid in sys::own_children() {
+            if leaders.contains(&pid) || claimed.contains(&pid) || self.unclaimed.contains(&pid) {
+                continue;
+            }
+            // Our child until reaped, so its pid cannot be reused meanwhile.
+            let marker = sys::environ_value(pid, RUN_VAR);
+            let owner = marker.as_deref().and_then(|m| {
+                let mut parts = m.strip_prefix(&prefix)?.split(':');
+                let id: u64 = parts.next()?.parse().ok()?;
+                let generation: u64 = parts.next()?.parse().ok()?;
+                Some((id, generation))
+            });
+            let Some((id, generation)) = owner else {
+                if marker.is_none() && sys::session_of(pid) != host_session {
+                    let name =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let name = name.trim();
+                    log::warn!(
+                        "process {pid} ({name}) was re-parented to the host in a session of its own and carries no {RUN_VAR}: it cannot be attributed to a service and is left alone"
+                    );
+                }
+                self.unclaimed.insert(pid);
+                continue;
+            };
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            let token = self.next_token;
+            self.next_token += 1;
+            if let Err(e) = self.poller.add(&pidfd, token) {
+                log::error!("cannot watch escaped process {pid}: {e}");
+                continue;
+            }
+            let current = self.services.get(&id).is_some_and(|s| {
+                s.generation == generation && s.run.as_ref().is_some_and(|r| r.ended.is_none())
+            });
+            if !current {
+                let _ = sys::signal_process(&pidfd, Signal::Kill);
+            }
+            log::info!("service id {id}: process {pid} left its process group; it is tracked");
+            self.escapees.insert(
+                token,
+                Escapee {
+                    pid,
+                    pidfd,
+                    id,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// Process-group containment, at a stop: tracks every process outside the service's group
+    /// that carries its `SHEEPDOG_RUN` (any run of it), under the stopping run, so that the
+    /// stop signals them, waits for them and SIGKILLs them at the deadline. One pass over
+    /// /proc per loop iteration serves every stop in it (a stop-all reads /proc once).
+    fn find_marked(&mut self, id: u64, generation: u64) {
+        let marked = self.marked.get_or_insert_with(|| {
+            let prefix = format!("{}:", self.run_key);
+            let me = std::process::id();
+            let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
+            for p in sys::all_processes() {
+                if p.pid == me {
+                    continue;
+                }
+                let Some(marker) = sys::environ_value(p.pid, RUN_VAR) else {
+                    continue;
+                };
+                let Some(owner) = marker
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|id| id.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                by_id
+                    .entry(owner)
+                    .or_default()
+                    .push((p.pid, p.pgrp, marker));
+            }
+            by_id
+        });
+        let Some(found) = marked.remove(&id) else {
+            return;
+        };
+        let leader = self.services[&id].run.as_ref().map(|r| r.pid);
+        let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
+        for (pid, pgrp, marker) in found {
+            if Some(pgrp) == leader || Some(pid) == leader || tracked.contains(&pid) {
+                continue; // the group's signal reaches it
+            }
+            let Ok(pidfd) = sys::pidfd_open(pid) else {
+                continue;
+            };
+            // Pinned by the pidfd: if the pid now names another process, its marker differs.
+            if sys::environ_value(pid, RUN_VAR).as_deref() != Some(marker.as_str()) {
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            if let Err(e) = self.poller.add(&pidfd, token) {
+                log::error!("cannot watch escaped process {pid}: {e}");
+                continue;
+            }
+            log::info!("service id {id}: process {pid} left its process group; stopping it too");
+            self.escapees.insert(
+                token,
+                Escapee {
+                    pid,
+                    pidfd,
+                    id,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// Sends `signal` to the claimed escapees of a run; returns how many there were.
+    fn signal_escapees(&self, id: u64, generation: u64, signal: Signal) -> usize {
+        let mut n = 0;
+        for e in self.escapees.values() {
+            if e.id == id && e.generation == generation {
+                let _ = sys::signal_process(&e.pidfd, signal);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A claimed escapee exited: reap it.
+    fn on_escapee_exit(&mut self, token: u64) {
+        let Some(e) = self.escapees.get(&token) else {
+            return;
+        };
+        if let Ok(None) = sys::reap(&e.pidfd) {
+            return; // spurious readiness
+        }
+        let e = self.escapees.remove(&token).expect("present above");
+        self.poller.remove(&e.pidfd);
     }
 
     /// The run is over (leader reaped, group empty or killed): record it, then decide.
@@ -2142,6 +2396,7 @@ impl Engine {
                         if let Some(cg) = &self.cgroups {
                             let _ = cg.kill(timer.id, timer.generation);
                         }
+                        self.signal_escapees(timer.id, timer.generation, Signal::Kill);
                     }
                     self.push_timer(
                         now + KILL_GRACE,

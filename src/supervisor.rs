@@ -90,6 +90,7 @@ pub struct Builder {
     containment: Option<Containment>,
     memory_sample: Option<Duration>,
     runs_kept: Option<usize>,
+    subreaper: bool,
 }
 
 impl Builder {
@@ -119,6 +120,24 @@ impl Builder {
     /// measured. By default, 1 s. No sampling happens while no running service has a limit.
     pub fn memory_sample_interval(mut self, every: Duration) -> Builder {
         self.memory_sample = Some(every.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// Lets [`Containment::Auto`] fall back to [`Containment::Subreaper`] (instead of the bare
+    /// process group) where no cgroup can be made. Off by default, because it makes the host
+    /// a child subreaper for good: see [`Containment::Subreaper`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Containment, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().subreaper(true).open()?;
+    /// assert_ne!(sup.containment(), Containment::ProcessGroup);
+    /// # Ok(()) }
+    /// ```
+    pub fn subreaper(mut self, yes: bool) -> Builder {
+        self.subreaper = yes;
         self
     }
 
@@ -240,7 +259,7 @@ impl Supervisor {
         })?;
         let fd_limit = sys::raise_fd_limit();
         let cgroups = match containment {
-            Containment::ProcessGroup => None,
+            Containment::ProcessGroup | Containment::Subreaper => None,
             Containment::Auto => Cgroups::detect(&state_dir)
                 .inspect_err(|e| log::info!("no cgroup containment ({e}); using process groups"))
                 .ok(),
@@ -258,8 +277,15 @@ impl Supervisor {
         let kernel_limits = cgroups
             .as_ref()
             .map_or((false, false), |cg| (cg.limits_pids(), cg.limits_memory()));
+        let wants_subreaper = containment == Containment::Subreaper
+            || (containment == Containment::Auto && options.subreaper);
         let containment = if cgroups.is_some() {
             Containment::Cgroup
+        } else if wants_subreaper {
+            sys::become_subreaper().map_err(|e| {
+                Error::new(ErrorKind::Io, "cannot make the host a child subreaper").with_source(e)
+            })?;
+            Containment::Subreaper
         } else {
             Containment::ProcessGroup
         };
@@ -274,6 +300,8 @@ impl Supervisor {
             fd_limit,
             cgroups,
             memory_sample,
+            subreaper: containment == Containment::Subreaper,
+            run_key: crate::containment::state_key(&state_dir),
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -316,7 +344,8 @@ impl Supervisor {
         &self.state_dir
     }
 
-    /// The containment in force: [`Containment::Cgroup`] or [`Containment::ProcessGroup`].
+    /// The containment in force: [`Containment::Cgroup`], [`Containment::Subreaper`] or
+    /// [`Containment::ProcessGroup`].
     ///
     /// # Example
     ///

@@ -595,6 +595,11 @@ fn pidfd_send_signal_raw(pidfd: &OwnedFd, sig: i32, flags: libc::c_uint) -> io::
 /// Goes through the pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9+), so a reused pid can never
 /// be hit; the pidfd keeps the group's pid allocated while we hold it. Older kernels fall back
 /// to `killpg`, which is safe while the leader is unreaped or any member is alive.
+/// Sends `signal` to the one process behind `pidfd`.
+pub(crate) fn signal_process(pidfd: &OwnedFd, signal: Signal) -> io::Result<()> {
+    pidfd_send_signal_raw(pidfd, raw_signal(signal), 0)
+}
+
 pub(crate) fn signal_group(pidfd: &OwnedFd, pgid: u32, signal: Signal) -> io::Result<()> {
     signal_group_raw(pidfd, pgid, raw_signal(signal))
 }
@@ -712,6 +717,45 @@ pub(crate) fn live_groups(wanted: &HashSet<u32>) -> HashSet<u32> {
         .filter(|p| wanted.contains(&p.pgrp))
         .map(|p| p.pgrp)
         .collect()
+}
+
+/// Makes this process a child subreaper: descendants orphaned by their parent's exit are
+/// re-parented to it instead of to init.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(io::Error::from)
+}
+
+/// The children of this process, over all its threads (`/proc/self/task/*/children`).
+pub(crate) fn own_children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The value of `key` in the environment `pid` started with (`None` if unset or unreadable).
+pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        let value = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// The session id of `pid`.
+pub(crate) fn session_of(pid: u32) -> Option<u32> {
+    rustix::process::getsid(Pid::from_raw(pid as i32))
+        .ok()
+        .map(|p| p.as_raw_nonzero().get() as u32)
 }
 
 /// This boot's id, so identities stored by a previous boot are never matched.

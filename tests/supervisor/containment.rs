@@ -72,38 +72,42 @@ fn explicit_process_group_containment_is_reported() {
 }
 
 const SERVICES: usize = 5;
-const TEST: &str = "containment::a_killed_host_leaves_no_escaped_daemon_after_reopen";
 
-#[test]
-fn a_killed_host_leaves_no_escaped_daemon_after_reopen() {
+/// The helper host of the host-death tests: starts SERVICES daemonizing services under
+/// `containment`, says "ready", and waits to be killed.
+fn daemonizing_host(dir: &std::ffi::OsStr, token: &str, containment: Containment) -> ! {
+    let sup = Supervisor::builder()
+        .state_dir(dir)
+        .containment(containment)
+        .open()
+        .unwrap();
+    for i in 0..SERVICES {
+        let spec = sheepdog::ServiceSpec::new(format!("d{i}"), "/bin/sh")
+            .args(["-c", DAEMONIZE])
+            .env(TOKEN_VAR, token);
+        sup.start(spec).unwrap();
+    }
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Kills a helper host whose services left daemons in sessions of their own, then checks
+/// that `open` with `containment` kills and reports every daemon and starts each service
+/// once.
+fn escaped_daemons_are_reclaimed(test: &str, containment: Containment) {
     if let (Some(dir), Some(token)) = (
         std::env::var_os("SHEEPDOG_HELPER_HOST"),
-        std::env::var_os("SHEEPDOG_HELPER_TOKEN"),
+        std::env::var("SHEEPDOG_HELPER_TOKEN").ok(),
     ) {
-        let sup = Supervisor::open(dir).unwrap();
-        for i in 0..SERVICES {
-            let spec = sheepdog::ServiceSpec::new(format!("d{i}"), "/bin/sh")
-                .args(["-c", DAEMONIZE])
-                .env(TOKEN_VAR, token.to_str().unwrap());
-            sup.start(spec).unwrap();
-        }
-        println!("ready");
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        daemonizing_host(&dir, &token, containment);
     }
     let root = tempfile::tempdir().unwrap();
     let state = root.path().join("state");
-    {
-        let probe = Supervisor::open(&state).unwrap();
-        if probe.containment() != Containment::Cgroup {
-            eprintln!("skipped: no writable cgroup v2 hierarchy here");
-            return;
-        }
-    }
     let token = new_token();
     let mut host = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture"])
+        .args(["--exact", test, "--nocapture"])
         .env("SHEEPDOG_HELPER_HOST", &state)
         .env("SHEEPDOG_HELPER_TOKEN", &token)
         .stdout(std::process::Stdio::null())
@@ -123,7 +127,11 @@ fn a_killed_host_leaves_no_escaped_daemon_after_reopen() {
     })
     .expect("PDEATHSIG ended the main processes only");
 
-    let sup = Supervisor::open(&state).unwrap();
+    let sup = Supervisor::builder()
+        .state_dir(&state)
+        .containment(containment)
+        .open()
+        .unwrap();
     for d in &daemons {
         assert!(!is_alive(*d), "daemon {d} of the dead host survived open");
     }
@@ -148,6 +156,112 @@ fn a_killed_host_leaves_no_escaped_daemon_after_reopen() {
     sup.shutdown().unwrap();
     let gone = wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(()));
     assert!(gone.is_some(), "leaked: {:?}", tagged_processes(&token));
+}
+
+#[test]
+fn a_killed_host_leaves_no_escaped_daemon_after_reopen() {
+    if std::env::var_os("SHEEPDOG_HELPER_HOST").is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Supervisor::open(dir.path()).unwrap();
+        if probe.containment() != Containment::Cgroup {
+            eprintln!("skipped: no writable cgroup v2 hierarchy here");
+            return;
+        }
+    }
+    escaped_daemons_are_reclaimed(
+        "containment::a_killed_host_leaves_no_escaped_daemon_after_reopen",
+        Containment::Cgroup,
+    );
+}
+
+#[test]
+fn without_cgroups_escaped_daemons_are_found_by_their_marker_after_reopen() {
+    escaped_daemons_are_reclaimed(
+        "containment::without_cgroups_escaped_daemons_are_found_by_their_marker_after_reopen",
+        Containment::ProcessGroup,
+    );
+}
+
+/// Runs in a process of its own: a subreaper host changes where every orphan of the test
+/// binary goes.
+#[test]
+fn a_subreaper_host_ends_escaped_daemons_with_their_service() {
+    if std::env::var_os("SHEEPDOG_SUBREAPER_HOST").is_none() {
+        run_alone(
+            std::process::Command::new("env"),
+            "containment::a_subreaper_host_ends_escaped_daemons_with_their_service",
+            "SHEEPDOG_SUBREAPER_HOST",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = Supervisor::builder()
+        .state_dir(dir.path())
+        .containment(Containment::ProcessGroup)
+        .subreaper(true)
+        .open()
+        .unwrap();
+    assert_eq!(
+        sup.containment(),
+        Containment::ProcessGroup,
+        "explicit wins"
+    );
+    drop(sup);
+    let sup = Supervisor::builder()
+        .state_dir(dir.path())
+        .containment(Containment::Subreaper)
+        .open()
+        .unwrap();
+    assert_eq!(sup.containment(), Containment::Subreaper);
+    let tagged = |name: &str, script: &str| {
+        sheepdog::ServiceSpec::new(name, "/bin/sh")
+            .args(["-c", script])
+            .env(TOKEN_VAR, &token)
+    };
+    // 1. A stop ends the daemon that left the group and session.
+    sup.start(tagged("daemonizer", DAEMONIZE)).unwrap();
+    let both = wait_until(SECS_5, || {
+        (tagged_processes(&token).len() == 2).then_some(())
+    });
+    assert!(both.is_some(), "{:?}", tagged_processes(&token));
+    sup.stop("daemonizer").unwrap();
+    assert!(
+        tagged_processes(&token).is_empty(),
+        "the escaped daemon survived the stop: {:?}",
+        tagged_processes(&token)
+    );
+    // 2. A main process that exits takes its daemon with it, and the exit says so.
+    sup.start(
+        tagged("forker", "(setsid sleep 600 &); sleep 0.3; exit 0").restart(RestartPolicy::never()),
+    )
+    .unwrap();
+    sup.wait_for("forker", Status::Exited, SECS_10).unwrap();
+    assert!(
+        tagged_processes(&token).is_empty(),
+        "the daemon outlived its main process: {:?}",
+        tagged_processes(&token)
+    );
+    let run = &sup.history("forker", 1).unwrap()[0];
+    assert!(
+        run.reason().unwrap().contains("left processes running"),
+        "{run:?}"
+    );
+    sup.shutdown().unwrap();
+    assert!(tagged_processes(&token).is_empty());
+    // Nothing the supervisor claimed is left a zombie.
+    let zombies: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(zombies.is_empty(), "children left: {zombies:?}");
 }
 
 #[test]
@@ -316,4 +430,32 @@ fn a_reused_pid_is_never_signalled() {
     assert!(survived, "the process that reused pid {pid} was killed");
     assert!(reclaimed.is_empty(), "{reclaimed:?}");
     assert!(tagged_processes(&token).is_empty());
+}
+
+#[test]
+fn without_cgroups_a_stop_still_ends_a_setsid_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = Supervisor::builder()
+        .state_dir(dir.path())
+        .containment(Containment::ProcessGroup)
+        .open()
+        .unwrap();
+    // The daemon ignores SIGTERM too: the stop's SIGKILL must reach it.
+    let spec = sheepdog::ServiceSpec::new("daemonizer", "/bin/sh")
+        .args(["-c", "(trap '' TERM; setsid sleep 600 &); exec sleep 600"])
+        .env(TOKEN_VAR, &token)
+        .stop_timeout(Duration::from_millis(200));
+    sup.start(spec).unwrap();
+    let both = wait_until(SECS_5, || {
+        (tagged_processes(&token).len() == 2).then_some(())
+    });
+    assert!(both.is_some(), "{:?}", tagged_processes(&token));
+    sup.stop("daemonizer").unwrap();
+    assert!(
+        tagged_processes(&token).is_empty(),
+        "the escaped daemon survived the stop: {:?}",
+        tagged_processes(&token)
+    );
+    sup.shutdown().unwrap();
 }
