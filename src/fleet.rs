@@ -479,6 +479,9 @@ mod tests {
         assert_eq!(web.get_ready(), &Ready::Tcp(8080));
         assert_eq!(web.log_policy().get_keep(), 5);
         assert_eq!(web.get_health().unwrap().get_failures(), 3);
+        assert_eq!(web.get_max_pids(), Some(64));
+        assert_eq!(web.get_max_memory(), Some(256 << 20));
+        assert_eq!(web.log_policy().get_tail_lines(), 20);
         assert_eq!(
             web.restart_policy(),
             &RestartPolicy::on_failure()
