@@ -497,6 +497,7 @@ impl Engine {
                 }
             }
         }
+        self.store.flush();
         self.publish();
         Ok(())
     }
@@ -668,6 +669,7 @@ impl Engine {
             self.fire_timers();
             self.marked = None;
             self.start_waiting();
+            self.store.flush();
             self.publish();
             self.settle_pending();
             if self.shutdown.is_some()
@@ -678,6 +680,18 @@ impl Engine {
             }
         }
         self.pump.shutdown();
+        // Drained at shutdown: the last runs' output goes into their records.
+        while let Ok(request) = self.requests.try_recv() {
+            match request {
+                Request::Drained {
+                    id,
+                    generation,
+                    tail,
+                } => self.on_drained(id, generation, tail),
+                other => refuse(other),
+            }
+        }
+        self.store.flush();
         if let Some(cg) = &self.cgroups {
             cg.remove_service(None);
         }

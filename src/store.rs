@@ -123,6 +123,8 @@ pub(crate) struct Store {
     full_sync: Cell<bool>,
     /// Inside `begin` … `commit`: every write joins one transaction, committed durably.
     in_batch: Cell<bool>,
+    /// Run records and statuses written since the last `flush`, in one open transaction.
+    in_fast_batch: Cell<bool>,
     /// Ended runs kept per service.
     runs_kept: Cell<i64>,
 }
@@ -204,6 +206,7 @@ impl Store {
             path: path.to_path_buf(),
             full_sync: Cell::new(true),
             in_batch: Cell::new(false),
+            in_fast_batch: Cell::new(false),
             runs_kept: Cell::new(RUNS_KEPT as i64),
         };
         store.check_and_migrate()?;
@@ -243,6 +246,7 @@ impl Store {
             path: PathBuf::from(":memory:"),
             full_sync: Cell::new(true),
             in_batch: Cell::new(false),
+            in_fast_batch: Cell::new(false),
             runs_kept: Cell::new(RUNS_KEPT as i64),
         };
         store.check_and_migrate()?;
@@ -252,6 +256,7 @@ impl Store {
     /// Starts a batch: the writes until [`commit`](Store::commit) form one transaction,
     /// committed with `synchronous=FULL` (one fsync for all of them).
     pub(crate) fn begin(&self) -> Result<()> {
+        self.flush();
         self.sync_mode(true);
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
@@ -284,14 +289,46 @@ impl Store {
         &self.conn
     }
 
-    /// The connection for a definition change: durable when the call returns.
+    /// The connection for a definition change: durable when the call returns. Run records
+    /// written before it are committed first, so the order on disk is the order of events.
     fn durable(&self) -> &Connection {
+        self.flush();
         self.sync_mode(true)
     }
 
-    /// The connection for run records and statuses.
+    /// The connection for run records and statuses: they join one transaction per turn of
+    /// the supervision loop, which `flush` commits (`synchronous=NORMAL`), so a stop of a
+    /// thousand services is a handful of commits rather than thousands.
     fn fast(&self) -> &Connection {
-        self.sync_mode(false)
+        if !self.in_batch.get() && !self.in_fast_batch.get() {
+            self.sync_mode(false);
+            match self.conn.execute_batch("BEGIN") {
+                Ok(()) => self.in_fast_batch.set(true),
+                Err(e) => log::warn!(
+                    "state file '{}': cannot begin a transaction: {e}",
+                    self.path.display()
+                ),
+            }
+        }
+        &self.conn
+    }
+
+    /// Commits the run records and statuses written since the last call. A failure (a full
+    /// disk) loses them, never a definition; it is logged.
+    pub(crate) fn flush(&self) {
+        if !self.in_fast_batch.replace(false) {
+            return;
+        }
+        if self.conn.is_autocommit() {
+            return; // SQLite rolled the transaction back after an error already reported
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            log::error!(
+                "state file '{}': cannot store run records: {e}",
+                self.path.display()
+            );
+        }
     }
 
     fn err(&self, what: &str, e: rusqlite::Error) -> Error {
@@ -736,6 +773,12 @@ impl Store {
                 |r| r.get::<_, i64>(0),
             )
             .unwrap_or(0) as u64
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
