@@ -51,7 +51,7 @@ mod graph;
 mod history;
 mod info;
 mod logs;
-mod policy;
+pub mod policy;
 mod probe;
 mod readiness;
 mod signals;

@@ -1,8 +1,10 @@
-//! Restart decisions: [`RestartPolicy`] and [`Backoff`].
+//! Restart decisions: [`RestartPolicy`] and [`Backoff`], and the pure decision itself
+//! ([`RestartPolicy::decide`] over a [`History`] and a [`RunEnd`]).
 //!
 //! The policy is a pure function of a service's restart history, the run that just ended
 //! and a random sample for jitter. It reads no clock and does no I/O, so property tests
-//! drive it without sleeping; the engine passes in the times it observed.
+//! drive it without sleeping; the engine passes in the times it observed. A host can call
+//! it the same way to see what a policy would do with a sequence of crashes.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -137,15 +139,38 @@ impl RestartPolicy {
         &self.backoff
     }
 
-    /// Decides what follows the end of a run that the operator did not ask for.
+    /// Decides what follows the end of a run that the operator did not ask for, and returns
+    /// the history to pass to the next call. This is the function the supervisor calls.
     ///
     /// `jitter` is a sample in `[0, 1)`; only a backoff with jitter uses it.
-    pub(crate) fn decide(
-        &self,
-        history: &History,
-        end: &RunEnd,
-        jitter: f64,
-    ) -> (Decision, History) {
+    ///
+    /// # Example
+    ///
+    /// Five crashes a second apart, under a limit of three restarts a minute:
+    ///
+    /// ```
+    /// use sheepdog::policy::{Decision, History, Outcome, RunEnd};
+    /// use sheepdog::{Backoff, RestartPolicy};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let policy = RestartPolicy::always()
+    ///     .backoff(Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30)))
+    ///     .max_restarts(3, Duration::from_secs(60));
+    /// let t0 = Instant::now();
+    /// let mut history = History::default();
+    /// let mut decisions = Vec::new();
+    /// for i in 0..5u64 {
+    ///     let started = t0 + Duration::from_secs(i);
+    ///     let end = RunEnd::new(started, started + Duration::from_millis(500), Outcome::Code(1));
+    ///     let (decision, next) = policy.decide(&history, &end, 0.0);
+    ///     decisions.push(decision);
+    ///     history = next;
+    /// }
+    /// assert_eq!(decisions[0], Decision::Restart { delay: Duration::from_millis(100), attempt: 1 });
+    /// assert_eq!(decisions[2], Decision::Restart { delay: Duration::from_millis(400), attempt: 3 });
+    /// assert!(matches!(decisions[3], Decision::Errored { crashes: 4, .. }));
+    /// ```
+    pub fn decide(&self, history: &History, end: &RunEnd, jitter: f64) -> (Decision, History) {
         let mut next = history.clone();
         if end.ended.saturating_duration_since(end.started) >= self.stable_after {
             next = History::default();
@@ -342,40 +367,116 @@ impl Backoff {
     }
 }
 
-/// What the policy remembers between runs: the consecutive restarts since the last stable run,
-/// and the times of the restarts still inside the crash-loop window.
+/// What the policy remembers between runs of one service: the consecutive restarts since
+/// the last stable run, and the times of the restarts still inside the crash-loop window.
+/// Start from `History::default()` and pass on what [`RestartPolicy::decide`] returns.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::policy::History;
+///
+/// assert_eq!(History::default().consecutive(), 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct History {
+pub struct History {
     pub(crate) consecutive: u32,
     pub(crate) recent: VecDeque<Instant>,
 }
 
-/// A run that ended without the operator asking for it.
+impl History {
+    /// Restarts in a row since the last run that was stable.
+    pub fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+}
+
+/// A run that ended without the operator asking for it: when it started and ended, and how.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::policy::{Outcome, RunEnd};
+/// use std::time::{Duration, Instant};
+///
+/// let t0 = Instant::now();
+/// let end = RunEnd::new(t0, t0 + Duration::from_secs(2), Outcome::Signal(9));
+/// assert_eq!(end.uptime(), Duration::from_secs(2));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct RunEnd {
+pub struct RunEnd {
     pub(crate) started: Instant,
     pub(crate) ended: Instant,
     pub(crate) outcome: Outcome,
 }
 
+impl RunEnd {
+    /// A run that started at `started` and ended at `ended` with `outcome`.
+    pub fn new(started: Instant, ended: Instant, outcome: Outcome) -> RunEnd {
+        RunEnd {
+            started,
+            ended,
+            outcome,
+        }
+    }
+
+    /// How long it ran.
+    pub fn uptime(&self) -> Duration {
+        self.ended.saturating_duration_since(self.started)
+    }
+}
+
 /// How a run ended.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::policy::Outcome;
+///
+/// assert_ne!(Outcome::Code(0), Outcome::Signal(15));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub enum Outcome {
+    /// It exited with this code.
     Code(i32),
+    /// This signal killed it.
     Signal(i32),
-    /// The exit status could not be collected (another reaper took it).
+    /// The exit status could not be collected (another reaper took it, on a kernel without
+    /// `PIDFD_GET_INFO`).
     Unknown,
 }
 
-/// What the engine does after a run ended by itself.
+/// What follows a run that ended by itself, as [`RestartPolicy::decide`] sees it.
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::policy::{Decision, History, Outcome, RunEnd};
+/// use sheepdog::RestartPolicy;
+/// use std::time::Instant;
+///
+/// let t = Instant::now();
+/// let (decision, _) = RestartPolicy::never().decide(&History::default(), &RunEnd::new(t, t, Outcome::Code(1)), 0.0);
+/// assert_eq!(decision, Decision::Exited);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Decision {
+pub enum Decision {
     /// Start again after `delay`; this is the `attempt`-th consecutive restart (from 1).
-    Restart { delay: Duration, attempt: u32 },
+    Restart {
+        /// The wait before the new start.
+        delay: Duration,
+        /// Which restart in a row this is, from 1.
+        attempt: u32,
+    },
     /// Leave it ended: the policy does not restart this exit.
     Exited,
     /// The crash-loop limit is hit: `crashes` restarts inside `window`.
-    Errored { crashes: u32, window: Duration },
+    Errored {
+        /// The restarts counted inside the window, this one included.
+        crashes: u32,
+        /// The crash-loop window.
+        window: Duration,
+    },
 }
 
 #[cfg(test)]
