@@ -149,9 +149,17 @@ fn has_sqlite_header(path: &Path) -> bool {
 }
 
 fn store_error(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    // The causes an operator can fix get their own words.
+    let why = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ReadOnly) => ": the file or its directory is read-only",
+        Some(rusqlite::ErrorCode::DiskFull) => ": the disk is full",
+        Some(rusqlite::ErrorCode::CannotOpen) => ": it cannot be opened (permissions?)",
+        Some(rusqlite::ErrorCode::PermissionDenied) => ": permission denied",
+        _ => "",
+    };
     Error::new(
         ErrorKind::Store,
-        format!("state file '{}': {what}", path.display()),
+        format!("state file '{}': {what}{why}", path.display()),
     )
     .with_source(e)
 }

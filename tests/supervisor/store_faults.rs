@@ -370,7 +370,7 @@ fn a_read_only_state_file_is_refused_with_a_store_error_naming_it() {
     let untouched = std::fs::read(&db).unwrap() == bytes;
     drop(mount);
     let _ = std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644));
-    let ok = matches!(&refused, Some((ErrorKind::Store, msg)) if msg.contains(&db.display().to_string()));
+    let ok = matches!(&refused, Some((ErrorKind::Store, msg)) if msg.contains(&db.display().to_string()) && msg.contains("read-only"));
     assert!(ok, "open with a read-only state file: {refused:?}");
     assert!(nothing_ran.is_empty(), "started {nothing_ran:?}");
     assert!(untouched, "the state file changed");
