@@ -794,6 +794,10 @@ impl Engine {
             },
             Request::Delete { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
+                    if let Err(e) = self.check_no_dependents(&ids) {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                     // Down on disk first: if the row cannot be removed later, the service
                     // stays, stopped, in memory and on disk alike.
                     if let Err(e) = self.set_desired_many(&ids, false) {
@@ -1120,6 +1124,33 @@ impl Engine {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Refuses to delete a service that a service outside `ids` names in `after`.
+    fn check_no_dependents(&self, ids: &[u64]) -> Result<()> {
+        let doomed: HashSet<&str> = ids.iter().map(|id| self.services[id].spec.name()).collect();
+        for svc in self.services.values() {
+            if doomed.contains(svc.spec.name()) {
+                continue;
+            }
+            if let Some(dep) = svc
+                .spec
+                .get_after()
+                .iter()
+                .find(|d| doomed.contains(d.name.as_str()))
+            {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!(
+                        "cannot delete: '{}' depends on it (delete or change '{}' first)",
+                        svc.spec.name(),
+                        svc.spec.name()
+                    ),
+                )
+                .with_service(dep.name.as_str()));
+            }
+        }
+        Ok(())
     }
 
     /// Sets the desired state of several services, stored in one transaction.

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     ShutDown,
     /// Some other I/O failure, such as creating the state directory.
     Io,
+    /// Another service needs this one: it names it in `after`, so deleting it would leave
+    /// that service waiting forever. Delete or change the dependent first, or both at once.
+    InUse,
 }
 
 /// An error from a [`Supervisor`](crate::Supervisor) operation.

@@ -508,7 +508,21 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`.
+    /// `NotFound`, `ShutDown`; `InUse` (and nothing is deleted) if a service outside the
+    /// target depends on one inside it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Condition, ErrorKind, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("db", "sleep").arg("60"))?;
+    /// sup.start(ServiceSpec::new("web", "sleep").arg("60").after("db", Condition::Started))?;
+    /// assert_eq!(sup.delete("db").unwrap_err().kind(), ErrorKind::InUse);
+    /// assert_eq!(sup.delete("all")?, 2);
+    /// # sup.shutdown() }
+    /// ```
     pub fn delete(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Delete {
             target: target.to_string(),
@@ -840,8 +854,13 @@ impl Supervisor {
                 fleet.services().iter().map(|s| s.name()).collect();
             for wave in self.plan_stop("all")? {
                 for name in wave.into_iter().filter(|n| !listed.contains(n.as_str())) {
-                    self.delete(&name)?;
-                    applied.deleted.push(name);
+                    match self.delete(&name) {
+                        Ok(_) => applied.deleted.push(name),
+                        Err(e) if e.kind() == ErrorKind::InUse => {
+                            applied.failed.push((name, e.to_string()))
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
