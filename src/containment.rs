@@ -282,9 +282,11 @@ impl Cgroups {
     }
 
     /// The peak memory charged to the run's memory cgroup, if it has one.
-    pub(crate) fn peak_memory(&self, id: u64, generation: u64) -> Option<u64> {
+    /// `limited`: the run's service sets `max_memory` (a v1 memory cgroup exists only then).
+    pub(crate) fn peak_memory(&self, id: u64, generation: u64, limited: bool) -> Option<u64> {
         let file = match &self.memory {
             Controller::V2 => self.dir(id, generation).join("memory.peak"),
+            Controller::V1(_) if !limited => return None,
             Controller::V1(root) => root
                 .join(Cgroups::run_name(id, generation))
                 .join("memory.max_usage_in_bytes"),
@@ -295,9 +297,10 @@ impl Cgroups {
 
     /// How many processes of the run the kernel's OOM killer ended (its memory cgroup's
     /// `oom_kill` count; 0 without a memory controller).
-    pub(crate) fn oom_kills(&self, id: u64, generation: u64) -> u64 {
+    pub(crate) fn oom_kills(&self, id: u64, generation: u64, limited: bool) -> u64 {
         let (file, key) = match &self.memory {
             Controller::V2 => (self.dir(id, generation).join("memory.events"), "oom_kill "),
+            Controller::V1(_) if !limited => return 0,
             Controller::V1(root) => (
                 root.join(Cgroups::run_name(id, generation))
                     .join("memory.oom_control"),
@@ -329,16 +332,11 @@ impl Cgroups {
         std::fs::write(self.dir(id, generation).join("cgroup.kill"), b"1")
     }
 
-    /// Removes the run's cgroup once the run is over (it is empty then).
-    pub(crate) fn remove_run(&self, id: u64, generation: u64) {
-        for dir in std::iter::once(self.dir(id, generation)).chain(self.v1_dirs(id, generation)) {
-            match std::fs::remove_dir(&dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    log::warn!("cannot remove cgroup '{}': {e}", dir.display())
-                }
-                _ => {}
-            }
-        }
+    /// The run's cgroup directories, to remove once the run is over (they are empty then).
+    pub(crate) fn run_dirs(&self, id: u64, generation: u64) -> Vec<PathBuf> {
+        std::iter::once(self.dir(id, generation))
+            .chain(self.v1_dirs(id, generation))
+            .collect()
     }
 
     /// Every run cgroup in v2: (service id, directory).

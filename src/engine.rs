@@ -207,6 +207,8 @@ struct Run {
     usage: Option<sys::Usage>,
     /// Kills in its memory cgroup by the OOM killer when it started.
     oom_kills_at_start: u64,
+    /// `begin_stops` already sent the stop signal.
+    signalled: bool,
 }
 
 struct Service {
@@ -384,6 +386,8 @@ pub(crate) struct Engine {
     escapees: HashMap<u64, Escapee>,
     /// Orphans the supervisor could not attribute, reported once each.
     unclaimed: HashSet<u32>,
+    /// Services whose status changed in this loop turn, stored at its end.
+    unsaved: HashSet<u64>,
     /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
     /// (pid, process group, marker), read once per loop iteration when a stop needs them.
     marked: Option<HashMap<u64, Vec<Marked>>>,
@@ -438,6 +442,7 @@ impl Engine {
             escapees: HashMap::new(),
             unclaimed: HashSet::new(),
             marked: None,
+            unsaved: HashSet::new(),
         }
     }
 
@@ -497,7 +502,9 @@ impl Engine {
                 }
             }
         }
+        self.write_states();
         self.store.flush();
+        self.pump.wake();
         self.publish();
         Ok(())
     }
@@ -669,7 +676,9 @@ impl Engine {
             self.fire_timers();
             self.marked = None;
             self.start_waiting();
+            self.write_states();
             self.store.flush();
+            self.pump.wake();
             self.publish();
             self.settle_pending();
             if self.shutdown.is_some()
@@ -691,7 +700,9 @@ impl Engine {
                 other => refuse(other),
             }
         }
+        self.write_states();
         self.store.flush();
+        self.pump.wake();
         if let Some(cg) = &self.cgroups {
             cg.remove_service(None);
         }
@@ -823,9 +834,7 @@ impl Engine {
         let mut stages: VecDeque<Vec<u64>> = self.stop_waves(&ids).into();
         let first = stages.pop_front().unwrap_or_default();
         let targets = self.targets(&first);
-        for &id in &first {
-            self.begin_stop(id, then);
-        }
+        self.begin_stops(&first, then);
         self.pending.push(Pending {
             targets,
             want,
@@ -1293,6 +1302,30 @@ impl Engine {
     /// Ends the current run (if any) gracefully, then does `then`. Without a run, `then`
     /// happens at once. A later request overrides an earlier one's `then`, except that a
     /// delete is never undone.
+    /// Begins stopping several services: every stop signal goes out first, then the
+    /// bookkeeping of each stop, so that a thousand services are all ending while the
+    /// supervisor records it.
+    fn begin_stops(&mut self, ids: &[u64], then: Then) {
+        if ids.len() > 1 {
+            for id in ids {
+                let Some(svc) = self.services.get_mut(id) else {
+                    continue;
+                };
+                let signal = svc.spec.get_stop_signal();
+                if let Some(run) = svc
+                    .run
+                    .as_mut()
+                    .filter(|r| r.stopping.is_none() && r.ended.is_none() && !r.signalled)
+                {
+                    run.signalled = sys::signal_group(&run.pidfd, run.pid, signal).is_ok();
+                }
+            }
+        }
+        for &id in ids {
+            self.begin_stop(id, then);
+        }
+    }
+
     fn begin_stop(&mut self, id: u64, then: Then) {
         let now = Instant::now();
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
@@ -1325,7 +1358,7 @@ impl Engine {
             killed: signal == Signal::Kill,
             then,
         });
-        if run.ended.is_none() {
+        if run.ended.is_none() && !std::mem::take(&mut run.signalled) {
             if let Err(e) = sys::signal_group(&run.pidfd, run.pid, signal) {
                 if e.raw_os_error() != Some(libc::ESRCH) {
                     log::warn!(
@@ -1338,9 +1371,12 @@ impl Engine {
         if let Some(cg) = &self.cgroups {
             // Members of the service's cgroup that left its process group get it too.
             let pgid = run.pid;
-            for pid in cg.pids(id, svc.generation) {
-                if sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
-                    let _ = sys::kill_pid(pid, signal);
+            let pids = cg.pids(id, svc.generation);
+            if pids.iter().any(|&p| p != pgid) {
+                for pid in pids {
+                    if pid != pgid && sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
+                        let _ = sys::kill_pid(pid, signal);
+                    }
                 }
             }
         }
@@ -1562,10 +1598,9 @@ impl Engine {
                     }
                 };
                 let pid = child.pid;
-                let oom_kills_at_start = self
-                    .cgroups
-                    .as_ref()
-                    .map_or(0, |cg| cg.oom_kills(id, generation));
+                let oom_kills_at_start = self.cgroups.as_ref().map_or(0, |cg| {
+                    cg.oom_kills(id, generation, spec.get_max_memory().is_some())
+                });
                 let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
                 let watch = match spec.get_ready() {
                     Ready::LogLine(pattern) => Some(pattern.clone()),
@@ -1618,6 +1653,7 @@ impl Engine {
                     cause: None,
                     usage: None,
                     oom_kills_at_start,
+                    signalled: false,
                 });
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
@@ -2038,12 +2074,13 @@ impl Engine {
             uptime: ended.saturating_duration_since(run.started),
             reason: run.end_reason.clone(),
         };
+        let limited = svc.spec.get_max_memory().is_some();
         let oom = self
             .cgroups
             .as_ref()
-            .is_some_and(|cg| cg.oom_kills(id, run_generation) > run.oom_kills_at_start);
+            .is_some_and(|cg| cg.oom_kills(id, run_generation, limited) > run.oom_kills_at_start);
         if let (Some(usage), Some(cg)) = (run.usage.as_mut(), &self.cgroups) {
-            usage.peak_memory = cg.peak_memory(id, run_generation);
+            usage.peak_memory = cg.peak_memory(id, run_generation, limited);
         }
         let cause = match (run.cause, raw) {
             (Some(cause), _) => cause,
@@ -2072,8 +2109,9 @@ impl Engine {
             }
         }
         // After the decision: an immediate restart is spawned before this cleanup and any write.
+        // Removing a cgroup takes the kernel tens of microseconds; the pump does it.
         if let Some(cg) = &self.cgroups {
-            cg.remove_run(id, run_generation);
+            self.pump.remove_dirs(cg.run_dirs(id, run_generation));
         }
         if let Some(run_id) = run.run_id {
             let by_policy = run.stopping.is_none_or(|s| s.then == Then::Crash);
@@ -2541,13 +2579,24 @@ impl Engine {
         }
     }
 
+    /// Marks the service's status for storing at the end of this loop turn: a stop moves
+    /// through several statuses in one turn, and only the last needs writing.
     fn save_state(&mut self, id: u64) {
-        let svc = &self.services[&id];
-        if let Err(e) = self
-            .store
-            .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref())
-        {
-            log::error!("service '{}': {e}", svc.spec.name());
+        self.unsaved.insert(id);
+    }
+
+    /// Stores the statuses changed in this loop turn.
+    fn write_states(&mut self) {
+        for id in std::mem::take(&mut self.unsaved) {
+            let Some(svc) = self.services.get(&id) else {
+                continue; // deleted meanwhile
+            };
+            if let Err(e) =
+                self.store
+                    .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref())
+            {
+                log::error!("service '{}': {e}", svc.spec.name());
+            }
         }
     }
 
@@ -2604,9 +2653,7 @@ impl Engine {
                     .collect();
                 let targets = self.targets(&wave);
                 self.pending[i].targets.extend(targets);
-                for id in wave {
-                    self.begin_stop(id, then);
-                }
+                self.begin_stops(&wave, then);
                 continue; // check this pending again
             }
             let pending = self.pending.swap_remove(i);

@@ -538,10 +538,12 @@ impl Store {
         last_exit: Option<&Exit>,
     ) -> Result<()> {
         self.fast()
-            .execute(
+            .prepare_cached(
                 "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
                  exit_at_ms = ?6, exit_uptime_ms = ?7, exit_reason = ?8 WHERE id = ?1",
-                params![
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
                     id as i64,
                     status.as_str(),
                     restarts as i64,
@@ -550,8 +552,8 @@ impl Store {
                     last_exit.map(|e| ms(e.at)),
                     last_exit.map(|e| e.uptime.as_millis() as i64),
                     last_exit.and_then(|e| e.reason.as_deref()),
-                ],
-            )
+                ])
+            })
             .map_err(|e| self.err("cannot save the status", e))?;
         Ok(())
     }

@@ -60,6 +60,7 @@ enum Message {
         id: u64,
         name: Arc<str>,
     },
+    RemoveDirs(Vec<PathBuf>),
     Shutdown,
 }
 
@@ -68,6 +69,9 @@ pub(crate) struct Pump {
     tx: Sender<Message>,
     waker: Waker,
     thread: Option<JoinHandle<()>>,
+    /// Messages sent since the last `wake`: one wake-up per loop turn of the supervision
+    /// thread, however many runs it attached or detached in it.
+    unwoken: std::cell::Cell<bool>,
 }
 
 /// Where the pump reports back.
@@ -96,6 +100,7 @@ impl Pump {
                     reports,
                     activity,
                     services: HashMap::new(),
+                    draining: Default::default(),
                     pipes: HashMap::new(),
                     next_token: 1,
                     buf: vec![0u8; READ_BUF],
@@ -107,12 +112,21 @@ impl Pump {
             tx,
             waker,
             thread: Some(thread),
+            unwoken: std::cell::Cell::new(false),
         })
     }
 
     fn send(&self, m: Message) {
         // The pump lives as long as this handle; a send can fail only after it panicked.
         if self.tx.send(m).is_ok() {
+            self.unwoken.set(true);
+        }
+    }
+
+    /// Wakes the pump for the messages sent since the last call. The supervision thread
+    /// calls it at the end of each loop turn.
+    pub(crate) fn wake(&self) {
+        if self.unwoken.replace(false) {
             self.waker.wake();
         }
     }
@@ -156,9 +170,18 @@ impl Pump {
         self.send(Message::Forget { id, name });
     }
 
+    /// Removes empty directories (the cgroups of runs that are over), off the supervision
+    /// thread. In order with everything else sent here, and done before `shutdown` returns.
+    pub(crate) fn remove_dirs(&self, dirs: Vec<PathBuf>) {
+        if !dirs.is_empty() {
+            self.send(Message::RemoveDirs(dirs));
+        }
+    }
+
     /// Drains what is left (within the deadline) and joins the thread.
     pub(crate) fn shutdown(&mut self) {
         self.send(Message::Shutdown);
+        self.wake();
         if let Some(thread) = self.thread.take() {
             thread.join().expect("the log pump does not panic");
         }
@@ -301,6 +324,9 @@ struct PumpThread {
     reports: Reports,
     activity: Arc<Activity>,
     services: HashMap<u64, ServiceLogs>,
+    /// Services with a run being drained (a deadline set): the only ones the loop looks at
+    /// for deadlines, so a wake costs nothing per idle service.
+    draining: std::collections::HashSet<u64>,
     pipes: HashMap<u64, Pipe>,
     next_token: u64,
     buf: Vec<u8>,
@@ -311,9 +337,11 @@ impl PumpThread {
     fn run(mut self) {
         let mut ready = Vec::new();
         loop {
+            let services = &self.services;
             let next_deadline = self
-                .services
-                .values()
+                .draining
+                .iter()
+                .filter_map(|id| services.get(id))
                 .flat_map(|s| s.runs.iter().filter_map(|r| r.deadline))
                 .min();
             let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -423,7 +451,10 @@ impl PumpThread {
                     return false;
                 };
                 match svc.runs.iter_mut().find(|r| r.generation == generation) {
-                    Some(run) => run.deadline = Some(Instant::now() + DRAIN_DEADLINE),
+                    Some(run) => {
+                        run.deadline = Some(Instant::now() + DRAIN_DEADLINE);
+                        self.draining.insert(id);
+                    }
                     None => self.report_drained(id, generation, None),
                 }
                 false
@@ -444,13 +475,25 @@ impl PumpThread {
                 self.report(Request::LogsForgotten { id });
                 false
             }
+            Message::RemoveDirs(dirs) => {
+                for dir in dirs {
+                    match std::fs::remove_dir(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            log::warn!("cannot remove '{}': {e}", dir.display())
+                        }
+                        _ => {}
+                    }
+                }
+                false
+            }
             Message::Shutdown => {
                 self.shutting_down = true;
                 let deadline = Instant::now() + DRAIN_DEADLINE;
-                for svc in self.services.values_mut() {
+                for (id, svc) in &mut self.services {
                     for run in &mut svc.runs {
                         run.deadline = Some(run.deadline.map_or(deadline, |d| d.min(deadline)));
                     }
+                    self.draining.insert(*id);
                 }
                 false
             }
@@ -555,7 +598,16 @@ impl PumpThread {
         let now = Instant::now();
         let mut expired = Vec::new();
         let mut done = Vec::new();
-        for (id, svc) in &mut self.services {
+        let services = &mut self.services;
+        self.draining.retain(|id| {
+            services
+                .get(id)
+                .is_some_and(|s| s.runs.iter().any(|r| r.deadline.is_some()))
+        });
+        for id in &self.draining {
+            let Some(svc) = self.services.get_mut(id) else {
+                continue;
+            };
             let mut i = 0;
             while i < svc.runs.len() {
                 let run = &svc.runs[i];
