@@ -590,37 +590,16 @@ impl Engine {
         // Whatever carries this supervisor's SHEEPDOG_RUN is a leftover too, wherever it went
         // (a `setsid` daemon left the group; without cgroups nothing else finds it). Nothing
         // of ours runs yet, so every match is one.
-        let prefix = format!("{}:", self.run_key);
-        let me = std::process::id();
         let mut marked = Vec::new();
-        for p in all.get_or_insert_with(sys::all_processes).iter() {
-            if p.pid == me {
-                continue;
-            }
-            let Some(marker) = sys::environ_value(p.pid, RUN_VAR) else {
+        let procs = all.get_or_insert_with(sys::all_processes);
+        for (id, (pid, _, marker)) in marked_processes(procs, &self.run_key) {
+            let Some(fd) = pin_marked(pid, &marker) else {
                 continue;
             };
-            let Some(id) = marker
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.split(':').next())
-                .and_then(|id| id.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            // Pin the process, then check it is still the one that carried the marker.
-            let Ok(fd) = sys::pidfd_open(p.pid) else {
-                continue;
-            };
-            if sys::environ_value(p.pid, RUN_VAR).as_deref() != Some(marker.as_str()) {
-                continue;
-            }
-            log::warn!(
-                "service id {id}: killing process {} left by a previous host",
-                p.pid
-            );
+            log::warn!("service id {id}: killing process {pid} left by a previous host");
             let _ = sys::signal_process(&fd, Signal::Kill);
-            reclaimed.entry(id).or_default().insert(p.pid);
-            marked.push(p.pid);
+            reclaimed.entry(id).or_default().insert(pid);
+            marked.push(pid);
         }
         let deadline = Instant::now() + KILL_GRACE;
         while marked
@@ -1899,28 +1878,11 @@ impl Engine {
     /// stop signals them, waits for them and SIGKILLs them at the deadline. One pass over
     /// /proc per loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
+        let run_key = &self.run_key;
         let marked = self.marked.get_or_insert_with(|| {
-            let prefix = format!("{}:", self.run_key);
-            let me = std::process::id();
             let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
-            for p in sys::all_processes() {
-                if p.pid == me {
-                    continue;
-                }
-                let Some(marker) = sys::environ_value(p.pid, RUN_VAR) else {
-                    continue;
-                };
-                let Some(owner) = marker
-                    .strip_prefix(&prefix)
-                    .and_then(|rest| rest.split(':').next())
-                    .and_then(|id| id.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                by_id
-                    .entry(owner)
-                    .or_default()
-                    .push((p.pid, p.pgrp, marker));
+            for (owner, m) in marked_processes(&sys::all_processes(), run_key) {
+                by_id.entry(owner).or_default().push(m);
             }
             by_id
         });
@@ -1933,13 +1895,9 @@ impl Engine {
             if Some(pgrp) == leader || Some(pid) == leader || tracked.contains(&pid) {
                 continue; // the group's signal reaches it
             }
-            let Ok(pidfd) = sys::pidfd_open(pid) else {
+            let Some(pidfd) = pin_marked(pid, &marker) else {
                 continue;
             };
-            // Pinned by the pidfd: if the pid now names another process, its marker differs.
-            if sys::environ_value(pid, RUN_VAR).as_deref() != Some(marker.as_str()) {
-                continue;
-            }
             let token = self.next_token;
             self.next_token += 1;
             if let Err(e) = self.poller.add(&pidfd, token) {
@@ -2730,6 +2688,34 @@ fn notify_socket(
     let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
     sock.set_nonblocking(true)?;
     Ok((sock, name))
+}
+
+/// The processes among `procs` (other than this one) whose `SHEEPDOG_RUN` names the
+/// supervisor `run_key`: (service id, (pid, process group, the variable's value)).
+fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)> {
+    let prefix = format!("{run_key}:");
+    let me = std::process::id();
+    procs
+        .iter()
+        .filter(|p| p.pid != me)
+        .filter_map(|p| {
+            let marker = sys::environ_value(p.pid, RUN_VAR)?;
+            let id = marker
+                .strip_prefix(&prefix)?
+                .split(':')
+                .next()?
+                .parse::<u64>()
+                .ok()?;
+            Some((id, (p.pid, p.pgrp, marker)))
+        })
+        .collect()
+}
+
+/// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
+/// another process shows another environment.
+fn pin_marked(pid: u32, marker: &str) -> Option<OwnedFd> {
+    let fd = sys::pidfd_open(pid).ok()?;
+    (sys::environ_value(pid, RUN_VAR).as_deref() == Some(marker)).then_some(fd)
 }
 
 /// A decision of the restart policy in words, and its delay if it restarts.

@@ -11,6 +11,25 @@ use std::time::Duration;
 /// A daemon that leaves the service's process group and session, then the main process.
 const DAEMONIZE: &str = "(setsid sleep 600 &); exec sleep 600";
 
+/// Stops `name` and checks that nothing carrying `token` is left alive.
+fn stop_leaves_nothing(sup: &Supervisor, token: &str, name: &str) {
+    sup.stop(name).unwrap();
+    let left = tagged_processes(token);
+    assert!(left.is_empty(), "{name}: survived its stop: {left:?}");
+}
+
+/// Waits until the processes carrying `token` satisfy `enough` (given their count).
+fn wait_for_tagged(token: &str, what: &str, enough: impl Fn(usize) -> bool) {
+    let up = wait_until(SECS_10, || {
+        enough(tagged_processes(token).len()).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "{what}: {} processes",
+        tagged_processes(token).len()
+    );
+}
+
 fn cgroups_or_skip(h: &Harness) -> bool {
     if h.sup().containment() == Containment::Cgroup {
         return true;
@@ -34,11 +53,7 @@ fn a_setsid_daemon_does_not_survive_stop() {
         "the daemon started: {:?}",
         tagged_processes(&h.token)
     );
-    h.sup().stop("daemonizer").unwrap();
-    assert!(
-        tagged_processes(&h.token).is_empty(),
-        "the escaped daemon survived the stop"
-    );
+    stop_leaves_nothing(h.sup(), &h.token, "daemonizer");
     h.finish();
 }
 
@@ -221,16 +236,8 @@ fn a_subreaper_host_ends_escaped_daemons_with_their_service() {
     };
     // 1. A stop ends the daemon that left the group and session.
     sup.start(tagged("daemonizer", DAEMONIZE)).unwrap();
-    let both = wait_until(SECS_5, || {
-        (tagged_processes(&token).len() == 2).then_some(())
-    });
-    assert!(both.is_some(), "{:?}", tagged_processes(&token));
-    sup.stop("daemonizer").unwrap();
-    assert!(
-        tagged_processes(&token).is_empty(),
-        "the escaped daemon survived the stop: {:?}",
-        tagged_processes(&token)
-    );
+    wait_for_tagged(&token, "the main process and its daemon", |n| n == 2);
+    stop_leaves_nothing(&sup, &token, "daemonizer");
     // 2. A main process that exits takes its daemon with it, and the exit says so.
     sup.start(
         tagged("forker", "(setsid sleep 600 &); sleep 0.3; exit 0").restart(RestartPolicy::never()),
@@ -286,24 +293,13 @@ fn a_fork_bomb_is_held_at_max_pids_and_stopped() {
         .max_pids(64)
         .stop_timeout(Duration::from_millis(200));
     h.sup().start(spec).unwrap();
-    let full = wait_until(SECS_10, || {
-        (tagged_processes(&h.token).len() >= 64).then_some(())
-    });
-    assert!(
-        full.is_some(),
-        "the bomb reached its cap: {}",
-        tagged_processes(&h.token).len()
-    );
+    wait_for_tagged(&h.token, "the bomb reached its cap", |n| n >= 64);
     for _ in 0..3 {
         let n = tagged_processes(&h.token).len();
         assert!(n <= 64, "{n} processes: the cap did not hold");
     }
     assert_eq!(status(h.sup(), "bomb"), Status::Online);
-    h.sup().stop("bomb").unwrap();
-    assert!(
-        tagged_processes(&h.token).is_empty(),
-        "the bomb survived its stop"
-    );
+    stop_leaves_nothing(h.sup(), &h.token, "bomb");
     h.finish();
 }
 
@@ -320,20 +316,8 @@ fn fifty_grandchildren_ignoring_sigterm_are_gone_after_stop() {
         .sh("tree", script)
         .stop_timeout(Duration::from_millis(200));
     h.sup().start(spec).unwrap();
-    let up = wait_until(SECS_10, || {
-        (tagged_processes(&h.token).len() == 51).then_some(())
-    });
-    assert!(
-        up.is_some(),
-        "the tree is up: {}",
-        tagged_processes(&h.token).len()
-    );
-    h.sup().stop("tree").unwrap();
-    assert!(
-        tagged_processes(&h.token).is_empty(),
-        "survivors: {:?}",
-        tagged_processes(&h.token)
-    );
+    wait_for_tagged(&h.token, "the tree is up", |n| n == 51);
+    stop_leaves_nothing(h.sup(), &h.token, "tree");
     h.finish();
 }
 
@@ -447,15 +431,7 @@ fn without_cgroups_a_stop_still_ends_a_setsid_daemon() {
         .env(TOKEN_VAR, &token)
         .stop_timeout(Duration::from_millis(200));
     sup.start(spec).unwrap();
-    let both = wait_until(SECS_5, || {
-        (tagged_processes(&token).len() == 2).then_some(())
-    });
-    assert!(both.is_some(), "{:?}", tagged_processes(&token));
-    sup.stop("daemonizer").unwrap();
-    assert!(
-        tagged_processes(&token).is_empty(),
-        "the escaped daemon survived the stop: {:?}",
-        tagged_processes(&token)
-    );
+    wait_for_tagged(&token, "the main process and its daemon", |n| n == 2);
+    stop_leaves_nothing(&sup, &token, "daemonizer");
     sup.shutdown().unwrap();
 }
