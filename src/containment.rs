@@ -203,6 +203,11 @@ impl Cgroups {
         Ok(Cgroups { root, pids, memory })
     }
 
+    /// The supervisor's cgroup; a run's is `svc-<id>.<generation>` in it.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether `max_pids` can be enforced.
     pub(crate) fn limits_pids(&self) -> bool {
         self.pids != Controller::Missing

@@ -2253,7 +2253,8 @@ impl Engine {
         let mut by_pid = HashMap::new();
         for p in sys::all_processes() {
             if groups.contains(&p.pgrp) {
-                *rss.entry(p.pgrp).or_default() += p.rss_pages * page;
+                *rss.entry(p.pgrp).or_default() +=
+                    sys::resident_pages(p.pid).unwrap_or(p.rss_pages) * page;
             }
             by_pid.insert(p.pid, p);
         }
@@ -2263,7 +2264,7 @@ impl Engine {
                 // Members that left the process group count too.
                 for pid in cg.pids(id, generation) {
                     if let Some(p) = by_pid.get(&pid).filter(|p| p.pgrp != pgid) {
-                        used += p.rss_pages * page;
+                        used += sys::resident_pages(p.pid).unwrap_or(p.rss_pages) * page;
                     }
                 }
             }

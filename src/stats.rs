@@ -62,25 +62,44 @@ pub(crate) struct CpuHistory {
     last: HashMap<(u64, u64), (Instant, u64)>,
 }
 
-/// One service to measure: (id, generation, name, pgid if running, run start).
+/// One service to measure: (id, generation, name, pgid if running, run start, and the
+/// `cgroup.procs` of its run's cgroup under cgroup containment).
 pub(crate) struct Target {
     pub(crate) id: u64,
     pub(crate) generation: u64,
     pub(crate) name: String,
     pub(crate) pgid: Option<u32>,
     pub(crate) started: Option<Instant>,
+    pub(crate) cgroup_procs: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn measure(targets: Vec<Target>, history: &mut CpuHistory) -> Vec<Stats> {
     let mut sums: HashMap<u32, (u32, u32, u64, u64)> = HashMap::new();
     let wanted: std::collections::HashSet<u32> = targets.iter().filter_map(|t| t.pgid).collect();
+    // Members of a run's cgroup that left its process group count for it too.
+    let mut members: HashMap<u32, u32> = HashMap::new();
+    for t in &targets {
+        if let (Some(pgid), Some(procs)) = (t.pgid, &t.cgroup_procs) {
+            let text = std::fs::read_to_string(procs).unwrap_or_default();
+            for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                members.insert(pid, pgid);
+            }
+        }
+    }
     if !wanted.is_empty() {
         for p in sys::all_processes() {
-            if wanted.contains(&p.pgrp) {
-                let e = sums.entry(p.pgrp).or_default();
+            let owner = if wanted.contains(&p.pgrp) {
+                Some(p.pgrp)
+            } else {
+                members.get(&p.pid).copied()
+            };
+            if let Some(owner) = owner {
+                let e = sums.entry(owner).or_default();
                 e.0 += 1;
                 e.1 += p.threads;
-                e.2 += p.rss_pages;
+                // /proc/<pid>/stat's rss skips the per-CPU parts of the counters (Linux
+                // 6.2+), hundreds of KiB off for a small process; statm sums them.
+                e.2 += sys::resident_pages(p.pid).unwrap_or(p.rss_pages);
                 e.3 += p.cpu_ticks;
             }
         }

@@ -66,6 +66,8 @@ pub struct Supervisor {
     containment: Containment,
     /// Whether the kernel enforces `max_pids` and `max_memory` (cgroup controllers).
     kernel_limits: (bool, bool),
+    /// The supervisor's cgroup, under cgroup containment: `stats` reads its runs' members.
+    cgroup_root: Option<PathBuf>,
     // Dropped after the thread is joined: the lock file, then the temporary directory.
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -277,6 +279,7 @@ impl Supervisor {
         let kernel_limits = cgroups
             .as_ref()
             .map_or((false, false), |cg| (cg.limits_pids(), cg.limits_memory()));
+        let cgroup_root = cgroups.as_ref().map(|cg| cg.root().to_path_buf());
         let wants_subreaper = containment == Containment::Subreaper
             || (containment == Containment::Auto && options.subreaper);
         let containment = if cgroups.is_some() {
@@ -332,6 +335,7 @@ impl Supervisor {
             cpu: Mutex::default(),
             containment,
             kernel_limits,
+            cgroup_root,
             state_dir,
             log_dir,
             _lock: lock,
@@ -757,7 +761,8 @@ impl Supervisor {
     }
 
     /// CPU, memory, processes and threads of each service of the target (a name, an id, or
-    /// `"all"`), summed over its process group, read from /proc in one pass.
+    /// `"all"`), summed over its process group and, under cgroup containment, the members of
+    /// its cgroup that left the group; read from /proc in one pass.
     ///
     /// # Errors
     ///
@@ -778,6 +783,10 @@ impl Supervisor {
                             .started_at()
                             .and_then(|t| t.elapsed().ok())
                             .and_then(|d| Instant::now().checked_sub(d)),
+                        cgroup_procs: self.cgroup_root.as_ref().map(|root| {
+                            root.join(format!("svc-{id}.{}", info.generation()))
+                                .join("cgroup.procs")
+                        }),
                     }
                 })
                 .collect()

@@ -758,6 +758,12 @@ pub(crate) fn session_of(pid: u32) -> Option<u32> {
         .map(|p| p.as_raw_nonzero().get() as u32)
 }
 
+/// The resident pages of `pid`, summed exactly (`/proc/<pid>/statm`).
+pub(crate) fn resident_pages(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// This boot's id, so identities stored by a previous boot are never matched.
 pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

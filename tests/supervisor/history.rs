@@ -365,3 +365,104 @@ fn history_keeps_the_configured_number_of_runs() {
     sup.shutdown().unwrap();
     assert!(wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(())).is_some());
 }
+
+/// Resident bytes of `pid` from /proc/<pid>/statm.
+fn resident_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[test]
+fn stats_sum_every_process_of_a_service_as_proc_shows_them() {
+    let h = Harness::new();
+    let info = h
+        .sup()
+        .start(h.sh("trio", "sleep 600 & sleep 600 & exec sleep 600"))
+        .unwrap();
+    let pgid = info.pid().unwrap();
+    // Three sleeps (the shell has exec'd), whose memory no longer changes.
+    let members = wait_until(SECS_5, || {
+        let m = group_members(pgid);
+        let sleeping = m.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        (m.len() == 3 && sleeping).then_some(m)
+    })
+    .expect("three sleeps in the group");
+    let stats = &h.sup().stats("trio").unwrap()[0];
+    assert_eq!(stats.name(), "trio");
+    assert_eq!(stats.processes(), 3);
+    assert_eq!(stats.threads(), 3);
+    let rss: u64 = members.iter().map(|&p| resident_bytes(p)).sum();
+    assert_eq!(stats.rss_bytes(), rss, "the sum over /proc");
+
+    // A busy loop shows as a busy CPU, measured over the interval between two calls.
+    h.sup().start(h.sh("busy", "while :; do :; done")).unwrap();
+    let busy = wait_until(SECS_10, || {
+        let cpu = h.sup().stats("busy").unwrap()[0].cpu_percent();
+        (cpu > 40.0).then_some(cpu)
+    });
+    assert!(busy.is_some(), "a spinning shell uses a core");
+    let idle = h.sup().stats("trio").unwrap()[0].cpu_percent();
+    assert!(idle < 5.0, "sleepers use no CPU: {idle}");
+
+    // Under cgroup containment a member that left the group still counts.
+    h.sup()
+        .start(h.sh("escaper", "setsid sleep 600 & exec sleep 600"))
+        .unwrap();
+    let want = if h.sup().containment() == Containment::Cgroup {
+        2
+    } else {
+        1
+    };
+    let counted = wait_until(SECS_5, || {
+        (h.sup().stats("escaper").unwrap()[0].processes() == want).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{:?}: {} processes",
+        h.sup().containment(),
+        h.sup().stats("escaper").unwrap()[0].processes()
+    );
+    let all = h.sup().stats("all").unwrap();
+    assert_eq!(all.len(), 3);
+    h.finish();
+}
+
+#[test]
+fn a_subscriber_that_never_reads_lags_and_delays_nothing() {
+    let h = Harness::new();
+    let idle = h.sup().subscribe(); // never read until the end
+    let spec = h
+        .sh("flap", "exit 1")
+        .log(LogPolicy::default().tail(0, 0))
+        .restart(RestartPolicy::always().backoff(Backoff::none()));
+    h.sup().start(spec).unwrap();
+    // Each restart emits at least Exited, Restarting and Started: 1500 restarts are past the
+    // 4096 events a subscription holds, and the restarts went on past that point.
+    let restarted = wait_until(Duration::from_secs(30), || {
+        (h.sup().describe("flap").unwrap().restarts() >= 1500).then_some(())
+    });
+    assert!(
+        restarted.is_some(),
+        "restarts stalled at {}",
+        h.sup().describe("flap").unwrap().restarts()
+    );
+    h.sup().delete("flap").unwrap();
+    let mut received = 0;
+    let mut missed = 0;
+    while let Some(event) = idle.try_recv() {
+        match event {
+            sheepdog::Event::Lagged { missed: m } => missed += m,
+            _ => received += 1,
+        }
+    }
+    assert!(received <= 4096, "{received} queued");
+    assert!(missed > 0, "the subscription was told it lagged");
+    h.finish();
+}
