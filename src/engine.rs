@@ -1460,17 +1460,17 @@ impl Engine {
         svc.next_start = None;
         let spec = svc.spec.clone();
         let name = spec.name();
+        let setup_failed = |what: &str, e: std::io::Error| {
+            Error::new(
+                ErrorKind::Spawn,
+                format!("cannot start: cannot create its {what}"),
+            )
+            .with_service(name)
+            .with_source(e)
+        };
         let pipes = match logs::make_pipes(spec.log_policy().get_merge_stderr()) {
             Ok(p) => p,
-            Err(e) => {
-                let e = Error::new(
-                    ErrorKind::Spawn,
-                    "cannot start: cannot create its output pipes",
-                )
-                .with_service(name)
-                .with_source(e);
-                return self.spawn_failed(id, auto, e);
-            }
+            Err(e) => return self.spawn_failed(id, auto, setup_failed("output pipes", e)),
         };
         let err_write = pipes.err.as_ref().map_or(&pipes.out_write, |(_, w)| w);
         let generation = self.services[&id].generation;
@@ -1494,15 +1494,7 @@ impl Engine {
                     }
                     Some(sock)
                 }
-                Err(e) => {
-                    let e = Error::new(
-                        ErrorKind::Spawn,
-                        "cannot start: cannot create its notify socket",
-                    )
-                    .with_service(name)
-                    .with_source(e);
-                    return self.spawn_failed(id, auto, e);
-                }
+                Err(e) => return self.spawn_failed(id, auto, setup_failed("notify socket", e)),
             }
         } else {
             None
@@ -1520,12 +1512,7 @@ impl Engine {
             .transpose()
         {
             Ok(p) => p,
-            Err(e) => {
-                let e = Error::new(ErrorKind::Spawn, "cannot start: cannot create its cgroup")
-                    .with_service(name)
-                    .with_source(e);
-                return self.spawn_failed(id, auto, e);
-            }
+            Err(e) => return self.spawn_failed(id, auto, setup_failed("cgroup", e)),
         };
         let spawned = child::spawn(
             &spec,
