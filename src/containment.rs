@@ -408,6 +408,15 @@ impl Cgroups {
     }
 }
 
+impl Drop for Cgroups {
+    /// Whatever way the supervisor goes (a shutdown, or an `open` that failed after making
+    /// its cgroup), its empty cgroups go too; a cgroup that still holds a process stays, for
+    /// the next `open` to reclaim.
+    fn drop(&mut self) {
+        self.remove_service(None);
+    }
+}
+
 fn make_dir(dir: &Path) -> io::Result<()> {
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
@@ -444,4 +453,33 @@ fn runs_in(root: &Path) -> Vec<(u64, PathBuf)> {
             Some((id, e.path()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_cgroups_remove_their_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = match Cgroups::detect(dir.path()) {
+            Ok(cg) => cg,
+            Err(e) => return eprintln!("skipped: no writable cgroup v2 hierarchy here ({e})"),
+        };
+        let root = cg.root().to_path_buf();
+        let limits = Limits {
+            max_pids: cg.limits_pids().then_some(8),
+            max_memory: None,
+        };
+        let run = cg.prepare(1, 1, limits).unwrap();
+        assert!(run.dir.is_dir());
+        let v1: Vec<PathBuf> = cg.v1_dirs(1, 1).filter(|d| d.is_dir()).collect();
+        drop(run);
+        drop(cg);
+        assert!(!root.exists(), "{} is left", root.display());
+        for d in v1 {
+            let parent = d.parent().unwrap();
+            assert!(!parent.exists(), "{} is left", parent.display());
+        }
+    }
 }
