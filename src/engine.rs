@@ -510,8 +510,9 @@ impl Engine {
     }
 
     /// Kills the process groups of runs that a previous host left behind (it died without
-    /// recording their end), matching each by boot id, pid and process start time so that an
-    /// unrelated process that reused the pid is never touched.
+    /// recording their end), matching each by boot id, pid and pidfs inode (or, on kernels
+    /// without pidfs, process start time) so that an unrelated process that reused the pid is
+    /// never touched.
     fn reclaim_leftovers(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
         let mut reclaimed: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
         // Whatever is in a service's cgroup belongs to a previous host: nothing runs yet.
@@ -527,53 +528,46 @@ impl Engine {
             if run.boot_id != self.boot_id || run.pid == std::process::id() {
                 continue;
             }
-            let leader = sys::proc_stat(run.pid).filter(|s| s.state != b'Z');
-            let same =
-                leader.is_some_and(|s| Some(s.start_time) == run.start_ticks && s.pgrp == run.pid);
-            if same {
-                // Hold a pidfd and check the identity again, so the pid cannot be reused
-                // between the check and the kill.
-                if let Ok(fd) = sys::pidfd_open(run.pid) {
-                    // On pidfs the inode names the very process: a pid reused within the
-                    // same clock tick of start time still differs there.
-                    let same_inode = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
-                        (Some(stored), Some(now)) => stored == now,
-                        _ => true,
-                    };
-                    if same_inode
-                        && sys::proc_stat(run.pid)
-                            .is_some_and(|s| Some(s.start_time) == run.start_ticks)
-                    {
-                        log::warn!(
-                            "service id {}: killing process group {} left by a previous host",
-                            run.service_id,
-                            run.pid
-                        );
-                        let members: Vec<u32> = all
-                            .get_or_insert_with(sys::all_processes)
-                            .iter()
-                            .filter(|p| p.pgrp == run.pid)
-                            .map(|p| p.pid)
-                            .collect();
-                        reclaimed.entry(run.service_id).or_default().extend(members);
-                        let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
-                        groups.insert(run.pid);
-                    }
+            // The kernel keeps a pid allocated while a process group of that id has members,
+            // so: a process now holding the pid is either the run's leader (then its group is
+            // the run's) or a newer process (then no member of the run's group is left, and a
+            // group of that id is the newer one's). Without any, leftover members are ours.
+            if let Ok(fd) = sys::pidfd_open(run.pid) {
+                let stat = sys::proc_stat(run.pid);
+                // On pidfs the inode names the very process; else the start time does.
+                let same = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
+                    (Some(stored), Some(now)) => stored == now,
+                    _ => stat
+                        .as_ref()
+                        .is_some_and(|s| Some(s.start_time) == run.start_ticks),
+                };
+                if !same {
+                    continue;
                 }
-                continue;
+                let leads = stat.is_some_and(|s| s.state != b'Z' && s.pgrp == run.pid);
+                if leads {
+                    log::warn!(
+                        "service id {}: killing process group {} left by a previous host",
+                        run.service_id,
+                        run.pid
+                    );
+                    let members: Vec<u32> = all
+                        .get_or_insert_with(sys::all_processes)
+                        .iter()
+                        .filter(|p| p.pgrp == run.pid)
+                        .map(|p| p.pid)
+                        .collect();
+                    reclaimed.entry(run.service_id).or_default().extend(members);
+                    let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
+                    groups.insert(run.pid);
+                    continue;
+                }
             }
-            // The leader is gone; members of its group may live on. A process in that group
-            // that started after the run is one of them (the group id stays allocated while
-            // members remain, so it cannot name a newer group unless its leader is new too,
-            // which the `pid != pgrp` test excludes).
+            // The leader is gone (or a zombie): members of its group may live on.
             let procs = all.get_or_insert_with(sys::all_processes);
             let members: Vec<u32> = procs
                 .iter()
-                .filter(|p| {
-                    p.pgrp == run.pid
-                        && p.pid != run.pid
-                        && run.start_ticks.is_none_or(|t| p.start_time >= t)
-                })
+                .filter(|p| p.pgrp == run.pid && p.pid != run.pid)
                 .map(|p| p.pid)
                 .collect();
             if !members.is_empty() {
@@ -1546,14 +1540,20 @@ impl Engine {
                 };
                 svc.started_at = Some(wall);
                 svc.spawn_error = None;
-                let start_ticks = sys::proc_stat(child.pid).map(|s| s.start_time);
+                // The pidfs inode names the process for good; only older kernels need its
+                // start time (one /proc read more on the restart path).
+                let pidfd_ino = sys::pidfd_inode(&child.pidfd);
+                let start_ticks = match pidfd_ino {
+                    Some(_) => None,
+                    None => sys::proc_stat(child.pid).map(|s| s.start_time),
+                };
                 let run_id = match self.store.insert_run(&NewRun {
                     service_id: id,
                     generation: svc.generation,
                     pid: child.pid,
                     boot_id: &self.boot_id,
                     start_ticks,
-                    pidfd_ino: sys::pidfd_inode(&child.pidfd),
+                    pidfd_ino,
                     started_at: wall,
                     ready: immediately,
                 }) {
