@@ -386,6 +386,10 @@ pub(crate) struct Engine {
     escapees: HashMap<u64, Escapee>,
     /// Orphans the supervisor could not attribute, reported once each.
     unclaimed: HashSet<u32>,
+    /// Subreaper: the process groups of the runs started (the newest 4096), to tell a dead
+    /// orphan of ours from the host's own children.
+    run_groups: HashSet<u32>,
+    run_groups_order: VecDeque<u32>,
     /// Services whose status changed in this loop turn, stored at its end.
     unsaved: HashSet<u64>,
     /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
@@ -441,6 +445,8 @@ impl Engine {
             run_key: config.run_key,
             escapees: HashMap::new(),
             unclaimed: HashSet::new(),
+            run_groups: HashSet::new(),
+            run_groups_order: VecDeque::new(),
             marked: None,
             unsaved: HashSet::new(),
         }
@@ -661,6 +667,7 @@ impl Engine {
                 break;
             }
         }
+        self.reap_escapees_at_exit();
         self.pump.shutdown();
         // Drained at shutdown: the last runs' output goes into their records.
         while let Ok(request) = self.requests.try_recv() {
@@ -1564,6 +1571,15 @@ impl Engine {
                     }
                 };
                 let pid = child.pid;
+                if self.subreaper {
+                    self.run_groups.insert(pid);
+                    self.run_groups_order.push_back(pid);
+                    if self.run_groups_order.len() > 4096 {
+                        if let Some(old) = self.run_groups_order.pop_front() {
+                            self.run_groups.remove(&old);
+                        }
+                    }
+                }
                 let oom_kills_at_start = self.cgroups.as_ref().map_or(0, |cg| {
                     cg.oom_kills(id, generation, spec.get_max_memory().is_some())
                 });
@@ -1812,7 +1828,19 @@ impl Engine {
             if leaders.contains(&pid) || claimed.contains(&pid) || self.unclaimed.contains(&pid) {
                 continue;
             }
-            // Our child until reaped, so its pid cannot be reused meanwhile.
+            // Our child until reaped, so its pid cannot be reused meanwhile. A zombie shows
+            // no environment; one that was in the process group of a run of ours (a member
+            // whose leader died first, re-parented dead) is ours to reap.
+            let stat = sys::proc_stat(pid);
+            if stat.as_ref().is_some_and(|s| s.state == b'Z') {
+                let pgrp = stat.map_or(0, |s| s.pgrp);
+                if self.run_groups.contains(&pgrp) {
+                    if let Ok(fd) = sys::pidfd_open(pid) {
+                        let _ = sys::reap(&fd);
+                    }
+                    continue;
+                }
+            }
             let marker = sys::environ_value(pid, RUN_VAR);
             let owner = marker.as_deref().and_then(|m| {
                 let mut parts = m.strip_prefix(&prefix)?.split(':');
@@ -1914,6 +1942,27 @@ impl Engine {
             }
         }
         n
+    }
+
+    /// At shutdown every service is down, but an escapee of a run that was already over
+    /// may still be dying: kill what is left and reap it (boundedly), so that no zombie of
+    /// ours stays with the host.
+    fn reap_escapees_at_exit(&mut self) {
+        self.claim_escapees();
+        for e in self.escapees.values() {
+            let _ = sys::signal_process(&e.pidfd, Signal::Kill);
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while !self.escapees.is_empty() && Instant::now() < deadline {
+            self.escapees
+                .retain(|_, e| matches!(sys::reap(&e.pidfd), Ok(None)));
+            if !self.escapees.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for e in self.escapees.values() {
+            log::error!("escaped process {} survived SIGKILL at shutdown", e.pid);
+        }
     }
 
     /// A claimed escapee exited: reap it.
