@@ -508,9 +508,7 @@ impl Engine {
                 }
             }
         }
-        self.write_states();
-        self.store.flush();
-        self.pump.wake();
+        self.end_turn();
         self.publish();
         Ok(())
     }
@@ -655,9 +653,7 @@ impl Engine {
             self.fire_timers();
             self.marked = None;
             self.start_waiting();
-            self.write_states();
-            self.store.flush();
-            self.pump.wake();
+            self.end_turn();
             self.publish();
             self.settle_pending();
             if self.shutdown.is_some()
@@ -680,12 +676,7 @@ impl Engine {
                 other => refuse(other),
             }
         }
-        self.write_states();
-        self.store.flush();
-        self.pump.wake();
-        if let Some(cg) = &self.cgroups {
-            cg.remove_service(None);
-        }
+        self.end_turn();
         self.publish();
         {
             let mut table = self.shared.table.lock();
@@ -1822,7 +1813,6 @@ impl Engine {
             .filter_map(|s| s.run.as_ref().filter(|r| r.ended.is_none()).map(|r| r.pid))
             .collect();
         let claimed: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
-        let prefix = format!("{}:", self.run_key);
         let host_session = sys::session_of(std::process::id());
         for pid in sys::own_children() {
             if leaders.contains(&pid) || claimed.contains(&pid) || self.unclaimed.contains(&pid) {
@@ -1842,12 +1832,9 @@ impl Engine {
                 }
             }
             let marker = sys::environ_value(pid, RUN_VAR);
-            let owner = marker.as_deref().and_then(|m| {
-                let mut parts = m.strip_prefix(&prefix)?.split(':');
-                let id: u64 = parts.next()?.parse().ok()?;
-                let generation: u64 = parts.next()?.parse().ok()?;
-                Some((id, generation))
-            });
+            let owner = marker
+                .as_deref()
+                .and_then(|m| parse_marker(m, &self.run_key));
             let Some((id, generation)) = owner else {
                 if marker.is_none() && sys::session_of(pid) != host_session {
                     let name =
@@ -1863,12 +1850,6 @@ impl Engine {
             let Ok(pidfd) = sys::pidfd_open(pid) else {
                 continue;
             };
-            let token = self.next_token;
-            self.next_token += 1;
-            if let Err(e) = self.poller.add(&pidfd, token) {
-                log::error!("cannot watch escaped process {pid}: {e}");
-                continue;
-            }
             let current = self.services.get(&id).is_some_and(|s| {
                 s.generation == generation && s.run.as_ref().is_some_and(|r| r.ended.is_none())
             });
@@ -1876,16 +1857,27 @@ impl Engine {
                 let _ = sys::signal_process(&pidfd, Signal::Kill);
             }
             log::info!("service id {id}: process {pid} left its process group; it is tracked");
-            self.escapees.insert(
-                token,
-                Escapee {
-                    pid,
-                    pidfd,
-                    id,
-                    generation,
-                },
-            );
+            self.track_escapee(pid, pidfd, id, generation);
         }
+    }
+
+    /// Watches an escapee's pidfd and files it under the run (`id`, `generation`).
+    fn track_escapee(&mut self, pid: u32, pidfd: OwnedFd, id: u64, generation: u64) {
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poller.add(&pidfd, token) {
+            log::error!("cannot watch escaped process {pid}: {e}");
+            return;
+        }
+        self.escapees.insert(
+            token,
+            Escapee {
+                pid,
+                pidfd,
+                id,
+                generation,
+            },
+        );
     }
 
     /// Process-group containment, at a stop: tracks every process outside the service's group
@@ -1913,22 +1905,8 @@ impl Engine {
             let Some(pidfd) = pin_marked(pid, &marker) else {
                 continue;
             };
-            let token = self.next_token;
-            self.next_token += 1;
-            if let Err(e) = self.poller.add(&pidfd, token) {
-                log::error!("cannot watch escaped process {pid}: {e}");
-                continue;
-            }
             log::info!("service id {id}: process {pid} left its process group; stopping it too");
-            self.escapees.insert(
-                token,
-                Escapee {
-                    pid,
-                    pidfd,
-                    id,
-                    generation,
-                },
-            );
+            self.track_escapee(pid, pidfd, id, generation);
         }
     }
 
@@ -2580,6 +2558,14 @@ impl Engine {
         self.unsaved.insert(id);
     }
 
+    /// What every loop turn ends with, before it publishes or replies: the statuses and run
+    /// records of the turn committed, and the log pump woken for what was sent to it.
+    fn end_turn(&mut self) {
+        self.write_states();
+        self.store.flush();
+        self.pump.wake();
+    }
+
     /// Stores the statuses changed in this loop turn.
     fn write_states(&mut self) {
         for id in std::mem::take(&mut self.unsaved) {
@@ -2730,22 +2716,24 @@ fn notify_socket(
 /// The processes among `procs` (other than this one) whose `SHEEPDOG_RUN` names the
 /// supervisor `run_key`: (service id, (pid, process group, the variable's value)).
 fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)> {
-    let prefix = format!("{run_key}:");
     let me = std::process::id();
     procs
         .iter()
         .filter(|p| p.pid != me)
         .filter_map(|p| {
             let marker = sys::environ_value(p.pid, RUN_VAR)?;
-            let id = marker
-                .strip_prefix(&prefix)?
-                .split(':')
-                .next()?
-                .parse::<u64>()
-                .ok()?;
+            let (id, _) = parse_marker(&marker, run_key)?;
             Some((id, (p.pid, p.pgrp, marker)))
         })
         .collect()
+}
+
+/// The (service id, generation) a `SHEEPDOG_RUN` value names, if it is this supervisor's.
+fn parse_marker(marker: &str, run_key: &str) -> Option<(u64, u64)> {
+    let mut parts = marker.strip_prefix(run_key)?.strip_prefix(':')?.split(':');
+    let id = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    Some((id, generation))
 }
 
 /// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
