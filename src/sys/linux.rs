@@ -752,10 +752,14 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
 }
 
 /// The session id of `pid`.
+///
+/// Zero is a real answer: inside a container whose session leader lives outside the
+/// pid namespace, every process reports session 0. (rustix's `getsid` asserts a nonzero
+/// id and panics there, so the call goes through libc.)
 pub(crate) fn session_of(pid: u32) -> Option<u32> {
-    rustix::process::getsid(Pid::from_raw(pid as i32))
-        .ok()
-        .map(|p| p.as_raw_nonzero().get() as u32)
+    // SAFETY: getsid takes a plain integer and touches no memory of ours.
+    let sid = unsafe { libc::getsid(pid as libc::pid_t) };
+    (sid >= 0).then_some(sid as u32)
 }
 
 /// The resident pages of `pid`, summed exactly (`/proc/<pid>/statm`).
