@@ -169,6 +169,10 @@ struct Stopping {
     deadline: Instant,
     killed: bool,
     then: Then,
+    /// Process-group containment: when (clock ticks since boot) /proc was read for the
+    /// service's marked processes. Whatever the run forks after that is looked for again
+    /// before the stop counts as done.
+    scanned_at: Option<u64>,
 }
 
 struct Run {
@@ -337,13 +341,17 @@ pub(crate) struct Config {
 /// `<state dir key>:<service id>:<generation>`.
 pub(crate) const RUN_VAR: &str = "SHEEPDOG_RUN";
 
-/// A descendant that left its service's process group and was re-parented to the host (a
-/// child subreaper), claimed through its `SHEEPDOG_RUN`.
+/// A process of a run tracked one by one, through a pidfd: a descendant that left its
+/// service's process group (claimed by a subreaper host, or found by its `SHEEPDOG_RUN`), or,
+/// during a stop in the process-group tier, a member of the group that may still leave it.
 struct Escapee {
     pid: u32,
     pidfd: OwnedFd,
     id: u64,
     generation: u64,
+    /// It was in the run's group when found, so the group's stop signal reached it; only a
+    /// SIGKILL is sent to it again.
+    in_group: bool,
 }
 
 pub(crate) struct Engine {
@@ -394,7 +402,10 @@ pub(crate) struct Engine {
     unsaved: HashSet<u64>,
     /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
     /// (pid, process group, marker), read once per loop iteration when a stop needs them.
-    marked: Option<HashMap<u64, Vec<Marked>>>,
+    marked: Option<(u64, HashMap<u64, Vec<Marked>>)>,
+    /// The processes on the machine, read at most once per loop iteration when a stopping
+    /// run's group empties (process-group containment).
+    procs: Option<Vec<sys::ProcStat>>,
 }
 
 /// A process carrying our `SHEEPDOG_RUN`: (pid, process group, the variable's value).
@@ -448,6 +459,7 @@ impl Engine {
             run_groups: HashSet::new(),
             run_groups_order: VecDeque::new(),
             marked: None,
+            procs: None,
             unsaved: HashSet::new(),
         }
     }
@@ -652,6 +664,7 @@ impl Engine {
             }
             self.fire_timers();
             self.marked = None;
+            self.procs = None;
             self.start_waiting();
             self.end_turn();
             self.publish();
@@ -1328,6 +1341,7 @@ impl Engine {
             deadline,
             killed: signal == Signal::Kill,
             then,
+            scanned_at: None,
         });
         if run.ended.is_none() && !std::mem::take(&mut run.signalled) {
             if let Err(e) = sys::signal_group(&run.pidfd, run.pid, signal) {
@@ -1789,10 +1803,17 @@ impl Engine {
             .cgroups
             .as_ref()
             .is_none_or(|cg| !cg.populated(id, generation));
-        if group_empty && cgroup_empty && escapees_gone {
+        let process_groups_only = self.cgroups.is_none() && !self.subreaper;
+        if group_empty
+            && cgroup_empty
+            && escapees_gone
+            && !(process_groups_only && self.find_late_marked(id, generation))
+        {
             self.finish_run(id);
             return;
         }
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let run = svc.run.as_mut().expect("only called with a run");
         let at = Instant::now() + run.check_interval;
         run.check_interval = (run.check_interval * 2).min(GROUP_CHECK_MAX);
         let generation = svc.generation;
@@ -1857,12 +1878,19 @@ impl Engine {
                 let _ = sys::signal_process(&pidfd, Signal::Kill);
             }
             log::info!("service id {id}: process {pid} left its process group; it is tracked");
-            self.track_escapee(pid, pidfd, id, generation);
+            self.track_escapee(pid, pidfd, id, generation, false);
         }
     }
 
     /// Watches an escapee's pidfd and files it under the run (`id`, `generation`).
-    fn track_escapee(&mut self, pid: u32, pidfd: OwnedFd, id: u64, generation: u64) {
+    fn track_escapee(
+        &mut self,
+        pid: u32,
+        pidfd: OwnedFd,
+        id: u64,
+        generation: u64,
+        in_group: bool,
+    ) {
         let token = self.next_token;
         self.next_token += 1;
         if let Err(e) = self.poller.add(&pidfd, token) {
@@ -1876,45 +1904,103 @@ impl Engine {
                 pidfd,
                 id,
                 generation,
+                in_group,
             },
         );
     }
 
-    /// Process-group containment, at a stop: tracks every process outside the service's group
-    /// that carries its `SHEEPDOG_RUN` (any run of it), under the stopping run, so that the
-    /// stop signals them, waits for them and SIGKILLs them at the deadline. One pass over
-    /// /proc per loop iteration serves every stop in it (a stop-all reads /proc once).
+    /// Process-group containment, at a stop: tracks every process that carries the service's
+    /// `SHEEPDOG_RUN` (any run of it) under the stopping run, so that the stop signals them,
+    /// waits for them and SIGKILLs them at the deadline. Members of the group are tracked too:
+    /// one that leaves the group after this (`setsid`) stays known. One pass over /proc per
+    /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
         let run_key = &self.run_key;
-        let marked = self.marked.get_or_insert_with(|| {
+        let (scanned_at, marked) = self.marked.get_or_insert_with(|| {
+            let scanned_at = sys::boot_ticks();
             let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
             for (owner, m) in marked_processes(&sys::all_processes(), run_key) {
                 by_id.entry(owner).or_default().push(m);
             }
-            by_id
+            (scanned_at, by_id)
         });
-        let Some(found) = marked.remove(&id) else {
-            return;
-        };
-        let leader = self.services[&id].run.as_ref().map(|r| r.pid);
+        let scanned_at = *scanned_at;
+        let found = marked.remove(&id).unwrap_or_default();
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let Some(run) = svc.run.as_mut() else { return };
+        if let Some(stopping) = run.stopping.as_mut() {
+            stopping.scanned_at = Some(scanned_at);
+        }
+        let leader = run.pid;
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
         for (pid, pgrp, marker) in found {
-            if Some(pgrp) == leader || Some(pid) == leader || tracked.contains(&pid) {
-                continue; // the group's signal reaches it
+            if pid == leader || tracked.contains(&pid) {
+                continue;
             }
             let Some(pidfd) = pin_marked(pid, &marker) else {
                 continue;
             };
-            log::info!("service id {id}: process {pid} left its process group; stopping it too");
-            self.track_escapee(pid, pidfd, id, generation);
+            let in_group = pgrp == leader;
+            if !in_group {
+                log::info!(
+                    "service id {id}: process {pid} left its process group; stopping it too"
+                );
+            }
+            self.track_escapee(pid, pidfd, id, generation, in_group);
         }
     }
 
-    /// Sends `signal` to the claimed escapees of a run; returns how many there were.
+    /// Process-group containment, when a stopping run's group has emptied: looks for
+    /// processes of the service started since its stop read /proc (forked by a member that
+    /// was still running, then gone from the group), tracks them and sends them the stop
+    /// signal, or SIGKILL after the deadline. Returns whether it found any.
+    fn find_late_marked(&mut self, id: u64, generation: u64) -> bool {
+        let svc = &self.services[&id];
+        let Some(stopping) = svc.run.as_ref().and_then(|r| r.stopping.as_ref()) else {
+            return false;
+        };
+        let Some(scanned_at) = stopping.scanned_at else {
+            return false;
+        };
+        let signal = if stopping.killed {
+            Signal::Kill
+        } else {
+            svc.spec.get_stop_signal()
+        };
+        // Start times are in clock ticks; a process started in the tick of the scan may
+        // have been missed by it.
+        let since = scanned_at.saturating_sub(1);
+        let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
+        let procs = self.procs.get_or_insert_with(sys::all_processes);
+        let late: Vec<sys::ProcStat> = procs
+            .iter()
+            .filter(|p| p.start_time >= since && !tracked.contains(&p.pid))
+            .copied()
+            .collect();
+        let mut found = false;
+        for (owner, (pid, _, marker)) in marked_processes(&late, &self.run_key) {
+            if owner != id {
+                continue;
+            }
+            let Some(pidfd) = pin_marked(pid, &marker) else {
+                continue;
+            };
+            log::info!(
+                "service id {id}: process {pid} was started during its stop; stopping it too"
+            );
+            let _ = sys::signal_process(&pidfd, signal);
+            self.track_escapee(pid, pidfd, id, generation, false);
+            found = true;
+        }
+        found
+    }
+
+    /// Sends `signal` to the tracked escapees of a run (a member of its group only a
+    /// SIGKILL: the group's signal reached it); returns how many there were.
     fn signal_escapees(&self, id: u64, generation: u64, signal: Signal) -> usize {
         let mut n = 0;
         for e in self.escapees.values() {
-            if e.id == id && e.generation == generation {
+            if e.id == id && e.generation == generation && (!e.in_group || signal == Signal::Kill) {
                 let _ = sys::signal_process(&e.pidfd, signal);
                 n += 1;
             }

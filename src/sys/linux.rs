@@ -660,6 +660,14 @@ pub(crate) fn clock_ticks_per_second() -> u64 {
     }
 }
 
+/// Clock ticks since boot now, on the clock of `ProcStat::start_time` (`CLOCK_BOOTTIME`).
+pub(crate) fn boot_ticks() -> u64 {
+    let now = rustix::time::clock_gettime_dynamic(rustix::time::DynamicClockId::Boottime)
+        .unwrap_or_else(|_| rustix::time::clock_gettime(rustix::time::ClockId::Monotonic));
+    let nanos = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
+    (nanos * clock_ticks_per_second() as u128 / 1_000_000_000) as u64
+}
+
 /// The page size in bytes.
 pub(crate) fn page_size() -> u64 {
     rustix::param::page_size() as u64

@@ -417,6 +417,31 @@ fn a_reused_pid_is_never_signalled() {
 }
 
 #[test]
+fn without_cgroups_a_daemon_started_during_the_stop_is_ended_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = new_token();
+    let sup = Supervisor::builder()
+        .state_dir(dir.path())
+        .containment(Containment::ProcessGroup)
+        .open()
+        .unwrap();
+    // The stop signal makes the main process start a daemon in a session of its own and
+    // exit: the daemon is born after the stop looked for the service's processes, and is
+    // out of the group before the group is found empty.
+    let spec = sheepdog::ServiceSpec::new("late", "/bin/sh")
+        .args([
+            "-c",
+            "trap '(setsid sleep 600 &); exit 0' TERM; while :; do sleep 1; done",
+        ])
+        .env(TOKEN_VAR, &token)
+        .stop_timeout(Duration::from_secs(5));
+    sup.start(spec).unwrap();
+    wait_for_tagged(&token, "the main process and its sleep", |n| n == 2);
+    stop_leaves_nothing(&sup, &token, "late");
+    sup.shutdown().unwrap();
+}
+
+#[test]
 fn without_cgroups_a_stop_still_ends_a_setsid_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let token = new_token();
