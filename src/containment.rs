@@ -23,6 +23,12 @@ pub(crate) struct Limits {
     pub(crate) max_memory: Option<u64>,
 }
 
+impl Limits {
+    pub(crate) fn is_none(&self) -> bool {
+        self.max_pids.is_none() && self.max_memory.is_none()
+    }
+}
+
 /// A run's cgroups, made: the v2 directory to start in, and the `cgroup.procs` of each v1
 /// cgroup the child joins before exec.
 pub(crate) struct Prepared {
@@ -237,6 +243,12 @@ impl Cgroups {
         format!("svc-{id}.{generation}")
     }
 
+    /// The `cgroup.procs` of the v2 cgroup `svc-<id>.<generation>` under `root`.
+    pub(crate) fn procs_file(root: &Path, id: u64, generation: u64) -> PathBuf {
+        root.join(Cgroups::run_name(id, generation))
+            .join("cgroup.procs")
+    }
+
     fn dir(&self, id: u64, generation: u64) -> PathBuf {
         self.root.join(Cgroups::run_name(id, generation))
     }
@@ -425,9 +437,15 @@ fn make_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn populated_in(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|t| t.lines().any(|l| l == "populated 1"))
-        .unwrap_or(false)
+    // On the restart path: one read into a small buffer, no size query, no allocation
+    // beyond the path. The file is "populated N\nfrozen N\n".
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    let Ok(n) = std::fs::File::open(dir.join("cgroup.events")).and_then(|mut f| f.read(&mut buf))
+    else {
+        return false;
+    };
+    buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1")
 }
 
 fn pids_in(dir: &Path) -> Vec<u32> {

@@ -213,6 +213,12 @@ struct Run {
     oom_kills_at_start: u64,
     /// `begin_stops` already sent the stop signal.
     signalled: bool,
+    /// With cgroups: the generation in the name of the run's cgroup, its own or an earlier
+    /// run's (reused when that one ended with nothing killed and no limits).
+    cgroup: u64,
+    /// `cgroup.kill` was written to its cgroup, which is then never reused: a child cloned
+    /// into a killed cgroup dies at birth.
+    cgroup_killed: bool,
 }
 
 struct Service {
@@ -233,6 +239,9 @@ struct Service {
     log_dropped: Arc<AtomicU64>,
     /// Started by the operator but waiting for its dependencies.
     waiting: bool,
+    /// An empty, never-killed cgroup of a finished run, for the next run to start in: no
+    /// `mkdir` on the restart path, and no `rmdir` after it.
+    spare_cgroup: Option<u64>,
 }
 
 impl Service {
@@ -252,6 +261,7 @@ impl Service {
             spawn_error: None,
             log_dropped: Arc::default(),
             waiting: false,
+            spare_cgroup: None,
         }
     }
 
@@ -270,6 +280,7 @@ impl Service {
             next_start: self.next_start,
             started_at: self.run.as_ref().and(self.started_at),
             generation: self.generation,
+            cgroup: self.run.as_ref().map(|r| r.cgroup),
             log_dropped: self.log_dropped.clone(),
             status_text: self.run.as_ref().and_then(|r| r.status_text.clone()),
         }
@@ -1356,7 +1367,7 @@ impl Engine {
         if let Some(cg) = &self.cgroups {
             // Members of the service's cgroup that left its process group get it too.
             let pgid = run.pid;
-            let pids = cg.pids(id, svc.generation);
+            let pids = cg.pids(id, run.cgroup);
             if pids.iter().any(|&p| p != pgid) {
                 for pid in pids {
                     if pid != pgid && sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
@@ -1505,16 +1516,29 @@ impl Engine {
         } else {
             None
         };
+        let limits = crate::containment::Limits {
+            max_pids: spec.get_max_pids(),
+            max_memory: spec.get_max_memory(),
+        };
+        // A spare cgroup is only for a run without limits: limits and the per-run memory
+        // figures live in cgroups of the run's own.
+        let spare = self
+            .services
+            .get_mut(&id)
+            .and_then(|s| s.spare_cgroup.take());
+        let cgroup = match spare.filter(|_| limits.is_none()) {
+            Some(spare) => spare,
+            None => {
+                if let (Some(spare), Some(cg)) = (spare, &self.cgroups) {
+                    self.pump.remove_dirs(cg.run_dirs(id, spare));
+                }
+                generation
+            }
+        };
         let cgroup_procs = match self
             .cgroups
             .as_ref()
-            .map(|c| {
-                let limits = crate::containment::Limits {
-                    max_pids: spec.get_max_pids(),
-                    max_memory: spec.get_max_memory(),
-                };
-                c.prepare(id, generation, limits)
-            })
+            .map(|c| c.prepare(id, cgroup, limits))
             .transpose()
         {
             Ok(p) => p,
@@ -1586,7 +1610,7 @@ impl Engine {
                     }
                 }
                 let oom_kills_at_start = self.cgroups.as_ref().map_or(0, |cg| {
-                    cg.oom_kills(id, generation, spec.get_max_memory().is_some())
+                    cg.oom_kills(id, cgroup, spec.get_max_memory().is_some())
                 });
                 let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
                 let watch = match spec.get_ready() {
@@ -1641,6 +1665,8 @@ impl Engine {
                     usage: None,
                     oom_kills_at_start,
                     signalled: false,
+                    cgroup,
+                    cgroup_killed: false,
                 });
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
@@ -1752,10 +1778,11 @@ impl Engine {
             // It ended by itself. Whatever it left in its group goes with it: a new run must
             // never meet the old one's descendants.
             let generation = svc.generation;
+            let cgroup = run.cgroup;
             let in_cgroup = self
                 .cgroups
                 .as_ref()
-                .is_some_and(|cg| cg.populated(id, generation));
+                .is_some_and(|cg| cg.populated(id, cgroup));
             let escaped = self.subreaper && {
                 self.claim_escapees();
                 self.signal_escapees(id, generation, Signal::Kill) > 0
@@ -1776,7 +1803,8 @@ impl Engine {
             if in_cgroup || escaped {
                 // Escaped descendants too; and the next run waits until they are gone.
                 if let Some(cg) = self.cgroups.as_ref().filter(|_| in_cgroup) {
-                    let _ = cg.kill(id, generation);
+                    run.cgroup_killed = true;
+                    let _ = cg.kill(id, cgroup);
                 }
                 self.timer(id, KILL_GRACE, TimerKind::GiveUp);
                 self.check_group(id);
@@ -1799,10 +1827,11 @@ impl Engine {
         let run = svc.run.as_mut().expect("only called with a run");
         let group_empty = !sys::group_has_members(&run.pidfd, run.pid)
             || sys::live_groups(&HashSet::from([run.pid])).is_empty();
+        let cgroup = run.cgroup;
         let cgroup_empty = self
             .cgroups
             .as_ref()
-            .is_none_or(|cg| !cg.populated(id, generation));
+            .is_none_or(|cg| !cg.populated(id, cgroup));
         let process_groups_only = self.cgroups.is_none() && !self.subreaper;
         if group_empty
             && cgroup_empty
@@ -2115,7 +2144,6 @@ impl Engine {
             self.poller.remove(&sock);
             self.notify_tokens.remove(&token);
         }
-        let run_generation = svc.generation;
         let (raw, ended, wall) =
             run.ended
                 .unwrap_or((RawExit::Unknown, Instant::now(), SystemTime::now()));
@@ -2136,9 +2164,9 @@ impl Engine {
         let oom = self
             .cgroups
             .as_ref()
-            .is_some_and(|cg| cg.oom_kills(id, run_generation, limited) > run.oom_kills_at_start);
+            .is_some_and(|cg| cg.oom_kills(id, run.cgroup, limited) > run.oom_kills_at_start);
         if let (Some(usage), Some(cg)) = (run.usage.as_mut(), &self.cgroups) {
-            usage.peak_memory = cg.peak_memory(id, run_generation, limited);
+            usage.peak_memory = cg.peak_memory(id, run.cgroup, limited);
         }
         let cause = match (run.cause, raw) {
             (Some(cause), _) => cause,
@@ -2149,6 +2177,15 @@ impl Engine {
         let svc = self.services.get_mut(&id).expect("still present");
         svc.last_exit = Some(exit.clone());
         svc.started_at = None;
+        // The run's cgroup is empty now. Unless it was killed, has limits, or goes with its
+        // service, the next run starts in it: no `mkdir` on the restart path, no `rmdir` after.
+        let spare = self.cgroups.is_some()
+            && !run.cgroup_killed
+            && !limited
+            && run.stopping.as_ref().is_none_or(|s| s.then != Then::Delete);
+        if spare {
+            svc.spare_cgroup = Some(run.cgroup);
+        }
         self.outbox.push(Event::Exited {
             name: svc.spec.name().to_string(),
             pid: run.pid,
@@ -2168,8 +2205,8 @@ impl Engine {
         }
         // After the decision: an immediate restart is spawned before this cleanup and any write.
         // Removing a cgroup takes the kernel tens of microseconds; the pump does it.
-        if let Some(cg) = &self.cgroups {
-            self.pump.remove_dirs(cg.run_dirs(id, run_generation));
+        if let Some(cg) = self.cgroups.as_ref().filter(|_| !spare) {
+            self.pump.remove_dirs(cg.run_dirs(id, run.cgroup));
         }
         if let Some(run_id) = run.run_id {
             let by_policy = run.stopping.is_none_or(|s| s.then == Then::Crash);
@@ -2340,7 +2377,7 @@ impl Engine {
                     .run
                     .as_ref()
                     .filter(|r| r.ended.is_none() && r.stopping.is_none())?;
-                Some((s.id, s.generation, run.pid, limit))
+                Some((s.id, run.cgroup, run.pid, limit))
             })
             .collect();
         if limited.is_empty() {
@@ -2358,11 +2395,11 @@ impl Engine {
             }
             by_pid.insert(p.pid, p);
         }
-        for (id, generation, pgid, limit) in limited {
+        for (id, cgroup, pgid, limit) in limited {
             let mut used = rss.get(&pgid).copied().unwrap_or(0);
             if let Some(cg) = &self.cgroups {
                 // Members that left the process group count too.
-                for pid in cg.pids(id, generation) {
+                for pid in cg.pids(id, cgroup) {
                     if let Some(p) = by_pid.get(&pid).filter(|p| p.pgrp != pgid) {
                         used += sys::resident_pages(p.pid).unwrap_or(p.rss_pages) * page;
                     }
@@ -2536,7 +2573,8 @@ impl Engine {
                         );
                         let _ = sys::signal_group(&run.pidfd, run.pid, Signal::Kill);
                         if let Some(cg) = &self.cgroups {
-                            let _ = cg.kill(timer.id, timer.generation);
+                            run.cgroup_killed = true;
+                            let _ = cg.kill(timer.id, run.cgroup);
                         }
                         self.signal_escapees(timer.id, timer.generation, Signal::Kill);
                     }

@@ -161,6 +161,8 @@ pub struct ServiceInfo {
     pub(crate) next_start: Option<Instant>,
     pub(crate) started_at: Option<SystemTime>,
     pub(crate) generation: u64,
+    /// With cgroups, the generation naming the running run's cgroup (see `Engine`).
+    pub(crate) cgroup: Option<u64>,
     pub(crate) log_dropped: Arc<AtomicU64>,
     pub(crate) status_text: Option<String>,
 }

@@ -783,10 +783,11 @@ impl Supervisor {
                             .started_at()
                             .and_then(|t| t.elapsed().ok())
                             .and_then(|d| Instant::now().checked_sub(d)),
-                        cgroup_procs: self.cgroup_root.as_ref().map(|root| {
-                            root.join(format!("svc-{id}.{}", info.generation()))
-                                .join("cgroup.procs")
-                        }),
+                        cgroup_procs: self.cgroup_root.as_ref().zip(info.cgroup).map(
+                            |(root, cgroup)| {
+                                crate::containment::Cgroups::procs_file(root, *id, cgroup)
+                            },
+                        ),
                     }
                 })
                 .collect()

@@ -76,6 +76,51 @@ fn a_main_process_that_exits_takes_its_daemons_with_it() {
 }
 
 #[test]
+fn restarts_reuse_a_clean_cgroup_and_never_one_that_was_killed() {
+    let h = Harness::new();
+    if !cgroups_or_skip(&h) {
+        return;
+    }
+    // Runs 1-3 crash, run 4 leaves a daemon and crashes (its cgroup is killed), run 5
+    // exits 0. Each run notes the cgroup it started in.
+    let count = h.dir.path().join("n");
+    let places = h.dir.path().join("cgroups");
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; \
+         grep '^0::' /proc/self/cgroup >> {p}; \
+         [ $n -le 3 ] && exit 1; [ $n -eq 4 ] && {{ (setsid sleep 600 &); exit 1; }}; exit 0",
+        c = count.display(),
+        p = places.display()
+    );
+    let spec = h
+        .sh("reuse", &script)
+        .restart(RestartPolicy::on_failure().backoff(sheepdog::Backoff::none()));
+    h.sup().start(spec).unwrap();
+    h.sup().wait_for("reuse", Status::Exited, SECS_10).unwrap();
+    let places: Vec<String> = std::fs::read_to_string(&places)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(places.len(), 5, "{places:?}");
+    assert!(
+        places[..4].iter().all(|p| *p == places[0]),
+        "runs after clean exits start in the same cgroup: {places:?}"
+    );
+    assert_ne!(places[4], places[3], "a killed cgroup is never reused");
+    let runs = h.sup().history("reuse", 10).unwrap();
+    let codes: Vec<Option<i32>> = runs.iter().rev().map(|r| r.code()).collect();
+    assert_eq!(codes, [Some(1), Some(1), Some(1), Some(1), Some(0)], "{runs:?}");
+    assert!(
+        runs[1].reason().is_some_and(|r| r.contains("left processes running")),
+        "{:?}",
+        runs[1]
+    );
+    assert!(tagged_processes(&h.token).is_empty(), "the daemon outlived its run");
+    h.finish();
+}
+
+#[test]
 fn explicit_process_group_containment_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let sup = Supervisor::builder()
