@@ -110,13 +110,22 @@ fn restarts_reuse_a_clean_cgroup_and_never_one_that_was_killed() {
     assert_ne!(places[4], places[3], "a killed cgroup is never reused");
     let runs = h.sup().history("reuse", 10).unwrap();
     let codes: Vec<Option<i32>> = runs.iter().rev().map(|r| r.code()).collect();
-    assert_eq!(codes, [Some(1), Some(1), Some(1), Some(1), Some(0)], "{runs:?}");
+    assert_eq!(
+        codes,
+        [Some(1), Some(1), Some(1), Some(1), Some(0)],
+        "{runs:?}"
+    );
     assert!(
-        runs[1].reason().is_some_and(|r| r.contains("left processes running")),
+        runs[1]
+            .reason()
+            .is_some_and(|r| r.contains("left processes running")),
         "{:?}",
         runs[1]
     );
-    assert!(tagged_processes(&h.token).is_empty(), "the daemon outlived its run");
+    assert!(
+        tagged_processes(&h.token).is_empty(),
+        "the daemon outlived its run"
+    );
     h.finish();
 }
 
