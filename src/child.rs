@@ -4,9 +4,10 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ServiceSpec;
 use crate::sys;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -118,60 +119,107 @@ fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
     Ok(())
 }
 
-/// Spawns one run of `spec` with stdout and stderr on the given pipe write ends.
+/// What a spec spawns, in the form exec takes: its argv and its environment (the host's,
+/// as read when made, with the spec's changes). Made when an operator starts a service;
+/// restarts by the policy reuse it, so they run with the same environment and spend no time
+/// on it.
+pub(crate) struct Launch {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Launch {
+    pub(crate) fn new(spec: &ServiceSpec) -> Result<Launch> {
+        let nul = |what: &str| spawn_error(spec, format!("{what} contains a NUL byte"));
+        let mut env: Vec<CString> = Vec::new();
+        if !spec.get_env_clear() {
+            for (k, v) in std::env::vars_os() {
+                let removed = spec.get_env_removed().any(|r| k == OsStr::new(r))
+                    || spec.get_envs().any(|(s, _)| k == OsStr::new(s));
+                if !removed {
+                    env.push(
+                        pair(k.as_bytes(), v.as_bytes())
+                            .map_err(|_| nul("the host's environment"))?,
+                    );
+                }
+            }
+        }
+        for (k, v) in spec.get_envs() {
+            env.push(pair(k.as_bytes(), v.as_bytes()).map_err(|_| nul("the environment"))?);
+        }
+        let argv = std::iter::once(spec.program())
+            .chain(spec.get_args().iter().map(String::as_str))
+            .map(|a| CString::new(a).map_err(|_| nul("an argument")))
+            .collect::<Result<_>>()?;
+        Ok(Launch { argv, env })
+    }
+}
+
+/// `key=value` as one C string.
+fn pair(key: &[u8], value: &[u8]) -> std::result::Result<CString, std::ffi::NulError> {
+    let mut kv = Vec::with_capacity(key.len() + value.len() + 1);
+    kv.extend_from_slice(key);
+    kv.push(b'=');
+    kv.extend_from_slice(value);
+    CString::new(kv)
+}
+
+/// Spawns one run of `spec` with stdout and stderr on the given pipe write ends. `extra_env`
+/// (the run's own variables) replaces any variable of the same name in `launch`.
 ///
 /// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
 pub(crate) fn spawn(
     spec: &ServiceSpec,
+    launch: &Launch,
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     extra_env: &[(String, String)],
     cgroup: Option<&crate::containment::Prepared>,
 ) -> Result<Spawned> {
-    let join = cgroup.map(|c| c.join.iter().map(|f| f.as_fd()).collect());
-    let cgroup = cgroup.map(|c| c.dir.as_path());
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
-    let mut env: Vec<(OsString, OsString)> = if spec.get_env_clear() {
-        Vec::new()
-    } else {
-        std::env::vars_os()
-            .filter(|(k, _)| {
-                let k = k.to_string_lossy();
-                !spec.get_env_removed().any(|r| r == k) && !spec.get_envs().any(|(s, _)| s == k)
-            })
-            .collect()
+    let extra: Vec<CString> = extra_env
+        .iter()
+        .map(|(k, v)| pair(k.as_bytes(), v.as_bytes()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| spawn_error(spec, "the environment contains a NUL byte".into()))?;
+    let overridden = |kv: &CString| {
+        extra_env.iter().any(|(k, _)| {
+            kv.as_bytes()
+                .strip_prefix(k.as_bytes())
+                .is_some_and(|rest| rest.first() == Some(&b'='))
+        })
     };
-    env.extend(
-        spec.get_envs()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-    );
-    for (k, v) in extra_env {
-        env.retain(|(key, _)| key != k.as_str());
-        env.push((k.into(), v.into()));
-    }
-    let mut argv: Vec<&OsStr> = vec![OsStr::new(spec.program())];
-    argv.extend(spec.get_args().iter().map(OsStr::new));
-    let request = sys::SpawnRequest {
-        program: &program,
-        argv,
-        env,
-        cwd: spec.get_current_dir().map(Path::new),
-        stdout: stdout.as_fd(),
-        stderr: stderr.as_fd(),
-        cgroup: None,
-        join: join.unwrap_or_default(),
-    };
+    let env: Vec<&CStr> = launch
+        .env
+        .iter()
+        .filter(|kv| !overridden(kv))
+        .chain(&extra)
+        .map(CString::as_c_str)
+        .collect();
+    let argv: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
     let cgroup_dir = match cgroup {
-        Some(dir) => Some(std::fs::File::open(dir).map_err(|e| {
-            spawn_error(spec, format!("cannot open its cgroup '{}'", dir.display())).with_source(e)
+        Some(c) => Some(std::fs::File::open(&c.dir).map_err(|e| {
+            spawn_error(
+                spec,
+                format!("cannot open its cgroup '{}'", c.dir.display()),
+            )
+            .with_source(e)
         })?),
         None => None,
     };
-    let procs = cgroup.map(|d| d.join("cgroup.procs"));
+    let procs = cgroup.map(|c| c.dir.join("cgroup.procs"));
     let request = sys::SpawnRequest {
+        program: &program,
+        argv: &argv,
+        env: &env,
+        cwd: spec.get_current_dir().map(Path::new),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
         cgroup: cgroup_dir.as_ref().map(|f| f.as_fd()).zip(procs.as_deref()),
-        ..request
+        join: cgroup
+            .map(|c| c.join.iter().map(|f| f.as_fd()).collect())
+            .unwrap_or_default(),
     };
     let (pid, pidfd) =
         sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;

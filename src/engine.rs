@@ -242,6 +242,8 @@ struct Service {
     /// An empty, never-killed cgroup of a finished run, for the next run to start in: no
     /// `mkdir` on the restart path, and no `rmdir` after it.
     spare_cgroup: Option<u64>,
+    /// The argv and environment an operator's start made, reused by the policy's restarts.
+    launch: Option<Arc<child::Launch>>,
 }
 
 impl Service {
@@ -262,6 +264,7 @@ impl Service {
             log_dropped: Arc::default(),
             waiting: false,
             spare_cgroup: None,
+            launch: None,
         }
     }
 
@@ -993,6 +996,7 @@ impl Engine {
                     Some((spec, desired_up)) => {
                         let svc = self.services.get_mut(&d.id).expect("defined above");
                         svc.spec = spec;
+                        svc.launch = None;
                         svc.desired_up = desired_up;
                     }
                 }
@@ -1084,6 +1088,7 @@ impl Engine {
             self.store.update_spec(id, &spec)?;
             let svc = self.services.get_mut(&id).expect("found above");
             svc.spec = Arc::new(spec);
+            svc.launch = None;
             svc.history = History::default();
             self.dirty.insert(id);
         }
@@ -1516,6 +1521,14 @@ impl Engine {
         } else {
             None
         };
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let launch = match svc.launch.clone().filter(|_| auto) {
+            Some(launch) => launch,
+            None => match child::Launch::new(&spec) {
+                Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
+                Err(e) => return self.spawn_failed(id, auto, e),
+            },
+        };
         let limits = crate::containment::Limits {
             max_pids: spec.get_max_pids(),
             max_memory: spec.get_max_memory(),
@@ -1546,6 +1559,7 @@ impl Engine {
         };
         let spawned = child::spawn(
             &spec,
+            &launch,
             &pipes.out_write,
             err_write,
             &extra_env,
@@ -1681,7 +1695,17 @@ impl Engine {
                 self.arm_readiness(id);
                 Ok(())
             }
-            Err(e) => self.spawn_failed(id, auto, e),
+            Err(e) => {
+                // Nothing ran in the run's cgroup: the next attempt may use it.
+                if let Some(cg) = &self.cgroups {
+                    if limits.is_none() {
+                        svc.spare_cgroup = Some(cgroup);
+                    } else {
+                        self.pump.remove_dirs(cg.run_dirs(id, cgroup));
+                    }
+                }
+                self.spawn_failed(id, auto, e)
+            }
         }
     }
 

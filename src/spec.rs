@@ -288,7 +288,11 @@ impl ServiceSpec {
     }
 
     /// Sets an environment variable. The service's environment is the host's, with these
-    /// changes applied.
+    /// changes applied, and `SHEEPDOG_RUN` set to the run's marker (containment finds a
+    /// service's processes by it; a value set here is replaced).
+    ///
+    /// The host's environment is read when a call starts the service (`start`, `restart`);
+    /// restarts by the restart policy reuse what that call read.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ServiceSpec {
         let key = key.into();
         self.env_remove.remove(&key);

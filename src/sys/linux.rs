@@ -3,7 +3,7 @@
 use crate::spec::Signal;
 use libc::{c_char, c_int, c_void};
 use std::collections::HashSet;
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -39,9 +39,9 @@ pub(crate) struct SpawnRequest<'a> {
     /// An absolute path.
     pub(crate) program: &'a Path,
     /// `argv[0]` followed by the arguments.
-    pub(crate) argv: Vec<&'a OsStr>,
-    /// The complete environment.
-    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) argv: &'a [&'a CStr],
+    /// The complete environment, `key=value` each.
+    pub(crate) env: &'a [&'a CStr],
     pub(crate) cwd: Option<&'a Path>,
     pub(crate) stdout: BorrowedFd<'a>,
     pub(crate) stderr: BorrowedFd<'a>,
@@ -78,6 +78,21 @@ const STEP_PDEATHSIG: c_int = 4;
 const STEP_EXEC: c_int = 5;
 const STEP_CGROUP: c_int = 6;
 
+thread_local! {
+    /// The spawning thread's child stack, between spawns.
+    static CHILD_STACKS: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+}
+
+/// `/dev/null`, opened once (close-on-exec): every child's stdin.
+fn devnull() -> io::Result<BorrowedFd<'static>> {
+    static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEVNULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = OwnedFd::from(std::fs::File::open("/dev/null")?);
+    Ok(DEVNULL.get_or_init(|| fd).as_fd())
+}
+
 /// The stack the child runs on until it execs. It calls a dozen syscalls and nothing else.
 const CHILD_STACK: usize = 64 * 1024;
 
@@ -103,32 +118,24 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     let path = cstring(req.program.as_os_str())?;
-    let argv: Vec<CString> = req
+    let argv_ptrs: Vec<*const c_char> = req
         .argv
         .iter()
-        .map(|a| cstring(a))
-        .collect::<io::Result<_>>()?;
-    let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let env: Vec<CString> = req
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let env_ptrs: Vec<*const c_char> = req
         .env
         .iter()
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in environment"))
-        })
-        .collect::<io::Result<_>>()?;
-    let mut env_ptrs: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
     let cwd = req.cwd.map(|c| cstring(c.as_os_str())).transpose()?;
     let cgroup_procs = req
         .cgroup
         .map(|(_, procs)| cstring(procs.as_os_str()))
         .transpose()?;
-    let devnull = std::fs::File::open("/dev/null")?;
+    let devnull = devnull()?;
     if req.join.len() > 2 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -156,12 +163,15 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         failed_step: 0,
         errno: 0,
     };
-    let mut stack = vec![0u8; CHILD_STACK];
+    // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
+    let mut stack = CHILD_STACKS
+        .with(|s| s.take())
+        .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
     let mut pidfd: c_int = -1;
 
     // SAFETY: `stack` outlives the child's use of it: with CLONE_VFORK this thread is suspended
-    // until the child has exec'd or exited, and only then do `stack`, `args` and the strings
-    // they point to go out of scope. `child_main` receives a pointer to `args`, which stays
+    // until the child has exec'd or exited, and only then is `stack` put back for the next
+    // spawn and do `args` and the strings they point to go out of scope. `child_main` receives a pointer to `args`, which stays
     // valid for the same reason. The stack grows down, so the child gets its (16-byte
     // aligned) end. Every signal is blocked around the clone, so no host signal handler runs on
     // the child's stack before the child resets the dispositions; the old mask is restored
@@ -252,7 +262,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
             format!("{what} in the new process: {err}"),
         ));
     }
-    drop((stack, devnull));
+    CHILD_STACKS.with(|s| s.set(Some(stack)));
     Ok((pid as u32, pidfd))
 }
 

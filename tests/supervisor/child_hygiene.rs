@@ -81,6 +81,55 @@ fn environment_is_the_hosts_with_the_specs_changes() {
 }
 
 #[test]
+fn restarts_by_the_policy_reuse_the_environment_of_their_start() {
+    let h = Harness::new();
+    std::env::set_var("SHEEPDOG_TEST_ERA", "first");
+    let spec = h
+        .sh(
+            "era",
+            "echo \"$SHEEPDOG_TEST_ERA ${SHEEPDOG_RUN%%:*}\"; sleep 0.02; exit 1",
+        )
+        .env("SHEEPDOG_RUN", "forged")
+        .restart(RestartPolicy::always().backoff(sheepdog::Backoff::none()));
+    h.sup().start(spec).unwrap();
+    let log = h.sup().log_path("era", Stream::Stdout).unwrap();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    wait_until(SECS_5, || (lines().len() >= 2).then_some(())).expect("two runs");
+    std::env::set_var("SHEEPDOG_TEST_ERA", "second");
+    let seen = lines().len();
+    wait_until(SECS_5, || (lines().len() >= seen + 3).then_some(())).expect("three more runs");
+    let restarted = lines().len();
+    h.sup().restart("era").unwrap();
+    wait_until(SECS_5, || {
+        lines()[restarted..]
+            .iter()
+            .any(|l| l.starts_with("second"))
+            .then_some(())
+    })
+    .expect("an operator's restart reads the host's environment again");
+    h.sup().stop("era").unwrap();
+    let all = lines();
+    assert!(
+        all[..restarted].iter().all(|l| l.starts_with("first ")),
+        "policy restarts kept the environment of the start: {all:?}"
+    );
+    // The run's own marker wins over the spec's: it is how containment finds the service's
+    // processes.
+    assert!(
+        all.iter()
+            .all(|l| !l.ends_with(" forged") && l.len() > "first ".len()),
+        "{all:?}"
+    );
+    h.finish();
+}
+
+#[test]
 fn stderr_goes_to_its_own_log() {
     let h = Harness::new();
     run_once(&h, "split", "echo out; echo err >&2");
