@@ -2201,12 +2201,16 @@ impl Engine {
         let svc = self.services.get_mut(&id).expect("still present");
         svc.last_exit = Some(exit.clone());
         svc.started_at = None;
-        // The run's cgroup is empty now. Unless it was killed, has limits, or goes with its
-        // service, the next run starts in it: no `mkdir` on the restart path, no `rmdir` after.
-        let spare = self.cgroups.is_some()
-            && !run.cgroup_killed
-            && !limited
-            && run.stopping.as_ref().is_none_or(|s| s.then != Then::Delete);
+        // The run's cgroup is empty now. When a restart follows, the next run starts in it
+        // (unless it was killed, or has limits): no `mkdir` on the restart path, no `rmdir`
+        // after. Otherwise the pump removes it, as a stop-all of 1000 would leave 1000 for
+        // the shutdown to remove one by one.
+        let next_run_follows = match run.stopping.as_ref().map(|s| s.then) {
+            Some(Then::Start) => true,
+            None | Some(Then::Crash) => matches!(run.decision, Some(Decision::Restart { .. })),
+            Some(Then::Settle) | Some(Then::Delete) => false,
+        };
+        let spare = self.cgroups.is_some() && !run.cgroup_killed && !limited && next_run_follows;
         if spare {
             svc.spare_cgroup = Some(run.cgroup);
         }
