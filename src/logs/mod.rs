@@ -408,7 +408,9 @@ impl PumpThread {
                     let Some(fd) = fd else { continue };
                     let token = self.next_token;
                     self.next_token += 1;
-                    if let Err(e) = self.poller.add(&fd, token) {
+                    if let Err(e) =
+                        sys::tune_read_end(&fd).and_then(|()| self.poller.add(&fd, token))
+                    {
                         log::error!("service '{name}': cannot watch its output: {e}");
                         continue;
                     }

@@ -466,14 +466,19 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 const PIPE_SIZE: usize = 1 << 20;
 
 /// A pipe for a child's output: both ends close-on-exec (the child's `dup2` onto 1 or 2 clears
-/// it there), the read end non-blocking.
+/// it there). The reader makes its end ready with [`tune_read_end`], off the spawn path.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
-    // A larger pipe lets a fast writer run ahead of the pump instead of waiting on it every
-    // 64 KiB. Best effort: unprivileged users have a per-user budget for pipe memory.
-    let _ = rustix::pipe::fcntl_setpipe_size(&read, PIPE_SIZE);
     Ok((read, write))
+}
+
+/// Makes the read end of an output pipe non-blocking, and the pipe larger: a fast writer then
+/// runs ahead of the pump instead of waiting on it every 64 KiB. The size is best effort:
+/// unprivileged users have a per-user budget for pipe memory.
+pub(crate) fn tune_read_end(read: &OwnedFd) -> io::Result<()> {
+    rustix::fs::fcntl_setfl(read, rustix::fs::OFlags::NONBLOCK)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(read, PIPE_SIZE);
+    Ok(())
 }
 
 /// Sends `signal` to one process by pid: only for members of a service's cgroup that left its
