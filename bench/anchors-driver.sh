@@ -11,6 +11,8 @@
 # Build first: cargo build --release --example bench_driver (in the repo root).
 # SHEEPDOG_ROOT (default: this script's repo) locates target/release/examples/bench_driver;
 # SHEEPDOG_BIN overrides the binary itself (e.g. a copy that a rebuild cannot replace).
+# SHEEPDOG_CONTAINMENT (auto, cgroup or process-group; default auto) picks the containment;
+# anchors-driver-pg.sh is this driver with process-group containment, as its own tool.
 . "${BENCH_HOME:?run me from bench.py, which sets BENCH_HOME}/drivers/lib.sh"
 SHEEPDOG_ROOT=${SHEEPDOG_ROOT:-$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)}
 BIN=${SHEEPDOG_BIN:-$SHEEPDOG_ROOT/target/release/examples/bench_driver}
@@ -25,7 +27,8 @@ prepare)
     printf '%s\n' "$line" > "$BENCH_DIR/services.tsv"
     ;;
 start)
-    launch_bg sheepdog "$BIN" --services "$BENCH_DIR/services.tsv" --state "$BENCH_DIR/state"
+    launch_bg sheepdog "$BIN" --services "$BENCH_DIR/services.tsv" --state "$BENCH_DIR/state" \
+        --containment "${SHEEPDOG_CONTAINMENT:-auto}"
     ;;
 pids)
     cat "$BENCH_DIR/sheepdog.pid" 2>/dev/null

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo build --release --example bench_driver
 //! target/release/examples/bench_driver --services FILE --state DIR [--pid-file FILE]
+//!     [--containment auto|cgroup|process-group]
 //! ```
 //!
 //! The services file is one line of tab-separated fields:
@@ -17,7 +18,9 @@
 //! `never` does not restart (`RestartPolicy::never()`). Log rotation is off. State and logs
 //! live in the state directory: the output of `t0000` goes to `DIR/logs/t0000.out.log`.
 
-use sheepdog::{Backoff, LogPolicy, RestartPolicy, ServiceSpec, Supervisor, TerminationSignals};
+use sheepdog::{
+    Backoff, Containment, LogPolicy, RestartPolicy, ServiceSpec, Supervisor, TerminationSignals,
+};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,19 +55,27 @@ fn read_fleet(path: &Path) -> Result<Fleet, Error> {
 }
 
 fn main() -> Result<(), Error> {
-    let (mut services, mut state, mut pid_file) = (None, None, None);
+    let (mut services, mut state, mut pid_file, mut containment) = (None, None, None, None);
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let slot = match flag.to_str() {
             Some("--services") => &mut services,
             Some("--state") => &mut state,
             Some("--pid-file") => &mut pid_file,
+            Some("--containment") => &mut containment,
             _ => return Err(format!("unknown argument {flag:?}").into()),
         };
-        let value = it.next().ok_or(format!("{flag:?} needs a path"))?;
+        let value = it.next().ok_or(format!("{flag:?} needs a value"))?;
         *slot = Some(PathBuf::from(value));
     }
-    let usage = "usage: bench_driver --services FILE --state DIR [--pid-file FILE]";
+    let usage = "usage: bench_driver --services FILE --state DIR [--pid-file FILE] \
+                 [--containment auto|cgroup|process-group]";
+    let containment = match containment.as_deref().map(|c| c.to_str()) {
+        None | Some(Some("auto")) => Containment::Auto,
+        Some(Some("cgroup")) => Containment::Cgroup,
+        Some(Some("process-group")) => Containment::ProcessGroup,
+        Some(_) => return Err(usage.into()),
+    };
     let fleet = read_fleet(&services.ok_or(usage)?)?;
 
     // Handlers first, so that a SIGTERM that comes early still stops the fleet cleanly.
@@ -72,7 +83,10 @@ fn main() -> Result<(), Error> {
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))?;
     }
-    let sup = Supervisor::open(state.ok_or(usage)?)?;
+    let sup = Supervisor::builder()
+        .state_dir(state.ok_or(usage)?)
+        .containment(containment)
+        .open()?;
     let t0 = Instant::now();
     // One request and one transaction for the whole fleet, as `apply` does.
     let specs = (0..fleet.n).map(|i| {
