@@ -169,10 +169,30 @@ struct Stopping {
     deadline: Instant,
     killed: bool,
     then: Then,
-    /// Process-group containment: when (clock ticks since boot) /proc was read for the
-    /// service's marked processes. Whatever the run forks after that is looked for again
-    /// before the stop counts as done.
-    scanned_at: Option<u64>,
+    /// Process-group containment: when the stop read /proc for the service's marked
+    /// processes. Whatever the run forks after that is looked for before the stop counts as
+    /// done.
+    scanned: Option<Scan>,
+}
+
+/// The moment of a read of /proc, in the terms processes started later can be told by.
+#[derive(Clone, Copy)]
+struct Scan {
+    /// Clock ticks since boot (a process's start time is in these).
+    ticks: u64,
+    /// The last pid the kernel had handed out (`None` where it cannot be read).
+    last_pid: Option<u32>,
+}
+
+impl Scan {
+    fn now() -> Scan {
+        // The pid first: a process created between the two reads is then looked at again.
+        let last_pid = sys::last_pid();
+        Scan {
+            ticks: sys::boot_ticks(),
+            last_pid,
+        }
+    }
 }
 
 struct Run {
@@ -416,11 +436,15 @@ pub(crate) struct Engine {
     unsaved: HashSet<u64>,
     /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
     /// (pid, process group, marker), read once per loop iteration when a stop needs them.
-    marked: Option<(u64, HashMap<u64, Vec<Marked>>)>,
+    marked: Option<(Scan, HashMap<u64, Vec<Marked>>)>,
     /// The processes on the machine, read at most once per loop iteration when a stopping
     /// run's group empties (process-group containment).
     procs: Option<Vec<sys::ProcStat>>,
 }
+
+/// At most this many new pids are looked at one by one when a stop looks for late processes;
+/// more, and the stop reads /proc instead.
+const LATE_PIDS_MAX: u32 = 4096;
 
 /// A process carrying our `SHEEPDOG_RUN`: (pid, process group, the variable's value).
 type Marked = (u32, u32, String);
@@ -1357,7 +1381,7 @@ impl Engine {
             deadline,
             killed: signal == Signal::Kill,
             then,
-            scanned_at: None,
+            scanned: None,
         });
         if run.ended.is_none() && !std::mem::take(&mut run.signalled) {
             if let Err(e) = sys::signal_group(&run.pidfd, run.pid, signal) {
@@ -1969,20 +1993,20 @@ impl Engine {
     /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
         let run_key = &self.run_key;
-        let (scanned_at, marked) = self.marked.get_or_insert_with(|| {
-            let scanned_at = sys::boot_ticks();
+        let (scanned, marked) = self.marked.get_or_insert_with(|| {
+            let scanned = Scan::now();
             let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
             for (owner, m) in marked_processes(&sys::all_processes(), run_key) {
                 by_id.entry(owner).or_default().push(m);
             }
-            (scanned_at, by_id)
+            (scanned, by_id)
         });
-        let scanned_at = *scanned_at;
+        let scanned = *scanned;
         let found = marked.remove(&id).unwrap_or_default();
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let Some(run) = svc.run.as_mut() else { return };
         if let Some(stopping) = run.stopping.as_mut() {
-            stopping.scanned_at = Some(scanned_at);
+            stopping.scanned = Some(scanned);
         }
         let leader = run.pid;
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
@@ -2012,7 +2036,7 @@ impl Engine {
         let Some(stopping) = svc.run.as_ref().and_then(|r| r.stopping.as_ref()) else {
             return false;
         };
-        let Some(scanned_at) = stopping.scanned_at else {
+        let Some(before) = stopping.scanned else {
             return false;
         };
         let signal = if stopping.killed {
@@ -2020,19 +2044,36 @@ impl Engine {
         } else {
             svc.spec.get_stop_signal()
         };
-        // Start times are in clock ticks; a process started in the tick of the scan may
-        // have been missed by it.
-        let since = scanned_at.saturating_sub(1);
+        let now = Scan::now();
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
-        let procs = self.procs.get_or_insert_with(sys::all_processes);
-        let late: Vec<sys::ProcStat> = procs
-            .iter()
-            .filter(|p| p.start_time >= since && !tracked.contains(&p.pid))
-            .copied()
-            .collect();
+        // Pids are handed out in order: what was created since the stop's read has a pid
+        // after the last one then. That is a few pids to look at, or none (a stop-all of 1000
+        // would otherwise read all of /proc once per loop turn). After a wrap, or where the
+        // last pid cannot be read, every process started since then (by its start time) is.
+        let candidates: Vec<u32> = match (before.last_pid, now.last_pid) {
+            (Some(a), Some(b)) if a == b => Vec::new(),
+            (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => (a + 1..=b).collect(),
+            _ => {
+                // A process started in the tick of the read may have been missed by it.
+                let since = before.ticks.saturating_sub(1);
+                let procs = self.procs.get_or_insert_with(sys::all_processes);
+                procs
+                    .iter()
+                    .filter(|p| p.start_time >= since)
+                    .map(|p| p.pid)
+                    .collect()
+            }
+        };
+        let me = std::process::id();
         let mut found = false;
-        for (owner, (pid, _, marker)) in marked_processes(&late, &self.run_key) {
-            if owner != id {
+        for pid in candidates {
+            if pid == me || tracked.contains(&pid) {
+                continue;
+            }
+            let Some(marker) = sys::environ_value(pid, RUN_VAR) else {
+                continue;
+            };
+            if parse_marker(&marker, &self.run_key).is_none_or(|(owner, _)| owner != id) {
                 continue;
             }
             let Some(pidfd) = pin_marked(pid, &marker) else {

@@ -683,6 +683,16 @@ pub(crate) fn boot_ticks() -> u64 {
     (nanos * clock_ticks_per_second() as u128 / 1_000_000_000) as u64
 }
 
+/// The last pid the kernel handed out in this pid namespace (`ns_last_pid`).
+pub(crate) fn last_pid() -> Option<u32> {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    let n = std::fs::File::open("/proc/sys/kernel/ns_last_pid")
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
 /// The page size in bytes.
 pub(crate) fn page_size() -> u64 {
     rustix::param::page_size() as u64
@@ -766,8 +776,23 @@ pub(crate) fn own_children() -> Vec<u32> {
 }
 
 /// The value of `key` in the environment `pid` started with (`None` if unset or unreadable).
+///
+/// A process in the middle of an exec shows an empty environment until the new program's is
+/// set up, a few microseconds: an empty one is read again, for up to about a millisecond
+/// (a `setsid` daemon caught between its `setsid` and its exec would otherwise look like
+/// someone else's). Kernel threads, which have none, are not waited for.
 pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let path = format!("/proc/{pid}/environ");
+    let mut env = std::fs::read(&path).ok()?;
+    let mut tries = 0;
+    while env.is_empty()
+        && tries < 20
+        && proc_stat(pid).is_some_and(|s| s.ppid != 2 && s.pid != 2 && s.state != b'Z')
+    {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        env = std::fs::read(&path).ok()?;
+        tries += 1;
+    }
     env.split(|b| *b == 0).find_map(|kv| {
         let value = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
         Some(String::from_utf8_lossy(value).into_owned())
@@ -1023,5 +1048,25 @@ mod tests {
         let s = proc_stat(me).unwrap();
         assert_eq!(s.pid, me);
         assert!(s.start_time > 0);
+    }
+
+    #[test]
+    fn a_new_process_has_a_pid_after_the_last_one_and_a_later_start() {
+        let (before, ticks) = (last_pid().unwrap(), boot_ticks());
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .env("SHEEPDOG_TEST_MARK", "here")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let after = last_pid().unwrap();
+        let stat = proc_stat(pid);
+        let mark = environ_value(pid, "SHEEPDOG_TEST_MARK");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // No wrap of the pid space is expected within this test.
+        assert!(before < pid && pid <= after, "{before} < {pid} <= {after}");
+        assert!(stat.unwrap().start_time + 1 >= ticks);
+        assert_eq!(mark.as_deref(), Some("here"));
     }
 }
