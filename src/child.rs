@@ -198,16 +198,6 @@ pub(crate) fn spawn(
         .map(CString::as_c_str)
         .collect();
     let argv: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
-    let cgroup_dir = match cgroup {
-        Some(c) => Some(std::fs::File::open(&c.dir).map_err(|e| {
-            spawn_error(
-                spec,
-                format!("cannot open its cgroup '{}'", c.dir.display()),
-            )
-            .with_source(e)
-        })?),
-        None => None,
-    };
     let procs = cgroup.map(|c| c.dir.join("cgroup.procs"));
     let request = sys::SpawnRequest {
         program: &program,
@@ -216,7 +206,7 @@ pub(crate) fn spawn(
         cwd: spec.get_current_dir().map(Path::new),
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
-        cgroup: cgroup_dir.as_ref().map(|f| f.as_fd()).zip(procs.as_deref()),
+        cgroup: cgroup.map(|c| c.dir_fd.as_fd()).zip(procs.as_deref()),
         join: cgroup
             .map(|c| c.join.iter().map(|f| f.as_fd()).collect())
             .unwrap_or_default(),

@@ -12,6 +12,7 @@
 //! hierarchy that holds the controller (hybrid hosts mount v2 beside v1 controllers), which
 //! the child also joins before exec.
 
+use rustix::fs::{Mode, OFlags};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -29,10 +30,11 @@ impl Limits {
     }
 }
 
-/// A run's cgroups, made: the v2 directory to start in, and the `cgroup.procs` of each v1
-/// cgroup the child joins before exec.
+/// A run's cgroups, made: the v2 directory to start in (its path, and open for
+/// `CLONE_INTO_CGROUP`), and the `cgroup.procs` of each v1 cgroup the child joins before exec.
 pub(crate) struct Prepared {
     pub(crate) dir: PathBuf,
+    pub(crate) dir_fd: OwnedFd,
     pub(crate) join: Vec<OwnedFd>,
 }
 
@@ -80,6 +82,10 @@ pub enum Containment {
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     root: PathBuf,
+    /// `root`, open: a run's files are opened relative to it, which spares the kernel the
+    /// walk down the whole cgroupfs path on every open (the restart and stop paths open a
+    /// few per run).
+    root_fd: OwnedFd,
     pids: Controller,
     memory: Controller,
 }
@@ -204,9 +210,19 @@ impl Cgroups {
             .join(format!("sheepdog-{key}"));
         // Writable means we can make and remove a child.
         writable_dir(&root)?;
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let pids = find_controller(&root, "pids", &key);
         let memory = find_controller(&root, "memory", &key);
-        Ok(Cgroups { root, pids, memory })
+        Ok(Cgroups {
+            root,
+            root_fd,
+            pids,
+            memory,
+        })
     }
 
     /// The supervisor's cgroup; a run's is `svc-<id>.<generation>` in it.
@@ -253,6 +269,17 @@ impl Cgroups {
         self.root.join(Cgroups::run_name(id, generation))
     }
 
+    /// Opens `file` of the run's v2 cgroup.
+    fn open_in(&self, id: u64, generation: u64, file: &str, flags: OFlags) -> io::Result<OwnedFd> {
+        let rel = format!("{}/{file}", Cgroups::run_name(id, generation));
+        Ok(rustix::fs::openat(
+            &self.root_fd,
+            rel,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
     /// The v1 directories of a run, one per controller held in v1.
     fn v1_dirs(&self, id: u64, generation: u64) -> impl Iterator<Item = PathBuf> + '_ {
         [&self.pids, &self.memory]
@@ -268,7 +295,16 @@ impl Cgroups {
     pub(crate) fn prepare(&self, id: u64, generation: u64, limits: Limits) -> io::Result<Prepared> {
         let name = Cgroups::run_name(id, generation);
         let dir = self.root.join(&name);
-        make_dir(&dir)?;
+        match rustix::fs::mkdirat(&self.root_fd, &name, Mode::from_raw_mode(0o755)) {
+            Err(e) if e != rustix::io::Errno::EXIST => return Err(e.into()),
+            _ => {}
+        }
+        let dir_fd = rustix::fs::openat(
+            &self.root_fd,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let mut join = Vec::new();
         let settings = [
             (&self.pids, limits.max_pids, "pids.max", "pids.max"),
@@ -295,7 +331,7 @@ impl Cgroups {
                 Controller::Missing => {}
             }
         }
-        Ok(Prepared { dir, join })
+        Ok(Prepared { dir, dir_fd, join })
     }
 
     /// The peak memory charged to the run's memory cgroup, if it has one.
@@ -336,17 +372,24 @@ impl Cgroups {
 
     /// Whether any process is in the run's cgroup (a zombie counts until reaped).
     pub(crate) fn populated(&self, id: u64, generation: u64) -> bool {
-        populated_in(&self.dir(id, generation))
+        self.open_in(id, generation, "cgroup.events", OFlags::RDONLY)
+            .is_ok_and(|fd| is_populated(std::fs::File::from(fd)))
     }
 
     /// The pids in the run's cgroup.
     pub(crate) fn pids(&self, id: u64, generation: u64) -> Vec<u32> {
-        pids_in(&self.dir(id, generation))
+        let Ok(fd) = self.open_in(id, generation, "cgroup.procs", OFlags::RDONLY) else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
     /// SIGKILLs every process in the run's cgroup, atomically (Linux 5.14+).
     pub(crate) fn kill(&self, id: u64, generation: u64) -> io::Result<()> {
-        std::fs::write(self.dir(id, generation).join("cgroup.kill"), b"1")
+        let fd = self.open_in(id, generation, "cgroup.kill", OFlags::WRONLY)?;
+        std::io::Write::write_all(&mut std::fs::File::from(fd), b"1")
     }
 
     /// The run's cgroup directories, to remove once the run is over (they are empty then).
@@ -437,12 +480,15 @@ fn make_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn populated_in(dir: &Path) -> bool {
-    // On the restart path: one read into a small buffer, no size query, no allocation
-    // beyond the path. The file is "populated N\nfrozen N\n".
+    std::fs::File::open(dir.join("cgroup.events")).is_ok_and(is_populated)
+}
+
+/// Whether a `cgroup.events` says "populated 1". On the restart and stop paths: one read
+/// into a small buffer, no size query. The file is "populated N\nfrozen N\n".
+fn is_populated(mut events: std::fs::File) -> bool {
     use std::io::Read;
     let mut buf = [0u8; 64];
-    let Ok(n) = std::fs::File::open(dir.join("cgroup.events")).and_then(|mut f| f.read(&mut buf))
-    else {
+    let Ok(n) = events.read(&mut buf) else {
         return false;
     };
     buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1")
