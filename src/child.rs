@@ -4,12 +4,13 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::spec::ServiceSpec;
 use crate::sys;
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Used when a spec clears the environment and sets no `PATH` of its own.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -119,40 +120,62 @@ fn check_current_dir(spec: &ServiceSpec) -> Result<()> {
     Ok(())
 }
 
+/// The host's environment as exec takes it (`key=value` each), read once and shared by every
+/// launch made from it.
+pub(crate) fn host_env() -> Arc<[CString]> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| pair(k.as_bytes(), v.as_bytes()).ok())
+        .collect()
+}
+
 /// What a spec spawns, in the form exec takes: its argv and its environment (the host's,
 /// as read when made, with the spec's changes). Made when an operator starts a service;
 /// restarts by the policy reuse it, so they run with the same environment and spend no time
-/// on it.
+/// on it. The host's part is shared with the other launches made from the same reading.
 pub(crate) struct Launch {
     argv: Vec<CString>,
-    env: Vec<CString>,
+    /// The host's environment (empty if the spec clears it).
+    host: Arc<[CString]>,
+    /// Keys of `host` the spec removes or sets.
+    hidden: Vec<Vec<u8>>,
+    /// The spec's own variables.
+    own: Vec<CString>,
 }
 
 impl Launch {
-    pub(crate) fn new(spec: &ServiceSpec) -> Result<Launch> {
+    pub(crate) fn new(spec: &ServiceSpec, host: &Arc<[CString]>) -> Result<Launch> {
         let nul = |what: &str| spawn_error(spec, format!("{what} contains a NUL byte"));
-        let mut env: Vec<CString> = Vec::new();
-        if !spec.get_env_clear() {
-            for (k, v) in std::env::vars_os() {
-                let removed = spec.get_env_removed().any(|r| k == OsStr::new(r))
-                    || spec.get_envs().any(|(s, _)| k == OsStr::new(s));
-                if !removed {
-                    env.push(
-                        pair(k.as_bytes(), v.as_bytes())
-                            .map_err(|_| nul("the host's environment"))?,
-                    );
-                }
-            }
-        }
-        for (k, v) in spec.get_envs() {
-            env.push(pair(k.as_bytes(), v.as_bytes()).map_err(|_| nul("the environment"))?);
-        }
+        let own = spec
+            .get_envs()
+            .map(|(k, v)| pair(k.as_bytes(), v.as_bytes()).map_err(|_| nul("the environment")))
+            .collect::<Result<_>>()?;
+        let hidden = spec
+            .get_env_removed()
+            .chain(spec.get_envs().map(|(k, _)| k))
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
         let argv = std::iter::once(spec.program())
             .chain(spec.get_args().iter().map(String::as_str))
             .map(|a| CString::new(a).map_err(|_| nul("an argument")))
             .collect::<Result<_>>()?;
-        Ok(Launch { argv, env })
+        Ok(Launch {
+            argv,
+            host: if spec.get_env_clear() {
+                Arc::from([])
+            } else {
+                host.clone()
+            },
+            hidden,
+            own,
+        })
     }
+}
+
+/// Whether `kv` (`key=value`) sets `key`.
+fn sets(kv: &CStr, key: &[u8]) -> bool {
+    kv.to_bytes()
+        .strip_prefix(key)
+        .is_some_and(|rest| rest.first() == Some(&b'='))
 }
 
 /// `key=value` as one C string.
@@ -183,19 +206,15 @@ pub(crate) fn spawn(
         .map(|(k, v)| pair(k.as_bytes(), v.as_bytes()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| spawn_error(spec, "the environment contains a NUL byte".into()))?;
-    let overridden = |kv: &CString| {
-        extra_env.iter().any(|(k, _)| {
-            kv.as_bytes()
-                .strip_prefix(k.as_bytes())
-                .is_some_and(|rest| rest.first() == Some(&b'='))
-        })
-    };
+    let overridden = |kv: &CStr| extra_env.iter().any(|(k, _)| sets(kv, k.as_bytes()));
     let env: Vec<&CStr> = launch
-        .env
+        .host
         .iter()
-        .filter(|kv| !overridden(kv))
-        .chain(&extra)
         .map(CString::as_c_str)
+        .filter(|kv| !launch.hidden.iter().any(|k| sets(kv, k)))
+        .chain(launch.own.iter().map(CString::as_c_str))
+        .filter(|kv| !overridden(kv))
+        .chain(extra.iter().map(CString::as_c_str))
         .collect();
     let argv: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
     let procs = cgroup.map(|c| c.dir.join("cgroup.procs"));

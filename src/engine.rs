@@ -440,6 +440,9 @@ pub(crate) struct Engine {
     /// The processes on the machine, read at most once per loop iteration when a stopping
     /// run's group empties (process-group containment).
     procs: Option<Vec<sys::ProcStat>>,
+    /// The host's environment, read at most once per loop iteration when a start needs it:
+    /// a `start_many` of 1000 services shares one copy.
+    host_env: Option<Arc<[std::ffi::CString]>>,
 }
 
 /// At most this many new pids are looked at one by one when a stop looks for late processes;
@@ -498,6 +501,7 @@ impl Engine {
             run_groups_order: VecDeque::new(),
             marked: None,
             procs: None,
+            host_env: None,
             unsaved: HashSet::new(),
         }
     }
@@ -703,6 +707,7 @@ impl Engine {
             self.fire_timers();
             self.marked = None;
             self.procs = None;
+            self.host_env = None;
             self.start_waiting();
             self.end_turn();
             self.publish();
@@ -1548,10 +1553,12 @@ impl Engine {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let launch = match svc.launch.clone().filter(|_| auto) {
             Some(launch) => launch,
-            None => match child::Launch::new(&spec) {
-                Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
-                Err(e) => return self.spawn_failed(id, auto, e),
-            },
+            None => {
+                match child::Launch::new(&spec, self.host_env.get_or_insert_with(child::host_env)) {
+                    Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
+                    Err(e) => return self.spawn_failed(id, auto, e),
+                }
+            }
         };
         let limits = crate::containment::Limits {
             max_pids: spec.get_max_pids(),
