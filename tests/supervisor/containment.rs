@@ -470,8 +470,9 @@ fn a_reused_pid_is_never_signalled() {
     assert!(tagged_processes(&token).is_empty());
 }
 
-#[test]
-fn without_cgroups_a_daemon_started_during_the_stop_is_ended_too() {
+/// Runs `script` as a service of a supervisor with process-group containment, waits until
+/// it has two processes, then checks that a stop leaves none.
+fn without_cgroups_stop_leaves_nothing(name: &str, script: &str, stop_timeout: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let token = new_token();
     let sup = Supervisor::builder()
@@ -479,38 +480,34 @@ fn without_cgroups_a_daemon_started_during_the_stop_is_ended_too() {
         .containment(Containment::ProcessGroup)
         .open()
         .unwrap();
-    // The stop signal makes the main process start a daemon in a session of its own and
-    // exit: the daemon is born after the stop looked for the service's processes, and is
-    // out of the group before the group is found empty.
-    let spec = sheepdog::ServiceSpec::new("late", "/bin/sh")
-        .args([
-            "-c",
-            "trap '(setsid sleep 600 &); exit 0' TERM; while :; do sleep 1; done",
-        ])
+    let spec = sheepdog::ServiceSpec::new(name, "/bin/sh")
+        .args(["-c", script])
         .env(TOKEN_VAR, &token)
-        .stop_timeout(Duration::from_secs(5));
+        .stop_timeout(stop_timeout);
     sup.start(spec).unwrap();
-    wait_for_tagged(&token, "the main process and its sleep", |n| n == 2);
-    stop_leaves_nothing(&sup, &token, "late");
+    wait_for_tagged(&token, "the service's two processes", |n| n == 2);
+    stop_leaves_nothing(&sup, &token, name);
     sup.shutdown().unwrap();
 }
 
 #[test]
+fn without_cgroups_a_daemon_started_during_the_stop_is_ended_too() {
+    // The stop signal makes the main process start a daemon in a session of its own and
+    // exit: the daemon is born after the stop looked for the service's processes, and is
+    // out of the group before the group is found empty.
+    without_cgroups_stop_leaves_nothing(
+        "late",
+        "trap '(setsid sleep 600 &); exit 0' TERM; while :; do sleep 1; done",
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
 fn without_cgroups_a_stop_still_ends_a_setsid_daemon() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = new_token();
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::ProcessGroup)
-        .open()
-        .unwrap();
     // The daemon ignores SIGTERM too: the stop's SIGKILL must reach it.
-    let spec = sheepdog::ServiceSpec::new("daemonizer", "/bin/sh")
-        .args(["-c", "(trap '' TERM; setsid sleep 600 &); exec sleep 600"])
-        .env(TOKEN_VAR, &token)
-        .stop_timeout(Duration::from_millis(200));
-    sup.start(spec).unwrap();
-    wait_for_tagged(&token, "the main process and its daemon", |n| n == 2);
-    stop_leaves_nothing(&sup, &token, "daemonizer");
-    sup.shutdown().unwrap();
+    without_cgroups_stop_leaves_nothing(
+        "daemonizer",
+        "(trap '' TERM; setsid sleep 600 &); exec sleep 600",
+        Duration::from_millis(200),
+    );
 }
