@@ -383,9 +383,9 @@ struct Escapee {
     pidfd: OwnedFd,
     id: u64,
     generation: u64,
-    /// It was in the run's group when found, so the group's stop signal reached it; only a
-    /// SIGKILL is sent to it again.
-    in_group: bool,
+    /// It was in the run's group when the stop signalled the group, so that signal reached
+    /// it; only a SIGKILL is sent to it again.
+    got_group_signal: bool,
 }
 
 pub(crate) struct Engine {
@@ -449,8 +449,15 @@ pub(crate) struct Engine {
 /// more, and the stop reads /proc instead.
 const LATE_PIDS_MAX: u32 = 4096;
 
-/// A process carrying our `SHEEPDOG_RUN`: (pid, process group, the variable's value).
-type Marked = (u32, u32, String);
+/// A process carrying our `SHEEPDOG_RUN`.
+struct Marked {
+    pid: u32,
+    pgrp: u32,
+    /// Clock ticks since boot.
+    start_time: u64,
+    /// The variable's value.
+    marker: String,
+}
 
 impl Engine {
     pub(crate) fn new(
@@ -644,7 +651,7 @@ impl Engine {
         // of ours runs yet, so every match is one.
         let mut marked = Vec::new();
         let procs = all.get_or_insert_with(sys::all_processes);
-        for (id, (pid, _, marker)) in marked_processes(procs, &self.run_key) {
+        for (id, Marked { pid, marker, .. }) in marked_processes(procs, &self.run_key) {
             let Some(fd) = pin_marked(pid, &marker) else {
                 continue;
             };
@@ -1973,7 +1980,7 @@ impl Engine {
         pidfd: OwnedFd,
         id: u64,
         generation: u64,
-        in_group: bool,
+        got_group_signal: bool,
     ) {
         let token = self.next_token;
         self.next_token += 1;
@@ -1988,7 +1995,7 @@ impl Engine {
                 pidfd,
                 id,
                 generation,
-                in_group,
+                got_group_signal,
             },
         );
     }
@@ -2017,20 +2024,24 @@ impl Engine {
         }
         let leader = run.pid;
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
-        for (pid, pgrp, marker) in found {
-            if pid == leader || tracked.contains(&pid) {
+        for m in found {
+            if m.pid == leader || tracked.contains(&m.pid) {
                 continue;
             }
-            let Some(pidfd) = pin_marked(pid, &marker) else {
+            let Some(pidfd) = pin_marked(m.pid, &m.marker) else {
                 continue;
             };
-            let in_group = pgrp == leader;
-            if !in_group {
+            if m.pgrp != leader {
                 log::info!(
-                    "service id {id}: process {pid} left its process group; stopping it too"
+                    "service id {id}: process {} left its process group; stopping it too",
+                    m.pid
                 );
             }
-            self.track_escapee(pid, pidfd, id, generation, in_group);
+            // A member the group's stop signal reached: one that was in the group and had
+            // started a clock tick or more before this read. One forked in between (a
+            // handler of the stop signal that forks) gets the signal of its own.
+            let got_group_signal = m.pgrp == leader && m.start_time + 1 < scanned.ticks;
+            self.track_escapee(m.pid, pidfd, id, generation, got_group_signal);
         }
     }
 
@@ -2096,12 +2107,15 @@ impl Engine {
         found
     }
 
-    /// Sends `signal` to the tracked escapees of a run (a member of its group only a
-    /// SIGKILL: the group's signal reached it); returns how many there were.
+    /// Sends `signal` to the tracked escapees of a run (one the group's stop signal reached,
+    /// only a SIGKILL); returns how many there were.
     fn signal_escapees(&self, id: u64, generation: u64, signal: Signal) -> usize {
         let mut n = 0;
         for e in self.escapees.values() {
-            if e.id == id && e.generation == generation && (!e.in_group || signal == Signal::Kill) {
+            if e.id == id
+                && e.generation == generation
+                && (!e.got_group_signal || signal == Signal::Kill)
+            {
                 let _ = sys::signal_process(&e.pidfd, signal);
                 n += 1;
             }
@@ -2914,7 +2928,7 @@ fn notify_socket(
 }
 
 /// The processes among `procs` (other than this one) whose `SHEEPDOG_RUN` names the
-/// supervisor `run_key`: (service id, (pid, process group, the variable's value)).
+/// supervisor `run_key`, with the service id each names.
 fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)> {
     let me = std::process::id();
     procs
@@ -2923,7 +2937,15 @@ fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)
         .filter_map(|p| {
             let marker = sys::environ_value(p.pid, RUN_VAR)?;
             let (id, _) = parse_marker(&marker, run_key)?;
-            Some((id, (p.pid, p.pgrp, marker)))
+            Some((
+                id,
+                Marked {
+                    pid: p.pid,
+                    pgrp: p.pgrp,
+                    start_time: p.start_time,
+                    marker,
+                },
+            ))
         })
         .collect()
 }
