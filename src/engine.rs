@@ -434,8 +434,8 @@ pub(crate) struct Engine {
     run_groups_order: VecDeque<u32>,
     /// Services whose status changed in this loop turn, stored at its end.
     unsaved: HashSet<u64>,
-    /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id
-    /// (pid, process group, marker), read once per loop iteration when a stop needs them.
+    /// Process-group containment: the processes carrying our `SHEEPDOG_RUN`, by service id,
+    /// and when they were read: once per loop iteration when a stop needs them.
     marked: Option<(Scan, HashMap<u64, Vec<Marked>>)>,
     /// The processes on the machine, read at most once per loop iteration when a stopping
     /// run's group empties (process-group containment).
