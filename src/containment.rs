@@ -381,9 +381,7 @@ impl Cgroups {
         let Ok(fd) = self.open_in(id, generation, "cgroup.procs", OFlags::RDONLY) else {
             return Vec::new();
         };
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text);
-        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+        read_pids(std::fs::File::from(fd))
     }
 
     /// SIGKILLs every process in the run's cgroup, atomically (Linux 5.14+).
@@ -495,9 +493,16 @@ fn is_populated(mut events: std::fs::File) -> bool {
 }
 
 fn pids_in(dir: &Path) -> Vec<u32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    std::fs::File::open(dir.join("cgroup.procs"))
+        .map(read_pids)
         .unwrap_or_default()
+}
+
+/// The pids a `cgroup.procs` lists, one per line.
+fn read_pids(mut procs: std::fs::File) -> Vec<u32> {
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut procs, &mut text);
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 fn runs_in(root: &Path) -> Vec<(u64, PathBuf)> {

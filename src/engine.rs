@@ -2062,13 +2062,13 @@ impl Engine {
         } else {
             svc.spec.get_stop_signal()
         };
-        let now = Scan::now();
+        let last_pid = sys::last_pid();
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
         // Pids are handed out in order: what was created since the stop's read has a pid
         // after the last one then. That is a few pids to look at, or none (a stop-all of 1000
         // would otherwise read all of /proc once per loop turn). After a wrap, or where the
         // last pid cannot be read, every process started since then (by its start time) is.
-        let candidates: Vec<u32> = match (before.last_pid, now.last_pid) {
+        let candidates: Vec<u32> = match (before.last_pid, last_pid) {
             (Some(a), Some(b)) if a == b => Vec::new(),
             (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => (a + 1..=b).collect(),
             _ => {
