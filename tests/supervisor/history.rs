@@ -394,11 +394,18 @@ fn stats_sum_every_process_of_a_service_as_proc_shows_them() {
         (m.len() == 3 && sleeping).then_some(m)
     })
     .expect("three sleeps in the group");
-    let stats = &h.sup().stats("trio").unwrap()[0];
+    // A sleep that has just exec'd may still fault pages in: compare with /proc while the
+    // group's memory holds still across the call.
+    let rss_now = || -> u64 { members.iter().map(|&p| resident_bytes(p)).sum() };
+    let (stats, rss) = wait_until(SECS_5, || {
+        let before = rss_now();
+        let stats = h.sup().stats("trio").unwrap().remove(0);
+        (rss_now() == before).then_some((stats, before))
+    })
+    .expect("the group's memory settles");
     assert_eq!(stats.name(), "trio");
     assert_eq!(stats.processes(), 3);
     assert_eq!(stats.threads(), 3);
-    let rss: u64 = members.iter().map(|&p| resident_bytes(p)).sum();
     assert_eq!(stats.rss_bytes(), rss, "the sum over /proc");
 
     // A busy loop shows as a busy CPU, measured over the interval between two calls.
