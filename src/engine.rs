@@ -332,7 +332,8 @@ struct Timer {
 }
 
 enum Want {
-    /// No run left.
+    /// The run of the recorded generation is over: no run left, or a newer one started by a
+    /// later request.
     Down,
     /// Removed.
     Gone,
@@ -2824,7 +2825,9 @@ impl Engine {
                     return !self.forgetting.contains(&id);
                 };
                 match self.pending[i].want {
-                    Want::Down => svc.run.is_none(),
+                    // The run it stopped is over: nothing runs, or a later call has already
+                    // started a newer run (a start or restart that overtook the stop).
+                    Want::Down => svc.run.is_none() || svc.generation > generation,
                     Want::Gone => self.failed_deletes.contains_key(&id),
                     // A new run was attempted (whatever became of it since), or nothing will
                     // start: a racing stop won, or it waits for its dependencies.

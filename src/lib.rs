@@ -78,4 +78,4 @@ pub use crate::readiness::{Check, Condition, Dependency, Health, Ready};
 pub use crate::signals::TerminationSignals;
 pub use crate::spec::{LogPolicy, ServiceSpec, Signal, MAX_NAME_LEN};
 pub use crate::stats::Stats;
-pub use crate::supervisor::{Builder, Stream, Supervisor};
+pub use crate::supervisor::{Builder, Stream, Supervisor, STOP_OVERHEAD};

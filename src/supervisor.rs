@@ -410,12 +410,20 @@ impl Supervisor {
     /// A new service is saved and spawned. One that runs with an equal spec is left alone. One
     /// that runs with a different spec is stopped gracefully and started with the new one. One
     /// that is stopped, exited, errored or in backoff is started at once. Returns when the new
-    /// process is spawned (or nothing needed doing).
+    /// process is spawned (or nothing needed doing, or the service waits for its
+    /// dependencies: then it is `Starting`).
+    ///
+    /// If a `stop` or `shutdown` overtakes the start while it waits for the old run to end, it
+    /// returns the service as that left it (`Stopped`).
+    ///
+    /// Bounded: at once for a new service; for a running one with a different spec, like
+    /// [`stop`](Supervisor::stop) of that service, plus the spawn.
     ///
     /// # Errors
     ///
     /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Spawn` if the process could
-    /// not be started (the service is saved, and left `Errored`); `ShutDown`.
+    /// not be started (the service is saved, and left `Errored`); `NotFound` if a `delete`
+    /// overtook it; `Store` (nothing was saved); `ShutDown`.
     ///
     /// # Example
     ///
@@ -478,13 +486,21 @@ impl Supervisor {
     }
 
     /// Stops the target (a name, an id, or `"all"`): the stop signal to each process group,
-    /// then SIGKILL to the group after the stop timeout. Services stop in parallel. Returns
-    /// when nothing of them runs, with how many services it acted on. A stopped service stays
-    /// stopped, across reopen too, until started or restarted.
+    /// then SIGKILL to the group after the stop timeout. Services stop in parallel,
+    /// dependents before their dependencies. Returns when the runs it stopped are over, with
+    /// how many services it acted on. A stopped service stays stopped, across reopen too,
+    /// until started or restarted.
+    ///
+    /// If a later call overtakes the stop (a `start` or `restart` of the same service made
+    /// while it is still stopping), the stop still returns once the run it stopped is over,
+    /// with its usual count, although the later call has started a new run by then.
+    ///
+    /// Bounded: the longest [`stop_timeout`](crate::ServiceSpec::stop_timeout) of each
+    /// dependency wave plus [`STOP_OVERHEAD`] per wave.
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`.
+    /// `NotFound`, `Store` (nothing was done), `ShutDown`.
     pub fn stop(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Stop {
             target: target.to_string(),
@@ -494,7 +510,11 @@ impl Supervisor {
 
     /// Restarts the target (a name, an id, or `"all"`): stops what runs, then starts it again;
     /// stopped, exited and errored services are started. Manual restarts reset the backoff and
-    /// are not counted in [`ServiceInfo::restarts`]. Returns how many services it acted on.
+    /// are not counted in [`ServiceInfo::restarts`]. Returns how many services it acted on,
+    /// once each new run is spawned, or once a later `stop` or `delete` that overtook it has
+    /// ended the service instead.
+    ///
+    /// Bounded like [`stop`](Supervisor::stop) of the same target, plus the spawns.
     ///
     /// # Errors
     ///
@@ -508,7 +528,11 @@ impl Supervisor {
 
     /// Stops and removes the target (a name, an id, or `"all"`), with its log files. Ids are
     /// never reused; a later service with the same name starts afresh. Returns how many
-    /// services it removed.
+    /// services it removed. A delete is never undone by a later call: a `start` of the same
+    /// name made while it is stopping fails with `NotFound`.
+    ///
+    /// Bounded like [`stop`](Supervisor::stop) of the same target, plus the removal of the
+    /// log files.
     ///
     /// # Errors
     ///
@@ -958,6 +982,25 @@ impl Supervisor {
         }
     }
 }
+
+/// How long a stop may take beyond the stop timeout of the service it stops: after the
+/// timeout, SIGKILL goes to the whole group and the supervisor waits up to 5 s for it to be
+/// gone, then up to 0.5 s for the log pump to read the last of its output.
+///
+/// A call that waits for a stop ([`Supervisor::stop`], [`restart`](Supervisor::restart),
+/// [`delete`](Supervisor::delete), a [`start`](Supervisor::start) that replaces a running
+/// spec) returns within the [`stop_timeout`](crate::ServiceSpec::stop_timeout) of each
+/// dependency wave it stops plus this much per wave, plus the time to spawn what it starts.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// let spec = sheepdog::ServiceSpec::new("web", "sleep").arg("60").stop_timeout(Duration::from_secs(2));
+/// let bound = spec.get_stop_timeout() + sheepdog::STOP_OVERHEAD;
+/// assert_eq!(bound, Duration::from_millis(7500));
+/// ```
+pub const STOP_OVERHEAD: Duration = Duration::from_millis(5500);
 
 /// How long `open` waits for a lock that a just-forked child may still hold.
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use sheepdog::{Event, Events, Result, ServiceSpec, Status, Supervisor};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -230,4 +230,35 @@ pub fn run_alone(mut command: std::process::Command, name: &str, env_var: &str) 
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "the inner test ran: {text}");
+}
+
+/// The process groups with a live member, per service name (from the `SVC_NAME` each process
+/// carries). A run is one group: `sh` and the `sleep` it forks share it.
+pub fn live_groups_by_service(token: &str) -> HashMap<String, HashSet<u32>> {
+    let mut out: HashMap<String, HashSet<u32>> = HashMap::new();
+    for pid in tagged_processes(token) {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let Some(pgid) = pgid_of(pid) else { continue };
+        for kv in env.split(|b| *b == 0) {
+            if let Some(name) = kv.strip_prefix(b"SVC_NAME=") {
+                out.entry(String::from_utf8_lossy(name).into_owned())
+                    .or_default()
+                    .insert(pgid);
+            }
+        }
+    }
+    out
+}
+
+/// The process group of `pid`.
+pub fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }

@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use sheepdog::{Backoff, RestartPolicy, Status};
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,36 +26,6 @@ fn spec(h: &Harness, i: usize, variant: u64) -> sheepdog::ServiceSpec {
             Duration::from_millis(1),
             Duration::from_millis(20),
         )))
-}
-
-/// The process groups with a live member, per service name (from the `SVC_NAME` each process
-/// carries). A run is one group: `sh` and the `sleep` it forks share it.
-fn live_groups_by_service(token: &str) -> HashMap<String, HashSet<u32>> {
-    let mut out: HashMap<String, HashSet<u32>> = HashMap::new();
-    for pid in tagged_processes(token) {
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let Some(pgid) = pgid_of(pid) else { continue };
-        for kv in env.split(|b| *b == 0) {
-            if let Some(name) = kv.strip_prefix(b"SVC_NAME=") {
-                out.entry(String::from_utf8_lossy(name).into_owned())
-                    .or_default()
-                    .insert(pgid);
-            }
-        }
-    }
-    out
-}
-
-fn pgid_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
 }
 
 /// What a worker thread is doing, and since when (`None` between calls).

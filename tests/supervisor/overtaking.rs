@@ -1,0 +1,227 @@
+//! Two operations on one service, the second issued while the first still waits on the
+//! supervision thread: every call returns within its documented bound, says what became of
+//! it, and the service ends in the state of the last call.
+//!
+//! A stop overtaken by a start once waited for a "no run" that never came: the start brought
+//! up a new run, and the stop's caller stayed blocked until some later call stopped the
+//! service again.
+
+use crate::common::*;
+use sheepdog::{ErrorKind, ServiceSpec, Status, Supervisor};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long after the first call the second one is made.
+const OVERTAKE_AFTER: Duration = Duration::from_millis(200);
+/// The stop timeout of the service: the handler fits in it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The documented bound of a call that waits for one stop and one spawn: the stop timeout,
+/// the SIGKILL grace and log drain after it, and a margin for a loaded machine.
+fn bound() -> Duration {
+    STOP_TIMEOUT + sheepdog::STOP_OVERHEAD + Duration::from_secs(2)
+}
+
+/// A service whose stop signal handler takes a second before it exits.
+fn slow_stopper(h: &Harness, variant: &str) -> ServiceSpec {
+    h.sh(
+        "r",
+        "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done",
+    )
+    .env("VARIANT", variant)
+    .stop_timeout(STOP_TIMEOUT)
+}
+
+/// Runs `call` on a thread of its own; the returned handle gives its result, or fails the
+/// test if it does not come within `bound`.
+struct Call<T> {
+    what: &'static str,
+    rx: crossbeam_channel::Receiver<(T, Duration)>,
+}
+
+impl<T: Send + 'static> Call<T> {
+    fn spawn(what: &'static str, call: impl FnOnce() -> T + Send + 'static) -> Call<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let result = call();
+            let _ = tx.send((result, t.elapsed()));
+        });
+        Call { what, rx }
+    }
+
+    fn join(self, bound: Duration) -> T {
+        match self.rx.recv_timeout(bound) {
+            Ok((result, _took)) => result,
+            Err(_) => panic!("{} did not return within {bound:?}", self.what),
+        }
+    }
+}
+
+/// A harness with the slow stopper running, and a shared handle on its supervisor.
+fn running() -> (Harness, Arc<Supervisor>) {
+    let mut h = Harness::new();
+    let sup = Arc::new(h.sup.take().expect("open"));
+    sup.start(slow_stopper(&h, "a")).unwrap();
+    sup.wait_for("r", Status::Online, SECS_5).unwrap();
+    (h, sup)
+}
+
+fn finish(mut h: Harness, sup: Arc<Supervisor>) {
+    h.sup = Some(Arc::try_unwrap(sup).ok().expect("every call returned"));
+    h.finish();
+}
+
+fn stop_overtaken_by(second: impl FnOnce(&Harness, &Supervisor) -> Status) {
+    let (h, sup) = running();
+    let stopping = Call::spawn("stop", {
+        let sup = sup.clone();
+        move || sup.stop("r")
+    });
+    std::thread::sleep(OVERTAKE_AFTER);
+    let status = second(&h, &sup);
+    assert_eq!(status, Status::Online, "the later start won");
+    assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
+    assert_eq!(
+        sup.describe("r").unwrap().status(),
+        Status::Online,
+        "the service runs, as the last call asked"
+    );
+    finish(h, sup);
+}
+
+#[test]
+fn a_stop_overtaken_by_a_start_returns() {
+    stop_overtaken_by(|h, sup| sup.start(slow_stopper(h, "a")).unwrap().status());
+}
+
+#[test]
+fn a_stop_overtaken_by_a_start_with_a_changed_spec_returns() {
+    stop_overtaken_by(|h, sup| sup.start(slow_stopper(h, "b")).unwrap().status());
+}
+
+#[test]
+fn a_stop_overtaken_by_a_restart_returns() {
+    stop_overtaken_by(|_, sup| {
+        assert_eq!(sup.restart("r").unwrap(), 1);
+        sup.describe("r").unwrap().status()
+    });
+}
+
+#[test]
+fn a_restart_overtaken_by_a_stop_returns() {
+    let (h, sup) = running();
+    let restarting = Call::spawn("restart", {
+        let sup = sup.clone();
+        move || sup.restart("r")
+    });
+    std::thread::sleep(OVERTAKE_AFTER);
+    assert_eq!(sup.stop("r").unwrap(), 1);
+    assert_eq!(restarting.join(bound()).unwrap(), 1, "the restart returned");
+    assert_eq!(sup.describe("r").unwrap().status(), Status::Stopped);
+    finish(h, sup);
+}
+
+#[test]
+fn a_start_overtaken_by_a_delete_returns_not_found() {
+    let (h, sup) = running();
+    // A changed spec: the start first stops the running one.
+    let starting = Call::spawn("start", {
+        let (sup, spec) = (sup.clone(), slow_stopper(&h, "b"));
+        move || sup.start(spec)
+    });
+    std::thread::sleep(OVERTAKE_AFTER);
+    assert_eq!(sup.delete("r").unwrap(), 1);
+    let err = starting.join(bound()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(sup.describe("r").unwrap_err().kind(), ErrorKind::NotFound);
+    finish(h, sup);
+}
+
+#[test]
+fn a_stop_overtaken_by_a_delete_returns() {
+    let (h, sup) = running();
+    let stopping = Call::spawn("stop", {
+        let sup = sup.clone();
+        move || sup.stop("r")
+    });
+    std::thread::sleep(OVERTAKE_AFTER);
+    assert_eq!(sup.delete("r").unwrap(), 1);
+    assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
+    assert!(sup.list().unwrap().is_empty());
+    finish(h, sup);
+}
+
+#[test]
+fn a_wait_for_a_deleted_service_returns_not_found() {
+    let mut h = Harness::new();
+    let sup = Arc::new(h.sup.take().expect("open"));
+    // Never ready: it stays `Starting`.
+    sup.start(
+        h.sh("r", "exec sleep 600")
+            .ready(sheepdog::Ready::LogLine("never".into()))
+            .ready_timeout(Duration::from_secs(600)),
+    )
+    .unwrap();
+    let waiting = Call::spawn("wait_for", {
+        let sup = sup.clone();
+        move || sup.wait_for("r", Status::Online, Duration::from_secs(60))
+    });
+    std::thread::sleep(OVERTAKE_AFTER);
+    assert_eq!(sup.delete("r").unwrap(), 1);
+    let err = waiting.join(bound()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    finish(h, sup);
+}
+
+/// Shutdown while the first call of each pair still waits: both return.
+fn shutdown_during(first: impl FnOnce(&Harness, &Arc<Supervisor>) -> Call<Option<ErrorKind>>) {
+    let (h, sup) = running();
+    let pending = first(&h, &sup);
+    std::thread::sleep(OVERTAKE_AFTER);
+    let shutting = Call::spawn("shutdown", {
+        let sup = sup.clone();
+        move || sup.shutdown()
+    });
+    shutting.join(bound()).unwrap();
+    if let Some(kind) = pending.join(bound()) {
+        assert_eq!(
+            kind,
+            ErrorKind::ShutDown,
+            "the pending call failed only because of the shutdown"
+        );
+    }
+    finish(h, sup);
+}
+
+#[test]
+fn shutdown_during_a_stop_lets_it_return() {
+    shutdown_during(|_, sup| {
+        let sup = sup.clone();
+        Call::spawn("stop", move || sup.stop("r").err().map(|e| e.kind()))
+    });
+}
+
+#[test]
+fn shutdown_during_a_restart_lets_it_return() {
+    shutdown_during(|_, sup| {
+        let sup = sup.clone();
+        Call::spawn("restart", move || sup.restart("r").err().map(|e| e.kind()))
+    });
+}
+
+#[test]
+fn shutdown_during_a_start_with_a_changed_spec_lets_it_return() {
+    shutdown_during(|h, sup| {
+        let (sup, spec) = (sup.clone(), slow_stopper(h, "b"));
+        Call::spawn("start", move || sup.start(spec).err().map(|e| e.kind()))
+    });
+}
+
+#[test]
+fn shutdown_during_a_delete_lets_it_return() {
+    shutdown_during(|_, sup| {
+        let sup = sup.clone();
+        Call::spawn("delete", move || sup.delete("r").err().map(|e| e.kind()))
+    });
+}
