@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Store,
     /// A wait ran out of time.
     Timeout,
+    /// A wait cannot succeed: the service settled in a status it leaves only when an operator
+    /// acts (`Stopped`, `Exited` or `Errored`; see [`Status::is_settled`](crate::Status::is_settled)).
+    Settled,
     /// The supervisor was shut down.
     ShutDown,
     /// Some other I/O failure, such as creating the state directory.

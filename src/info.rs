@@ -59,6 +59,21 @@ impl Status {
     pub fn is_running(self) -> bool {
         matches!(self, Status::Starting | Status::Online | Status::Stopping)
     }
+
+    /// Whether a service stays in this status until an operator acts (a start, restart, stop
+    /// or delete): `Stopped`, `Exited` and `Errored`. The supervisor moves a service out of
+    /// every other status by itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::Status;
+    /// assert!(Status::Errored.is_settled());
+    /// assert!(!Status::Backoff.is_settled());
+    /// ```
+    pub fn is_settled(self) -> bool {
+        matches!(self, Status::Stopped | Status::Exited | Status::Errored)
+    }
 }
 
 impl fmt::Display for Status {

@@ -591,12 +591,15 @@ impl Supervisor {
             .collect())
     }
 
-    /// Blocks until every service of the target has `status`, or `timeout` passes.
+    /// Blocks until every service of the target has `status`, or `timeout` passes, or the
+    /// wait cannot succeed any more. Bounded by `timeout`.
     ///
     /// # Errors
     ///
-    /// `Timeout` (naming the status the service is in), `NotFound` (also if the service is
-    /// deleted meanwhile), `ShutDown`.
+    /// `Settled` at once when a service of the target is in a status it leaves only when an
+    /// operator acts ([`Status::is_settled`]: `Stopped`, `Exited`, `Errored`) other than
+    /// `status`, naming that status and the last exit; `Timeout` (naming the status the
+    /// service is in); `NotFound` (also if the service is deleted meanwhile); `ShutDown`.
     ///
     /// # Example
     ///
@@ -616,19 +619,20 @@ impl Supervisor {
         let ids = table.resolve(target)?;
         loop {
             let mut behind = None;
+            let mut settled = None;
             for id in &ids {
-                match table.services.get(id) {
-                    None => {
-                        return Err(
-                            Error::new(ErrorKind::NotFound, "was deleted while waited for")
-                                .with_service(target),
-                        )
-                    }
-                    Some(info) if info.status() != status => {
-                        behind = Some((info.name().to_string(), info.status()));
-                        break;
-                    }
-                    Some(_) => {}
+                let Some(info) = table.services.get(id) else {
+                    return Err(
+                        Error::new(ErrorKind::NotFound, "was deleted while waited for")
+                            .with_service(target),
+                    );
+                };
+                if info.status() == status {
+                    continue;
+                }
+                behind.get_or_insert((info.name().to_string(), info.status()));
+                if info.status().is_settled() && settled.is_none() {
+                    settled = Some(info);
                 }
             }
             let Some((name, now)) = behind else {
@@ -636,6 +640,19 @@ impl Supervisor {
             };
             if table.shut_down {
                 return Err(Error::shut_down());
+            }
+            if let Some(info) = settled {
+                let last = info
+                    .last_exit()
+                    .map_or(String::new(), |e| format!(" (last {e})"));
+                return Err(Error::new(
+                    ErrorKind::Settled,
+                    format!(
+                        "will not become {status}: it is {}{last}, which only a start, restart or delete changes",
+                        info.status()
+                    ),
+                )
+                .with_service(info.name()));
             }
             if self
                 .shared

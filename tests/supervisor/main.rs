@@ -23,3 +23,4 @@ mod stopping;
 mod store_faults;
 mod storm;
 mod validation;
+mod wait_for;
