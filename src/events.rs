@@ -136,6 +136,8 @@ pub(crate) struct Hub {
     subscribers: Mutex<Vec<Subscriber>>,
     /// What `open` reported, for every subscription to begin with.
     preamble: Mutex<Vec<Event>>,
+    /// Set by `close`: a later subscription ends at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -147,11 +149,16 @@ impl Hub {
 
     pub(crate) fn subscribe(&self) -> Events {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let missed = Arc::new(AtomicU64::new(0));
+        let mut subscribers = self.subscribers.lock();
+        if self.closed.load(Ordering::Relaxed) {
+            // Nothing will ever be sent: dropping the sender ends the subscription.
+            return Events { rx, missed };
+        }
         for event in self.preamble.lock().iter() {
             let _ = tx.try_send(event.clone());
         }
-        let missed = Arc::new(AtomicU64::new(0));
-        self.subscribers.lock().push(Subscriber {
+        subscribers.push(Subscriber {
             tx,
             missed: missed.clone(),
         });
@@ -173,7 +180,9 @@ impl Hub {
 
     /// Ends every subscription: iterators return `None` once drained.
     pub(crate) fn close(&self) {
-        self.subscribers.lock().clear();
+        let mut subscribers = self.subscribers.lock();
+        self.closed.store(true, Ordering::Relaxed);
+        subscribers.clear();
     }
 }
 
@@ -265,6 +274,11 @@ mod tests {
         assert_eq!(
             events.collect::<Vec<_>>(),
             vec![Event::Stopped { name: "a".into() }]
+        );
+        assert_eq!(
+            hub.subscribe().count(),
+            0,
+            "a subscription after close ends at once"
         );
     }
 }

@@ -979,15 +979,45 @@ impl Supervisor {
         ))
     }
 
-    /// Stops every service (in parallel, each with its grace period) and joins the supervision
-    /// thread. Desired states are kept, so the next `open` resurrects the services that were
-    /// up. Idempotent; every other call afterwards fails with `ShutDown`.
+    /// Stops every service (dependents first, each wave in parallel, each service with its
+    /// grace period) and joins the supervision thread. Desired states are kept, so the next
+    /// `open` resurrects the services that were up.
+    ///
+    /// Bounded like [`stop`](Supervisor::stop) of `"all"`: the longest stop timeout of each
+    /// dependency wave plus [`STOP_OVERHEAD`] per wave. Calls that wait on the supervision
+    /// thread when the shutdown begins return once their services are down: a stop, restart
+    /// or delete with its usual result, a start with the service as the shutdown left it.
+    /// Idempotent: a second call waits for the first to finish.
+    ///
+    /// Afterwards what the supervisor last published stays readable: `describe`, `list`,
+    /// `plan_start`, `plan_stop` and `stats` show every service as the shutdown left it,
+    /// and the logs can still be read (`log_path`, `tail`, `follow`; a temporary state
+    /// directory lasts until the `Supervisor` is dropped). Every call that needs the
+    /// supervision thread (`start`, `start_many`, `stop`, `restart`, `delete`, `history`,
+    /// `explain`, `apply`, and `wait_for` a status not reached) fails with `ShutDown`, and
+    /// [`subscribe`](Supervisor::subscribe) returns a subscription that has already ended.
     ///
     /// # Errors
     ///
     /// `Io` if the supervision thread panicked.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ErrorKind, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("nap", "sleep").arg("60"))?;
+    /// sup.shutdown()?;
+    /// assert_eq!(sup.describe("nap")?.status(), sheepdog::Status::Stopped);
+    /// assert_eq!(sup.stop("nap").unwrap_err().kind(), ErrorKind::ShutDown);
+    /// assert_eq!(sup.subscribe().count(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&self) -> Result<()> {
-        let Some(thread) = self.thread.lock().take() else {
+        // Held until the thread is joined, so that a second caller returns only then.
+        let mut held = self.thread.lock();
+        let Some(thread) = held.take() else {
             return Ok(());
         };
         let result = self.call(|reply| Request::Shutdown { reply });

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod after_shutdown;
 mod backoff_races;
 mod child_hygiene;
 mod concurrency;
