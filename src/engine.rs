@@ -717,6 +717,7 @@ impl Engine {
             self.procs = None;
             self.host_env = None;
             self.start_waiting();
+            self.advance_waves();
             self.end_turn();
             self.publish();
             self.settle_pending();
@@ -2817,42 +2818,59 @@ impl Engine {
         }
     }
 
-    fn settle_pending(&mut self) {
+    /// Whether what the pending request waits for has happened, for every target of the
+    /// waves begun so far.
+    fn pending_done(&self, pending: &Pending) -> bool {
+        pending.targets.iter().all(|&(id, generation)| {
+            let Some(svc) = self.services.get(&id) else {
+                return !self.forgetting.contains(&id);
+            };
+            match pending.want {
+                // The run it stopped is over: nothing runs, or a later call has already
+                // started a newer run (a start or restart that overtook the stop).
+                Want::Down => svc.run.is_none() || svc.generation > generation,
+                Want::Gone => self.failed_deletes.contains_key(&id),
+                // A new run was attempted (whatever became of it since), or nothing will
+                // start: a racing stop won, or it waits for its dependencies.
+                Want::Up => {
+                    svc.generation > generation
+                        || svc.waiting
+                        || (svc.run.is_none() && svc.status != Status::Stopping)
+                }
+            }
+        })
+    }
+
+    /// Begins the next wave of every staged stop or delete whose current wave is down (their
+    /// dependencies), as many waves as are down already. Runs before the turn ends, so what
+    /// a wave sends the log pump (a deleted service's logs to remove) wakes it in this turn.
+    fn advance_waves(&mut self) {
         let mut i = 0;
         while i < self.pending.len() {
-            let done = self.pending[i].targets.iter().all(|&(id, generation)| {
-                let Some(svc) = self.services.get(&id) else {
-                    return !self.forgetting.contains(&id);
-                };
-                match self.pending[i].want {
-                    // The run it stopped is over: nothing runs, or a later call has already
-                    // started a newer run (a start or restart that overtook the stop).
-                    Want::Down => svc.run.is_none() || svc.generation > generation,
-                    Want::Gone => self.failed_deletes.contains_key(&id),
-                    // A new run was attempted (whatever became of it since), or nothing will
-                    // start: a racing stop won, or it waits for its dependencies.
-                    Want::Up => {
-                        svc.generation > generation
-                            || svc.waiting
-                            || (svc.run.is_none() && svc.status != Status::Stopping)
-                    }
-                }
-            });
-            if !done {
+            if self.pending[i].stages.is_empty() || !self.pending_done(&self.pending[i]) {
                 i += 1;
                 continue;
             }
-            if let Some(wave) = self.pending[i].stages.pop_front() {
-                // This wave is down: begin the next one (their dependencies).
-                let then = self.pending[i].then;
-                let wave: Vec<u64> = wave
-                    .into_iter()
-                    .filter(|id| self.services.contains_key(id))
-                    .collect();
-                let targets = self.targets(&wave);
-                self.pending[i].targets.extend(targets);
-                self.begin_stops(&wave, then);
-                continue; // check this pending again
+            let wave = self.pending[i].stages.pop_front().expect("checked above");
+            let then = self.pending[i].then;
+            let wave: Vec<u64> = wave
+                .into_iter()
+                .filter(|id| self.services.contains_key(id))
+                .collect();
+            let targets = self.targets(&wave);
+            self.pending[i].targets.extend(targets);
+            self.begin_stops(&wave, then);
+            // Check this pending again: the wave may be down already.
+        }
+    }
+
+    /// Replies to every request whose last wave is done.
+    fn settle_pending(&mut self) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if !self.pending[i].stages.is_empty() || !self.pending_done(&self.pending[i]) {
+                i += 1;
+                continue;
             }
             let pending = self.pending.swap_remove(i);
             match pending.reply {

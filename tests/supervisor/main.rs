@@ -7,6 +7,7 @@ mod common;
 mod after_shutdown;
 mod backoff_races;
 mod child_hygiene;
+mod delete;
 mod concurrency;
 mod containment;
 mod events_and_logs;
