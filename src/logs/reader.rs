@@ -293,15 +293,16 @@ impl LogFollower {
         last
     }
 
-    /// Opens the file written right after the one with inode `ino` (the live file if that one
-    /// is gone), checking that the rotation did not move on between looking and opening.
+    /// Opens the file written right after the one with inode `ino` (the oldest kept file if
+    /// that one is gone: rotation dropped it, and every kept file is newer), checking that the
+    /// rotation did not move on between looking and opening.
     fn open_successor(&self, ino: u64) -> Option<File> {
         for _ in 0..100 {
             let files = self.files();
             let target = match files.iter().position(|(_, i)| *i == ino) {
                 Some(0) => return None, // still the newest
                 Some(p) => files[p - 1],
-                None => *files.first()?,
+                None => *files.last()?,
             };
             let file = File::open(rotated(&self.base, target.0)).ok()?;
             if file.metadata().ok()?.ino() == target.1 {
@@ -463,6 +464,35 @@ mod tests {
         assert_eq!(t.len(), 20_000);
         assert_eq!(t[0], "line 30000");
         assert_eq!(t[19_999], "line 49999");
+    }
+
+    /// One rotation as the pump does it, keeping `keep` rotated files: each file moves one
+    /// index up, the oldest past `keep` is dropped, and a new live file holds `lines`.
+    fn rotate(base: &Path, keep: u32, lines: &str) {
+        let _ = std::fs::remove_file(rotated(base, keep));
+        for i in (1..keep).rev() {
+            let _ = std::fs::rename(rotated(base, i), rotated(base, i + 1));
+        }
+        std::fs::rename(base, rotated(base, 1)).unwrap();
+        std::fs::write(base, lines).unwrap();
+    }
+
+    #[test]
+    fn a_follower_left_behind_by_rotation_resumes_at_the_oldest_kept_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("x.out.log");
+        std::fs::write(&base, "a1\na2\n").unwrap();
+        let mut f = LogFollower::at_start(base.clone(), Arc::default());
+        assert_eq!(f.recv_timeout(Duration::ZERO).as_deref(), Some("a1"));
+        // While the follower waits, its file is rotated out of the two kept ones.
+        for lines in ["b1\n", "c1\n", "d1\nd2\n", "e1\n"] {
+            rotate(&base, 2, lines);
+        }
+        assert!(!rotated(&base, 3).exists());
+        let rest: Vec<String> = std::iter::from_fn(|| f.recv_timeout(Duration::ZERO)).collect();
+        // It finishes the file it holds, then reads every line still on disk, in order: b's
+        // file was dropped while it lagged, c's and d's were not.
+        assert_eq!(rest, ["a2", "c1", "d1", "d2", "e1"]);
     }
 
     #[test]
