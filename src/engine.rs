@@ -45,6 +45,13 @@ const READY_PROBE_EVERY: Duration = Duration::from_millis(50);
 /// The shortest delay before retrying an automatic restart whose spawn failed, so a missing
 /// program with `Backoff::none()` cannot spin the thread.
 const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The most ready fds (exits, notify sockets) one wait of the loop returns.
+pub(crate) const EVENTS_PER_TURN: usize = 16;
+/// How long one turn of the loop may spend on exits and due restarts, each of which may
+/// spawn a process (about half a millisecond), before it serves the API: what is left stays
+/// ready (the fds are level-triggered, the timers due) for the next turn. Under a storm of
+/// exits a request waits for a few spawns, not for hundreds.
+const TURN_BUDGET: Duration = Duration::from_millis(2);
 
 /// A request from the API to the supervision thread.
 pub(crate) enum Request {
@@ -698,7 +705,11 @@ impl Engine {
                 log::error!("supervision wait failed: {e}");
                 std::thread::sleep(Duration::from_millis(10));
             }
-            for &token in &ready {
+            let budget = Instant::now() + TURN_BUDGET;
+            for (i, &token) in ready.iter().enumerate() {
+                if i > 0 && Instant::now() >= budget {
+                    break; // still ready: reported again by the next wait
+                }
                 if token != WAKER_TOKEN {
                     if let Some(&id) = self.tokens.get(&token) {
                         self.on_leader_exit(id);
@@ -712,7 +723,7 @@ impl Engine {
             while let Ok(request) = self.requests.try_recv() {
                 self.handle(request);
             }
-            self.fire_timers();
+            self.fire_timers(budget);
             self.marked = None;
             self.procs = None;
             self.host_env = None;
@@ -2620,11 +2631,20 @@ impl Engine {
         }
     }
 
-    fn fire_timers(&mut self) {
+    /// Acts on the timers that are due; once the turn's `budget` is spent, on no more
+    /// restarts: the rest stay due, and the next turn's wait returns at once for them.
+    fn fire_timers(&mut self, budget: Instant) {
         let now = Instant::now();
+        let mut restarted = false;
         while let Some(Reverse(timer)) = self.timers.peek().copied() {
             if timer.at > now {
                 break;
+            }
+            if timer.kind == TimerKind::Restart {
+                if restarted && Instant::now() >= budget {
+                    break;
+                }
+                restarted = true;
             }
             self.timers.pop();
             if timer.kind == TimerKind::MemorySample {

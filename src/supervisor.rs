@@ -1098,7 +1098,7 @@ fn supervise(
 ) {
     let io_error =
         |what: &str, e: std::io::Error| Error::new(ErrorKind::Io, what.to_string()).with_source(e);
-    let poller = match Poller::new() {
+    let poller = match Poller::new(crate::engine::EVENTS_PER_TURN) {
         Ok(p) => p,
         Err(e) => {
             return drop(ready.send(Err(io_error("cannot create the supervision poller", e))))

@@ -87,7 +87,7 @@ impl Pump {
         reports: Reports,
         activity: Arc<Activity>,
     ) -> std::io::Result<Pump> {
-        let poller = Poller::new()?;
+        let poller = Poller::new(256)?;
         let waker = poller.waker()?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()

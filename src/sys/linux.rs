@@ -850,7 +850,10 @@ pub(crate) struct Poller {
 pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
 
 impl Poller {
-    pub(crate) fn new() -> io::Result<Poller> {
+    /// A poller that reports at most `max_events` ready fds per [`wait`](Poller::wait). Every
+    /// fd is level-triggered, and epoll moves the fds it reported to the back of its ready
+    /// list, so the ones left out are reported by the next waits, in turn.
+    pub(crate) fn new(max_events: usize) -> io::Result<Poller> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let waker = rustix::event::eventfd(
             0,
@@ -865,7 +868,7 @@ impl Poller {
         Ok(Poller {
             epoll,
             waker,
-            events: Vec::with_capacity(256),
+            events: Vec::with_capacity(max_events.max(1)),
         })
     }
 

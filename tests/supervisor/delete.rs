@@ -12,10 +12,16 @@ const PROMPT: Duration = Duration::from_secs(3);
 fn three_waves(h: &Harness) {
     let sup = h.sup();
     sup.start(h.sh("db", "exec sleep 600")).unwrap();
-    sup.start(h.sh("api", "exec sleep 600").after("db", Condition::Started))
-        .unwrap();
-    sup.start(h.sh("web", "exec sleep 600").after("api", Condition::Started))
-        .unwrap();
+    sup.start(
+        h.sh("api", "exec sleep 600")
+            .after("db", Condition::Started),
+    )
+    .unwrap();
+    sup.start(
+        h.sh("web", "exec sleep 600")
+            .after("api", Condition::Started),
+    )
+    .unwrap();
     assert_eq!(sup.plan_stop("all").unwrap().len(), 3);
 }
 
