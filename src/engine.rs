@@ -18,9 +18,11 @@ use crate::history::Cause;
 use crate::info::{Exit, ServiceInfo, Status};
 use crate::logs::reader::Activity;
 use crate::logs::{self, Pump};
+use crate::marker::{self, Session, RUN_VAR};
 use crate::policy::{Decision, History, Outcome, RunEnd};
 use crate::probe::{self, Pool, Purpose};
 use crate::readiness::{Check, Condition, Ready};
+use crate::reclaim;
 use crate::spec::{ServiceSpec, Signal};
 use crate::store::Store;
 use crate::store::{NewRun, RunEnding};
@@ -369,11 +371,9 @@ pub(crate) struct Config {
     pub(crate) subreaper: bool,
     /// Names this supervisor in each run's `SHEEPDOG_RUN`.
     pub(crate) run_key: String,
+    /// This session: the key run markers are sealed with (stored by `init`).
+    pub(crate) session: Session,
 }
-
-/// The variable in every run's environment that names its supervisor, service and run:
-/// `<state dir key>:<service id>:<generation>`.
-pub(crate) const RUN_VAR: &str = "SHEEPDOG_RUN";
 
 /// A process of a run tracked one by one, through a pidfd: a descendant that left its
 /// service's process group (claimed by a subreaper host, or found by its `SHEEPDOG_RUN`), or,
@@ -424,6 +424,10 @@ pub(crate) struct Engine {
     memory_sampling: bool,
     subreaper: bool,
     run_key: String,
+    /// Seals each run's marker; `init` stores it.
+    session: Session,
+    /// The real uid of the host, which every run has.
+    uid: u32,
     /// Claimed escapees, by poll token.
     escapees: HashMap<u64, Escapee>,
     /// Orphans the supervisor could not attribute, reported once each.
@@ -449,7 +453,7 @@ pub(crate) struct Engine {
 /// more, and the stop reads /proc instead.
 const LATE_PIDS_MAX: u32 = 4096;
 
-/// A process carrying our `SHEEPDOG_RUN`.
+/// A process that carries a marker of this session's runs and is provably ours.
 struct Marked {
     pid: u32,
     pgrp: u32,
@@ -502,6 +506,8 @@ impl Engine {
             memory_sampling: false,
             subreaper: config.subreaper,
             run_key: config.run_key,
+            session: config.session,
+            uid: sys::real_uid(),
             escapees: HashMap::new(),
             unclaimed: HashSet::new(),
             run_groups: HashSet::new(),
@@ -516,7 +522,18 @@ impl Engine {
     /// Loads the registry, kills what a dead previous host left running, and starts every
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
-        let reclaimed = self.reclaim_leftovers()?;
+        let reclaimed = crate::reclaim::reclaim(
+            &self.store,
+            self.cgroups.as_ref(),
+            &self.run_key,
+            KILL_GRACE,
+        )?;
+        self.session.id = self.store.insert_session(
+            &self.session.boot_id,
+            self.session.started_ticks,
+            &self.session.key,
+            self.session.cgroup,
+        )?;
         for stored in self.store.load_services()? {
             let status = match stored.status {
                 s if s.is_running() || s == Status::Backoff => Status::Stopped,
@@ -572,116 +589,6 @@ impl Engine {
         self.end_turn();
         self.publish();
         Ok(())
-    }
-
-    /// Kills the process groups of runs that a previous host left behind (it died without
-    /// recording their end), matching each by boot id, pid and pidfs inode (or, on kernels
-    /// without pidfs, process start time) so that an unrelated process that reused the pid is
-    /// never touched.
-    fn reclaim_leftovers(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
-        let mut reclaimed: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        // Whatever is in a service's cgroup belongs to a previous host: nothing runs yet.
-        if let Some(cg) = &self.cgroups {
-            for (id, pids) in cg.reclaim(KILL_GRACE) {
-                reclaimed.entry(id).or_default().extend(pids);
-            }
-        }
-        let open = self.store.open_runs()?;
-        let mut groups = HashSet::new();
-        let mut all = None;
-        for run in &open {
-            if run.boot_id != self.boot_id || run.pid == std::process::id() {
-                continue;
-            }
-            // The kernel keeps a pid allocated while a process group of that id has members,
-            // so: a process now holding the pid is either the run's leader (then its group is
-            // the run's) or a newer process (then no member of the run's group is left, and a
-            // group of that id is the newer one's). Without any, leftover members are ours.
-            if let Ok(fd) = sys::pidfd_open(run.pid) {
-                let stat = sys::proc_stat(run.pid);
-                // On pidfs the inode names the very process; else the start time does.
-                let same = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
-                    (Some(stored), Some(now)) => stored == now,
-                    _ => stat
-                        .as_ref()
-                        .is_some_and(|s| Some(s.start_time) == run.start_ticks),
-                };
-                if !same {
-                    continue;
-                }
-                let leads = stat.is_some_and(|s| s.state != b'Z' && s.pgrp == run.pid);
-                if leads {
-                    log::warn!(
-                        "service id {}: killing process group {} left by a previous host",
-                        run.service_id,
-                        run.pid
-                    );
-                    let members: Vec<u32> = all
-                        .get_or_insert_with(sys::all_processes)
-                        .iter()
-                        .filter(|p| p.pgrp == run.pid)
-                        .map(|p| p.pid)
-                        .collect();
-                    reclaimed.entry(run.service_id).or_default().extend(members);
-                    let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
-                    groups.insert(run.pid);
-                    continue;
-                }
-            }
-            // The leader is gone (or a zombie): members of its group may live on.
-            let procs = all.get_or_insert_with(sys::all_processes);
-            let members: Vec<u32> = procs
-                .iter()
-                .filter(|p| p.pgrp == run.pid && p.pid != run.pid)
-                .map(|p| p.pid)
-                .collect();
-            if !members.is_empty() {
-                reclaimed.entry(run.service_id).or_default().extend(members);
-                log::warn!(
-                    "service id {}: killing the remaining members of process group {} left by a previous host",
-                    run.service_id,
-                    run.pid
-                );
-                let _ = sys::kill_pgid(run.pid, Signal::Kill);
-                groups.insert(run.pid);
-            }
-        }
-        // Whatever carries this supervisor's SHEEPDOG_RUN is a leftover too, wherever it went
-        // (a `setsid` daemon left the group; without cgroups nothing else finds it). Nothing
-        // of ours runs yet, so every match is one.
-        let mut marked = Vec::new();
-        let procs = all.get_or_insert_with(sys::all_processes);
-        for (id, Marked { pid, marker, .. }) in marked_processes(procs, &self.run_key) {
-            let Some(fd) = pin_marked(pid, &marker) else {
-                continue;
-            };
-            log::warn!("service id {id}: killing process {pid} left by a previous host");
-            let _ = sys::signal_process(&fd, Signal::Kill);
-            reclaimed.entry(id).or_default().insert(pid);
-            marked.push(pid);
-        }
-        let deadline = Instant::now() + KILL_GRACE;
-        while marked
-            .iter()
-            .any(|&pid| sys::proc_stat(pid).is_some_and(|s| s.state != b'Z'))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        while !groups.is_empty() && Instant::now() < deadline {
-            groups = sys::live_groups(&groups);
-            if !groups.is_empty() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        if !groups.is_empty() {
-            log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
-        }
-        self.store.close_open_runs()?;
-        Ok(reclaimed
-            .into_iter()
-            .map(|(id, pids)| (id, pids.into_iter().collect()))
-            .collect())
     }
 
     /// The loop: wait, then handle exits, requests and due timers; publish; reply.
@@ -1538,7 +1445,7 @@ impl Engine {
                 .is_some_and(|h| *h.check() == Check::Notify);
         let mut extra_env = vec![(
             RUN_VAR.to_string(),
-            format!("{}:{id}:{generation}", self.run_key),
+            self.session.seal(&self.run_key, id, generation, self.uid),
         )];
         let notify = if wants_notify {
             match notify_socket(id, generation) {
@@ -1943,23 +1850,31 @@ impl Engine {
                     continue;
                 }
             }
-            let marker = sys::environ_value(pid, RUN_VAR);
-            let owner = marker
-                .as_deref()
-                .and_then(|m| parse_marker(m, &self.run_key));
-            let Some((id, generation)) = owner else {
-                if marker.is_none() && sys::session_of(pid) != host_session {
-                    let name =
+            let claimed = stat
+                .as_ref()
+                .and_then(|s| marker::claim(s, &self.run_key, std::slice::from_ref(&self.session)));
+            let Some(claimed) = claimed else {
+                let name = || {
+                    let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                    let name = name.trim();
+                    comm.trim().to_string()
+                };
+                if sys::environ_value(pid, RUN_VAR).is_some() {
                     log::warn!(
-                        "process {pid} ({name}) was re-parented to the host in a session of its own and carries no {RUN_VAR}: it cannot be attributed to a service and is left alone"
+                        "process {pid} ({}) was re-parented to the host with a {RUN_VAR} that does not prove it a run's (forged, copied or of another uid): it is left alone",
+                        name()
+                    );
+                } else if sys::session_of(pid) != host_session {
+                    log::warn!(
+                        "process {pid} ({}) was re-parented to the host in a session of its own and carries no {RUN_VAR}: it cannot be attributed to a service and is left alone",
+                        name()
                     );
                 }
                 self.unclaimed.insert(pid);
                 continue;
             };
-            let Ok(pidfd) = sys::pidfd_open(pid) else {
+            let (id, generation) = (claimed.owner.id, claimed.owner.generation);
+            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
                 continue;
             };
             let current = self.services.get(&id).is_some_and(|s| {
@@ -2006,11 +1921,11 @@ impl Engine {
     /// one that leaves the group after this (`setsid`) stays known. One pass over /proc per
     /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
-        let run_key = &self.run_key;
+        let (run_key, session) = (&self.run_key, &self.session);
         let (scanned, marked) = self.marked.get_or_insert_with(|| {
             let scanned = Scan::now();
             let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
-            for (owner, m) in marked_processes(&sys::all_processes(), run_key) {
+            for (owner, m) in marked_processes(&sys::all_processes(), run_key, session) {
                 by_id.entry(owner).or_default().push(m);
             }
             (scanned, by_id)
@@ -2028,7 +1943,7 @@ impl Engine {
             if m.pid == leader || tracked.contains(&m.pid) {
                 continue;
             }
-            let Some(pidfd) = pin_marked(m.pid, &m.marker) else {
+            let Some(pidfd) = reclaim::pin(m.pid, &m.marker) else {
                 continue;
             };
             if m.pgrp != leader {
@@ -2088,13 +2003,17 @@ impl Engine {
             if pid == me || tracked.contains(&pid) {
                 continue;
             }
-            let Some(marker) = sys::environ_value(pid, RUN_VAR) else {
+            let Some(stat) = sys::proc_stat(pid) else {
                 continue;
             };
-            if parse_marker(&marker, &self.run_key).is_none_or(|(owner, _)| owner != id) {
+            let sessions = std::slice::from_ref(&self.session);
+            let Some(claimed) = marker::claim(&stat, &self.run_key, sessions) else {
+                continue;
+            };
+            if claimed.owner.id != id {
                 continue;
             }
-            let Some(pidfd) = pin_marked(pid, &marker) else {
+            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
                 continue;
             };
             log::info!(
@@ -2927,42 +2846,30 @@ fn notify_socket(
     Ok((sock, name))
 }
 
-/// The processes among `procs` (other than this one) whose `SHEEPDOG_RUN` names the
-/// supervisor `run_key`, with the service id each names.
-fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)> {
+/// The processes among `procs` (other than this one) that are provably descendants of a
+/// run of this session (see [`crate::marker`]), with the service id each belongs to.
+fn marked_processes(
+    procs: &[sys::ProcStat],
+    run_key: &str,
+    session: &Session,
+) -> Vec<(u64, Marked)> {
     let me = std::process::id();
     procs
         .iter()
         .filter(|p| p.pid != me)
         .filter_map(|p| {
-            let marker = sys::environ_value(p.pid, RUN_VAR)?;
-            let (id, _) = parse_marker(&marker, run_key)?;
+            let claimed = marker::claim(p, run_key, std::slice::from_ref(session))?;
             Some((
-                id,
+                claimed.owner.id,
                 Marked {
                     pid: p.pid,
                     pgrp: p.pgrp,
                     start_time: p.start_time,
-                    marker,
+                    marker: claimed.marker,
                 },
             ))
         })
         .collect()
-}
-
-/// The (service id, generation) a `SHEEPDOG_RUN` value names, if it is this supervisor's.
-fn parse_marker(marker: &str, run_key: &str) -> Option<(u64, u64)> {
-    let mut parts = marker.strip_prefix(run_key)?.strip_prefix(':')?.split(':');
-    let id = parts.next()?.parse().ok()?;
-    let generation = parts.next()?.parse().ok()?;
-    Some((id, generation))
-}
-
-/// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
-/// another process shows another environment.
-fn pin_marked(pid: u32, marker: &str) -> Option<OwnedFd> {
-    let fd = sys::pidfd_open(pid).ok()?;
-    (sys::environ_value(pid, RUN_VAR).as_deref() == Some(marker)).then_some(fd)
 }
 
 /// A decision of the restart policy in words, and its delay if it restarts.

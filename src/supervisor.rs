@@ -292,6 +292,8 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
+        let session = crate::marker::Session::begin(containment == Containment::Cgroup)
+            .map_err(|e| io_error("cannot make a session key".into(), e))?;
         let store = Store::open(&state_dir.join("sheepdog.db"))?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
         let shared = Arc::new(Shared::default());
@@ -305,6 +307,7 @@ impl Supervisor {
             memory_sample,
             subreaper: containment == Containment::Subreaper,
             run_key: crate::containment::state_key(&state_dir),
+            session,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()

@@ -816,6 +816,37 @@ pub(crate) fn resident_pages(pid: u32) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Fills `buf` with random bytes from the kernel's generator (`getrandom(2)`), for secrets.
+/// Blocks only before the generator is first seeded, early in boot.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The real uid of this process.
+pub(crate) fn real_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The real uid of `pid`, from the `Uid:` line of `/proc/<pid>/status` (`None` if it is gone).
+pub(crate) fn process_real_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// This boot's id, so identities stored by a previous boot are never matched.
 pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

@@ -8,6 +8,7 @@ mod backoff_races;
 mod child_hygiene;
 mod concurrency;
 mod containment;
+mod copied_marker;
 mod events_and_logs;
 mod fleet;
 mod fuzz_inputs;
