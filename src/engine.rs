@@ -177,6 +177,22 @@ struct Stopping {
     scanned: Option<Scan>,
 }
 
+/// Process-group containment: a stop (or delete) of a service with no live run, ending what
+/// its earlier runs left outside their process groups (a `setsid` daemon of a main process
+/// that exited by itself, which nothing else holds in this tier). Its escapees are tracked
+/// under the service's current generation.
+struct Sweep {
+    deadline: Instant,
+    killed: bool,
+    then: Then,
+    /// When the sweep read /proc: processes started later are looked for before it is done.
+    scanned: Scan,
+    generation: u64,
+    /// The status to return to before `then` settles it (a stop leaves an exited service
+    /// exited).
+    was: Status,
+}
+
 /// The moment of a read of /proc, in the terms processes started later can be told by.
 #[derive(Clone, Copy)]
 struct Scan {
@@ -266,6 +282,8 @@ struct Service {
     spare_cgroup: Option<u64>,
     /// The argv and environment an operator's start made, reused by the policy's restarts.
     launch: Option<Arc<child::Launch>>,
+    /// A stop without a run that is ending escaped processes of earlier runs.
+    sweep: Option<Sweep>,
 }
 
 impl Service {
@@ -287,7 +305,14 @@ impl Service {
             waiting: false,
             spare_cgroup: None,
             launch: None,
+            sweep: None,
         }
+    }
+
+    /// A stop of this service without a run is still ending escaped processes of its
+    /// earlier runs: a stop or delete waiting on it is not done.
+    fn sweeping(&self) -> bool {
+        self.sweep.is_some()
     }
 
     fn info(&self) -> ServiceInfo {
@@ -318,6 +343,8 @@ enum TimerKind {
     StopDeadline,
     GroupCheck,
     GiveUp,
+    SweepDeadline,
+    SweepGiveUp,
     ReadyAfter,
     ReadyTimeout,
     ReadyProbe,
@@ -1274,7 +1301,15 @@ impl Engine {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         svc.next_start = None;
         let Some(run) = svc.run.as_mut() else {
-            self.after_run(id, then);
+            if let Some(sweep) = svc.sweep.as_mut() {
+                if sweep.then != Then::Delete {
+                    sweep.then = then;
+                }
+                return;
+            }
+            if !self.begin_sweep(id, then) {
+                self.after_run(id, then);
+            }
             return;
         };
         if let Some(stopping) = run.stopping.as_mut() {
@@ -1342,6 +1377,99 @@ impl Engine {
         {
             self.check_group(id);
         }
+    }
+
+    /// Process-group containment, at a stop of a service without a run: tracks the escaped
+    /// processes of its earlier runs in this session, sends them the stop signal, and makes
+    /// the stop wait for them (SIGKILL after the stop timeout). Returns whether there were
+    /// any. Other tiers need none: a cgroup, or the subreaper, ends them with their run.
+    fn begin_sweep(&mut self, id: u64, then: Then) -> bool {
+        let process_groups_only = self.cgroups.is_none() && !self.subreaper;
+        // Generation 0: nothing of it ran in this session (a dead host's leftovers were
+        // reclaimed at `open`).
+        if !process_groups_only || self.services[&id].generation == 0 {
+            return false;
+        }
+        let scanned = self.scan_marked();
+        let found = self
+            .marked
+            .as_mut()
+            .and_then(|(_, m)| m.remove(&id))
+            .unwrap_or_default();
+        let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
+        let svc = &self.services[&id];
+        let (generation, signal) = (svc.generation, svc.spec.get_stop_signal());
+        let name = svc.spec.clone();
+        let mut any = false;
+        for m in found {
+            if tracked.contains(&m.pid) {
+                continue;
+            }
+            let Some(pidfd) = reclaim::pin(m.pid, &m.marker) else {
+                continue;
+            };
+            log::info!(
+                "service '{}': process {} of an earlier run left its process group; stopping it",
+                name.name(),
+                m.pid
+            );
+            let _ = sys::signal_process(&pidfd, signal);
+            self.track_escapee(m.pid, pidfd, id, generation, false);
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let deadline = crate::duration::deadline(Instant::now(), svc.spec.get_stop_timeout());
+        svc.sweep = Some(Sweep {
+            deadline,
+            killed: signal == Signal::Kill,
+            then,
+            scanned,
+            generation,
+            was: svc.status,
+        });
+        svc.status = Status::Stopping;
+        self.dirty.insert(id);
+        self.save_state(id);
+        self.push_timer(deadline, id, generation, TimerKind::SweepDeadline);
+        true
+    }
+
+    /// A sweep's escapee ended: once none is left (nor started since the sweep read /proc),
+    /// the stop that began it goes on.
+    fn check_sweep(&mut self, id: u64) {
+        let Some(svc) = self.services.get(&id) else {
+            return;
+        };
+        let Some(sweep) = &svc.sweep else { return };
+        let generation = sweep.generation;
+        if self
+            .escapees
+            .values()
+            .any(|e| e.id == id && e.generation == generation)
+        {
+            return;
+        }
+        let signal = if sweep.killed {
+            Signal::Kill
+        } else {
+            svc.spec.get_stop_signal()
+        };
+        if self.late_marked(id, generation, sweep.scanned, signal) {
+            return;
+        }
+        self.finish_sweep(id);
+    }
+
+    fn finish_sweep(&mut self, id: u64) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let sweep = svc.sweep.take().expect("only called during a sweep");
+        svc.status = sweep.was;
+        self.dirty.insert(id);
+        self.save_state(id);
+        self.after_run(id, sweep.then);
     }
 
     /// What follows a run that was stopped on purpose (or no run at all).
@@ -1921,17 +2049,12 @@ impl Engine {
     /// one that leaves the group after this (`setsid`) stays known. One pass over /proc per
     /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
-        let (run_key, session) = (&self.run_key, &self.session);
-        let (scanned, marked) = self.marked.get_or_insert_with(|| {
-            let scanned = Scan::now();
-            let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
-            for (owner, m) in marked_processes(&sys::all_processes(), run_key, session) {
-                by_id.entry(owner).or_default().push(m);
-            }
-            (scanned, by_id)
-        });
-        let scanned = *scanned;
-        let found = marked.remove(&id).unwrap_or_default();
+        let scanned = self.scan_marked();
+        let found = self
+            .marked
+            .as_mut()
+            .and_then(|(_, m)| m.remove(&id))
+            .unwrap_or_default();
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let Some(run) = svc.run.as_mut() else { return };
         if let Some(stopping) = run.stopping.as_mut() {
@@ -1960,6 +2083,21 @@ impl Engine {
         }
     }
 
+    /// The processes provably of this session's runs, by service id, read from /proc once
+    /// per loop turn (a stop-all reads it once); returns when it was read.
+    fn scan_marked(&mut self) -> Scan {
+        let (run_key, session) = (&self.run_key, &self.session);
+        let (scanned, _) = self.marked.get_or_insert_with(|| {
+            let scanned = Scan::now();
+            let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
+            for (owner, m) in marked_processes(&sys::all_processes(), run_key, session) {
+                by_id.entry(owner).or_default().push(m);
+            }
+            (scanned, by_id)
+        });
+        *scanned
+    }
+
     /// Process-group containment, when a stopping run's group has emptied: looks for
     /// processes of the service started since its stop read /proc (forked by a member that
     /// was still running, then gone from the group), tracks them and sends them the stop
@@ -1977,6 +2115,13 @@ impl Engine {
         } else {
             svc.spec.get_stop_signal()
         };
+        self.late_marked(id, generation, before, signal)
+    }
+
+    /// Looks for processes of service `id` started since `before` (see
+    /// [`find_late_marked`](Engine::find_late_marked)), tracks them under `generation` and
+    /// sends them `signal`. Returns whether it found any.
+    fn late_marked(&mut self, id: u64, generation: u64, before: Scan, signal: Signal) -> bool {
         let last_pid = sys::last_pid();
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
         // Pids are handed out in order: what was created since the stop's read has a pid
@@ -2073,6 +2218,7 @@ impl Engine {
         }
         let e = self.escapees.remove(&token).expect("present above");
         self.poller.remove(&e.pidfd);
+        self.check_sweep(e.id);
     }
 
     /// The run is over (leader reaped, group empty or killed): record it, then decide.
@@ -2594,6 +2740,37 @@ impl Engine {
                         TimerKind::GiveUp,
                     );
                 }
+                TimerKind::SweepDeadline => {
+                    let Some(sweep) = svc.sweep.as_mut() else {
+                        continue;
+                    };
+                    if sweep.deadline != timer.at || sweep.killed {
+                        continue;
+                    }
+                    sweep.killed = true;
+                    log::info!(
+                        "service '{}': processes of earlier runs still running {} after the stop signal; sending SIGKILL",
+                        svc.spec.name(),
+                        crate::duration::format(svc.spec.get_stop_timeout())
+                    );
+                    self.signal_escapees(timer.id, timer.generation, Signal::Kill);
+                    self.push_timer(
+                        now + KILL_GRACE,
+                        timer.id,
+                        timer.generation,
+                        TimerKind::SweepGiveUp,
+                    );
+                }
+                TimerKind::SweepGiveUp => {
+                    if svc.sweep.is_some() {
+                        log::error!(
+                            "service '{}': processes of earlier runs survived SIGKILL for {}s; giving up on them",
+                            svc.spec.name(),
+                            KILL_GRACE.as_secs()
+                        );
+                        self.finish_sweep(timer.id);
+                    }
+                }
                 TimerKind::GroupCheck => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
                         self.check_group(timer.id);
@@ -2743,7 +2920,7 @@ impl Engine {
                     return !self.forgetting.contains(&id);
                 };
                 match self.pending[i].want {
-                    Want::Down => svc.run.is_none(),
+                    Want::Down => svc.run.is_none() && !svc.sweeping(),
                     Want::Gone => self.failed_deletes.contains_key(&id),
                     // A new run was attempted (whatever became of it since), or nothing will
                     // start: a racing stop won, or it waits for its dependencies.

@@ -9,6 +9,7 @@ mod child_hygiene;
 mod concurrency;
 mod containment;
 mod copied_marker;
+mod escaped_after_exit;
 mod events_and_logs;
 mod fleet;
 mod fuzz_inputs;
