@@ -86,6 +86,8 @@ pub(crate) struct Cgroups {
     /// walk down the whole cgroupfs path on every open (the restart and stop paths open a
     /// few per run).
     root_fd: OwnedFd,
+    /// `root` as `/proc/<pid>/cgroup` shows it (relative to the cgroup namespace's root).
+    proc_root: String,
     pids: Controller,
     memory: Controller,
 }
@@ -220,6 +222,7 @@ impl Cgroups {
         Ok(Cgroups {
             root,
             root_fd,
+            proc_root: format!("{}/sheepdog-{key}", own.trim_end_matches('/')),
             pids,
             memory,
         })
@@ -257,6 +260,11 @@ impl Cgroups {
 
     fn run_name(id: u64, generation: u64) -> String {
         format!("svc-{id}.{generation}")
+    }
+
+    /// The run's v2 cgroup as `/proc/<pid>/cgroup` names it for its members.
+    pub(crate) fn proc_path(&self, id: u64, generation: u64) -> String {
+        format!("{}/{}", self.proc_root, Cgroups::run_name(id, generation))
     }
 
     /// The `cgroup.procs` of the v2 cgroup `svc-<id>.<generation>` under `root`.

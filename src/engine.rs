@@ -19,6 +19,7 @@ use crate::info::{Exit, ServiceInfo, Status};
 use crate::logs::reader::Activity;
 use crate::logs::{self, Pump};
 use crate::marker::{self, Session, RUN_VAR};
+use crate::notify;
 use crate::policy::{Decision, History, Outcome, RunEnd};
 use crate::probe::{self, Pool, Purpose};
 use crate::readiness::{Check, Condition, Ready};
@@ -233,8 +234,8 @@ struct Run {
     ready: bool,
     /// Consecutive failed liveness probes.
     health_failures: u32,
-    /// The `NOTIFY_SOCKET` of the run, and its poll token.
-    notify: Option<(std::os::unix::net::UnixDatagram, u64)>,
+    /// The `NOTIFY_SOCKET` of the run.
+    notify: Option<Notify>,
     /// Whether a `WATCHDOG=1` came since the last health tick.
     pinged: bool,
     /// The last `STATUS=` the run sent.
@@ -258,6 +259,18 @@ struct Run {
     /// into a killed cgroup dies at birth.
     cgroup_killed: bool,
 }
+
+/// A run's `NOTIFY_SOCKET`: the socket, its poll token, and who may speak on it.
+struct Notify {
+    sock: sys::NotifySocket,
+    token: u64,
+    access: notify::Access,
+    /// A refused datagram was logged for this run (later ones are only counted).
+    logged_refusal: bool,
+}
+
+/// Datagrams read from a notify socket per wake: a flood cannot hold the loop.
+const NOTIFY_READS_MAX: usize = 64;
 
 struct Service {
     id: u64,
@@ -284,6 +297,8 @@ struct Service {
     launch: Option<Arc<child::Launch>>,
     /// A stop without a run that is ending escaped processes of earlier runs.
     sweep: Option<Sweep>,
+    /// `NOTIFY_SOCKET` datagrams refused: not from a process of the run.
+    notify_rejected: u64,
 }
 
 impl Service {
@@ -306,6 +321,7 @@ impl Service {
             spare_cgroup: None,
             launch: None,
             sweep: None,
+            notify_rejected: 0,
         }
     }
 
@@ -333,6 +349,7 @@ impl Service {
             cgroup: self.run.as_ref().map(|r| r.cgroup),
             log_dropped: self.log_dropped.clone(),
             status_text: self.run.as_ref().and_then(|r| r.status_text.clone()),
+            notify_rejected: self.notify_rejected,
         }
     }
 }
@@ -1576,7 +1593,7 @@ impl Engine {
             self.session.seal(&self.run_key, id, generation, self.uid),
         )];
         let notify = if wants_notify {
-            match notify_socket(id, generation) {
+            match notify::bind() {
                 Ok((sock, name)) => {
                     extra_env.push(("NOTIFY_SOCKET".to_string(), format!("@{name}")));
                     if let Some(h) = spec.get_health().filter(|h| *h.check() == Check::Notify) {
@@ -1715,13 +1732,33 @@ impl Engine {
                     watch,
                     run_id,
                 );
-                let notify = notify.and_then(|sock| {
+                let access = match (&self.cgroups, &cgroup_procs) {
+                    (Some(cg), Some(prepared)) => {
+                        sys::inode_of(&prepared.dir_fd).ok().map(|cgroup_id| {
+                            notify::Access::Cgroup {
+                                id: cgroup_id,
+                                path: cg.proc_path(id, cgroup),
+                            }
+                        })
+                    }
+                    _ => Some(notify::Access::Group {
+                        pgid: pid,
+                        service: id,
+                        generation: svc.generation,
+                    }),
+                };
+                let notify = notify.zip(access).and_then(|(sock, access)| {
                     let token = self.next_token;
                     self.next_token += 1;
                     match self.poller.add(&sock, token) {
                         Ok(()) => {
                             self.notify_tokens.insert(token, id);
-                            Some((sock, token))
+                            Some(Notify {
+                                sock,
+                                token,
+                                access,
+                                logged_refusal: false,
+                            })
                         }
                         Err(e) => {
                             log::error!("service '{name}': cannot watch its notify socket: {e}");
@@ -2291,9 +2328,9 @@ impl Engine {
             self.poller.remove(&run.pidfd);
             self.tokens.remove(&run.token);
         }
-        if let Some((sock, token)) = run.notify.take() {
-            self.poller.remove(&sock);
-            self.notify_tokens.remove(&token);
+        if let Some(n) = run.notify.take() {
+            self.poller.remove(&n.sock);
+            self.notify_tokens.remove(&n.token);
         }
         let (raw, ended, wall) =
             run.ended
@@ -2600,25 +2637,56 @@ impl Engine {
         self.begin_stop(id, Then::Crash);
     }
 
-    /// Reads the run's `NOTIFY_SOCKET` datagrams (`sd_notify`).
+    /// Reads the run's `NOTIFY_SOCKET` datagrams (`sd_notify`): those from a process of the
+    /// run count, the others are refused and counted (see [`crate::notify`]).
     fn on_notify(&mut self, id: u64) {
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
         let generation = svc.generation;
         let Some(run) = svc.run.as_mut() else { return };
-        let Some((sock, _)) = &run.notify else { return };
+        let Some(n) = run.notify.as_mut() else { return };
         let mut buf = [0u8; 4096];
         let mut ready = false;
-        while let Ok(n) = sock.recv(&mut buf) {
-            for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                match line.split_once('=') {
-                    Some(("READY", "1")) => ready = true,
-                    Some(("WATCHDOG", "1")) => run.pinged = true,
-                    Some(("STATUS", text)) => run.status_text = Some(text.to_string()),
-                    Some(("RESTART_RESET", "1")) => svc.history = History::default(),
-                    _ => {}
+        for _ in 0..NOTIFY_READS_MAX {
+            let datagram = match n.sock.recv(&mut buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "service '{}': cannot read its notify socket: {e}",
+                        svc.spec.name()
+                    );
+                    break;
                 }
+            };
+            let from_run = datagram
+                .sender
+                .as_ref()
+                .is_some_and(|c| notify::from_run(c, &n.access, &self.run_key, &self.session));
+            if !from_run {
+                svc.notify_rejected += 1;
+                if !std::mem::replace(&mut n.logged_refusal, true) {
+                    let who = datagram
+                        .sender
+                        .map_or("an unknown sender".to_string(), |c| {
+                            format!("pid {} (uid {})", c.pid, c.uid)
+                        });
+                    log::warn!(
+                        "service '{}': refused a notify datagram from {who}: not a process of its run (further refusals are only counted)",
+                        svc.spec.name()
+                    );
+                }
+                continue;
+            }
+            let m = notify::parse(&buf[..datagram.len]);
+            ready |= m.ready;
+            run.pinged |= m.watchdog;
+            if let Some(text) = m.status {
+                run.status_text = Some(text);
+            }
+            if m.restart_reset {
+                svc.history = History::default();
             }
         }
         self.dirty.insert(id);
@@ -3008,19 +3076,6 @@ impl Engine {
 /// ends and two log files, plus the supervisor's own.
 fn fd_budget(n: usize) -> u64 {
     n as u64 * 5 + 64
-}
-
-/// A datagram socket in the abstract namespace for the run's `sd_notify` messages.
-fn notify_socket(
-    id: u64,
-    generation: u64,
-) -> std::io::Result<(std::os::unix::net::UnixDatagram, String)> {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("sheepdog/{}/{id}/{generation}", std::process::id());
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
-    sock.set_nonblocking(true)?;
-    Ok((sock, name))
 }
 
 /// The processes among `procs` (other than this one) that are provably descendants of a

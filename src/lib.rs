@@ -52,6 +52,7 @@ mod history;
 mod info;
 mod logs;
 mod marker;
+mod notify;
 pub mod policy;
 mod probe;
 mod readiness;

@@ -17,6 +17,7 @@ mod history;
 mod host_death;
 mod logs;
 mod model;
+mod notify_access;
 mod persistence;
 mod readiness;
 mod restarts;
