@@ -417,7 +417,12 @@ pub(crate) struct Config {
     pub(crate) run_key: String,
     /// This session: the key run markers are sealed with (stored by `init`).
     pub(crate) session: Session,
+    /// The guardian that cleans up if the host dies, when there is one.
+    pub(crate) guardian: Option<crate::guardian::Watch>,
 }
+
+/// The poll token of the guardian's pidfd.
+const GUARDIAN_TOKEN: u64 = u64::MAX - 1;
 
 /// A process of a run tracked one by one, through a pidfd: a descendant that left its
 /// service's process group (claimed by a subreaper host, or found by its `SHEEPDOG_RUN`), or,
@@ -472,6 +477,9 @@ pub(crate) struct Engine {
     session: Session,
     /// The real uid of the host, which every run has.
     uid: u32,
+    /// The guardian, watched through its pidfd: replaced if it dies while the host lives,
+    /// stood down at shutdown.
+    guardian: Option<crate::guardian::Watch>,
     /// Claimed escapees, by poll token.
     escapees: HashMap<u64, Escapee>,
     /// Orphans the supervisor could not attribute, reported once each.
@@ -552,6 +560,7 @@ impl Engine {
             run_key: config.run_key,
             session: config.session,
             uid: sys::real_uid(),
+            guardian: config.guardian,
             escapees: HashMap::new(),
             unclaimed: HashSet::new(),
             run_groups: HashSet::new(),
@@ -566,6 +575,7 @@ impl Engine {
     /// Loads the registry, kills what a dead previous host left running, and starts every
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
+        self.watch_guardian();
         let reclaimed = crate::reclaim::reclaim(
             &self.store,
             self.cgroups.as_ref(),
@@ -656,6 +666,8 @@ impl Engine {
                         self.on_notify(id);
                     } else if self.escapees.contains_key(&token) {
                         self.on_escapee_exit(token);
+                    } else if token == GUARDIAN_TOKEN {
+                        self.on_guardian_exit();
                     }
                 }
             }
@@ -702,9 +714,35 @@ impl Engine {
         while let Ok(request) = self.requests.try_recv() {
             refuse(request);
         }
+        // The supervisor's cgroups go (they are empty), then the guardian: it has nothing
+        // left to clean up.
+        self.cgroups = None;
+        if let Some(guardian) = self.guardian.as_mut() {
+            guardian.stand_down();
+        }
         if let Some(reply) = self.shutdown.take() {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    fn watch_guardian(&mut self) {
+        if let Some(fd) = self.guardian.as_ref().and_then(|g| g.pidfd()) {
+            if let Err(e) = self.poller.add(fd, GUARDIAN_TOKEN) {
+                log::error!("cannot watch the guardian: {e}");
+            }
+        }
+    }
+
+    /// The guardian's pidfd fired: it died while the host lives. A new one is started.
+    fn on_guardian_exit(&mut self) {
+        let Some(guardian) = self.guardian.as_mut() else {
+            return;
+        };
+        if let Some(fd) = guardian.pidfd() {
+            self.poller.remove(fd);
+        }
+        guardian.on_exit();
+        self.watch_guardian();
     }
 
     fn handle(&mut self, request: Request) {

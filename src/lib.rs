@@ -48,6 +48,7 @@ mod error;
 mod events;
 mod fleet;
 mod graph;
+mod guardian;
 mod history;
 mod info;
 mod logs;

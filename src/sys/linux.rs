@@ -51,6 +51,22 @@ pub(crate) struct SpawnRequest<'a> {
     /// `cgroup.procs` files (opened for writing) of further cgroups the child joins before
     /// exec: the v1 hierarchies of its limits. At most two.
     pub(crate) join: Vec<BorrowedFd<'a>>,
+    /// What the child is to the host: a service (its own process group, killed when the
+    /// spawning thread ends), or a process that must outlive the host (a session of its own,
+    /// no parent-death signal).
+    pub(crate) kind: ChildKind,
+    /// Fds the child keeps across exec, as 3, 4, … in this order. At most four.
+    pub(crate) keep: &'a [BorrowedFd<'a>],
+}
+
+/// See [`SpawnRequest::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChildKind {
+    /// Leads a new process group; `PR_SET_PDEATHSIG(SIGKILL)`.
+    Service,
+    /// Leads a new session (so a signal to the host's group or a hang-up of its terminal
+    /// does not reach it); no parent-death signal.
+    Detached,
 }
 
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
@@ -66,6 +82,9 @@ struct ChildArgs {
     stdout: c_int,
     stderr: c_int,
     parent: libc::pid_t,
+    detached: c_int,
+    keep: [c_int; 4],
+    keep_len: c_int,
     /// The step that failed and its errno; 0 while all goes well.
     failed_step: c_int,
     errno: c_int,
@@ -77,6 +96,7 @@ const STEP_CHDIR: c_int = 3;
 const STEP_PDEATHSIG: c_int = 4;
 const STEP_EXEC: c_int = 5;
 const STEP_CGROUP: c_int = 6;
+const STEP_KEEP: c_int = 7;
 
 thread_local! {
     /// The spawning thread's child stack, between spawns.
@@ -84,7 +104,7 @@ thread_local! {
 }
 
 /// `/dev/null`, opened once (close-on-exec): every child's stdin.
-fn devnull() -> io::Result<BorrowedFd<'static>> {
+pub(crate) fn devnull() -> io::Result<BorrowedFd<'static>> {
     static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = DEVNULL.get() {
         return Ok(fd.as_fd());
@@ -146,6 +166,16 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     for (slot, fd) in join.iter_mut().zip(&req.join) {
         *slot = fd.as_raw_fd();
     }
+    if req.keep.len() > 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than four fds to keep",
+        ));
+    }
+    let mut keep = [-1; 4];
+    for (slot, fd) in keep.iter_mut().zip(req.keep) {
+        *slot = fd.as_raw_fd();
+    }
 
     let mut args = ChildArgs {
         path: path.as_ptr(),
@@ -160,6 +190,9 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         stdout: req.stdout.as_raw_fd(),
         stderr: req.stderr.as_raw_fd(),
         parent: rustix::process::getpid().as_raw_nonzero().get(),
+        detached: c_int::from(req.kind == ChildKind::Detached),
+        keep,
+        keep_len: req.keep.len() as c_int,
         failed_step: 0,
         errno: 0,
     };
@@ -255,6 +288,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
             STEP_CHDIR => "chdir",
             STEP_PDEATHSIG => "prctl",
             STEP_CGROUP => "joining its cgroup",
+            STEP_KEEP => "passing fds",
             _ => return Err(err),
         };
         return Err(io::Error::new(
@@ -407,7 +441,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             a.failed_step = step;
             libc::_exit(127)
         };
-        if libc::setpgid(0, 0) != 0 {
+        if a.detached != 0 {
+            if libc::setsid() < 0 {
+                fail(a, STEP_SETPGID);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             fail(a, STEP_SETPGID);
         }
         if !a.cgroup_procs.is_null() {
@@ -443,6 +481,25 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        // Fds to keep go to 3, 4, …: first each to a number above those (so none is
+        // overwritten before it is moved), then into place, where dup2 clears close-on-exec.
+        let n = a.keep_len as usize;
+        for i in 0..n {
+            let high = libc::fcntl(a.keep[i], libc::F_DUPFD_CLOEXEC, 3 + n as c_int);
+            if high < 0 {
+                fail(a, STEP_KEEP);
+            }
+            a.keep[i] = high;
+        }
+        for i in 0..n {
+            if libc::dup2(a.keep[i], 3 + i as c_int) < 0 {
+                fail(a, STEP_KEEP);
+            }
+        }
+        if a.detached != 0 {
+            libc::execve(a.path, a.argv, a.envp);
+            fail(a, STEP_EXEC)
+        }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,

@@ -176,9 +176,11 @@ fn helper_host(dir: &std::ffi::OsStr, token: &str, containment: &str) -> ! {
         "cgroup" => Containment::Cgroup,
         _ => Containment::ProcessGroup,
     };
+    let guardian = std::env::var_os("SHEEPDOG_HELPER_GUARDIAN").is_some_and(|v| v == "1");
     let sup = Supervisor::builder()
         .state_dir(dir)
         .containment(containment)
+        .guardian(guardian)
         .open()
         .unwrap();
     let spec = ServiceSpec::new("d", "/bin/sh")
@@ -203,9 +205,12 @@ fn the_cleanup_after_a_host_died_spares_processes_that_only_carry_a_copied_marke
     if !root_or_skip() {
         return;
     }
-    for (tier, containment) in [
-        ("cgroup", Containment::Cgroup),
-        ("process group", Containment::ProcessGroup),
+    // With a guardian, it cleans up at the host's death; without, the next `open` does.
+    for (tier, containment, guardian) in [
+        ("cgroup", Containment::Cgroup, "1"),
+        ("cgroup, no guardian", Containment::Cgroup, "0"),
+        ("process group", Containment::ProcessGroup, "1"),
+        ("process group, no guardian", Containment::ProcessGroup, "0"),
     ] {
         let root = tempfile::tempdir().unwrap();
         if containment == Containment::Cgroup
@@ -224,6 +229,7 @@ fn the_cleanup_after_a_host_died_spares_processes_that_only_carry_a_copied_marke
             .args(["--exact", RECLAIM_TEST, "--nocapture"])
             .env("SHEEPDOG_HELPER_HOST", &state)
             .env("SHEEPDOG_HELPER_TOKEN", &token)
+            .env("SHEEPDOG_HELPER_GUARDIAN", guardian)
             .env(
                 "SHEEPDOG_HELPER_TIER",
                 if containment == Containment::Cgroup {

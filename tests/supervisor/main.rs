@@ -13,6 +13,7 @@ mod escaped_after_exit;
 mod events_and_logs;
 mod fleet;
 mod fuzz_inputs;
+mod guardian;
 mod history;
 mod host_death;
 mod logs;
