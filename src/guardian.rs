@@ -58,13 +58,16 @@ const STAND_DOWN_PATIENCE: Duration = Duration::from_secs(1);
 const RESPAWNS_MAX: usize = 5;
 const RESPAWN_WINDOW: Duration = Duration::from_secs(60);
 
-/// Who holds a state directory's lock, as its lock file says: `<pid> <start ticks> <boot id>`,
-/// and ` guardian` when a guardian holds it to clean up after its host.
+/// Who holds a state directory's lock, as its lock file says:
+/// `<pid> <start ticks> <boot id> <nonce>`, and ` guardian` when a guardian holds it to clean
+/// up after its host. The nonce tells apart two opens by one process (a host that exec'd
+/// keeps its pid and start time).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Holder {
     pub(crate) pid: u32,
     pub(crate) start_ticks: u64,
     pub(crate) boot_id: String,
+    pub(crate) nonce: u64,
     pub(crate) guardian: bool,
 }
 
@@ -72,17 +75,25 @@ impl Holder {
     /// This process.
     pub(crate) fn me(guardian: bool) -> Holder {
         let pid = std::process::id();
+        let mut nonce = [0u8; 8];
+        // Without randomness the nonce is 0: only an exec'd host reopening at once is then
+        // mistaken for its former self.
+        let _ = sys::random_bytes(&mut nonce);
         Holder {
             pid,
             start_ticks: sys::proc_stat(pid).map_or(0, |s| s.start_time),
             boot_id: sys::boot_id(),
+            nonce: u64::from_ne_bytes(nonce),
             guardian,
         }
     }
 
     fn line(&self) -> String {
         let role = if self.guardian { " guardian" } else { "" };
-        format!("{} {} {}{role}\n", self.pid, self.start_ticks, self.boot_id)
+        format!(
+            "{} {} {} {:016x}{role}\n",
+            self.pid, self.start_ticks, self.boot_id, self.nonce
+        )
     }
 
     fn parse(text: &str) -> Option<Holder> {
@@ -91,6 +102,7 @@ impl Holder {
             pid: f.next()?.parse().ok()?,
             start_ticks: f.next()?.parse().ok()?,
             boot_id: f.next()?.to_string(),
+            nonce: u64::from_str_radix(f.next()?, 16).ok()?,
             guardian: f.next() == Some("guardian"),
         })
     }
@@ -131,11 +143,13 @@ fn env_pair(key: &str, value: &OsStr) -> Option<CString> {
 }
 
 impl Plan {
+    /// `host`: the holder the host recorded in the lock file.
     pub(crate) fn new(
         state_dir: &Path,
         run_key: &str,
         temporary: bool,
         cgroups: Option<&Cgroups>,
+        host: &Holder,
     ) -> Plan {
         let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.into());
         let mut vars: Vec<(&str, OsString)> = vec![
@@ -143,7 +157,7 @@ impl Plan {
             (ENV_STATE, state_dir.into_os_string()),
             (ENV_KEY, run_key.into()),
             (ENV_TEMPORARY, if temporary { "1" } else { "0" }.into()),
-            (ENV_HOST, Holder::me(false).line().trim_end().into()),
+            (ENV_HOST, host.line().trim_end().into()),
         ];
         if let Some(cg) = cgroups {
             vars.extend(cg.to_env());
@@ -469,10 +483,17 @@ fn take_lock(orders: &Orders) -> Result<Option<Option<File>>, String> {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
+                // A new host writes its name as soon as it has the lock. Still the dead
+                // host's after all this time: the lock is held through a copy of the dead
+                // host's own lock file (a child it forked without exec), and nobody else can
+                // take the directory meanwhile.
+                if Holder::read(&lock).as_ref() == Some(&orders.host) {
+                    return Ok(Some(None));
+                }
                 return Err(format!(
                     "'{}' is locked by another process; leaving the cleanup to it",
                     path.display()
-                ))
+                ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(format!("cannot lock '{}': {e}", path.display()))
@@ -487,4 +508,31 @@ fn take_lock(orders: &Orders) -> Result<Option<Option<File>>, String> {
         .record(&lock)
         .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
     Ok(Some(Some(lock)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_reads_back_as_written_and_two_opens_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("lock"))
+            .unwrap();
+        let host = Holder::me(false);
+        host.record(&lock).unwrap();
+        assert_eq!(Holder::read(&lock), Some(host.clone()));
+        assert!(host.alive());
+        let guardian = Holder::me(true);
+        guardian.record(&lock).unwrap();
+        let read = Holder::read(&lock).unwrap();
+        assert!(read.guardian);
+        assert_ne!(read, host, "the same process, another open");
+        assert_eq!(Holder::parse("12 34"), None);
+    }
 }

@@ -281,7 +281,8 @@ impl Supervisor {
         lock_state_dir(&lock, &state_dir)?;
         // Who holds the lock: a guardian cleaning up after a dead host checks it is still
         // its host's, and the next `open` waits for such a guardian.
-        Holder::me(false).record(&lock).map_err(|e| {
+        let holder = Holder::me(false);
+        holder.record(&lock).map_err(|e| {
             io_error(
                 format!("cannot write lock file '{}'", lock_path.display()),
                 e,
@@ -334,7 +335,13 @@ impl Supervisor {
         let run_key = crate::containment::state_key(&state_dir);
         let guarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let guardian = options.guardian.unwrap_or(true).then(|| {
-            let plan = Plan::new(&state_dir, &run_key, temp.is_some(), cgroups.as_ref());
+            let plan = Plan::new(
+                &state_dir,
+                &run_key,
+                temp.is_some(),
+                cgroups.as_ref(),
+                &holder,
+            );
             Watch::start(plan, guarded.clone())
         });
         let shared = Arc::new(Shared::default());
