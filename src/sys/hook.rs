@@ -43,7 +43,14 @@ static GUARDIAN_HOOK: extern "C" fn() = guardian_hook;
 /// among the pointers of the file's `SHT_INIT_ARRAY` sections as loaded.
 pub(crate) fn hook_in_main_executable() -> Result<(), String> {
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    CHECKED.get_or_init(check_hook).clone()
+    CHECKED
+        .get_or_init(|| {
+            check_hook(
+                guardian_hook as *const () as usize,
+                GUARDIAN_HOOK as *const () as usize,
+            )
+        })
+        .clone()
 }
 
 /// A mapping of the executable file: its address range and whether it is readable.
@@ -113,12 +120,12 @@ fn read_at(file: &std::fs::File, offset: u64, len: usize) -> Result<Vec<u8>, Str
     Ok(buf)
 }
 
-fn check_hook() -> Result<(), String> {
+/// Whether function `hook` lies in the main executable and `entry` is among its
+/// `.init_array` pointers.
+fn check_hook(hook: usize, entry: usize) -> Result<(), String> {
     if !cfg!(all(target_pointer_width = "64", target_endian = "little")) {
         return Err("only 64-bit little-endian executables are checked".into());
     }
-    let hook = guardian_hook as *const () as usize;
-    let entry = GUARDIAN_HOOK as *const () as usize;
     let maps = exe_mappings()?;
     if !maps.iter().any(|m| m.start <= hook && hook < m.end) {
         return Err(
@@ -270,5 +277,18 @@ mod tests {
     #[test]
     fn the_hook_is_found_in_this_test_executable() {
         assert_eq!(hook_in_main_executable(), Ok(()));
+    }
+
+    extern "C" fn not_a_constructor() {}
+
+    #[test]
+    fn a_function_outside_init_array_or_outside_the_executable_is_refused() {
+        let other = not_a_constructor as *const () as usize;
+        let err = check_hook(other, other).unwrap_err();
+        assert!(err.contains(".init_array"), "{err}");
+        // A function of the C library: not in a mapping of the executable at all.
+        let libc_fn = libc::getpid as *const () as usize;
+        let err = check_hook(libc_fn, libc_fn).unwrap_err();
+        assert!(err.contains("shared library"), "{err}");
     }
 }
