@@ -1445,12 +1445,7 @@ impl Engine {
         if !process_groups_only || self.services[&id].generation == 0 {
             return false;
         }
-        let scanned = self.scan_marked();
-        let found = self
-            .marked
-            .as_mut()
-            .and_then(|(_, m)| m.remove(&id))
-            .unwrap_or_default();
+        let (scanned, found) = self.take_marked(id);
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
         let svc = &self.services[&id];
         let (generation, signal) = (svc.generation, svc.spec.get_stop_signal());
@@ -2124,12 +2119,7 @@ impl Engine {
     /// one that leaves the group after this (`setsid`) stays known. One pass over /proc per
     /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
-        let scanned = self.scan_marked();
-        let found = self
-            .marked
-            .as_mut()
-            .and_then(|(_, m)| m.remove(&id))
-            .unwrap_or_default();
+        let (scanned, found) = self.take_marked(id);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let Some(run) = svc.run.as_mut() else { return };
         if let Some(stopping) = run.stopping.as_mut() {
@@ -2158,11 +2148,11 @@ impl Engine {
         }
     }
 
-    /// The processes provably of this session's runs, by service id, read from /proc once
-    /// per loop turn (a stop-all reads it once); returns when it was read.
-    fn scan_marked(&mut self) -> Scan {
+    /// The processes provably of service `id`'s runs in this session, and when /proc was
+    /// read for them: once per loop turn for all services (a stop-all reads it once).
+    fn take_marked(&mut self, id: u64) -> (Scan, Vec<Marked>) {
         let (run_key, session) = (&self.run_key, &self.session);
-        let (scanned, _) = self.marked.get_or_insert_with(|| {
+        let (scanned, by_id) = self.marked.get_or_insert_with(|| {
             let scanned = Scan::now();
             let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
             for (owner, m) in marked_processes(&sys::all_processes(), run_key, session) {
@@ -2170,7 +2160,7 @@ impl Engine {
             }
             (scanned, by_id)
         });
-        *scanned
+        (*scanned, by_id.remove(&id).unwrap_or_default())
     }
 
     /// Process-group containment, when a stopping run's group has emptied: looks for
