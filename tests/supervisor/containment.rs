@@ -451,7 +451,13 @@ fn a_reused_pid_is_never_signalled() {
     host.wait().unwrap();
     // Dead, and reaped by init (until then its pid is taken).
     let gone = || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(());
-    wait_until(SECS_10, gone).expect("the service died with its host and was reaped");
+    if wait_until(SECS_10, gone).is_none() {
+        assert!(!is_alive(pid), "the service died with its host");
+        // A pid namespace whose init does not reap orphans (`unshare --pid --fork` runs the
+        // test runner as init): the zombie keeps the pid for good.
+        eprintln!("skipped: init of this pid namespace does not reap pid {pid}, so it cannot be taken back");
+        return;
+    }
     let Some(mut impostor) = spawn_with_pid(pid) else {
         eprintln!("skipped: could not take pid {pid} back (a busy machine won every race)");
         return;
