@@ -1,6 +1,9 @@
 //! Containment costs per tier: stopping a service with 100 descendants (half of them in
-//! sessions of their own), and the cleanup `open` does after the host was SIGKILLed with
-//! 100 services running (each leaves an orphaned grandchild).
+//! sessions of their own); the cleanup `open` does after the host was SIGKILLed with 100
+//! services running (each leaves an orphaned grandchild) and no guardian; the time the
+//! guardian takes to leave nothing after the host's SIGKILL (each service also leaves a
+//! `setsid` daemon); and what the guardian costs: its memory (PSS) and the time it adds to
+//! `open`.
 //!
 //! `cargo bench --bench containment`; `SHEEPDOG_BENCH_QUICK=1` runs fewer rounds and
 //! services. The subreaper tier runs last: it changes this process for good.
@@ -94,23 +97,36 @@ fn stop_tree(dir: &Path, containment: Containment, rounds: usize) -> f64 {
 }
 
 /// The helper host: starts `n` services that each leave a grandchild, says "ready", waits.
-fn helper(state: &str, tier: &str, token: &str, n: usize) -> ! {
+/// With a guardian, the host is `temporary()` (`state` is unused), prints its state
+/// directory, and its services also leave a `setsid` daemon each.
+fn helper(state: &str, tier: &str, token: &str, n: usize, guardian: bool) -> ! {
     let containment = if tier == "cgroup" {
         Containment::Cgroup
     } else {
         Containment::ProcessGroup
     };
-    let sup = Supervisor::builder()
-        .state_dir(state)
+    let builder = Supervisor::builder()
         .containment(containment)
-        .open()
-        .unwrap();
+        .guardian(guardian);
+    let sup = if guardian {
+        builder.open().unwrap()
+    } else {
+        builder.state_dir(state).open().unwrap()
+    };
+    let script = if guardian {
+        "sleep 600 & (setsid sleep 600 &); exec sleep 600"
+    } else {
+        "sleep 600 & exec sleep 600"
+    };
     let specs = (0..n).map(|i| {
         ServiceSpec::new(format!("s{i:03}"), "/bin/sh")
-            .args(["-c", "sleep 600 & exec sleep 600"])
+            .args(["-c", script])
             .env(TOKEN_VAR, token)
     });
     assert!(sup.start_many(specs).unwrap().iter().all(|r| r.is_ok()));
+    if guardian {
+        println!("{}", sup.state_dir().display());
+    }
     println!("ready");
     loop {
         std::thread::sleep(Duration::from_secs(1));
@@ -128,6 +144,7 @@ fn cleanup_after_host_death(dir: &Path, containment: Containment, n: usize) -> (
         .env("SHEEPDOG_BENCH_TIER", tier)
         .env("SHEEPDOG_BENCH_HELPER_TOKEN", &token)
         .env("SHEEPDOG_BENCH_HELPER_N", n.to_string())
+        .env("SHEEPDOG_BENCH_GUARDIAN", "0")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -158,14 +175,117 @@ fn cleanup_after_host_death(dir: &Path, containment: Containment, n: usize) -> (
     (took, reclaimed)
 }
 
+/// ms from a host's SIGKILL until its guardian has left nothing: no process of its `n`
+/// services (3 each: the main process, a grandchild, a `setsid` daemon) and no state
+/// directory (it was `temporary()`).
+fn guardian_cleanup(dir: &Path, containment: Containment, n: usize) -> f64 {
+    let tier = tier_name(containment);
+    let token = format!("guarded-{tier}-{}", std::process::id());
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SHEEPDOG_BENCH_HELPER", dir)
+        .env("SHEEPDOG_BENCH_TIER", tier)
+        .env("SHEEPDOG_BENCH_HELPER_TOKEN", &token)
+        .env("SHEEPDOG_BENCH_HELPER_N", n.to_string())
+        .env("SHEEPDOG_BENCH_GUARDIAN", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let state = std::path::PathBuf::from(lines.next().unwrap().unwrap());
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    wait_for(
+        "every service, grandchild and daemon",
+        Duration::from_secs(60),
+        || tagged(&token) == 3 * n,
+    );
+    host.kill().unwrap();
+    let t = Instant::now();
+    host.wait().unwrap();
+    wait_for("the guardian's cleanup", Duration::from_secs(30), || {
+        tagged(&token) == 0 && !state.exists()
+    });
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// The guardians among this process's children.
+fn guardians() -> Vec<u32> {
+    let children = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        });
+    children
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "sheepdog-guard")
+        })
+        .collect()
+}
+
+/// A field of `/proc/<pid>/smaps_rollup`, in KiB.
+fn rollup_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+/// The guardian's memory (PSS and RSS, KiB) with a fleet of `n` services running, and the
+/// median time of `open` (a `temporary()` supervisor) with and without a guardian, in ms.
+fn guardian_cost(n: usize, rounds: usize) -> ((u64, u64), (u64, u64), f64, f64) {
+    let memory = |n: usize| {
+        let sup = Supervisor::temporary().unwrap();
+        assert!(sup.guarded());
+        let specs = (0..n).map(|i| ServiceSpec::new(format!("s{i:04}"), "sleep").arg("600"));
+        assert!(sup.start_many(specs).unwrap().iter().all(|r| r.is_ok()));
+        let g = guardians();
+        assert_eq!(g.len(), 1);
+        let m = (rollup_kib(g[0], "Pss:"), rollup_kib(g[0], "Rss:"));
+        sup.shutdown().unwrap();
+        m
+    };
+    let (empty, full) = (memory(0), memory(n));
+    // Alternating, so that drift on a shared machine hits both alike.
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for guardian in [false, true] {
+            let t = Instant::now();
+            let sup = Supervisor::builder().guardian(guardian).open().unwrap();
+            let took = t.elapsed().as_secs_f64() * 1e3;
+            sup.shutdown().unwrap();
+            if guardian {
+                with.push(took);
+            } else {
+                without.push(took);
+            }
+        }
+    }
+    let (without, with) = (median(without), median(with));
+    (empty, full, without, with)
+}
+
 fn main() {
-    if let (Ok(state), Ok(tier), Ok(token), Ok(n)) = (
+    if let (Ok(state), Ok(tier), Ok(token), Ok(n), Ok(guardian)) = (
         std::env::var("SHEEPDOG_BENCH_HELPER"),
         std::env::var("SHEEPDOG_BENCH_TIER"),
         std::env::var("SHEEPDOG_BENCH_HELPER_TOKEN"),
         std::env::var("SHEEPDOG_BENCH_HELPER_N"),
+        std::env::var("SHEEPDOG_BENCH_GUARDIAN"),
     ) {
-        helper(&state, &tier, &token, n.parse().unwrap());
+        helper(&state, &tier, &token, n.parse().unwrap(), guardian == "1");
     }
     let quick = std::env::var_os("SHEEPDOG_BENCH_QUICK").is_some();
     let (rounds, services) = if quick { (1, 10) } else { (5, 100) };
@@ -193,7 +313,34 @@ fn main() {
             tier_name(tier)
         );
     }
+    println!();
+    println!("| tier | guardian: nothing left after a host SIGKILL with {services} services (3 processes each), median of {rounds} |");
+    println!("|---|---|");
+    for &tier in &tiers {
+        let times = (0..rounds)
+            .map(|_| guardian_cleanup(dir.path(), tier, services))
+            .collect();
+        println!("| {} | {:.1} ms |", tier_name(tier), median(times));
+    }
+    let fleet = if quick { 100 } else { 1000 };
+    let (empty, full, without, with) = guardian_cost(fleet, if quick { 5 } else { 51 });
+    println!();
+    println!("| guardian | PSS | RSS |");
+    println!("|---|---|---|");
+    println!(
+        "| host with no service | {} KiB | {} KiB |",
+        empty.0, empty.1
+    );
+    println!(
+        "| host with {fleet} services | {} KiB | {} KiB |",
+        full.0, full.1
+    );
+    println!();
+    println!("`open` of a temporary supervisor, median: {without:.2} ms without a guardian, {with:.2} ms with one (+{:.2} ms)", with - without);
     // Last: this process stays a subreaper.
     let stop = stop_tree(dir.path(), Containment::Subreaper, rounds);
-    println!("| subreaper | {stop:.1} ms | (as process group: open does not depend on it) |");
+    println!();
+    println!("| tier | stop, 100 descendants (50 after setsid), median of {rounds} |");
+    println!("|---|---|");
+    println!("| subreaper | {stop:.1} ms |");
 }

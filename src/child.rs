@@ -229,6 +229,8 @@ pub(crate) fn spawn(
         join: cgroup
             .map(|c| c.join.iter().map(|f| f.as_fd()).collect())
             .unwrap_or_default(),
+        kind: sys::ChildKind::Service,
+        keep: &[],
     };
     let (pid, pidfd) =
         sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;

@@ -69,8 +69,8 @@ pub enum Containment {
     /// and those the supervisor does not claim stay zombies until the host reaps them.
     Subreaper,
     /// The process group only: descendants that call `setsid` or `setpgid` escape it while
-    /// the host lives (the next `open` after the host's death still finds them by their
-    /// `SHEEPDOG_RUN` variable).
+    /// the host lives, until the service's next stop (a stop, the guardian after the host's
+    /// death, and the next `open` find them by their sealed `SHEEPDOG_RUN` marker).
     ProcessGroup,
 }
 
@@ -86,6 +86,8 @@ pub(crate) struct Cgroups {
     /// walk down the whole cgroupfs path on every open (the restart and stop paths open a
     /// few per run).
     root_fd: OwnedFd,
+    /// `root` as `/proc/<pid>/cgroup` shows it (relative to the cgroup namespace's root).
+    proc_root: String,
     pids: Controller,
     memory: Controller,
 }
@@ -220,6 +222,7 @@ impl Cgroups {
         Ok(Cgroups {
             root,
             root_fd,
+            proc_root: format!("{}/sheepdog-{key}", own.trim_end_matches('/')),
             pids,
             memory,
         })
@@ -257,6 +260,11 @@ impl Cgroups {
 
     fn run_name(id: u64, generation: u64) -> String {
         format!("svc-{id}.{generation}")
+    }
+
+    /// The run's v2 cgroup as `/proc/<pid>/cgroup` names it for its members.
+    pub(crate) fn proc_path(&self, id: u64, generation: u64) -> String {
+        format!("{}/{}", self.proc_root, Cgroups::run_name(id, generation))
     }
 
     /// The `cgroup.procs` of the v2 cgroup `svc-<id>.<generation>` under `root`.
@@ -458,6 +466,99 @@ impl Cgroups {
                 }
             }
         }
+    }
+}
+
+/// The environment variables that tell a guardian where a supervisor's cgroups are.
+const ENV_ROOT: &str = "SHEEPDOG_GUARDIAN_CGROUP";
+const ENV_PIDS: &str = "SHEEPDOG_GUARDIAN_PIDS";
+const ENV_MEMORY: &str = "SHEEPDOG_GUARDIAN_MEMORY";
+
+impl Controller {
+    fn encode(&self) -> std::ffi::OsString {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            Controller::V2 => "v2".into(),
+            Controller::Missing => "none".into(),
+            Controller::V1(dir) => {
+                let mut v = b"v1:".to_vec();
+                v.extend_from_slice(dir.as_os_str().as_bytes());
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(v)
+            }
+        }
+    }
+
+    fn decode(value: &std::ffi::OsStr) -> Controller {
+        use std::os::unix::ffi::OsStrExt;
+        match value.as_bytes() {
+            b"v2" => Controller::V2,
+            v => match v.strip_prefix(b"v1:") {
+                Some(dir) => Controller::V1(PathBuf::from(std::ffi::OsStr::from_bytes(dir))),
+                None => Controller::Missing,
+            },
+        }
+    }
+}
+
+impl Cgroups {
+    /// What a guardian needs to find these cgroups again, as environment variables.
+    pub(crate) fn to_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        vec![
+            (ENV_ROOT, self.root.clone().into_os_string()),
+            (ENV_PIDS, self.pids.encode()),
+            (ENV_MEMORY, self.memory.encode()),
+        ]
+    }
+
+    /// The cgroups [`to_env`](Cgroups::to_env) described, found again without making
+    /// anything; `Ok(None)` if there were none.
+    pub(crate) fn from_env() -> io::Result<Option<Cgroups>> {
+        let Some(root) = std::env::var_os(ENV_ROOT).map(PathBuf::from) else {
+            return Ok(None);
+        };
+        let controller =
+            |name| std::env::var_os(name).map_or(Controller::Missing, |v| Controller::decode(&v));
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Some(Cgroups {
+            root,
+            root_fd,
+            proc_root: String::new(),
+            pids: controller(ENV_PIDS),
+            memory: controller(ENV_MEMORY),
+        }))
+    }
+
+    /// SIGKILLs every process in the supervisor's cgroup and the run cgroups below it, at
+    /// once (`cgroup.kill`, Linux 5.14+).
+    pub(crate) fn kill_all(&self) -> io::Result<()> {
+        std::fs::write(self.root.join("cgroup.kill"), b"1")
+    }
+
+    /// Waits up to `patience` until no process is left in the supervisor's cgroup; returns
+    /// whether none is.
+    pub(crate) fn wait_empty(&self, patience: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if !populated_in(&self.root) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the supervisor's cgroup directories are all gone (v2 and v1).
+    pub(crate) fn removed(&self) -> bool {
+        !self.root.exists()
+            && [&self.pids, &self.memory]
+                .into_iter()
+                .all(|c| !matches!(c, Controller::V1(dir) if dir.exists()))
     }
 }
 

@@ -18,9 +18,12 @@ use crate::history::Cause;
 use crate::info::{Exit, ServiceInfo, Status};
 use crate::logs::reader::Activity;
 use crate::logs::{self, Pump};
+use crate::marker::{self, Session, RUN_VAR};
+use crate::notify;
 use crate::policy::{Decision, History, Outcome, RunEnd};
 use crate::probe::{self, Pool, Purpose};
 use crate::readiness::{Check, Condition, Ready};
+use crate::reclaim;
 use crate::spec::{ServiceSpec, Signal};
 use crate::store::Store;
 use crate::store::{NewRun, RunEnding};
@@ -182,6 +185,22 @@ struct Stopping {
     scanned: Option<Scan>,
 }
 
+/// Process-group containment: a stop (or delete) of a service with no live run, ending what
+/// its earlier runs left outside their process groups (a `setsid` daemon of a main process
+/// that exited by itself, which nothing else holds in this tier). Its escapees are tracked
+/// under the service's current generation.
+struct Sweep {
+    deadline: Instant,
+    killed: bool,
+    then: Then,
+    /// When the sweep read /proc: processes started later are looked for before it is done.
+    scanned: Scan,
+    generation: u64,
+    /// The status to return to before `then` settles it (a stop leaves an exited service
+    /// exited).
+    was: Status,
+}
+
 /// The moment of a read of /proc, in the terms processes started later can be told by.
 #[derive(Clone, Copy)]
 struct Scan {
@@ -222,8 +241,8 @@ struct Run {
     ready: bool,
     /// Consecutive failed liveness probes.
     health_failures: u32,
-    /// The `NOTIFY_SOCKET` of the run, and its poll token.
-    notify: Option<(std::os::unix::net::UnixDatagram, u64)>,
+    /// The `NOTIFY_SOCKET` of the run.
+    notify: Option<Notify>,
     /// Whether a `WATCHDOG=1` came since the last health tick.
     pinged: bool,
     /// The last `STATUS=` the run sent.
@@ -248,6 +267,18 @@ struct Run {
     cgroup_killed: bool,
 }
 
+/// A run's `NOTIFY_SOCKET`: the socket, its poll token, and who may speak on it.
+struct Notify {
+    sock: sys::NotifySocket,
+    token: u64,
+    access: notify::Access,
+    /// A refused datagram was logged for this run (later ones are only counted).
+    logged_refusal: bool,
+}
+
+/// Datagrams read from a notify socket per wake: a flood cannot hold the loop.
+const NOTIFY_READS_MAX: usize = 64;
+
 struct Service {
     id: u64,
     spec: Arc<ServiceSpec>,
@@ -271,6 +302,10 @@ struct Service {
     spare_cgroup: Option<u64>,
     /// The argv and environment an operator's start made, reused by the policy's restarts.
     launch: Option<Arc<child::Launch>>,
+    /// A stop without a run that is ending escaped processes of earlier runs.
+    sweep: Option<Sweep>,
+    /// `NOTIFY_SOCKET` datagrams refused: not from a process of the run.
+    notify_rejected: u64,
 }
 
 impl Service {
@@ -292,7 +327,15 @@ impl Service {
             waiting: false,
             spare_cgroup: None,
             launch: None,
+            sweep: None,
+            notify_rejected: 0,
         }
+    }
+
+    /// A stop of this service without a run is still ending escaped processes of its
+    /// earlier runs: a stop or delete waiting on it is not done.
+    fn sweeping(&self) -> bool {
+        self.sweep.is_some()
     }
 
     fn info(&self) -> ServiceInfo {
@@ -313,6 +356,7 @@ impl Service {
             cgroup: self.run.as_ref().map(|r| r.cgroup),
             log_dropped: self.log_dropped.clone(),
             status_text: self.run.as_ref().and_then(|r| r.status_text.clone()),
+            notify_rejected: self.notify_rejected,
         }
     }
 }
@@ -323,6 +367,8 @@ enum TimerKind {
     StopDeadline,
     GroupCheck,
     GiveUp,
+    SweepDeadline,
+    SweepGiveUp,
     ReadyAfter,
     ReadyTimeout,
     ReadyProbe,
@@ -377,11 +423,14 @@ pub(crate) struct Config {
     pub(crate) subreaper: bool,
     /// Names this supervisor in each run's `SHEEPDOG_RUN`.
     pub(crate) run_key: String,
+    /// This session: the key run markers are sealed with (stored by `init`).
+    pub(crate) session: Session,
+    /// The guardian that cleans up if the host dies, when there is one.
+    pub(crate) guardian: Option<crate::guardian::Watch>,
 }
 
-/// The variable in every run's environment that names its supervisor, service and run:
-/// `<state dir key>:<service id>:<generation>`.
-pub(crate) const RUN_VAR: &str = "SHEEPDOG_RUN";
+/// The poll token of the guardian's pidfd.
+const GUARDIAN_TOKEN: u64 = u64::MAX - 1;
 
 /// A process of a run tracked one by one, through a pidfd: a descendant that left its
 /// service's process group (claimed by a subreaper host, or found by its `SHEEPDOG_RUN`), or,
@@ -432,6 +481,13 @@ pub(crate) struct Engine {
     memory_sampling: bool,
     subreaper: bool,
     run_key: String,
+    /// Seals each run's marker; `init` stores it.
+    session: Session,
+    /// The real uid of the host, which every run has.
+    uid: u32,
+    /// The guardian, watched through its pidfd: replaced if it dies while the host lives,
+    /// stood down at shutdown.
+    guardian: Option<crate::guardian::Watch>,
     /// Claimed escapees, by poll token.
     escapees: HashMap<u64, Escapee>,
     /// Orphans the supervisor could not attribute, reported once each.
@@ -457,7 +513,7 @@ pub(crate) struct Engine {
 /// more, and the stop reads /proc instead.
 const LATE_PIDS_MAX: u32 = 4096;
 
-/// A process carrying our `SHEEPDOG_RUN`.
+/// A process that carries a marker of this session's runs and is provably ours.
 struct Marked {
     pid: u32,
     pgrp: u32,
@@ -510,6 +566,9 @@ impl Engine {
             memory_sampling: false,
             subreaper: config.subreaper,
             run_key: config.run_key,
+            session: config.session,
+            uid: sys::real_uid(),
+            guardian: config.guardian,
             escapees: HashMap::new(),
             unclaimed: HashSet::new(),
             run_groups: HashSet::new(),
@@ -524,7 +583,19 @@ impl Engine {
     /// Loads the registry, kills what a dead previous host left running, and starts every
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
-        let reclaimed = self.reclaim_leftovers()?;
+        self.watch_guardian();
+        let reclaimed = crate::reclaim::reclaim(
+            &self.store,
+            self.cgroups.as_ref(),
+            &self.run_key,
+            KILL_GRACE,
+        )?;
+        self.session.id = self.store.insert_session(
+            &self.session.boot_id,
+            self.session.started_ticks,
+            &self.session.key,
+            self.session.cgroup,
+        )?;
         for stored in self.store.load_services()? {
             let status = match stored.status {
                 s if s.is_running() || s == Status::Backoff => Status::Stopped,
@@ -582,116 +653,6 @@ impl Engine {
         Ok(())
     }
 
-    /// Kills the process groups of runs that a previous host left behind (it died without
-    /// recording their end), matching each by boot id, pid and pidfs inode (or, on kernels
-    /// without pidfs, process start time) so that an unrelated process that reused the pid is
-    /// never touched.
-    fn reclaim_leftovers(&mut self) -> Result<Vec<(u64, Vec<u32>)>> {
-        let mut reclaimed: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        // Whatever is in a service's cgroup belongs to a previous host: nothing runs yet.
-        if let Some(cg) = &self.cgroups {
-            for (id, pids) in cg.reclaim(KILL_GRACE) {
-                reclaimed.entry(id).or_default().extend(pids);
-            }
-        }
-        let open = self.store.open_runs()?;
-        let mut groups = HashSet::new();
-        let mut all = None;
-        for run in &open {
-            if run.boot_id != self.boot_id || run.pid == std::process::id() {
-                continue;
-            }
-            // The kernel keeps a pid allocated while a process group of that id has members,
-            // so: a process now holding the pid is either the run's leader (then its group is
-            // the run's) or a newer process (then no member of the run's group is left, and a
-            // group of that id is the newer one's). Without any, leftover members are ours.
-            if let Ok(fd) = sys::pidfd_open(run.pid) {
-                let stat = sys::proc_stat(run.pid);
-                // On pidfs the inode names the very process; else the start time does.
-                let same = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
-                    (Some(stored), Some(now)) => stored == now,
-                    _ => stat
-                        .as_ref()
-                        .is_some_and(|s| Some(s.start_time) == run.start_ticks),
-                };
-                if !same {
-                    continue;
-                }
-                let leads = stat.is_some_and(|s| s.state != b'Z' && s.pgrp == run.pid);
-                if leads {
-                    log::warn!(
-                        "service id {}: killing process group {} left by a previous host",
-                        run.service_id,
-                        run.pid
-                    );
-                    let members: Vec<u32> = all
-                        .get_or_insert_with(sys::all_processes)
-                        .iter()
-                        .filter(|p| p.pgrp == run.pid)
-                        .map(|p| p.pid)
-                        .collect();
-                    reclaimed.entry(run.service_id).or_default().extend(members);
-                    let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
-                    groups.insert(run.pid);
-                    continue;
-                }
-            }
-            // The leader is gone (or a zombie): members of its group may live on.
-            let procs = all.get_or_insert_with(sys::all_processes);
-            let members: Vec<u32> = procs
-                .iter()
-                .filter(|p| p.pgrp == run.pid && p.pid != run.pid)
-                .map(|p| p.pid)
-                .collect();
-            if !members.is_empty() {
-                reclaimed.entry(run.service_id).or_default().extend(members);
-                log::warn!(
-                    "service id {}: killing the remaining members of process group {} left by a previous host",
-                    run.service_id,
-                    run.pid
-                );
-                let _ = sys::kill_pgid(run.pid, Signal::Kill);
-                groups.insert(run.pid);
-            }
-        }
-        // Whatever carries this supervisor's SHEEPDOG_RUN is a leftover too, wherever it went
-        // (a `setsid` daemon left the group; without cgroups nothing else finds it). Nothing
-        // of ours runs yet, so every match is one.
-        let mut marked = Vec::new();
-        let procs = all.get_or_insert_with(sys::all_processes);
-        for (id, Marked { pid, marker, .. }) in marked_processes(procs, &self.run_key) {
-            let Some(fd) = pin_marked(pid, &marker) else {
-                continue;
-            };
-            log::warn!("service id {id}: killing process {pid} left by a previous host");
-            let _ = sys::signal_process(&fd, Signal::Kill);
-            reclaimed.entry(id).or_default().insert(pid);
-            marked.push(pid);
-        }
-        let deadline = Instant::now() + KILL_GRACE;
-        while marked
-            .iter()
-            .any(|&pid| sys::proc_stat(pid).is_some_and(|s| s.state != b'Z'))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        while !groups.is_empty() && Instant::now() < deadline {
-            groups = sys::live_groups(&groups);
-            if !groups.is_empty() {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        if !groups.is_empty() {
-            log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
-        }
-        self.store.close_open_runs()?;
-        Ok(reclaimed
-            .into_iter()
-            .map(|(id, pids)| (id, pids.into_iter().collect()))
-            .collect())
-    }
-
     /// The loop: wait, then handle exits, requests and due timers; publish; reply.
     pub(crate) fn run(mut self) {
         let mut ready = Vec::new();
@@ -717,6 +678,8 @@ impl Engine {
                         self.on_notify(id);
                     } else if self.escapees.contains_key(&token) {
                         self.on_escapee_exit(token);
+                    } else if token == GUARDIAN_TOKEN {
+                        self.on_guardian_exit();
                     }
                 }
             }
@@ -764,9 +727,35 @@ impl Engine {
         while let Ok(request) = self.requests.try_recv() {
             refuse(request);
         }
+        // The supervisor's cgroups go (they are empty), then the guardian: it has nothing
+        // left to clean up.
+        self.cgroups = None;
+        if let Some(guardian) = self.guardian.as_mut() {
+            guardian.stand_down();
+        }
         if let Some(reply) = self.shutdown.take() {
             let _ = reply.send(Ok(()));
         }
+    }
+
+    fn watch_guardian(&mut self) {
+        if let Some(fd) = self.guardian.as_ref().and_then(|g| g.pidfd()) {
+            if let Err(e) = self.poller.add(fd, GUARDIAN_TOKEN) {
+                log::error!("cannot watch the guardian: {e}");
+            }
+        }
+    }
+
+    /// The guardian's pidfd fired: it died while the host lives. A new one is started.
+    fn on_guardian_exit(&mut self) {
+        let Some(guardian) = self.guardian.as_mut() else {
+            return;
+        };
+        if let Some(fd) = guardian.pidfd() {
+            self.poller.remove(fd);
+        }
+        guardian.on_exit();
+        self.watch_guardian();
     }
 
     fn handle(&mut self, request: Request) {
@@ -1380,7 +1369,15 @@ impl Engine {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         svc.next_start = None;
         let Some(run) = svc.run.as_mut() else {
-            self.after_run(id, then);
+            if let Some(sweep) = svc.sweep.as_mut() {
+                if sweep.then != Then::Delete {
+                    sweep.then = then;
+                }
+                return;
+            }
+            if !self.begin_sweep(id, then) {
+                self.after_run(id, then);
+            }
             return;
         };
         if let Some(stopping) = run.stopping.as_mut() {
@@ -1448,6 +1445,94 @@ impl Engine {
         {
             self.check_group(id);
         }
+    }
+
+    /// Process-group containment, at a stop of a service without a run: tracks the escaped
+    /// processes of its earlier runs in this session, sends them the stop signal, and makes
+    /// the stop wait for them (SIGKILL after the stop timeout). Returns whether there were
+    /// any. Other tiers need none: a cgroup, or the subreaper, ends them with their run.
+    fn begin_sweep(&mut self, id: u64, then: Then) -> bool {
+        let process_groups_only = self.cgroups.is_none() && !self.subreaper;
+        // Generation 0: nothing of it ran in this session (a dead host's leftovers were
+        // reclaimed at `open`).
+        if !process_groups_only || self.services[&id].generation == 0 {
+            return false;
+        }
+        let (scanned, found) = self.take_marked(id);
+        let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
+        let svc = &self.services[&id];
+        let (generation, signal) = (svc.generation, svc.spec.get_stop_signal());
+        let name = svc.spec.clone();
+        let mut any = false;
+        for m in found {
+            if tracked.contains(&m.pid) {
+                continue;
+            }
+            let Some(pidfd) = reclaim::pin(m.pid, &m.marker) else {
+                continue;
+            };
+            log::info!(
+                "service '{}': process {} of an earlier run left its process group; stopping it",
+                name.name(),
+                m.pid
+            );
+            let _ = sys::signal_process(&pidfd, signal);
+            self.track_escapee(m.pid, pidfd, id, generation, false);
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let deadline = crate::duration::deadline(Instant::now(), svc.spec.get_stop_timeout());
+        svc.sweep = Some(Sweep {
+            deadline,
+            killed: signal == Signal::Kill,
+            then,
+            scanned,
+            generation,
+            was: svc.status,
+        });
+        svc.status = Status::Stopping;
+        self.dirty.insert(id);
+        self.save_state(id);
+        self.push_timer(deadline, id, generation, TimerKind::SweepDeadline);
+        true
+    }
+
+    /// A sweep's escapee ended: once none is left (nor started since the sweep read /proc),
+    /// the stop that began it goes on.
+    fn check_sweep(&mut self, id: u64) {
+        let Some(svc) = self.services.get(&id) else {
+            return;
+        };
+        let Some(sweep) = &svc.sweep else { return };
+        let generation = sweep.generation;
+        if self
+            .escapees
+            .values()
+            .any(|e| e.id == id && e.generation == generation)
+        {
+            return;
+        }
+        let signal = if sweep.killed {
+            Signal::Kill
+        } else {
+            svc.spec.get_stop_signal()
+        };
+        if self.late_marked(id, generation, sweep.scanned, signal) {
+            return;
+        }
+        self.finish_sweep(id);
+    }
+
+    fn finish_sweep(&mut self, id: u64) {
+        let svc = self.services.get_mut(&id).expect("callers pass a known id");
+        let sweep = svc.sweep.take().expect("only called during a sweep");
+        svc.status = sweep.was;
+        self.dirty.insert(id);
+        self.save_state(id);
+        self.after_run(id, sweep.then);
     }
 
     /// What follows a run that was stopped on purpose (or no run at all).
@@ -1551,10 +1636,10 @@ impl Engine {
                 .is_some_and(|h| *h.check() == Check::Notify);
         let mut extra_env = vec![(
             RUN_VAR.to_string(),
-            format!("{}:{id}:{generation}", self.run_key),
+            self.session.seal(&self.run_key, id, generation, self.uid),
         )];
         let notify = if wants_notify {
-            match notify_socket(id, generation) {
+            match notify::bind() {
                 Ok((sock, name)) => {
                     extra_env.push(("NOTIFY_SOCKET".to_string(), format!("@{name}")));
                     if let Some(h) = spec.get_health().filter(|h| *h.check() == Check::Notify) {
@@ -1693,13 +1778,33 @@ impl Engine {
                     watch,
                     run_id,
                 );
-                let notify = notify.and_then(|sock| {
+                let access = match (&self.cgroups, &cgroup_procs) {
+                    (Some(cg), Some(prepared)) => {
+                        sys::inode_of(&prepared.dir_fd).ok().map(|cgroup_id| {
+                            notify::Access::Cgroup {
+                                id: cgroup_id,
+                                path: cg.proc_path(id, cgroup),
+                            }
+                        })
+                    }
+                    _ => Some(notify::Access::Group {
+                        pgid: pid,
+                        service: id,
+                        generation: svc.generation,
+                    }),
+                };
+                let notify = notify.zip(access).and_then(|(sock, access)| {
                     let token = self.next_token;
                     self.next_token += 1;
                     match self.poller.add(&sock, token) {
                         Ok(()) => {
                             self.notify_tokens.insert(token, id);
-                            Some((sock, token))
+                            Some(Notify {
+                                sock,
+                                token,
+                                access,
+                                logged_refusal: false,
+                            })
                         }
                         Err(e) => {
                             log::error!("service '{name}': cannot watch its notify socket: {e}");
@@ -1956,23 +2061,31 @@ impl Engine {
                     continue;
                 }
             }
-            let marker = sys::environ_value(pid, RUN_VAR);
-            let owner = marker
-                .as_deref()
-                .and_then(|m| parse_marker(m, &self.run_key));
-            let Some((id, generation)) = owner else {
-                if marker.is_none() && sys::session_of(pid) != host_session {
-                    let name =
+            let claimed = stat
+                .as_ref()
+                .and_then(|s| marker::claim(s, &self.run_key, std::slice::from_ref(&self.session)));
+            let Some(claimed) = claimed else {
+                let name = || {
+                    let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                    let name = name.trim();
+                    comm.trim().to_string()
+                };
+                if sys::environ_value(pid, RUN_VAR).is_some() {
                     log::warn!(
-                        "process {pid} ({name}) was re-parented to the host in a session of its own and carries no {RUN_VAR}: it cannot be attributed to a service and is left alone"
+                        "process {pid} ({}) was re-parented to the host with a {RUN_VAR} that does not prove it a run's (forged, copied or of another uid): it is left alone",
+                        name()
+                    );
+                } else if sys::session_of(pid) != host_session {
+                    log::warn!(
+                        "process {pid} ({}) was re-parented to the host in a session of its own and carries no {RUN_VAR}: it cannot be attributed to a service and is left alone",
+                        name()
                     );
                 }
                 self.unclaimed.insert(pid);
                 continue;
             };
-            let Ok(pidfd) = sys::pidfd_open(pid) else {
+            let (id, generation) = (claimed.owner.id, claimed.owner.generation);
+            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
                 continue;
             };
             let current = self.services.get(&id).is_some_and(|s| {
@@ -2019,17 +2132,7 @@ impl Engine {
     /// one that leaves the group after this (`setsid`) stays known. One pass over /proc per
     /// loop iteration serves every stop in it (a stop-all reads /proc once).
     fn find_marked(&mut self, id: u64, generation: u64) {
-        let run_key = &self.run_key;
-        let (scanned, marked) = self.marked.get_or_insert_with(|| {
-            let scanned = Scan::now();
-            let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
-            for (owner, m) in marked_processes(&sys::all_processes(), run_key) {
-                by_id.entry(owner).or_default().push(m);
-            }
-            (scanned, by_id)
-        });
-        let scanned = *scanned;
-        let found = marked.remove(&id).unwrap_or_default();
+        let (scanned, found) = self.take_marked(id);
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let Some(run) = svc.run.as_mut() else { return };
         if let Some(stopping) = run.stopping.as_mut() {
@@ -2041,7 +2144,7 @@ impl Engine {
             if m.pid == leader || tracked.contains(&m.pid) {
                 continue;
             }
-            let Some(pidfd) = pin_marked(m.pid, &m.marker) else {
+            let Some(pidfd) = reclaim::pin(m.pid, &m.marker) else {
                 continue;
             };
             if m.pgrp != leader {
@@ -2056,6 +2159,21 @@ impl Engine {
             let got_group_signal = m.pgrp == leader && m.start_time + 1 < scanned.ticks;
             self.track_escapee(m.pid, pidfd, id, generation, got_group_signal);
         }
+    }
+
+    /// The processes provably of service `id`'s runs in this session, and when /proc was
+    /// read for them: once per loop turn for all services (a stop-all reads it once).
+    fn take_marked(&mut self, id: u64) -> (Scan, Vec<Marked>) {
+        let (run_key, session) = (&self.run_key, &self.session);
+        let (scanned, by_id) = self.marked.get_or_insert_with(|| {
+            let scanned = Scan::now();
+            let mut by_id: HashMap<u64, Vec<Marked>> = HashMap::new();
+            for (owner, m) in marked_processes(&sys::all_processes(), run_key, session) {
+                by_id.entry(owner).or_default().push(m);
+            }
+            (scanned, by_id)
+        });
+        (*scanned, by_id.remove(&id).unwrap_or_default())
     }
 
     /// Process-group containment, when a stopping run's group has emptied: looks for
@@ -2075,6 +2193,13 @@ impl Engine {
         } else {
             svc.spec.get_stop_signal()
         };
+        self.late_marked(id, generation, before, signal)
+    }
+
+    /// Looks for processes of service `id` started since `before` (see
+    /// [`find_late_marked`](Engine::find_late_marked)), tracks them under `generation` and
+    /// sends them `signal`. Returns whether it found any.
+    fn late_marked(&mut self, id: u64, generation: u64, before: Scan, signal: Signal) -> bool {
         let last_pid = sys::last_pid();
         let tracked: HashSet<u32> = self.escapees.values().map(|e| e.pid).collect();
         // Pids are handed out in order: what was created since the stop's read has a pid
@@ -2101,13 +2226,17 @@ impl Engine {
             if pid == me || tracked.contains(&pid) {
                 continue;
             }
-            let Some(marker) = sys::environ_value(pid, RUN_VAR) else {
+            let Some(stat) = sys::proc_stat(pid) else {
                 continue;
             };
-            if parse_marker(&marker, &self.run_key).is_none_or(|(owner, _)| owner != id) {
+            let sessions = std::slice::from_ref(&self.session);
+            let Some(claimed) = marker::claim(&stat, &self.run_key, sessions) else {
+                continue;
+            };
+            if claimed.owner.id != id {
                 continue;
             }
-            let Some(pidfd) = pin_marked(pid, &marker) else {
+            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
                 continue;
             };
             log::info!(
@@ -2167,6 +2296,7 @@ impl Engine {
         }
         let e = self.escapees.remove(&token).expect("present above");
         self.poller.remove(&e.pidfd);
+        self.check_sweep(e.id);
     }
 
     /// The run is over (leader reaped, group empty or killed): record it, then decide.
@@ -2239,9 +2369,9 @@ impl Engine {
             self.poller.remove(&run.pidfd);
             self.tokens.remove(&run.token);
         }
-        if let Some((sock, token)) = run.notify.take() {
-            self.poller.remove(&sock);
-            self.notify_tokens.remove(&token);
+        if let Some(n) = run.notify.take() {
+            self.poller.remove(&n.sock);
+            self.notify_tokens.remove(&n.token);
         }
         let (raw, ended, wall) =
             run.ended
@@ -2548,25 +2678,56 @@ impl Engine {
         self.begin_stop(id, Then::Crash);
     }
 
-    /// Reads the run's `NOTIFY_SOCKET` datagrams (`sd_notify`).
+    /// Reads the run's `NOTIFY_SOCKET` datagrams (`sd_notify`): those from a process of the
+    /// run count, the others are refused and counted (see [`crate::notify`]).
     fn on_notify(&mut self, id: u64) {
         let Some(svc) = self.services.get_mut(&id) else {
             return;
         };
         let generation = svc.generation;
         let Some(run) = svc.run.as_mut() else { return };
-        let Some((sock, _)) = &run.notify else { return };
+        let Some(n) = run.notify.as_mut() else { return };
         let mut buf = [0u8; 4096];
         let mut ready = false;
-        while let Ok(n) = sock.recv(&mut buf) {
-            for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                match line.split_once('=') {
-                    Some(("READY", "1")) => ready = true,
-                    Some(("WATCHDOG", "1")) => run.pinged = true,
-                    Some(("STATUS", text)) => run.status_text = Some(text.to_string()),
-                    Some(("RESTART_RESET", "1")) => svc.history = History::default(),
-                    _ => {}
+        for _ in 0..NOTIFY_READS_MAX {
+            let datagram = match n.sock.recv(&mut buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "service '{}': cannot read its notify socket: {e}",
+                        svc.spec.name()
+                    );
+                    break;
                 }
+            };
+            let from_run = datagram
+                .sender
+                .as_ref()
+                .is_some_and(|c| notify::from_run(c, &n.access, &self.run_key, &self.session));
+            if !from_run {
+                svc.notify_rejected += 1;
+                if !std::mem::replace(&mut n.logged_refusal, true) {
+                    let who = datagram
+                        .sender
+                        .map_or("an unknown sender".to_string(), |c| {
+                            format!("pid {} (uid {})", c.pid, c.uid)
+                        });
+                    log::warn!(
+                        "service '{}': refused a notify datagram from {who}: not a process of its run (further refusals are only counted)",
+                        svc.spec.name()
+                    );
+                }
+                continue;
+            }
+            let m = notify::parse(&buf[..datagram.len]);
+            ready |= m.ready;
+            run.pinged |= m.watchdog;
+            if let Some(text) = m.status {
+                run.status_text = Some(text);
+            }
+            if m.restart_reset {
+                svc.history = History::default();
             }
         }
         self.dirty.insert(id);
@@ -2696,6 +2857,37 @@ impl Engine {
                         timer.generation,
                         TimerKind::GiveUp,
                     );
+                }
+                TimerKind::SweepDeadline => {
+                    let Some(sweep) = svc.sweep.as_mut() else {
+                        continue;
+                    };
+                    if sweep.deadline != timer.at || sweep.killed {
+                        continue;
+                    }
+                    sweep.killed = true;
+                    log::info!(
+                        "service '{}': processes of earlier runs still running {} after the stop signal; sending SIGKILL",
+                        svc.spec.name(),
+                        crate::duration::format(svc.spec.get_stop_timeout())
+                    );
+                    self.signal_escapees(timer.id, timer.generation, Signal::Kill);
+                    self.push_timer(
+                        now + KILL_GRACE,
+                        timer.id,
+                        timer.generation,
+                        TimerKind::SweepGiveUp,
+                    );
+                }
+                TimerKind::SweepGiveUp => {
+                    if svc.sweep.is_some() {
+                        log::error!(
+                            "service '{}': processes of earlier runs survived SIGKILL for {}s; giving up on them",
+                            svc.spec.name(),
+                            KILL_GRACE.as_secs()
+                        );
+                        self.finish_sweep(timer.id);
+                    }
                 }
                 TimerKind::GroupCheck => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
@@ -2847,8 +3039,9 @@ impl Engine {
             };
             match pending.want {
                 // The run it stopped is over: nothing runs, or a later call has already
-                // started a newer run (a start or restart that overtook the stop).
-                Want::Down => svc.run.is_none() || svc.generation > generation,
+                // started a newer run (a start or restart that overtook the stop); and no
+                // daemon an earlier run left is still being ended.
+                Want::Down => (svc.run.is_none() || svc.generation > generation) && !svc.sweeping(),
                 Want::Gone => self.failed_deletes.contains_key(&id),
                 // A new run was attempted (whatever became of it since), or nothing will
                 // start: a racing stop won, or it waits for its dependencies.
@@ -2955,55 +3148,30 @@ fn fd_budget(n: usize) -> u64 {
     n as u64 * 5 + 64
 }
 
-/// A datagram socket in the abstract namespace for the run's `sd_notify` messages.
-fn notify_socket(
-    id: u64,
-    generation: u64,
-) -> std::io::Result<(std::os::unix::net::UnixDatagram, String)> {
-    use std::os::linux::net::SocketAddrExt;
-    let name = format!("sheepdog/{}/{id}/{generation}", std::process::id());
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let sock = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
-    sock.set_nonblocking(true)?;
-    Ok((sock, name))
-}
-
-/// The processes among `procs` (other than this one) whose `SHEEPDOG_RUN` names the
-/// supervisor `run_key`, with the service id each names.
-fn marked_processes(procs: &[sys::ProcStat], run_key: &str) -> Vec<(u64, Marked)> {
+/// The processes among `procs` (other than this one) that are provably descendants of a
+/// run of this session (see [`crate::marker`]), with the service id each belongs to.
+fn marked_processes(
+    procs: &[sys::ProcStat],
+    run_key: &str,
+    session: &Session,
+) -> Vec<(u64, Marked)> {
     let me = std::process::id();
     procs
         .iter()
         .filter(|p| p.pid != me)
         .filter_map(|p| {
-            let marker = sys::environ_value(p.pid, RUN_VAR)?;
-            let (id, _) = parse_marker(&marker, run_key)?;
+            let claimed = marker::claim(p, run_key, std::slice::from_ref(session))?;
             Some((
-                id,
+                claimed.owner.id,
                 Marked {
                     pid: p.pid,
                     pgrp: p.pgrp,
                     start_time: p.start_time,
-                    marker,
+                    marker: claimed.marker,
                 },
             ))
         })
         .collect()
-}
-
-/// The (service id, generation) a `SHEEPDOG_RUN` value names, if it is this supervisor's.
-fn parse_marker(marker: &str, run_key: &str) -> Option<(u64, u64)> {
-    let mut parts = marker.strip_prefix(run_key)?.strip_prefix(':')?.split(':');
-    let id = parts.next()?.parse().ok()?;
-    let generation = parts.next()?.parse().ok()?;
-    Some((id, generation))
-}
-
-/// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
-/// another process shows another environment.
-fn pin_marked(pid: u32, marker: &str) -> Option<OwnedFd> {
-    let fd = sys::pidfd_open(pid).ok()?;
-    (sys::environ_value(pid, RUN_VAR).as_deref() == Some(marker)).then_some(fd)
 }
 
 /// A decision of the restart policy in words, and its delay if it restarts.

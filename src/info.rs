@@ -180,6 +180,7 @@ pub struct ServiceInfo {
     pub(crate) cgroup: Option<u64>,
     pub(crate) log_dropped: Arc<AtomicU64>,
     pub(crate) status_text: Option<String>,
+    pub(crate) notify_rejected: u64,
 }
 
 impl ServiceInfo {
@@ -238,6 +239,25 @@ impl ServiceInfo {
     /// The last `STATUS=` text the service sent over `NOTIFY_SOCKET`, if any.
     pub fn status_text(&self) -> Option<&str> {
         self.status_text.as_deref()
+    }
+
+    /// How many `NOTIFY_SOCKET` datagrams were refused since the supervisor opened because
+    /// they did not come from a process of the service's run (another service, another
+    /// user). A refused datagram has no effect: no `READY=1`, `STATUS=`, `WATCHDOG=1` or
+    /// `RESTART_RESET=1` from it counts.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let info = sup.start(ServiceSpec::new("nap", "sleep").arg("30"))?;
+    /// assert_eq!(info.notify_rejected(), 0);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn notify_rejected(&self) -> u64 {
+        self.notify_rejected
     }
 
     /// The spec the service runs with.

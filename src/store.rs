@@ -64,7 +64,20 @@ ALTER TABLE run ADD COLUMN stdout_tail BLOB;
 ALTER TABLE run ADD COLUMN stderr_tail BLOB;
 ALTER TABLE run ADD COLUMN pidfd_ino INTEGER;
 "#,
+    r#"
+CREATE TABLE session (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    boot_id       TEXT NOT NULL,
+    started_ticks INTEGER NOT NULL,
+    key           BLOB NOT NULL,
+    cgroup        INTEGER NOT NULL
+);
+"#,
 ];
+
+/// Sessions kept: a dead host's leftovers are verified with its session's key, and the next
+/// `open` reclaims them, so only the newest few can still matter.
+const SESSIONS_KEPT: i64 = 8;
 
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
@@ -101,6 +114,15 @@ pub(crate) struct StoredService {
     pub(crate) status: Status,
     pub(crate) restarts: u64,
     pub(crate) last_exit: Option<Exit>,
+}
+
+/// A supervisor session as stored: the key its run markers are sealed with.
+pub(crate) struct StoredSession {
+    pub(crate) id: i64,
+    pub(crate) boot_id: String,
+    pub(crate) started_ticks: u64,
+    pub(crate) key: Vec<u8>,
+    pub(crate) cgroup: bool,
 }
 
 /// A run that had not ended when the previous host stopped writing.
@@ -762,6 +784,56 @@ impl Store {
             .map_err(|e| self.err("cannot read runs", e))
     }
 
+    /// Records a new session and returns its id; keeps the newest [`SESSIONS_KEPT`]. Committed
+    /// at once (before any run can carry a marker of it), with `synchronous=NORMAL`: it must
+    /// outlive a crash of the host, and a power loss ends every process it could vouch for.
+    pub(crate) fn insert_session(
+        &self,
+        boot_id: &str,
+        started_ticks: u64,
+        key: &[u8],
+        cgroup: bool,
+    ) -> Result<i64> {
+        let conn = self.fast();
+        let id = conn
+            .execute(
+                "INSERT INTO session (boot_id, started_ticks, key, cgroup) VALUES (?1, ?2, ?3, ?4)",
+                params![boot_id, started_ticks as i64, key, cgroup],
+            )
+            .and_then(|_| {
+                let id = conn.last_insert_rowid();
+                conn.execute(
+                    "DELETE FROM session WHERE id <= ?1",
+                    params![id - SESSIONS_KEPT],
+                )?;
+                Ok(id)
+            })
+            .map_err(|e| self.err("cannot record the session", e))?;
+        self.flush();
+        Ok(id)
+    }
+
+    /// The stored sessions, newest first.
+    pub(crate) fn sessions(&self) -> Result<Vec<StoredSession>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, boot_id, started_ticks, key, cgroup FROM session ORDER BY id DESC")
+            .map_err(|e| self.err("cannot read sessions", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredSession {
+                    id: r.get(0)?,
+                    boot_id: r.get(1)?,
+                    started_ticks: r.get::<_, i64>(2)? as u64,
+                    key: r.get(3)?,
+                    cgroup: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err("cannot read sessions", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("cannot read sessions", e))
+    }
+
     /// Marks every open run as ended now, without an exit status (the host died).
     pub(crate) fn close_open_runs(&self) -> Result<()> {
         self.fast()
@@ -836,6 +908,27 @@ mod tests {
         );
         let c = s.insert_service(&ServiceSpec::new("c", "true"), true, Status::Starting)?;
         assert!(c > b, "id {c} reused (b was {b})");
+        Ok(())
+    }
+
+    #[test]
+    fn sessions_survive_a_reopen_and_only_the_newest_are_kept() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let s = Store::open(&path)?;
+            for i in 0..SESSIONS_KEPT + 3 {
+                s.insert_session("boot", 100 + i as u64, &[i as u8; 16], i % 2 == 0)?;
+            }
+        }
+        let s = Store::open(&path)?;
+        let kept = s.sessions()?;
+        assert_eq!(kept.len(), SESSIONS_KEPT as usize);
+        let newest = &kept[0];
+        assert_eq!(newest.started_ticks, 100 + SESSIONS_KEPT as u64 + 2);
+        assert_eq!(newest.key, vec![(SESSIONS_KEPT + 2) as u8; 16]);
+        assert_eq!(newest.boot_id, "boot");
+        assert!(newest.cgroup);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use crate::engine::{Config, Engine, Request, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
 use crate::fleet::{Applied, Fleet, Prune};
+use crate::guardian::{Holder, Plan, Watch};
 use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
@@ -68,6 +69,8 @@ pub struct Supervisor {
     kernel_limits: (bool, bool),
     /// The supervisor's cgroup, under cgroup containment: `stats` reads its runs' members.
     cgroup_root: Option<PathBuf>,
+    /// A guardian runs (kept up to date by the supervision thread).
+    guarded: Arc<std::sync::atomic::AtomicBool>,
     // Dropped after the thread is joined: the lock file, then the temporary directory.
     _lock: File,
     _temp: Option<tempfile::TempDir>,
@@ -93,6 +96,7 @@ pub struct Builder {
     memory_sample: Option<Duration>,
     runs_kept: Option<usize>,
     subreaper: bool,
+    guardian: Option<bool>,
 }
 
 impl Builder {
@@ -140,6 +144,28 @@ impl Builder {
     /// ```
     pub fn subreaper(mut self, yes: bool) -> Builder {
         self.subreaper = yes;
+        self
+    }
+
+    /// Whether to start a guardian: a small process that outlives the host and, if the host
+    /// dies without [`shutdown`](Supervisor::shutdown) (SIGKILL, a fatal signal, the OOM
+    /// killer), ends every service's processes within about a second, removes the
+    /// supervisor's cgroups and, for a [`temporary`](Supervisor::temporary) supervisor, its
+    /// state directory. Without it, what a dead host left is ended only by the next `open` of
+    /// the same state directory. By default, this is enabled; see
+    /// [`Supervisor::guarded`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::Supervisor;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().guardian(false).open()?;
+    /// assert!(!sup.guarded());
+    /// # Ok(()) }
+    /// ```
+    pub fn guardian(mut self, yes: bool) -> Builder {
+        self.guardian = Some(yes);
         self
     }
 
@@ -243,6 +269,7 @@ impl Supervisor {
         let lock = File::options()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&lock_path)
             .map_err(|e| {
@@ -252,6 +279,15 @@ impl Supervisor {
                 )
             })?;
         lock_state_dir(&lock, &state_dir)?;
+        // Who holds the lock: a guardian cleaning up after a dead host checks it is still
+        // its host's, and the next `open` waits for such a guardian.
+        let holder = Holder::me(false);
+        holder.record(&lock).map_err(|e| {
+            io_error(
+                format!("cannot write lock file '{}'", lock_path.display()),
+                e,
+            )
+        })?;
         let log_dir = state_dir.join("logs");
         std::fs::create_dir_all(&log_dir).map_err(|e| {
             io_error(
@@ -292,8 +328,22 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
+        let session = crate::marker::Session::begin(containment == Containment::Cgroup)
+            .map_err(|e| io_error("cannot make a session key".into(), e))?;
         let store = Store::open(&state_dir.join("sheepdog.db"))?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
+        let run_key = crate::containment::state_key(&state_dir);
+        let guarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guardian = options.guardian.unwrap_or(true).then(|| {
+            let plan = Plan::new(
+                &state_dir,
+                &run_key,
+                temp.is_some(),
+                cgroups.as_ref(),
+                &holder,
+            );
+            Watch::start(plan, guarded.clone())
+        });
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -304,7 +354,9 @@ impl Supervisor {
             cgroups,
             memory_sample,
             subreaper: containment == Containment::Subreaper,
-            run_key: crate::containment::state_key(&state_dir),
+            run_key,
+            session,
+            guardian,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -336,6 +388,7 @@ impl Supervisor {
             containment,
             kernel_limits,
             cgroup_root,
+            guarded,
             state_dir,
             log_dir,
             _lock: lock,
@@ -388,6 +441,27 @@ impl Supervisor {
     /// OOM-killed and recorded as such. Without it the supervisor's own sampling enforces it.
     pub fn enforces_max_memory(&self) -> bool {
         self.kernel_limits.1
+    }
+
+    /// Whether a guardian process stands by: if the host dies without
+    /// [`shutdown`](Supervisor::shutdown), it ends every service's processes (see
+    /// [`Builder::guardian`] and the README for what each containment tier guarantees).
+    /// False when it was turned off, cannot run here (the crate is linked into a shared
+    /// library, where the host's executable cannot be re-run as a guardian), or died too
+    /// often to be replaced; false after `shutdown` too.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = sheepdog::Supervisor::temporary()?;
+    /// assert!(sup.guarded());
+    /// sup.shutdown()?;
+    /// assert!(!sup.guarded());
+    /// # Ok(()) }
+    /// ```
+    pub fn guarded(&self) -> bool {
+        self.guarded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What `open` found still running from a previous host that died, and killed before
@@ -1058,12 +1132,19 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// (close-on-exec acts only at exec). Any thread of the host that spawns a process can
 /// therefore hold our lock for a moment after we release it, so a busy lock is retried for a
 /// short while before it counts as another supervisor's.
+///
+/// A guardian cleaning up after a dead host holds the lock too, and says so in the lock
+/// file: then `open` waits for it, up to [`CLEANUP_PATIENCE`](crate::guardian::CLEANUP_PATIENCE).
 fn lock_state_dir(lock: &File, state_dir: &Path) -> Result<()> {
-    let deadline = Instant::now() + LOCK_PATIENCE;
+    let start = Instant::now();
+    let mut deadline = start + LOCK_PATIENCE;
     loop {
         match lock.try_lock() {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if Holder::read(lock).is_some_and(|h| h.guardian && h.alive()) {
+                    deadline = start + crate::guardian::CLEANUP_PATIENCE;
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(std::fs::TryLockError::WouldBlock) => {

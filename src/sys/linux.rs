@@ -51,6 +51,22 @@ pub(crate) struct SpawnRequest<'a> {
     /// `cgroup.procs` files (opened for writing) of further cgroups the child joins before
     /// exec: the v1 hierarchies of its limits. At most two.
     pub(crate) join: Vec<BorrowedFd<'a>>,
+    /// What the child is to the host: a service (its own process group, killed when the
+    /// spawning thread ends), or a process that must outlive the host (a session of its own,
+    /// no parent-death signal).
+    pub(crate) kind: ChildKind,
+    /// Fds the child keeps across exec, as 3, 4, … in this order. At most four.
+    pub(crate) keep: &'a [BorrowedFd<'a>],
+}
+
+/// See [`SpawnRequest::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChildKind {
+    /// Leads a new process group; `PR_SET_PDEATHSIG(SIGKILL)`.
+    Service,
+    /// Leads a new session (so a signal to the host's group or a hang-up of its terminal
+    /// does not reach it); no parent-death signal.
+    Detached,
 }
 
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
@@ -66,6 +82,9 @@ struct ChildArgs {
     stdout: c_int,
     stderr: c_int,
     parent: libc::pid_t,
+    detached: c_int,
+    keep: [c_int; 4],
+    keep_len: c_int,
     /// The step that failed and its errno; 0 while all goes well.
     failed_step: c_int,
     errno: c_int,
@@ -77,6 +96,7 @@ const STEP_CHDIR: c_int = 3;
 const STEP_PDEATHSIG: c_int = 4;
 const STEP_EXEC: c_int = 5;
 const STEP_CGROUP: c_int = 6;
+const STEP_KEEP: c_int = 7;
 
 thread_local! {
     /// The spawning thread's child stack, between spawns.
@@ -84,7 +104,7 @@ thread_local! {
 }
 
 /// `/dev/null`, opened once (close-on-exec): every child's stdin.
-fn devnull() -> io::Result<BorrowedFd<'static>> {
+pub(crate) fn devnull() -> io::Result<BorrowedFd<'static>> {
     static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = DEVNULL.get() {
         return Ok(fd.as_fd());
@@ -146,6 +166,16 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
     for (slot, fd) in join.iter_mut().zip(&req.join) {
         *slot = fd.as_raw_fd();
     }
+    if req.keep.len() > 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than four fds to keep",
+        ));
+    }
+    let mut keep = [-1; 4];
+    for (slot, fd) in keep.iter_mut().zip(req.keep) {
+        *slot = fd.as_raw_fd();
+    }
 
     let mut args = ChildArgs {
         path: path.as_ptr(),
@@ -160,6 +190,9 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
         stdout: req.stdout.as_raw_fd(),
         stderr: req.stderr.as_raw_fd(),
         parent: rustix::process::getpid().as_raw_nonzero().get(),
+        detached: c_int::from(req.kind == ChildKind::Detached),
+        keep,
+        keep_len: req.keep.len() as c_int,
         failed_step: 0,
         errno: 0,
     };
@@ -255,6 +288,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
             STEP_CHDIR => "chdir",
             STEP_PDEATHSIG => "prctl",
             STEP_CGROUP => "joining its cgroup",
+            STEP_KEEP => "passing fds",
             _ => return Err(err),
         };
         return Err(io::Error::new(
@@ -407,7 +441,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             a.failed_step = step;
             libc::_exit(127)
         };
-        if libc::setpgid(0, 0) != 0 {
+        if a.detached != 0 {
+            if libc::setsid() < 0 {
+                fail(a, STEP_SETPGID);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             fail(a, STEP_SETPGID);
         }
         if !a.cgroup_procs.is_null() {
@@ -443,6 +481,25 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
+        // Fds to keep go to 3, 4, …: first each to a number above those (so none is
+        // overwritten before it is moved), then into place, where dup2 clears close-on-exec.
+        let n = a.keep_len as usize;
+        for i in 0..n {
+            let high = libc::fcntl(a.keep[i], libc::F_DUPFD_CLOEXEC, 3 + n as c_int);
+            if high < 0 {
+                fail(a, STEP_KEEP);
+            }
+            a.keep[i] = high;
+        }
+        for i in 0..n {
+            if libc::dup2(a.keep[i], 3 + i as c_int) < 0 {
+                fail(a, STEP_KEEP);
+            }
+        }
+        if a.detached != 0 {
+            libc::execve(a.path, a.argv, a.envp);
+            fail(a, STEP_EXEC)
+        }
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -816,6 +873,37 @@ pub(crate) fn resident_pages(pid: u32) -> Option<u64> {
     statm.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Fills `buf` with random bytes from the kernel's generator (`getrandom(2)`), for secrets.
+/// Blocks only before the generator is first seeded, early in boot.
+pub(crate) fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The real uid of this process.
+pub(crate) fn real_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The real uid of `pid`, from the `Uid:` line of `/proc/<pid>/status` (`None` if it is gone).
+pub(crate) fn process_real_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// This boot's id, so identities stored by a previous boot are never matched.
 pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -837,6 +925,183 @@ pub(crate) fn raise_fd_limit() -> u64 {
         return cur;
     }
     limit.current.unwrap_or(u64::MAX)
+}
+
+/// `SO_PASSPIDFD` and `SCM_PIDFD` (Linux 6.5+), which libc does not name yet.
+const SO_PASSPIDFD: c_int = 76;
+const SCM_PIDFD: c_int = 0x04;
+
+/// Who sent a datagram, as the kernel vouches for it.
+pub(crate) struct Credentials {
+    /// The sender's pid (a sender with `CAP_SYS_ADMIN` may name another process, as
+    /// `systemd-notify` run by root names its parent).
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+    /// A pidfd of that process (`SCM_PIDFD`, Linux 6.5+): it stays valid when the sender has
+    /// exited, and on Linux 6.16+ even once it was reaped.
+    pub(crate) pidfd: Option<OwnedFd>,
+}
+
+/// A datagram socket in the abstract namespace (`NOTIFY_SOCKET`) that receives each
+/// datagram with its sender's credentials (`SO_PASSCRED`, and `SO_PASSPIDFD` where the
+/// kernel has it). Non-blocking and close-on-exec.
+pub(crate) struct NotifySocket(OwnedFd);
+
+impl NotifySocket {
+    pub(crate) fn bind_abstract(name: &[u8]) -> io::Result<NotifySocket> {
+        use rustix::net::{self, sockopt, AddressFamily, SocketFlags, SocketType};
+        let fd = net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        sockopt::set_socket_passcred(&fd, true)?;
+        let one: c_int = 1;
+        // SAFETY: a plain setsockopt with a c_int option value that outlives the call. It
+        // fails with ENOPROTOOPT before Linux 6.5; the pid from SO_PASSCRED is used then.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PASSPIDFD,
+                (&one as *const c_int).cast(),
+                std::mem::size_of::<c_int>() as libc::socklen_t,
+            );
+        }
+        let addr = net::SocketAddrUnix::new_abstract_name(name)?;
+        net::bind(&fd, &addr)?;
+        Ok(NotifySocket(fd))
+    }
+
+    /// Receives one datagram into `buf` (cut at its length) with its sender's credentials;
+    /// `Ok(None)` when none is waiting.
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+        // Room for a ucred, a pidfd and a few passed fds; u64s for the alignment cmsgs need.
+        let mut control = [0u64; 32];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `msghdr` is plain old data, valid when zeroed; it points at `iov` and
+        // `control`, which outlive the call, with their true sizes.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: as above; the kernel writes at most the buffers' sizes.
+        let n = unsafe {
+            libc::recvmsg(
+                self.0.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                Some(libc::EINTR) => self.recv(buf),
+                _ => Err(e),
+            };
+        }
+        let mut creds: Option<(u32, u32)> = None;
+        let mut pidfd = None;
+        let mut passed = Vec::new();
+        // SAFETY: the CMSG_* walk stays within `msg_controllen`, which the kernel set; each
+        // payload is read unaligned, with the size its type says; every fd the kernel
+        // installed is taken into an OwnedFd exactly once, so none leaks.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                        if len >= std::mem::size_of::<libc::ucred>() =>
+                    {
+                        let u = std::ptr::read_unaligned(data.cast::<libc::ucred>());
+                        creds = Some((u.pid as u32, u.uid));
+                    }
+                    (libc::SOL_SOCKET, SCM_PIDFD) if len >= 4 => {
+                        let fd = std::ptr::read_unaligned(data.cast::<c_int>());
+                        if fd >= 0 {
+                            pidfd = Some(OwnedFd::from_raw_fd(fd));
+                        }
+                    }
+                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                        for i in 0..len / 4 {
+                            let fd = std::ptr::read_unaligned(data.cast::<c_int>().add(i));
+                            if fd >= 0 {
+                                passed.push(OwnedFd::from_raw_fd(fd));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok(Some(Datagram {
+            len: n as usize,
+            sender: creds.map(|(pid, uid)| Credentials { pid, uid, pidfd }),
+            _passed: passed,
+        }))
+    }
+}
+
+/// One datagram received on a [`NotifySocket`].
+pub(crate) struct Datagram {
+    pub(crate) len: usize,
+    pub(crate) sender: Option<Credentials>,
+    /// File descriptors sent with it, closed when it is dropped: `systemd-notify` sends one
+    /// with `BARRIER=1` and lives until it is closed, so dropping the datagram only after its
+    /// sender was checked keeps the sender there to be checked.
+    _passed: Vec<OwnedFd>,
+}
+
+impl AsFd for NotifySocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// The id of the cgroup v2 a process is (or, once exited, was) in, from its pidfd
+/// (`PIDFD_GET_INFO`, Linux 6.13+; after the process was reaped, 6.15+). The same number as
+/// the inode of the cgroup's directory ([`inode_of`]).
+pub(crate) fn pidfd_cgroup_id(pidfd: &OwnedFd) -> Option<u64> {
+    // SAFETY: `pidfd_info` is plain old data, valid when zeroed; the ioctl writes at most
+    // `size_of::<pidfd_info>()` bytes into it and reads the mask we set.
+    unsafe {
+        let mut info: libc::pidfd_info = std::mem::zeroed();
+        // Asking for the exit too: for a reaped process the kernel answers only then (with
+        // the cgroup it was in when it exited).
+        info.mask = (libc::PIDFD_INFO_CGROUPID | libc::PIDFD_INFO_EXIT) as u64;
+        if libc::ioctl(pidfd.as_raw_fd(), libc::PIDFD_GET_INFO, &mut info) != 0
+            || info.mask & libc::PIDFD_INFO_CGROUPID as u64 == 0
+        {
+            return None;
+        }
+        Some(info.cgroupid)
+    }
+}
+
+/// Whether the process behind `pidfd` has not been reaped yet (a zombie counts).
+pub(crate) fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    pidfd_send_signal_raw(pidfd, 0, 0).is_ok()
+}
+
+/// The inode number of an open file: for a cgroup v2 directory, the cgroup's id.
+pub(crate) fn inode_of(fd: &impl AsFd) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
+}
+
+/// The cgroup v2 path of `pid` as `/proc/<pid>/cgroup` shows it (`0::<path>`).
+pub(crate) fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
 /// One wait over many fds and a waker, with a timeout: the supervision thread's only block.

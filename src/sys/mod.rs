@@ -9,7 +9,10 @@
 //!   never `waitpid(-1)`, which would take the host's own children;
 //! - `signal_group(&OwnedFd, pgid, Signal) -> io::Result<()>` and `group_alive(&OwnedFd, pgid)`;
 //! - `Poller`: one readiness wait over exit handles and a waker, with a deadline;
-//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`).
+//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`);
+//! - the guardian's entry point (`hook`): an ELF constructor that runs before `main` and,
+//!   in a guardian, hands over to `crate::guardian::main` (the one call out of `sys`), and
+//!   the proof that it is in the main executable (`hook_in_main_executable`).
 //!
 //! This is the only module with `unsafe` code; each block says why it is sound.
 
@@ -17,6 +20,10 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+mod hook;
+#[cfg(target_os = "linux")]
+pub(crate) use hook::*;
 
 #[cfg(all(unix, not(target_os = "linux")))]
 compile_error!(

@@ -145,9 +145,11 @@ const SERVICES: usize = 5;
 /// The helper host of the host-death tests: starts SERVICES daemonizing services under
 /// `containment`, says "ready", and waits to be killed.
 fn daemonizing_host(dir: &std::ffi::OsStr, token: &str, containment: Containment) -> ! {
+    // No guardian: what `open` does after a host died is what is tested here.
     let sup = Supervisor::builder()
         .state_dir(dir)
         .containment(containment)
+        .guardian(false)
         .open()
         .unwrap();
     for i in 0..SERVICES {
@@ -405,9 +407,11 @@ fn spawn_with_pid(pid: u32) -> Option<std::process::Child> {
 #[test]
 fn a_reused_pid_is_never_signalled() {
     if let Some(dir) = std::env::var_os("SHEEPDOG_HELPER_HOST") {
+        // No guardian: the identity check of `open` is what is tested here.
         let sup = Supervisor::builder()
             .state_dir(dir)
             .containment(Containment::ProcessGroup)
+            .guardian(false)
             .open()
             .unwrap();
         let token = std::env::var("SHEEPDOG_HELPER_TOKEN").unwrap();
@@ -447,7 +451,13 @@ fn a_reused_pid_is_never_signalled() {
     host.wait().unwrap();
     // Dead, and reaped by init (until then its pid is taken).
     let gone = || (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(());
-    wait_until(SECS_10, gone).expect("the service died with its host and was reaped");
+    if wait_until(SECS_10, gone).is_none() {
+        assert!(!is_alive(pid), "the service died with its host");
+        // A pid namespace whose init does not reap orphans (`unshare --pid --fork` runs the
+        // test runner as init): the zombie keeps the pid for good.
+        eprintln!("skipped: init of this pid namespace does not reap pid {pid}, so it cannot be taken back");
+        return;
+    }
     let Some(mut impostor) = spawn_with_pid(pid) else {
         eprintln!("skipped: could not take pid {pid} back (a busy machine won every race)");
         return;

@@ -1,6 +1,8 @@
 //! A host killed with SIGKILL leaves nothing that outlives the next `open`: direct children
 //! die by PDEATHSIG, and the next `open` kills what is left of their groups (matched by boot
-//! id, pid and start time) before it starts each service exactly once.
+//! id, pid and start time) before it starts each service exactly once. The host runs
+//! without a guardian here, as one whose guardian was killed with it: what the guardian does
+//! is in `guardian.rs`.
 
 use crate::common::*;
 use sheepdog::{Status, Supervisor};
@@ -12,7 +14,11 @@ const SERVICES: usize = 20;
 const TEST: &str = "host_death::a_killed_host_leaves_nothing_after_reopen";
 
 fn helper_host(dir: &str, token: &str) {
-    let sup = Supervisor::open(dir).unwrap();
+    let sup = Supervisor::builder()
+        .state_dir(dir)
+        .guardian(false)
+        .open()
+        .unwrap();
     for i in 0..SERVICES {
         let spec = sheepdog::ServiceSpec::new(format!("svc{i}"), "/bin/sh")
             .args(["-c", "sleep 600 & exec sleep 600"])

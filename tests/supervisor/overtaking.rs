@@ -7,11 +7,11 @@
 //! service again.
 
 use crate::common::*;
-use sheepdog::{ErrorKind, ServiceSpec, Status, Supervisor};
+use sheepdog::{ErrorKind, Ready, ServiceSpec, Status, Supervisor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long after the first call the second one is made.
+/// How long after the first call began the stop the second one is made.
 const OVERTAKE_AFTER: Duration = Duration::from_millis(200);
 /// The stop timeout of the service: the handler fits in it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,13 +22,15 @@ fn bound() -> Duration {
     STOP_TIMEOUT + sheepdog::STOP_OVERHEAD + Duration::from_secs(2)
 }
 
-/// A service whose stop signal handler takes a second before it exits.
+/// A service whose stop signal handler takes a second before it exits; it is ready once
+/// the handler is in place.
 fn slow_stopper(h: &Harness, variant: &str) -> ServiceSpec {
     h.sh(
         "r",
-        "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done",
+        "trap 'sleep 1; exit 0' TERM; echo trapped; while :; do sleep 0.1; done",
     )
     .env("VARIANT", variant)
+    .ready(Ready::LogLine("trapped".into()))
     .stop_timeout(STOP_TIMEOUT)
 }
 
@@ -58,6 +60,16 @@ impl<T: Send + 'static> Call<T> {
     }
 }
 
+/// Waits until the first call has begun the stop (the service is `Stopping`), then a
+/// little longer, so the second call overtakes it however slowly the first thread started.
+fn overtake_while_stopping(sup: &Supervisor) {
+    wait_until(SECS_10, || {
+        (sup.describe("r").ok()?.status() == Status::Stopping).then_some(())
+    })
+    .expect("the first call began the stop");
+    std::thread::sleep(OVERTAKE_AFTER);
+}
+
 /// A harness with the slow stopper running, and a shared handle on its supervisor.
 fn running() -> (Harness, Arc<Supervisor>) {
     let mut h = Harness::new();
@@ -78,10 +90,11 @@ fn stop_overtaken_by(second: impl FnOnce(&Harness, &Supervisor) -> Status) {
         let sup = sup.clone();
         move || sup.stop("r")
     });
-    std::thread::sleep(OVERTAKE_AFTER);
+    overtake_while_stopping(&sup);
     let status = second(&h, &sup);
-    assert_eq!(status, Status::Online, "the later start won");
+    assert!(status.is_running(), "the later start won: {status}");
     assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
+    sup.wait_for("r", Status::Online, SECS_10).unwrap();
     assert_eq!(
         sup.describe("r").unwrap().status(),
         Status::Online,
@@ -115,7 +128,7 @@ fn a_restart_overtaken_by_a_stop_returns() {
         let sup = sup.clone();
         move || sup.restart("r")
     });
-    std::thread::sleep(OVERTAKE_AFTER);
+    overtake_while_stopping(&sup);
     assert_eq!(sup.stop("r").unwrap(), 1);
     assert_eq!(restarting.join(bound()).unwrap(), 1, "the restart returned");
     assert_eq!(sup.describe("r").unwrap().status(), Status::Stopped);
@@ -130,7 +143,7 @@ fn a_start_overtaken_by_a_delete_returns_not_found() {
         let (sup, spec) = (sup.clone(), slow_stopper(&h, "b"));
         move || sup.start(spec)
     });
-    std::thread::sleep(OVERTAKE_AFTER);
+    overtake_while_stopping(&sup);
     assert_eq!(sup.delete("r").unwrap(), 1);
     let err = starting.join(bound()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
@@ -145,7 +158,7 @@ fn a_stop_overtaken_by_a_delete_returns() {
         let sup = sup.clone();
         move || sup.stop("r")
     });
-    std::thread::sleep(OVERTAKE_AFTER);
+    overtake_while_stopping(&sup);
     assert_eq!(sup.delete("r").unwrap(), 1);
     assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
     assert!(sup.list().unwrap().is_empty());
@@ -178,7 +191,7 @@ fn a_wait_for_a_deleted_service_returns_not_found() {
 fn shutdown_during(first: impl FnOnce(&Harness, &Arc<Supervisor>) -> Call<Option<ErrorKind>>) {
     let (h, sup) = running();
     let pending = first(&h, &sup);
-    std::thread::sleep(OVERTAKE_AFTER);
+    overtake_while_stopping(&sup);
     let shutting = Call::spawn("shutdown", {
         let sup = sup.clone();
         move || sup.shutdown()
