@@ -143,12 +143,15 @@ fn resolve<'a>(target: &str, services: impl Iterator<Item = (u64, &'a str)>) -> 
     Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
 }
 
-/// A definition recorded by `define`: the service, whether its spec is new or changed, and
-/// what it was before (`None`: it did not exist), to undo it if the batch fails.
-struct Defined {
-    id: u64,
+/// A definition `start_many` has checked and not yet stored.
+struct Definition {
+    spec: ServiceSpec,
+    /// The service it redefines; `None`: a new one, whose id comes with the commit.
+    id: Option<u64>,
+    /// Its spec differs from the one in force (always, for a new service).
     changed: bool,
-    previous: Option<(Arc<ServiceSpec>, bool)>,
+    /// The callers waiting on it: more than one when a batch names it more than once.
+    replies: Vec<Sender<Result<ServiceInfo>>>,
 }
 
 /// What happens once a stopping run has fully ended.
@@ -677,7 +680,7 @@ impl Engine {
         if !groups.is_empty() {
             log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
         }
-        self.store.close_open_runs()?;
+        self.store.close_open_runs();
         Ok(reclaimed
             .into_iter()
             .map(|(id, pids)| (id, pids.into_iter().collect()))
@@ -843,9 +846,8 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
-                    // Down on disk first: if the row cannot be removed later, the service
-                    // stays, stopped, in memory and on disk alike.
-                    if let Err(e) = self.set_desired_many(&ids, false) {
+                    // Removed on disk first, all at once: if that fails, nothing is done.
+                    if let Err(e) = self.delete_rows(&ids) {
                         let _ = reply.send(Err(e));
                         return;
                     }
@@ -1004,48 +1006,85 @@ impl Engine {
         self.start_many(vec![(spec, reply)]);
     }
 
-    /// Starts services: first every definition is checked and stored in one transaction (one
-    /// fsync however many), then each is spawned (or restarted into its new spec).
+    /// Starts services. Every definition is checked first; then all of them are stored in one
+    /// transaction (one fsync however many); only then are they changed in memory and spawned
+    /// (or restarted into their new spec). A spec that breaks a rule gets its own error and
+    /// the others go on; a failure to store gives every one of them the error and changes
+    /// nothing, in memory or on disk.
     fn start_many(&mut self, items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>) {
-        if let Err(e) = self.store.begin() {
-            for (_, reply) in items {
-                let _ = reply.send(Err(e.clone()));
+        let mut defs: Vec<Definition> = Vec::new();
+        for (spec, reply) in items {
+            if let Err(e) = self.check_definition(&spec, &defs) {
+                let _ = reply.send(Err(e));
+                continue;
             }
+            if let Some(d) = defs.iter_mut().find(|d| d.spec.name() == spec.name()) {
+                // Named again in the same batch: the later spec wins.
+                d.changed = d.id.is_none_or(|id| *self.services[&id].spec != spec);
+                d.spec = spec;
+                d.replies.push(reply);
+                continue;
+            }
+            let id = self
+                .services
+                .values()
+                .find(|s| s.spec.name() == spec.name())
+                .map(|s| s.id);
+            defs.push(Definition {
+                changed: id.is_none_or(|id| *self.services[&id].spec != spec),
+                spec,
+                id,
+                replies: vec![reply],
+            });
+        }
+        if defs.is_empty() {
             return;
         }
-        let mut accepted = Vec::new();
-        for (spec, reply) in items {
-            match self.define(spec) {
-                Ok(defined) => accepted.push((defined, reply)),
-                Err(e) => drop(reply.send(Err(e))),
-            }
-        }
-        if let Err(e) = self.store.commit() {
-            // Nothing was stored: take the definitions back out of memory too.
-            for (d, reply) in accepted.into_iter().rev() {
-                match d.previous {
-                    None => {
-                        self.services.remove(&d.id);
-                        self.dirty.remove(&d.id);
-                        self.removed.push(d.id);
-                    }
-                    Some((spec, desired_up)) => {
-                        let svc = self.services.get_mut(&d.id).expect("defined above");
-                        svc.spec = spec;
-                        svc.launch = None;
-                        svc.desired_up = desired_up;
+        let services = &self.services;
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for d in &mut defs {
+                match d.id {
+                    None => d.id = Some(tx.insert_service(&d.spec, true, Status::Starting)?),
+                    Some(id) => {
+                        if d.changed {
+                            tx.update_spec(id, &d.spec)?;
+                        }
+                        if !services[&id].desired_up {
+                            tx.set_desired(id, true)?;
+                        }
                     }
                 }
+            }
+            tx.commit()
+        });
+        if let Err(e) = stored {
+            log::error!("{e}");
+            for reply in defs.into_iter().flat_map(|d| d.replies) {
                 let _ = reply.send(Err(e.clone()));
             }
             return;
         }
-        // The spawns' run records and statuses: one more transaction for all of them.
-        let batch = accepted.len() > 1 && self.store.begin().is_ok();
-        for (d, reply) in accepted {
-            let svc = &self.services[&d.id];
-            let running_as_asked = d.previous.is_some()
-                && !d.changed
+        // Stored: now in memory.
+        let mut accepted = Vec::new();
+        for d in defs {
+            let id = d.id.expect("given by the commit above");
+            let existed = self.services.contains_key(&id);
+            if !existed {
+                self.services
+                    .insert(id, Service::new(id, d.spec, true, Status::Starting));
+            } else if d.changed {
+                let svc = self.services.get_mut(&id).expect("present");
+                svc.spec = Arc::new(d.spec);
+                svc.launch = None;
+                svc.history = History::default();
+            }
+            self.services.get_mut(&id).expect("present").desired_up = true;
+            self.dirty.insert(id);
+            accepted.push((id, existed && !d.changed, d.replies));
+        }
+        for (id, unchanged, replies) in accepted {
+            let svc = &self.services[&id];
+            let running_as_asked = unchanged
                 && matches!(svc.status, Status::Online | Status::Starting)
                 && (svc
                     .run
@@ -1053,32 +1092,31 @@ impl Engine {
                     .is_some_and(|r| r.ended.is_none() && r.stopping.is_none())
                     || svc.waiting);
             if running_as_asked {
-                let _ = reply.send(Ok(svc.info()));
+                for reply in replies {
+                    let _ = reply.send(Ok(svc.info()));
+                }
                 continue;
             }
             let generation = svc.generation;
-            self.begin_stop(d.id, Then::Start);
-            self.pending.push(Pending {
-                targets: vec![(d.id, generation)],
-                want: Want::Up,
-                reply: Reply::Info(reply),
-                stages: VecDeque::new(),
-                then: Then::Start,
-                error: None,
-            });
-        }
-        if batch {
-            if let Err(e) = self.store.commit() {
-                log::error!("{e}");
+            self.begin_stop(id, Then::Start);
+            for reply in replies {
+                self.pending.push(Pending {
+                    targets: vec![(id, generation)],
+                    want: Want::Up,
+                    reply: Reply::Info(reply),
+                    stages: VecDeque::new(),
+                    then: Then::Start,
+                    error: None,
+                });
             }
         }
     }
 
-    /// Checks a spec and records it (inside the caller's store batch): a new service, or a
-    /// new spec for an existing one; either way its desired state becomes up.
-    fn define(&mut self, spec: ServiceSpec) -> Result<Defined> {
+    /// Checks a spec for `start_many`, against the services as they will be with the
+    /// definitions before it in the same batch.
+    fn check_definition(&self, spec: &ServiceSpec, planned: &[Definition]) -> Result<()> {
         spec.validate()?;
-        self.check_dependencies(&spec)?;
+        self.check_dependencies(spec, planned)?;
         if spec.get_max_pids().is_some() && !self.cgroups.as_ref().is_some_and(|c| c.limits_pids())
         {
             return Err(Error::new(
@@ -1087,61 +1125,38 @@ impl Engine {
             )
             .with_service(spec.name()));
         }
-        let existing = self
-            .services
-            .values()
-            .find(|s| s.spec.name() == spec.name())
-            .map(|s| s.id);
-        let Some(id) = existing else {
-            let need = fd_budget(self.services.len() + 1);
+        let new = |name: &str| !self.services.values().any(|s| s.spec.name() == name);
+        if new(spec.name()) {
+            let services = self.services.len()
+                + 1
+                + planned
+                    .iter()
+                    .filter(|d| d.id.is_none() && d.spec.name() != spec.name())
+                    .count();
+            let need = fd_budget(services);
             if need > self.fd_limit {
                 return Err(Error::new(
                     ErrorKind::Spawn,
                     format!(
-                        "cannot start: {} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
-                        self.services.len() + 1,
+                        "cannot start: {services} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
                         self.fd_limit
                     ),
                 )
                 .with_service(spec.name()));
             }
-            let id = self.store.insert_service(&spec, true, Status::Starting)?;
-            self.services
-                .insert(id, Service::new(id, spec, true, Status::Starting));
-            self.dirty.insert(id);
-            return Ok(Defined {
-                id,
-                changed: true,
-                previous: None,
-            });
-        };
-        let previous = (
-            self.services[&id].spec.clone(),
-            self.services[&id].desired_up,
-        );
-        let changed = *previous.0 != spec;
-        if changed {
-            self.store.update_spec(id, &spec)?;
-            let svc = self.services.get_mut(&id).expect("found above");
-            svc.spec = Arc::new(spec);
-            svc.launch = None;
-            svc.history = History::default();
-            self.dirty.insert(id);
         }
-        self.set_desired(id, true);
-        Ok(Defined {
-            id,
-            changed,
-            previous: Some(previous),
-        })
+        Ok(())
     }
 
-    /// Every dependency exists, and the graph with this spec in it has no cycle.
-    fn check_dependencies(&self, spec: &ServiceSpec) -> Result<()> {
+    /// Every dependency exists (or is defined earlier in the same batch), and the graph with
+    /// this spec in it has no cycle.
+    fn check_dependencies(&self, spec: &ServiceSpec, planned: &[Definition]) -> Result<()> {
         let invalid =
             |msg: String| Error::new(ErrorKind::InvalidSpec, msg).with_service(spec.name());
         for dep in spec.get_after() {
-            if !self.services.values().any(|s| s.spec.name() == dep.name) {
+            if !self.services.values().any(|s| s.spec.name() == dep.name)
+                && !planned.iter().any(|d| d.spec.name() == dep.name)
+            {
                 return Err(invalid(format!(
                     "invalid spec: unknown dependency '{}'",
                     dep.name
@@ -1157,11 +1172,14 @@ impl Engine {
             name: spec.name(),
             deps: spec.get_after().iter().map(|d| d.name.as_str()).collect(),
         }];
-        nodes.extend(
-            self.graph_nodes()
-                .into_iter()
-                .filter(|n| n.name != spec.name()),
-        );
+        let planned = planned.iter().filter(|d| d.spec.name() != spec.name());
+        nodes.extend(planned.clone().map(|d| graph::Node {
+            name: d.spec.name(),
+            deps: d.spec.get_after().iter().map(|d| d.name.as_str()).collect(),
+        }));
+        nodes.extend(self.graph_nodes().into_iter().filter(|n| {
+            n.name != spec.name() && !planned.clone().any(|d| d.spec.name() == n.name)
+        }));
         match graph::find_cycle(&nodes) {
             Some(cycle) => Err(invalid(format!(
                 "invalid spec: dependency cycle: {}",
@@ -1198,7 +1216,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Sets the desired state of several services, stored in one transaction.
+    /// Sets the desired state of several services: stored in one transaction, then in
+    /// memory. On failure neither changes.
     fn set_desired_many(&mut self, ids: &[u64], up: bool) -> Result<()> {
         let changed: Vec<u64> = ids
             .iter()
@@ -1208,14 +1227,11 @@ impl Engine {
         if changed.is_empty() {
             return Ok(());
         }
-        let stored = self.store.begin().and_then(|()| {
-            for id in &changed {
-                if let Err(e) = self.store.set_desired(*id, up) {
-                    let _ = self.store.commit();
-                    return Err(e);
-                }
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for &id in &changed {
+                tx.set_desired(id, up)?;
             }
-            self.store.commit()
+            tx.commit()
         });
         if let Err(e) = stored {
             log::error!("{e}");
@@ -1226,6 +1242,28 @@ impl Engine {
                 .get_mut(id)
                 .expect("filtered above")
                 .desired_up = up;
+        }
+        Ok(())
+    }
+
+    /// Removes services from the registry, all in one transaction; in memory they stay until
+    /// their stop is over. On failure nothing changes.
+    fn delete_rows(&mut self, ids: &[u64]) -> Result<()> {
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for &id in ids {
+                tx.delete_service(id)?;
+            }
+            tx.commit()
+        });
+        if let Err(e) = stored {
+            log::error!("{e}");
+            return Err(e);
+        }
+        for id in ids {
+            if let Some(svc) = self.services.get_mut(id) {
+                // Nothing may start it again while it stops.
+                svc.desired_up = false;
+            }
         }
         Ok(())
     }
@@ -1322,16 +1360,6 @@ impl Engine {
         crate::history::Explanation {
             status: svc.status,
             text,
-        }
-    }
-
-    fn set_desired(&mut self, id: u64, up: bool) {
-        let svc = self.services.get_mut(&id).expect("callers pass a known id");
-        if svc.desired_up != up {
-            svc.desired_up = up;
-            if let Err(e) = self.store.set_desired(id, up) {
-                log::error!("service '{}': {e}", svc.spec.name());
-            }
         }
     }
 
@@ -1468,17 +1496,9 @@ impl Engine {
         }
     }
 
+    /// Removes a deleted service from memory, once its stop is over (its row went when the
+    /// delete was asked for).
     fn delete_now(&mut self, id: u64) {
-        if let Err(e) = self.store.delete_service(id) {
-            // Not stored: keep the service (stopped), and tell the caller.
-            let svc = self.services.get_mut(&id).expect("callers pass a known id");
-            log::error!("service '{}': {e}", svc.spec.name());
-            svc.status = Status::Stopped;
-            self.dirty.insert(id);
-            self.failed_deletes
-                .insert(id, e.with_service(svc.spec.name()));
-            return;
-        }
         let Some(svc) = self.services.remove(&id) else {
             return;
         };
@@ -1635,7 +1655,7 @@ impl Engine {
                     Some(_) => None,
                     None => sys::proc_stat(child.pid).map(|s| s.start_time),
                 };
-                let run_id = match self.store.insert_run(&NewRun {
+                let run_id = Some(self.store.insert_run(&NewRun {
                     service_id: id,
                     generation: svc.generation,
                     pid: child.pid,
@@ -1644,13 +1664,7 @@ impl Engine {
                     pidfd_ino,
                     started_at: wall,
                     ready: immediately,
-                }) {
-                    Ok(run_id) => Some(run_id),
-                    Err(e) => {
-                        log::error!("service '{name}': {e}");
-                        None
-                    }
-                };
+                }));
                 let pid = child.pid;
                 if self.subreaper {
                     self.run_groups.insert(pid);
@@ -1759,7 +1773,7 @@ impl Engine {
             reason: Some(e.to_string()),
         };
         let errno = e.os_error();
-        let record = |store: &Store, boot_id: &str, decision: Option<&str>, delay| {
+        let record = |store: &mut Store, boot_id: &str, decision: Option<&str>, delay| {
             let ending = RunEnding {
                 exit: &exit,
                 cause: Cause::SpawnFailed,
@@ -1768,9 +1782,7 @@ impl Engine {
                 delay,
                 usage: None,
             };
-            if let Err(e) = store.insert_failed_run(id, generation, boot_id, &ending) {
-                log::error!("service '{name}': {e}");
-            }
+            store.insert_failed_run(id, generation, boot_id, &ending);
         };
         if auto {
             // A failed automatic restart counts as a crash of zero uptime, so a briefly
@@ -1786,12 +1798,12 @@ impl Engine {
                 },
             );
             let (text, delay) = describe_decision(&decision, SPAWN_RETRY_MIN);
-            record(&self.store, &self.boot_id, Some(&text), delay);
+            record(&mut self.store, &self.boot_id, Some(&text), delay);
             self.act(id, decision, SPAWN_RETRY_MIN);
             return Err(e);
         }
         record(
-            &self.store,
+            &mut self.store,
             &self.boot_id,
             Some("errored: a start by hand is not retried"),
             None,
@@ -2202,9 +2214,7 @@ impl Engine {
 
     fn on_drained(&mut self, id: u64, generation: u64, tail: Option<logs::RunTail>) {
         if let Some(tail) = tail.filter(|t| !t.stdout.is_empty() || !t.stderr.is_empty()) {
-            if let Err(e) = self.store.set_tail(tail.run_id, &tail.stdout, &tail.stderr) {
-                log::error!("run {}: {e}", tail.run_id);
-            }
+            self.store.set_tail(tail.run_id, &tail.stdout, &tail.stderr);
         }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
@@ -2315,9 +2325,7 @@ impl Engine {
                 delay,
                 usage: run.usage,
             };
-            if let Err(e) = self.store.end_run(id, run_id, &ending) {
-                log::error!("run {run_id}: {e}");
-            }
+            self.store.end_run(id, run_id, &ending);
         }
     }
 
@@ -2376,9 +2384,7 @@ impl Engine {
         let health = svc.spec.get_health().cloned();
         if *svc.spec.get_ready() != Ready::Immediately {
             if let Some(run_id) = run.run_id {
-                if let Err(e) = self.store.set_ready(run_id, SystemTime::now()) {
-                    log::error!("service '{name}': {e}");
-                }
+                self.store.set_ready(run_id, SystemTime::now());
             }
             self.save_state(id);
         }
@@ -2786,12 +2792,8 @@ impl Engine {
             let Some(svc) = self.services.get(&id) else {
                 continue; // deleted meanwhile
             };
-            if let Err(e) =
-                self.store
-                    .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref())
-            {
-                log::error!("service '{}': {e}", svc.spec.name());
-            }
+            self.store
+                .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref());
         }
     }
 

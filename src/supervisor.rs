@@ -292,7 +292,7 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
-        let store = Store::open(&state_dir.join("sheepdog.db"))?;
+        let mut store = Store::open(&state_dir.join("sheepdog.db"))?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
