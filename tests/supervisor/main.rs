@@ -5,6 +5,7 @@
 mod common;
 
 mod backoff_races;
+mod batch_faults;
 mod child_hygiene;
 mod concurrency;
 mod containment;
