@@ -30,7 +30,6 @@ use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -364,7 +363,7 @@ struct Pending {
 
 pub(crate) struct Config {
     pub(crate) cgroups: Option<crate::containment::Cgroups>,
-    pub(crate) log_dir: PathBuf,
+    pub(crate) log_dir: logs::LogDir,
     pub(crate) resurrect: bool,
     pub(crate) fd_limit: u64,
     pub(crate) memory_sample: Duration,

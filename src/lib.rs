@@ -56,6 +56,7 @@ mod probe;
 mod readiness;
 mod signals;
 mod spec;
+mod state_dir;
 mod stats;
 mod store;
 mod supervisor;

@@ -65,6 +65,12 @@ ALTER TABLE run ADD COLUMN pidfd_ino INTEGER;
 "#,
 ];
 
+/// How the state file is opened: read-write, never through a symbolic link, and used by one
+/// thread only.
+const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
+    .union(OpenFlags::SQLITE_OPEN_NOFOLLOW)
+    .union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
 
@@ -270,21 +276,35 @@ impl Store {
                 .with_source(e))
             }
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| store_error(path, "cannot open", e))?;
+        let conn = Connection::open_with_flags(path, OPEN_FLAGS)
+            .map_err(|e| store_error(path, "cannot open", e))?;
         Store::with_connection(conn, path.to_path_buf())
     }
 
     /// Creates a new database beside `path` and renames it into place, so a crash never
-    /// leaves an empty or half-made file under the real name.
+    /// leaves an empty or half-made file under the real name. The file is private (0600,
+    /// whatever the umask) before SQLite writes anything into it; SQLite gives its journal,
+    /// -wal and -shm the mode of the database file.
     fn create(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let tmp = path.with_extension("db.new");
         let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!("cannot create state file '{}'", tmp.display()),
+                )
+                .with_source(e)
+            })?;
         {
-            let conn = Connection::open(&tmp).map_err(|e| store_error(&tmp, "cannot create", e))?;
+            let conn = Connection::open_with_flags(&tmp, OPEN_FLAGS)
+                .map_err(|e| store_error(&tmp, "cannot create", e))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| store_error(&tmp, "cannot initialise", e))?;
             conn.pragma_update(None, "synchronous", "FULL")

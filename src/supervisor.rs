@@ -9,8 +9,9 @@ use crate::fleet::{Applied, Fleet, Prune};
 use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
-use crate::logs::Pump;
+use crate::logs::{LogDir, Pump};
 use crate::spec::ServiceSpec;
+use crate::state_dir::StateDir;
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::sys::{self, Poller, Waker};
@@ -61,15 +62,16 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     state_dir: PathBuf,
-    log_dir: PathBuf,
+    logs: LogDir,
     cpu: Mutex<crate::stats::CpuHistory>,
     containment: Containment,
     /// Whether the kernel enforces `max_pids` and `max_memory` (cgroup controllers).
     kernel_limits: (bool, bool),
     /// The supervisor's cgroup, under cgroup containment: `stats` reads its runs' members.
     cgroup_root: Option<PathBuf>,
-    // Dropped after the thread is joined: the lock file, then the temporary directory.
-    _lock: File,
+    // Dropped after the thread is joined: the state directory with its lock, then the
+    // temporary directory.
+    _state: StateDir,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -93,6 +95,7 @@ pub struct Builder {
     memory_sample: Option<Duration>,
     runs_kept: Option<usize>,
     subreaper: bool,
+    group_readable_logs: bool,
 }
 
 impl Builder {
@@ -143,6 +146,32 @@ impl Builder {
         self
     }
 
+    /// Lets the group of the state directory read the services' logs, for a log shipper
+    /// that runs under that group: `logs/` becomes 0750 and each log file 0640, and the
+    /// state directory 0710 (its group may pass through it to `logs/`, not list it or read
+    /// the registry, which stays 0600). By default, this is disabled: the state directory is
+    /// 0700 and every file in it 0600, whatever the umask, since a service's output (and
+    /// the registry, which holds every service's environment) may carry secrets.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let sup = sheepdog::Supervisor::builder()
+    ///     .state_dir(dir.path().join("state"))
+    ///     .group_readable_logs(true)
+    ///     .open()?;
+    /// let logs = std::fs::metadata(dir.path().join("state/logs")).unwrap();
+    /// assert_eq!(logs.permissions().mode() & 0o777, 0o750);
+    /// # Ok(()) }
+    /// ```
+    pub fn group_readable_logs(mut self, yes: bool) -> Builder {
+        self.group_readable_logs = yes;
+        self
+    }
+
     /// How many ended runs of each service [`history`](Supervisor::history) keeps; older ones
     /// are pruned as new ones start (a bounded delete per start, never a sweep). 0 keeps
     /// only the runs in progress, which `open` needs to find what a dead host left. By
@@ -152,14 +181,17 @@ impl Builder {
         self
     }
 
-    /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
-    /// previous host left running, and starts the supervision thread.
+    /// Opens the supervisor: checks the state directory and makes it private, locks it,
+    /// opens the registry, kills what a dead previous host left running, and starts the
+    /// supervision thread.
     ///
     /// # Errors
     ///
-    /// `StateDirLocked` if another supervisor holds the directory, `Store` if its state file is
-    /// empty, corrupt, foreign or from a newer version (the file is left untouched), `Io` if
-    /// the directory cannot be created.
+    /// `StateDirLocked` if another supervisor holds the directory; `Store` if the directory
+    /// or its `logs/` belongs to another user or may be written by others, if it is reached
+    /// through another user's symbolic link, or if its state file is empty, corrupt, foreign
+    /// or from a newer version (the file is left untouched); `Io` if the directory cannot be
+    /// created.
     pub fn open(self) -> Result<Supervisor> {
         match self.state_dir.clone() {
             Some(dir) => Supervisor::open_at(dir, None, self),
@@ -233,32 +265,8 @@ impl Supervisor {
         let memory_sample = options.memory_sample.unwrap_or(Duration::from_secs(1));
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            io_error(
-                format!("cannot create state directory '{}'", state_dir.display()),
-                e,
-            )
-        })?;
-        let lock_path = state_dir.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                io_error(
-                    format!("cannot open lock file '{}'", lock_path.display()),
-                    e,
-                )
-            })?;
-        lock_state_dir(&lock, &state_dir)?;
-        let log_dir = state_dir.join("logs");
-        std::fs::create_dir_all(&log_dir).map_err(|e| {
-            io_error(
-                format!("cannot create log directory '{}'", log_dir.display()),
-                e,
-            )
-        })?;
+        let state = StateDir::open(&state_dir, options.group_readable_logs)?;
+        lock_state_dir(state.lock_file(), &state_dir)?;
         let fd_limit = sys::raise_fd_limit();
         let cgroups = match containment {
             Containment::ProcessGroup | Containment::Subreaper => None,
@@ -292,13 +300,13 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
-        let mut store = Store::open(&state_dir.join("sheepdog.db"))?;
+        let mut store = Store::open(&state.db_path())?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let config = Config {
-            log_dir: log_dir.clone(),
+            log_dir: state.logs().clone(),
             resurrect,
             fd_limit,
             cgroups,
@@ -337,8 +345,8 @@ impl Supervisor {
             kernel_limits,
             cgroup_root,
             state_dir,
-            log_dir,
-            _lock: lock,
+            logs: state.logs().clone(),
+            _state: state,
             _temp: temp,
         })
     }
@@ -652,8 +660,9 @@ impl Supervisor {
     /// # Ok(()) }
     /// ```
     pub fn tail(&self, target: &str, stream: Stream, n: usize) -> Result<Vec<String>> {
-        let path = self.log_path(target, stream)?;
-        crate::logs::reader::tail(&path, n).map_err(|e| {
+        let log = self.log_file(target, stream)?;
+        let path = log.dir.path_of(&log.name);
+        crate::logs::reader::tail(&log, n).map_err(|e| {
             Error::new(
                 ErrorKind::Io,
                 format!("cannot read log '{}'", path.display()),
@@ -671,7 +680,7 @@ impl Supervisor {
     /// `NotFound`.
     pub fn follow(&self, target: &str, stream: Stream) -> Result<LogFollower> {
         Ok(LogFollower::at_end(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
         ))
     }
@@ -683,7 +692,7 @@ impl Supervisor {
     /// `NotFound`.
     pub fn follow_from_start(&self, target: &str, stream: Stream) -> Result<LogFollower> {
         Ok(LogFollower::at_start(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
         ))
     }
@@ -701,7 +710,7 @@ impl Supervisor {
         cursor: LogCursor,
     ) -> Result<LogFollower> {
         Ok(LogFollower::at_cursor(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
             cursor,
         ))
@@ -930,12 +939,17 @@ impl Supervisor {
     ///
     /// `NotFound`.
     pub fn log_path(&self, target: &str, stream: Stream) -> Result<PathBuf> {
+        let log = self.log_file(target, stream)?;
+        Ok(log.dir.path_of(&log.name))
+    }
+
+    /// A service's log file, for the readers: opened through the held log directory.
+    fn log_file(&self, target: &str, stream: Stream) -> Result<crate::logs::LogFile> {
         let info = self.describe(target)?;
-        Ok(crate::logs::log_path(
-            &self.log_dir,
-            info.name(),
-            stream == Stream::Stderr,
-        ))
+        Ok(crate::logs::LogFile {
+            dir: self.logs.clone(),
+            name: crate::logs::log_name(info.name(), stream == Stream::Stderr),
+        })
     }
 
     /// Stops every service (in parallel, each with its grace period) and joins the supervision
