@@ -34,6 +34,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The poll token of the state directory's watch.
+const STATE_TOKEN: u64 = WAKER_TOKEN - 1;
+/// How long the lock file may be missing from a state directory that is still there before
+/// it is made again: long enough for an `rm -rf` of the directory to finish first (making
+/// the lock inside would leave it unable to remove the directory).
+const RELOCK_SETTLE: Duration = Duration::from_millis(500);
 /// After a SIGKILL, how long to wait for the group to be gone before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest interval between checks of a lingering group.
@@ -323,6 +329,8 @@ enum TimerKind {
     ReadyProbe,
     HealthProbe,
     MemorySample,
+    /// Take the lock of the state directory's path again (its lock file went away).
+    Relock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -362,6 +370,8 @@ struct Pending {
 }
 
 pub(crate) struct Config {
+    /// The state directory, locked.
+    pub(crate) state: crate::state_dir::StateDir,
     pub(crate) cgroups: Option<crate::containment::Cgroups>,
     pub(crate) log_dir: logs::LogDir,
     pub(crate) resurrect: bool,
@@ -392,6 +402,14 @@ struct Escapee {
 
 pub(crate) struct Engine {
     store: Store,
+    /// The state directory: held (its lock with it) while the engine runs.
+    state: crate::state_dir::StateDir,
+    /// Fires when the state directory, the registry or the lock file goes away.
+    state_watch: Option<sys::DirWatch>,
+    /// Changes can no longer be stored, and that was reported.
+    state_lost: bool,
+    /// A `Relock` timer is pending.
+    relock_due: bool,
     poller: Poller,
     requests: Receiver<Request>,
     shared: Arc<Shared>,
@@ -478,6 +496,10 @@ impl Engine {
             ^ u64::from(std::process::id()).rotate_left(32);
         Engine {
             store,
+            state: config.state,
+            state_watch: None,
+            state_lost: false,
+            relock_due: false,
             poller,
             requests,
             shared,
@@ -518,6 +540,7 @@ impl Engine {
     /// Loads the registry, kills what a dead previous host left running, and starts every
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
+        self.watch_state_dir();
         let reclaimed = self.reclaim_leftovers()?;
         for stored in self.store.load_services()? {
             let status = match stored.status {
@@ -705,6 +728,8 @@ impl Engine {
                         self.on_leader_exit(id);
                     } else if let Some(&id) = self.notify_tokens.get(&token) {
                         self.on_notify(id);
+                    } else if token == STATE_TOKEN {
+                        self.on_state_dir_event();
                     } else if self.escapees.contains_key(&token) {
                         self.on_escapee_exit(token);
                     }
@@ -1057,7 +1082,7 @@ impl Engine {
             tx.commit()
         });
         if let Err(e) = stored {
-            log::error!("{e}");
+            self.store_failed(&e);
             for reply in defs.into_iter().flat_map(|d| d.replies) {
                 let _ = reply.send(Err(e.clone()));
             }
@@ -1233,7 +1258,7 @@ impl Engine {
             tx.commit()
         });
         if let Err(e) = stored {
-            log::error!("{e}");
+            self.store_failed(&e);
             return Err(e);
         }
         for id in &changed {
@@ -1255,7 +1280,7 @@ impl Engine {
             tx.commit()
         });
         if let Err(e) = stored {
-            log::error!("{e}");
+            self.store_failed(&e);
             return Err(e);
         }
         for id in ids {
@@ -1265,6 +1290,79 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A change could not be stored: logged, and if it is because the state directory went
+    /// away, reported as such.
+    fn store_failed(&mut self, e: &Error) {
+        log::error!("{e}");
+        self.after_state_loss();
+    }
+
+    /// Watches the state directory (the one at its path now, after a relock): its deletion
+    /// or replacement is then noticed at once, not only at the next change.
+    fn watch_state_dir(&mut self) {
+        match self.state.watch() {
+            Ok(watch) => match self.poller.add(&watch, STATE_TOKEN) {
+                // The previous watch, if any, leaves the poller as its fd closes.
+                Ok(()) => self.state_watch = Some(watch),
+                Err(e) => log::warn!("cannot watch the state directory: {e}"),
+            },
+            Err(e) => log::warn!(
+                "cannot watch the state directory ({e}): its removal will be noticed at the next change"
+            ),
+        }
+    }
+
+    /// The state directory, the registry or the lock file was deleted, moved or replaced
+    /// (or SQLite made or removed a file of its own there).
+    fn on_state_dir_event(&mut self) {
+        if let Some(watch) = &self.state_watch {
+            watch.drain();
+        }
+        if self.store.check().is_err() {
+            self.after_state_loss();
+        }
+    }
+
+    /// Once changes can no longer be stored: says so, once (log and event), and makes sure
+    /// this supervisor still holds the lock of the state directory's path, so that no
+    /// second supervisor opens it while this one runs.
+    fn after_state_loss(&mut self) {
+        let Some(e) = self.store.lost() else {
+            return;
+        };
+        if !self.state_lost {
+            self.state_lost = true;
+            log::error!("{e}");
+            self.outbox.push(Event::StateDirLost {
+                error: e.to_string(),
+            });
+        }
+        if self.state.dir_gone() {
+            self.relock();
+        } else if !self.relock_due {
+            self.relock_due = true;
+            let at = Instant::now() + RELOCK_SETTLE;
+            self.push_timer(at, 0, 0, TimerKind::Relock);
+        }
+    }
+
+    /// Takes the lock of the state directory's path again if the one held is no longer
+    /// there.
+    fn relock(&mut self) {
+        self.relock_due = false;
+        match self.state.relock() {
+            Ok(false) => {}
+            Ok(true) => {
+                log::warn!(
+                    "took the lock of '{}' again, so that no other supervisor opens it while this one runs",
+                    self.state.lock_path().display()
+                );
+                self.watch_state_dir();
+            }
+            Err(e) => log::error!("{e}"),
+        }
     }
 
     /// Why the service is in its status, from the engine's own state and the policy.
@@ -2630,6 +2728,10 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if timer.kind == TimerKind::Relock {
+                self.relock();
+                continue;
+            }
             if timer.kind == TimerKind::MemorySample {
                 self.sample_memory();
                 continue;
@@ -2756,7 +2858,9 @@ impl Engine {
                         );
                     }
                 }
-                TimerKind::MemorySample => unreachable!("handled before the service lookup"),
+                TimerKind::MemorySample | TimerKind::Relock => {
+                    unreachable!("handled before the service lookup")
+                }
                 TimerKind::GiveUp => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
                         log::error!(

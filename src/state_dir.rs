@@ -13,6 +13,13 @@
 //!
 //! Every file is then opened relative to the directory's fd without following a symbolic
 //! link (SQLite opens its files by path, in this directory that nobody else can write).
+//!
+//! While the supervisor runs, the path stays its own: its services' cgroups and markers are
+//! named after it, so a second supervisor on the same path would take them for a dead
+//! host's leftovers. If the directory (or its lock file) is deleted or replaced, the
+//! supervisor notices at once (inotify) and takes the lock again at the path, re-creating
+//! the directory if it is gone, so that a second `open` still gets `StateDirLocked`. The
+//! registry is not re-created: the store refuses every later change.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::logs::LogDir;
@@ -59,11 +66,18 @@ impl Modes {
 /// An opened, checked state directory and its lock file (not yet locked: see
 /// `Supervisor::open`).
 pub(crate) struct StateDir {
-    /// Its path with every symbolic link resolved: SQLite, which refuses to follow one, opens
+    path: PathBuf,
+    /// `path` with every symbolic link resolved: SQLite, which refuses to follow one, opens
     /// the registry by this path.
     real: PathBuf,
+    modes: Modes,
+    /// The directory, held open (and watched through it).
+    dir: OwnedFd,
     logs: LogDir,
     lock: File,
+    /// Locks taken again at the path after the directory or its lock file went away, with
+    /// the directories they are in.
+    relocked: Vec<(OwnedFd, File)>,
 }
 
 fn refuse(message: String) -> Error {
@@ -150,39 +164,7 @@ impl StateDir {
             })?;
         check_dir(&logs, "log directory", &logs_path, modes.logs)?;
 
-        let lock_path = path.join(LOCK_FILE);
-        let lock = sys::open_file_at(
-            &dir,
-            LOCK_FILE,
-            sys::Access::ReadWrite {
-                create: Some(0o600),
-            },
-        )
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => refuse(format!(
-                "lock file '{}' is a symbolic link; refusing to follow it",
-                lock_path.display()
-            )),
-            _ => io_error(
-                format!("cannot open lock file '{}'", lock_path.display()),
-                e,
-            ),
-        })?;
-        let st = sys::fstat(&lock).map_err(|e| {
-            io_error(
-                format!("cannot read lock file '{}'", lock_path.display()),
-                e,
-            )
-        })?;
-        check_file(&st, "lock file", &lock_path)?;
-        if st.permissions() != 0o600 {
-            sys::chmod_fd(&lock, 0o600).map_err(|e| {
-                io_error(
-                    format!("cannot make lock file '{}' private", lock_path.display()),
-                    e,
-                )
-            })?;
-        }
+        let lock = open_lock(&dir, path)?;
 
         // SQLite opens these by path; it creates its -wal and -shm with the mode of the
         // database file, which `Store` creates 0600.
@@ -221,9 +203,13 @@ impl StateDir {
             )
         })?;
         Ok(StateDir {
+            path: path.to_path_buf(),
             real,
+            modes,
+            dir,
             logs: LogDir::new(logs, logs_path, modes.log_file),
             lock,
+            relocked: Vec::new(),
         })
     }
 
@@ -240,6 +226,71 @@ impl StateDir {
     /// The lock file (to lock, and to hold while the supervisor runs).
     pub(crate) fn lock_file(&self) -> &File {
         &self.lock
+    }
+
+    /// The lock file's path.
+    pub(crate) fn lock_path(&self) -> PathBuf {
+        self.path.join(LOCK_FILE)
+    }
+
+    /// A watch on the directory (the newest, after a `relock`): it fires when the directory,
+    /// the registry or the lock file is deleted, moved or replaced.
+    pub(crate) fn watch(&self) -> io::Result<sys::DirWatch> {
+        let dir = self.relocked.last().map_or(&self.dir, |(dir, _)| dir);
+        sys::DirWatch::new(dir)
+    }
+
+    /// Whether the directory held (the newest, after a `relock`) is no longer the one at the
+    /// path: deleted, moved away or replaced.
+    pub(crate) fn dir_gone(&self) -> bool {
+        let dir = self.relocked.last().map_or(&self.dir, |(dir, _)| dir);
+        !sys::fstat(dir)
+            .ok()
+            .zip(sys::lstat(&self.path).ok())
+            .is_some_and(|(held, now)| held.nlink > 0 && held.same_file(&now))
+    }
+
+    /// Makes sure this supervisor holds the lock of the state directory's path: if the lock
+    /// file there is no longer the one held (the directory or the file was deleted or
+    /// replaced), opens the directory at the path (creating it, private, if it is gone) and
+    /// takes its lock. Returns whether it took a new lock.
+    ///
+    /// # Errors
+    ///
+    /// `StateDirLocked` if another supervisor took the path meanwhile; `Store` or `Io` if the
+    /// directory at the path cannot be used.
+    pub(crate) fn relock(&mut self) -> Result<bool> {
+        let held = self.relocked.last().map_or(&self.lock, |(_, lock)| lock);
+        let still = sys::fstat(held)
+            .ok()
+            .zip(sys::lstat(&self.lock_path()).ok())
+            .is_some_and(|(held, now)| held.nlink > 0 && held.same_file(&now));
+        if still {
+            return Ok(false);
+        }
+        let dir = open_state_dir(&self.path, self.modes.dir)?;
+        check_dir(&dir, "state directory", &self.path, self.modes.dir)?;
+        let lock = open_lock(&dir, &self.path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::StateDirLocked,
+                    format!(
+                        "state directory '{}' was taken by another supervisor",
+                        self.path.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(io_error(
+                    format!("cannot lock state directory '{}'", self.path.display()),
+                    e,
+                ))
+            }
+        }
+        self.relocked.push((dir, lock));
+        Ok(true)
     }
 }
 
@@ -298,4 +349,43 @@ fn open_state_dir(path: &Path, mode: u32) -> Result<OwnedFd> {
         )),
         _ => io_error(format!("cannot open state directory '{shown}'"), e),
     })
+}
+
+/// Opens (creating it if missing) the lock file of the state directory `dir`, found at
+/// `path`: a private regular file of ours.
+fn open_lock(dir: &OwnedFd, path: &Path) -> Result<File> {
+    let lock_path = path.join(LOCK_FILE);
+    let lock = sys::open_file_at(
+        dir,
+        LOCK_FILE,
+        sys::Access::ReadWrite {
+            create: Some(0o600),
+        },
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => refuse(format!(
+            "lock file '{}' is a symbolic link; refusing to follow it",
+            lock_path.display()
+        )),
+        _ => io_error(
+            format!("cannot open lock file '{}'", lock_path.display()),
+            e,
+        ),
+    })?;
+    let st = sys::fstat(&lock).map_err(|e| {
+        io_error(
+            format!("cannot read lock file '{}'", lock_path.display()),
+            e,
+        )
+    })?;
+    check_file(&st, "lock file", &lock_path)?;
+    if st.permissions() != 0o600 {
+        sys::chmod_fd(&lock, 0o600).map_err(|e| {
+            io_error(
+                format!("cannot make lock file '{}' private", lock_path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(lock)
 }

@@ -3,12 +3,19 @@
 //! One connection, owned by the supervision thread. WAL with `synchronous=FULL`: a change is
 //! on disk when the call returns, so an acknowledged change survives a SIGKILL of the host
 //! (and, if the device honours fsync, a power loss).
+//!
+//! A change is acknowledged only while the state file (and the lock file) that the store
+//! holds are still the files at their paths: one deleted, replaced, truncated or overwritten
+//! under the running supervisor would take every later change with it, unseen. Once that is
+//! found, every change fails with a `Store` error that says so.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{Cause, Usage};
 use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
+use crate::sys;
 use rusqlite::{params, Connection, OpenFlags};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -136,6 +143,71 @@ pub(crate) struct Store {
     next_run_id: i64,
     /// Ended runs kept per service.
     runs_kept: i64,
+    /// The files that must still be the ones at their paths for a change to be stored.
+    /// After `conn`, so that they are closed after it: closing any fd of the database file
+    /// would drop SQLite's locks on it.
+    anchors: Vec<Anchor>,
+    /// Why changes can no longer be stored, once an anchor was found moved.
+    lost: Option<Error>,
+}
+
+/// A file held open to tell whether it is still the one at its path.
+struct Anchor {
+    /// "state file" or "lock file".
+    what: &'static str,
+    path: PathBuf,
+    file: File,
+    /// It is the registry: it must also still start with SQLite's header.
+    registry: bool,
+}
+
+impl Anchor {
+    /// What became of the file, if it is no longer the one at its path.
+    fn problem(&self) -> Option<&'static str> {
+        let Ok(held) = sys::fstat(&self.file) else {
+            return Some("cannot be checked");
+        };
+        match sys::lstat(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && held.nlink == 0 => {
+                return Some("was deleted")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("was moved away"),
+            Err(_) => return Some("cannot be found"),
+            Ok(now) if !now.same_file(&held) => return Some("was replaced by another file"),
+            Ok(_) => {}
+        }
+        if self.registry {
+            let mut head = [0u8; 16];
+            let read = sys::read_at(&self.file, &mut head, 0).unwrap_or(0);
+            if held.size < 100 || read != head.len() || &head != b"SQLite format 3\0" {
+                return Some("was truncated or overwritten");
+            }
+        }
+        None
+    }
+}
+
+/// Checks the anchors, and remembers for good when one moved: `Err` with why changes cannot
+/// be stored.
+fn check_anchors(anchors: &[Anchor], lost: &mut Option<Error>) -> Result<()> {
+    if let Some(e) = lost {
+        return Err(e.clone());
+    }
+    for a in anchors {
+        if let Some(what) = a.problem() {
+            let e = Error::new(
+                ErrorKind::Store,
+                format!(
+                    "{} '{}' {what} while the supervisor ran: changes can no longer be stored (shut the supervisor down and open the state directory again)",
+                    a.what,
+                    a.path.display()
+                ),
+            );
+            *lost = Some(e.clone());
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// A write of the current loop turn, applied by [`Store::flush`].
@@ -199,6 +271,8 @@ enum Queued {
 pub(crate) struct Transaction<'s> {
     tx: rusqlite::Transaction<'s>,
     path: &'s Path,
+    anchors: &'s [Anchor],
+    lost: &'s mut Option<Error>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -278,7 +352,43 @@ impl Store {
         }
         let conn = Connection::open_with_flags(path, OPEN_FLAGS)
             .map_err(|e| store_error(path, "cannot open", e))?;
-        Store::with_connection(conn, path.to_path_buf())
+        let mut store = Store::with_connection(conn, path.to_path_buf())?;
+        let file = sys::open_nofollow(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Store,
+                format!("cannot open state file '{}'", path.display()),
+            )
+            .with_source(e)
+        })?;
+        store.anchors.push(Anchor {
+            what: "state file",
+            path: path.to_path_buf(),
+            file,
+            registry: true,
+        });
+        Ok(store)
+    }
+
+    /// Holds `file`, found at `path`, to check before each change that it is still there.
+    pub(crate) fn anchor(&mut self, what: &'static str, path: PathBuf, file: File) {
+        self.anchors.push(Anchor {
+            what,
+            path,
+            file,
+            registry: false,
+        });
+    }
+
+    /// `Err` if changes can no longer be stored: the state file or the lock file is no
+    /// longer the one at its path (the state directory was deleted or replaced, the file
+    /// truncated or overwritten). Once found, it stays so.
+    pub(crate) fn check(&mut self) -> Result<()> {
+        check_anchors(&self.anchors, &mut self.lost)
+    }
+
+    /// Why changes can no longer be stored, if they cannot.
+    pub(crate) fn lost(&self) -> Option<&Error> {
+        self.lost.as_ref()
     }
 
     /// Creates a new database beside `path` and renames it into place, so a crash never
@@ -337,6 +447,8 @@ impl Store {
             queued: Vec::new(),
             next_run_id: 1,
             runs_kept: RUNS_KEPT as i64,
+            anchors: Vec::new(),
+            lost: None,
         };
         store.check_and_migrate()?;
         // The largest id ever handed out (AUTOINCREMENT keeps it), so ids are never reused.
@@ -355,14 +467,30 @@ impl Store {
 
     /// Begins a change to the registry. The run records and statuses queued so far are
     /// written first (their own commit), so the order on disk is the order of events.
+    ///
+    /// # Errors
+    ///
+    /// `Store`, also when the state file or the lock file is no longer the one at its path.
     pub(crate) fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.check()?;
         self.flush();
         self.set_full_sync(true);
-        let Store { conn, path, .. } = self;
+        let Store {
+            conn,
+            path,
+            anchors,
+            lost,
+            ..
+        } = self;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| store_error(path, "cannot begin a transaction", e))?;
-        Ok(Transaction { tx, path })
+        Ok(Transaction {
+            tx,
+            path,
+            anchors,
+            lost,
+        })
     }
 
     fn set_full_sync(&mut self, full: bool) {
@@ -814,8 +942,11 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Stores the change: on disk when this returns. On failure nothing of it is stored.
+    /// Stores the change: on disk when this returns. On failure nothing of it is stored:
+    /// also when, just before, the state file or the lock file is found no longer to be the
+    /// one at its path (the change would be acknowledged, then lost with the file).
     pub(crate) fn commit(self) -> Result<()> {
+        check_anchors(self.anchors, self.lost)?;
         let path = self.path;
         self.tx
             .commit()

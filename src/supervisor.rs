@@ -69,9 +69,7 @@ pub struct Supervisor {
     kernel_limits: (bool, bool),
     /// The supervisor's cgroup, under cgroup containment: `stats` reads its runs' members.
     cgroup_root: Option<PathBuf>,
-    // Dropped after the thread is joined: the state directory with its lock, then the
-    // temporary directory.
-    _state: StateDir,
+    // Removed after the thread is joined (the thread holds the state directory's lock).
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -302,11 +300,20 @@ impl Supervisor {
         };
         let mut store = Store::open(&state.db_path())?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
+        let lock = state.lock_file().try_clone().map_err(|e| {
+            io_error(
+                format!("cannot open lock file '{}'", state.lock_path().display()),
+                e,
+            )
+        })?;
+        store.anchor("lock file", state.lock_path(), lock);
+        let logs = state.logs().clone();
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let config = Config {
-            log_dir: state.logs().clone(),
+            log_dir: logs.clone(),
+            state,
             resurrect,
             fd_limit,
             cgroups,
@@ -345,8 +352,7 @@ impl Supervisor {
             kernel_limits,
             cgroup_root,
             state_dir,
-            logs: state.logs().clone(),
-            _state: state,
+            logs,
             _temp: temp,
         })
     }

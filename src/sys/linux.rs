@@ -1064,6 +1064,11 @@ impl FileStat {
     pub(crate) fn is_symlink(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
+
+    /// The same file as `other` (device and inode).
+    pub(crate) fn same_file(&self, other: &FileStat) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
 }
 
 /// The effective uid of this process: the owner a state directory must have.
@@ -1207,6 +1212,70 @@ pub(crate) fn list_dir(dir: &impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
         }
     }
     Ok(out)
+}
+
+/// Reads up to `buf.len()` bytes at `offset` of the file behind `fd`, without moving its
+/// offset.
+pub(crate) fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    Ok(rustix::io::pread(fd, buf, offset)?)
+}
+
+/// Opens `path` for reading, not following a symbolic link at its end.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Notices a directory, or files in it, being deleted, renamed or replaced (inotify): the
+/// state directory, under a running supervisor. Its fd is pollable; [`DirWatch::drain`]
+/// empties it.
+pub(crate) struct DirWatch {
+    fd: OwnedFd,
+}
+
+impl DirWatch {
+    /// Watches the directory behind `dir` (found through `/proc/self/fd`, so the very
+    /// directory opened, whatever is at its path now).
+    pub(crate) fn new(dir: &impl AsFd) -> io::Result<DirWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let path = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+        inotify::add_watch(
+            &fd,
+            path,
+            WatchFlags::DELETE_SELF
+                | WatchFlags::MOVE_SELF
+                | WatchFlags::DELETE
+                | WatchFlags::MOVED_FROM
+                | WatchFlags::MOVED_TO
+                | WatchFlags::ONLYDIR,
+        )?;
+        Ok(DirWatch { fd })
+    }
+
+    /// Reads every pending event; returns whether there was any.
+    pub(crate) fn drain(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        while let Ok(n) = rustix::io::read(&self.fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+impl AsFd for DirWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 #[cfg(test)]

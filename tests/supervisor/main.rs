@@ -19,6 +19,7 @@ mod model;
 mod persistence;
 mod readiness;
 mod restarts;
+mod state_dir_loss;
 mod state_dir_security;
 mod stopping;
 mod store_faults;
