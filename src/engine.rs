@@ -247,6 +247,8 @@ struct Run {
     /// `cgroup.kill` was written to its cgroup, which is then never reused: a child cloned
     /// into a killed cgroup dies at birth.
     cgroup_killed: bool,
+    /// Its command probes: cancelled (their processes killed) when it stops or ends.
+    probe: Arc<probe::Slot>,
 }
 
 struct Service {
@@ -1505,6 +1507,8 @@ impl Engine {
             }
             return;
         }
+        // A probe of a stopping run has nothing left to tell.
+        run.probe.cancel();
         if run.ended.is_none() {
             run.cause.get_or_insert(match then {
                 Then::Settle | Then::Delete => Cause::Stopped,
@@ -1830,6 +1834,7 @@ impl Engine {
                     signalled: false,
                     cgroup,
                     cgroup_killed: false,
+                    probe: Arc::default(),
                 });
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
@@ -2329,6 +2334,7 @@ impl Engine {
     fn complete_run(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let mut run = svc.run.take().expect("only called with a run");
+        run.probe.cancel();
         if run.ended.is_none() {
             self.poller.remove(&run.pidfd);
             self.tokens.remove(&run.token);
@@ -2500,11 +2506,14 @@ impl Engine {
 
     fn submit_probe(&mut self, id: u64, purpose: Purpose, check: Check, timeout: Duration) {
         if self.probes.is_none() {
-            match self
-                .poller
-                .waker()
-                .and_then(|w| Pool::start(self.requests_tx.clone(), w))
-            {
+            match self.poller.waker().and_then(|w| {
+                let cgroups = self
+                    .cgroups
+                    .as_ref()
+                    .map(|c| c.probe_cgroups())
+                    .transpose()?;
+                Pool::start(self.requests_tx.clone(), w, cgroups)
+            }) {
                 Ok(pool) => self.probes = Some(pool),
                 Err(e) => {
                     log::error!("cannot start the probe workers: {e}");
@@ -2512,16 +2521,20 @@ impl Engine {
                 }
             }
         }
-        let generation = self.services[&id].generation;
+        let svc = &self.services[&id];
+        let Some(run) = svc.run.as_ref() else {
+            return;
+        };
         self.probes
             .as_ref()
             .expect("started above")
             .submit(probe::Job {
                 id,
-                generation,
+                generation: svc.generation,
                 purpose,
                 check,
                 timeout,
+                slot: run.probe.clone(),
             });
     }
 

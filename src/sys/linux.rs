@@ -84,8 +84,8 @@ thread_local! {
     static CHILD_STACKS: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
-/// `/dev/null`, opened once (close-on-exec): every child's stdin.
-fn devnull() -> io::Result<BorrowedFd<'static>> {
+/// `/dev/null`, opened once (close-on-exec): every child's stdin, and a probe's output.
+pub(crate) fn devnull() -> io::Result<BorrowedFd<'static>> {
     static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = DEVNULL.get() {
         return Ok(fd.as_fd());
@@ -114,7 +114,8 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
 ///   inherited some);
 /// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
-///   from the long-lived supervision thread), and exits if the host died before that.
+///   from a long-lived thread: the supervision thread, a probe worker), and exits if the
+///   host died before that.
 ///
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
@@ -633,6 +634,39 @@ fn signal_group_raw(pidfd: &OwnedFd, pgid: u32, sig: i32) -> io::Result<()> {
         }
         other => other,
     }
+}
+
+/// Waits up to `timeout` for the child behind `pidfd` to exit (without reaping it); returns
+/// whether it did.
+pub(crate) fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps the exited children of this process that are in process group `pgid` (a subreaper
+/// host inherits the orphans of a group it killed); never any other child.
+pub(crate) fn reap_group(pgid: u32) {
+    let Some(pgid) = Pid::from_raw(pgid as i32) else {
+        return;
+    };
+    while let Ok(Some(_)) = rustix::process::waitid(
+        rustix::process::WaitId::Pgid(Some(pgid)),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {}
 }
 
 /// Whether any process (a zombie included) is still in the group; cheap, one syscall.

@@ -17,6 +17,7 @@ mod host_death;
 mod logs;
 mod model;
 mod persistence;
+mod probe_hygiene;
 mod readiness;
 mod restarts;
 mod state_dir_loss;
