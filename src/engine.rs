@@ -1039,8 +1039,9 @@ impl Engine {
     /// nothing, in memory or on disk.
     fn start_many(&mut self, items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>) {
         let mut defs: Vec<Definition> = Vec::new();
+        let mut open_fds = None;
         for (spec, reply) in items {
-            if let Err(e) = self.check_definition(&spec, &defs) {
+            if let Err(e) = self.check_definition(&spec, &defs, &mut open_fds) {
                 let _ = reply.send(Err(e));
                 continue;
             }
@@ -1139,8 +1140,14 @@ impl Engine {
     }
 
     /// Checks a spec for `start_many`, against the services as they will be with the
-    /// definitions before it in the same batch.
-    fn check_definition(&self, spec: &ServiceSpec, planned: &[Definition]) -> Result<()> {
+    /// definitions before it in the same batch. `open_fds` caches the count of open fds for
+    /// the batch.
+    fn check_definition(
+        &self,
+        spec: &ServiceSpec,
+        planned: &[Definition],
+        open_fds: &mut Option<u64>,
+    ) -> Result<()> {
         spec.validate()?;
         self.check_dependencies(spec, planned)?;
         if spec.get_max_pids().is_some() && !self.cgroups.as_ref().is_some_and(|c| c.limits_pids())
@@ -1153,18 +1160,17 @@ impl Engine {
         }
         let new = |name: &str| !self.services.values().any(|s| s.spec.name() == name);
         if new(spec.name()) {
-            let services = self.services.len()
-                + 1
-                + planned
-                    .iter()
-                    .filter(|d| d.id.is_none() && d.spec.name() != spec.name())
-                    .count();
-            let need = fd_budget(services);
+            let services = 1 + planned
+                .iter()
+                .filter(|d| d.id.is_none() && d.spec.name() != spec.name())
+                .count();
+            let open = *open_fds.get_or_insert_with(|| sys::open_fds().unwrap_or(0));
+            let need = fd_budget(open, services);
             if need > self.fd_limit {
                 return Err(Error::new(
                     ErrorKind::Spawn,
                     format!(
-                        "cannot start: {services} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
+                        "cannot start: {services} more services need about {need} file descriptors ({open} open now), and the limit is {} (raise RLIMIT_NOFILE)",
                         self.fd_limit
                     ),
                 )
@@ -3026,10 +3032,17 @@ impl Engine {
     }
 }
 
-/// The file descriptors `n` services may hold at once: per service a pidfd, two pipe read
-/// ends and two log files, plus the supervisor's own.
-fn fd_budget(n: usize) -> u64 {
-    n as u64 * 5 + 64
+/// The fds a running service holds: its pidfd, its pipes' read ends, its two log files, and
+/// a notify socket.
+const FDS_PER_SERVICE: u64 = 6;
+/// The fds held for a moment beyond those: a spawn's pipe write ends and cgroup directory, a
+/// probe's, a read of /proc, SQLite's.
+const FDS_SPARE: u64 = 8;
+
+/// The fds in use once `n` more services run, with `open` open now (the host's and the
+/// supervisor's own, and those of the services running): what fits the limit is allowed.
+fn fd_budget(open: u64, n: usize) -> u64 {
+    open + n as u64 * FDS_PER_SERVICE + FDS_SPARE
 }
 
 /// A datagram socket in the abstract namespace for the run's `sd_notify` messages.

@@ -1265,6 +1265,17 @@ pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// How many fds this process has open now (`/proc/self/fd`), `None` if unreadable.
+pub(crate) fn open_fds() -> Option<u64> {
+    // The directory's own fd, open while it is read, is not counted.
+    Some(
+        std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .count()
+            .saturating_sub(1) as u64,
+    )
+}
+
 /// Notices a directory, or files in it, being deleted, renamed or replaced (inotify): the
 /// state directory, under a running supervisor. Its fd is pollable; [`DirWatch::drain`]
 /// empties it.

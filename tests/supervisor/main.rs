@@ -10,6 +10,7 @@ mod child_hygiene;
 mod concurrency;
 mod containment;
 mod events_and_logs;
+mod fd_limit;
 mod fleet;
 mod fuzz_inputs;
 mod history;
