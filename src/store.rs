@@ -285,11 +285,11 @@ fn from_ms(v: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(v.max(0) as u64)
 }
 
-/// Whether the file starts with SQLite's header string.
+/// Whether the file starts with SQLite's header string (a symbolic link is not followed).
 fn has_sqlite_header(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 16];
-    std::fs::File::open(path)
+    sys::open_nofollow(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
