@@ -78,6 +78,9 @@ const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
     .union(OpenFlags::SQLITE_OPEN_NOFOLLOW)
     .union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
 
+/// The most queued writes whose room is kept from one loop turn to the next.
+const QUEUE_KEPT: usize = 256;
+
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
 
@@ -537,9 +540,12 @@ impl Store {
         if let Err(e) = tx.commit() {
             failed("cannot store run records", e);
         }
-        // The allocation is kept for the next turn.
-        self.queued = queued;
-        self.queued.clear();
+        // The allocation is kept for the next turn, unless a big one (a fleet's start) made it
+        // large.
+        if queued.capacity() <= QUEUE_KEPT {
+            self.queued = queued;
+            self.queued.clear();
+        }
     }
 
     fn err(&self, what: &str, e: rusqlite::Error) -> Error {

@@ -46,7 +46,7 @@ pub(crate) fn log_name(name: &str, stderr: bool) -> String {
 #[derive(Clone, Debug)]
 pub(crate) struct LogDir {
     fd: Arc<OwnedFd>,
-    path: PathBuf,
+    path: Arc<std::path::Path>,
     /// The permission bits of log files: 0o600, or 0o640 when the group may read logs.
     mode: u32,
 }
@@ -55,7 +55,7 @@ impl LogDir {
     pub(crate) fn new(fd: OwnedFd, path: PathBuf, mode: u32) -> LogDir {
         LogDir {
             fd: Arc::new(fd),
-            path,
+            path: path.into(),
             mode,
         }
     }
