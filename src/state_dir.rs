@@ -163,6 +163,7 @@ impl StateDir {
                 ),
             })?;
         check_dir(&logs, "log directory", &logs_path, modes.logs)?;
+        tighten_logs(&logs, &logs_path, modes.log_file)?;
 
         let lock = open_lock(&dir, path)?;
 
@@ -292,6 +293,31 @@ impl StateDir {
         self.relocked.push((dir, lock));
         Ok(true)
     }
+}
+
+/// Gives the log files of ours in `logs` (rotated ones included) exactly `mode`. Links and
+/// other users' files are left as they are: they are never opened.
+fn tighten_logs(logs: &OwnedFd, shown: &Path, mode: u32) -> Result<()> {
+    let names = sys::list_dir(logs).map_err(|e| {
+        io_error(
+            format!("cannot read log directory '{}'", shown.display()),
+            e,
+        )
+    })?;
+    for name in names.iter().filter_map(|n| n.to_str()) {
+        let Ok(st) = sys::stat_at(logs, name) else {
+            continue;
+        };
+        if st.is_file() && st.uid == sys::effective_uid() && st.permissions() != mode {
+            sys::chmod_at(logs, name, mode).map_err(|e| {
+                io_error(
+                    format!("cannot make log '{}' private", shown.join(name).display()),
+                    e,
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// A regular file of ours.

@@ -247,6 +247,9 @@ fn a_state_dir_left_readable_by_others_is_made_private() {
     let log = state.join("logs/old.out.log");
     std::fs::write(&log, "earlier\n").unwrap();
     chmod(&log, 0o644);
+    let rotated = state.join("logs/old.out.log.1");
+    std::fs::write(&rotated, "earlier still\n").unwrap();
+    chmod(&rotated, 0o664);
     h.sup = Some(Supervisor::open(&state).unwrap());
     h.sup()
         .start(h.sh("old", "echo now; exec sleep 600"))
@@ -254,7 +257,12 @@ fn a_state_dir_left_readable_by_others_is_made_private() {
     wait_lines(&log, 2, SECS_5);
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("logs")), 0o700);
-    for file in ["sheepdog.db", "lock", "logs/old.out.log"] {
+    for file in [
+        "sheepdog.db",
+        "lock",
+        "logs/old.out.log",
+        "logs/old.out.log.1",
+    ] {
         assert_eq!(mode(&state.join(file)), 0o600, "{file}");
     }
     h.finish();
