@@ -428,8 +428,9 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Spawn` if the process could
-    /// not be started (the service is saved, and left `Errored`); `ShutDown`.
+    /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Store` if it cannot be
+    /// saved (nothing changes); `Spawn` if the process could not be started (the service is
+    /// saved, and left `Errored`); `ShutDown`.
     ///
     /// # Example
     ///
@@ -453,7 +454,10 @@ impl Supervisor {
 
     /// Starts several services as [`start`](Supervisor::start) does, with their definitions
     /// stored in one transaction (one disk sync for all), dependencies before dependents when
-    /// they are listed in that order. Returns one result per spec, in order.
+    /// they are listed in that order. Returns one result per spec, in order. A spec that
+    /// breaks a rule gets its error and the others go on; if the definitions cannot be
+    /// stored, every spec gets the `Store` error and nothing changes, in memory or on disk. A
+    /// name listed twice is started once, with its last spec.
     ///
     /// # Errors
     ///
@@ -494,11 +498,13 @@ impl Supervisor {
     /// Stops the target (a name, an id, or `"all"`): the stop signal to each process group,
     /// then SIGKILL to the group after the stop timeout. Services stop in parallel. Returns
     /// when nothing of them runs, with how many services it acted on. A stopped service stays
-    /// stopped, across reopen too, until started or restarted.
+    /// stopped, across reopen too, until started or restarted: the desired states of all the
+    /// target are stored first, in one transaction.
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`.
+    /// `NotFound`, `ShutDown`; `Store` if the desired states cannot be stored (then nothing
+    /// is stopped).
     pub fn stop(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Stop {
             target: target.to_string(),
@@ -512,7 +518,8 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`, or the first `Spawn` error (after every target was tried).
+    /// `NotFound`, `ShutDown`, `Store` (nothing is restarted), or the first `Spawn` error
+    /// (after every target was tried).
     pub fn restart(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Restart {
             target: target.to_string(),
@@ -522,12 +529,14 @@ impl Supervisor {
 
     /// Stops and removes the target (a name, an id, or `"all"`), with its log files. Ids are
     /// never reused; a later service with the same name starts afresh. Returns how many
-    /// services it removed.
+    /// services it removed. The whole target leaves the registry first, in one transaction;
+    /// then it is stopped (dependents first) and leaves memory.
     ///
     /// # Errors
     ///
     /// `NotFound`, `ShutDown`; `InUse` (and nothing is deleted) if a service outside the
-    /// target depends on one inside it.
+    /// target depends on one inside it; `Store` (and nothing is deleted or stopped) if the
+    /// registry cannot be changed.
     ///
     /// # Example
     ///
