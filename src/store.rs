@@ -1223,13 +1223,7 @@ mod tests {
             second = s.insert_run(&new_run(id, 2));
             assert_eq!(second, first + 1);
             s.set_tail(first, b"out", b"err");
-            let exit = Exit {
-                code: Some(1),
-                signal: None,
-                at: SystemTime::now(),
-                uptime: Duration::ZERO,
-                reason: None,
-            };
+            let exit = crashed();
             s.end_run(id, first, &ending(&exit));
             s.flush();
         }
@@ -1256,13 +1250,7 @@ mod tests {
         s.insert_run(&new_run(other, 0));
         let add_run = |s: &mut Store, g: u64| {
             let run = s.insert_run(&new_run(id, g));
-            let exit = Exit {
-                code: Some(1),
-                signal: None,
-                at: SystemTime::now(),
-                uptime: Duration::ZERO,
-                reason: None,
-            };
+            let exit = crashed();
             s.end_run(id, run, &ending(&exit));
         };
         for g in 0..300 {
@@ -1290,6 +1278,17 @@ mod tests {
             pidfd_ino: Some(7),
             started_at: SystemTime::now(),
             ready: true,
+        }
+    }
+
+    /// An exit with code 1, now.
+    fn crashed() -> Exit {
+        Exit {
+            code: Some(1),
+            signal: None,
+            at: SystemTime::now(),
+            uptime: Duration::ZERO,
+            reason: None,
         }
     }
 

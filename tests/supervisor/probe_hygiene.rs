@@ -22,17 +22,6 @@ fn sleepy_check(token: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// The process group of `pid`, if it lives.
-fn pgid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
-}
-
 fn timed_out_probes_leave_nothing(containment: Containment) {
     let dir = tempfile::tempdir().unwrap();
     let sup = match Supervisor::builder()
@@ -61,7 +50,7 @@ fn timed_out_probes_leave_nothing(containment: Containment) {
     let mut seen = HashSet::new();
     let enough = wait_until(Duration::from_secs(20), || {
         let live = tagged_processes(&probe_token);
-        let groups: HashSet<u32> = live.iter().filter_map(|&p| pgid(p)).collect();
+        let groups: HashSet<u32> = live.iter().filter_map(|&p| pgid_of(p)).collect();
         assert!(
             groups.len() <= 1 && live.len() <= 3,
             "processes of timed-out probes live on: {live:?} in groups {groups:?}"
