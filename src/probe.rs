@@ -139,7 +139,8 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.tx = None;
         for w in self.workers.drain(..) {
-            // Each job ends within its timeout, so this is bounded.
+            // Each job ends within its timeout plus twice KILL_PATIENCE (at shutdown every
+            // run is stopped first, which kills its probe at once), so this is bounded.
             w.join().expect("probe workers do not panic");
         }
     }

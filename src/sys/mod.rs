@@ -9,7 +9,10 @@
 //!   never `waitpid(-1)`, which would take the host's own children;
 //! - `signal_group(&OwnedFd, pgid, Signal) -> io::Result<()>` and `group_alive(&OwnedFd, pgid)`;
 //! - `Poller`: one readiness wait over exit handles and a waker, with a deadline;
-//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`).
+//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`);
+//! - the state directory's file operations, relative to a directory held open and never
+//!   through a symbolic link (`open_file_at`, `stat_at`, `rename_at`, `unlink_at`, …), and
+//!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced.
 //!
 //! This is the only module with `unsafe` code; each block says why it is sound.
 
