@@ -49,6 +49,16 @@ fn live_groups_by_service(token: &str) -> HashMap<String, HashSet<u32>> {
     out
 }
 
+fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 /// What a worker thread is doing, and since when (`None` between calls).
 type Progress = parking_lot::Mutex<Option<(Instant, String)>>;
 
