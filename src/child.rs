@@ -77,17 +77,8 @@ pub(crate) fn resolve_program(spec: &ServiceSpec) -> Result<PathBuf> {
         return Ok(path);
     }
     let search = search_path(spec);
-    for dir in std::env::split_paths(&search) {
-        let candidate = dir.join(program);
-        if is_executable_file(&candidate) {
-            return Ok(if candidate.is_relative() {
-                std::env::current_dir()
-                    .map(|d| d.join(&candidate))
-                    .unwrap_or(candidate)
-            } else {
-                candidate
-            });
-        }
+    if let Some(found) = search_on(program, &search) {
+        return Ok(found);
     }
     Err(spawn_error(
         spec,
@@ -96,6 +87,34 @@ pub(crate) fn resolve_program(spec: &ServiceSpec) -> Result<PathBuf> {
             search.to_string_lossy()
         ),
     ))
+}
+
+/// The first executable `program` in the directories of `search` (a `PATH`), made absolute.
+fn search_on(program: &str, search: &std::ffi::OsStr) -> Option<PathBuf> {
+    for dir in std::env::split_paths(search) {
+        let candidate = dir.join(program);
+        if is_executable_file(&candidate) {
+            return Some(if candidate.is_relative() {
+                std::env::current_dir()
+                    .map(|d| d.join(&candidate))
+                    .unwrap_or(candidate)
+            } else {
+                candidate
+            });
+        }
+    }
+    None
+}
+
+/// Resolves a probe command's program as a shell would: a name with a `/` as it is, else on
+/// the host's `PATH`.
+pub(crate) fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return is_executable_file(&path).then_some(path);
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    search_on(program, &search)
 }
 
 fn check_current_dir(spec: &ServiceSpec) -> Result<()> {

@@ -562,6 +562,84 @@ impl Cgroups {
     }
 }
 
+/// Where probe commands run under cgroup containment: a cgroup of their own for each run of
+/// a service (`svc-<id>.<generation>.probe`, beside the run's), so that a probe is killed
+/// whole (`cgroup.kill`) and waited for (`populated 0`), never counts as one of the service's
+/// processes, and is found by the next `open` (its name is a run cgroup's) if the host dies
+/// while it runs. Shared with the probe workers, which make and remove these cgroups.
+#[derive(Clone, Debug)]
+pub(crate) struct ProbeCgroups {
+    /// The supervisor's cgroup, open (`O_PATH`).
+    root: std::sync::Arc<OwnedFd>,
+    root_path: PathBuf,
+}
+
+/// One probe's cgroup, made.
+pub(crate) struct ProbeCgroup {
+    name: String,
+    /// Open, for `CLONE_INTO_CGROUP`.
+    pub(crate) dir: OwnedFd,
+    /// Its `cgroup.procs`, for kernels without `CLONE_INTO_CGROUP`.
+    pub(crate) procs: PathBuf,
+}
+
+impl Cgroups {
+    /// A handle for the probe workers.
+    pub(crate) fn probe_cgroups(&self) -> io::Result<ProbeCgroups> {
+        Ok(ProbeCgroups {
+            root: std::sync::Arc::new(self.root_fd.try_clone()?),
+            root_path: self.root.clone(),
+        })
+    }
+}
+
+impl ProbeCgroups {
+    /// Makes (or finds) the probe cgroup of run `generation` of service `id`.
+    pub(crate) fn make(&self, id: u64, generation: u64) -> io::Result<ProbeCgroup> {
+        let name = format!("{}.probe", Cgroups::run_name(id, generation));
+        match rustix::fs::mkdirat(&*self.root, &name, Mode::from_raw_mode(0o755)) {
+            Err(e) if e != rustix::io::Errno::EXIST => return Err(e.into()),
+            _ => {}
+        }
+        let dir = rustix::fs::openat(
+            &*self.root,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let procs = self.root_path.join(&name).join("cgroup.procs");
+        Ok(ProbeCgroup { name, dir, procs })
+    }
+
+    /// Kills whatever is left in a probe's cgroup, waits (up to `patience`) until it is
+    /// empty, and removes it. Returns whether it emptied in time.
+    pub(crate) fn finish(&self, cgroup: ProbeCgroup, patience: std::time::Duration) -> bool {
+        let open = |file: &str, flags: OFlags| {
+            rustix::fs::openat(
+                &*self.root,
+                format!("{}/{file}", cgroup.name),
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(std::fs::File::from)
+        };
+        let populated = || open("cgroup.events", OFlags::RDONLY).is_ok_and(is_populated);
+        if populated() {
+            if let Ok(mut kill) = open("cgroup.kill", OFlags::WRONLY) {
+                let _ = std::io::Write::write_all(&mut kill, b"1");
+            }
+        }
+        let deadline = std::time::Instant::now() + patience;
+        let mut emptied = !populated();
+        while !emptied && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            emptied = !populated();
+        }
+        let _ = rustix::fs::unlinkat(&*self.root, &cgroup.name, rustix::fs::AtFlags::REMOVEDIR);
+        emptied
+    }
+}
+
 impl Drop for Cgroups {
     /// Whatever way the supervisor goes (a shutdown, or an `open` that failed after making
     /// its cgroup), its empty cgroups go too; a cgroup that still holds a process stays, for

@@ -33,11 +33,18 @@ use parking_lot::{Condvar, Mutex};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The poll tokens of the state directory's watch and of the guardian's pidfd, below the
+/// waker's; those of runs count up from 1.
+const STATE_TOKEN: u64 = WAKER_TOKEN - 1;
+const GUARDIAN_TOKEN: u64 = WAKER_TOKEN - 2;
+/// How long the lock file may be missing from a state directory that is still there before
+/// it is made again: long enough for an `rm -rf` of the directory to finish first (making
+/// the lock inside would leave it unable to remove the directory).
+const RELOCK_SETTLE: Duration = Duration::from_millis(500);
 /// After a SIGKILL, how long to wait for the group to be gone before giving up on it.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The first and the longest interval between checks of a lingering group.
@@ -153,12 +160,15 @@ fn resolve<'a>(target: &str, services: impl Iterator<Item = (u64, &'a str)>) -> 
     Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
 }
 
-/// A definition recorded by `define`: the service, whether its spec is new or changed, and
-/// what it was before (`None`: it did not exist), to undo it if the batch fails.
-struct Defined {
-    id: u64,
+/// A definition `start_many` has checked and not yet stored.
+struct Definition {
+    spec: ServiceSpec,
+    /// The service it redefines; `None`: a new one, whose id comes with the commit.
+    id: Option<u64>,
+    /// Its spec differs from the one in force (always, for a new service).
     changed: bool,
-    previous: Option<(Arc<ServiceSpec>, bool)>,
+    /// The callers waiting on it: more than one when a batch names it more than once.
+    replies: Vec<Sender<Result<ServiceInfo>>>,
 }
 
 /// What happens once a stopping run has fully ended.
@@ -265,6 +275,8 @@ struct Run {
     /// `cgroup.kill` was written to its cgroup, which is then never reused: a child cloned
     /// into a killed cgroup dies at birth.
     cgroup_killed: bool,
+    /// Its command probes: cancelled (their processes killed) when it stops or ends.
+    probe: Arc<probe::Slot>,
 }
 
 /// A run's `NOTIFY_SOCKET`: the socket, its poll token, and who may speak on it.
@@ -374,6 +386,8 @@ enum TimerKind {
     ReadyProbe,
     HealthProbe,
     MemorySample,
+    /// Take the lock of the state directory's path again (its lock file went away).
+    Relock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -414,8 +428,10 @@ struct Pending {
 }
 
 pub(crate) struct Config {
+    /// The state directory, locked.
+    pub(crate) state: crate::state_dir::StateDir,
     pub(crate) cgroups: Option<crate::containment::Cgroups>,
-    pub(crate) log_dir: PathBuf,
+    pub(crate) log_dir: logs::LogDir,
     pub(crate) resurrect: bool,
     pub(crate) fd_limit: u64,
     pub(crate) memory_sample: Duration,
@@ -428,9 +444,6 @@ pub(crate) struct Config {
     /// The guardian that cleans up if the host dies, when there is one.
     pub(crate) guardian: Option<crate::guardian::Watch>,
 }
-
-/// The poll token of the guardian's pidfd.
-const GUARDIAN_TOKEN: u64 = u64::MAX - 1;
 
 /// A process of a run tracked one by one, through a pidfd: a descendant that left its
 /// service's process group (claimed by a subreaper host, or found by its `SHEEPDOG_RUN`), or,
@@ -447,6 +460,14 @@ struct Escapee {
 
 pub(crate) struct Engine {
     store: Store,
+    /// The state directory: held (its lock with it) while the engine runs.
+    state: crate::state_dir::StateDir,
+    /// Fires when the state directory, the registry or the lock file goes away.
+    state_watch: Option<sys::DirWatch>,
+    /// Changes can no longer be stored, and that was reported.
+    state_lost: bool,
+    /// A `Relock` timer is pending.
+    relock_due: bool,
     poller: Poller,
     requests: Receiver<Request>,
     shared: Arc<Shared>,
@@ -540,6 +561,10 @@ impl Engine {
             ^ u64::from(std::process::id()).rotate_left(32);
         Engine {
             store,
+            state: config.state,
+            state_watch: None,
+            state_lost: false,
+            relock_due: false,
             poller,
             requests,
             shared,
@@ -584,8 +609,9 @@ impl Engine {
     /// service whose desired state is up (if `resurrect`). Runs on the supervision thread.
     pub(crate) fn init(&mut self, resurrect: bool) -> Result<()> {
         self.watch_guardian();
+        self.watch_state_dir();
         let reclaimed = crate::reclaim::reclaim(
-            &self.store,
+            &mut self.store,
             self.cgroups.as_ref(),
             &self.run_key,
             KILL_GRACE,
@@ -676,6 +702,8 @@ impl Engine {
                         self.on_leader_exit(id);
                     } else if let Some(&id) = self.notify_tokens.get(&token) {
                         self.on_notify(id);
+                    } else if token == STATE_TOKEN {
+                        self.on_state_dir_event();
                     } else if self.escapees.contains_key(&token) {
                         self.on_escapee_exit(token);
                     } else if token == GUARDIAN_TOKEN {
@@ -845,9 +873,8 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
-                    // Down on disk first: if the row cannot be removed later, the service
-                    // stays, stopped, in memory and on disk alike.
-                    if let Err(e) = self.set_desired_many(&ids, false) {
+                    // Removed on disk first, all at once: if that fails, nothing is done.
+                    if let Err(e) = self.delete_rows(&ids) {
                         let _ = reply.send(Err(e));
                         return;
                     }
@@ -1006,48 +1033,86 @@ impl Engine {
         self.start_many(vec![(spec, reply)]);
     }
 
-    /// Starts services: first every definition is checked and stored in one transaction (one
-    /// fsync however many), then each is spawned (or restarted into its new spec).
+    /// Starts services. Every definition is checked first; then all of them are stored in one
+    /// transaction (one fsync however many); only then are they changed in memory and spawned
+    /// (or restarted into their new spec). A spec that breaks a rule gets its own error and
+    /// the others go on; a failure to store gives every one of them the error and changes
+    /// nothing, in memory or on disk.
     fn start_many(&mut self, items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>) {
-        if let Err(e) = self.store.begin() {
-            for (_, reply) in items {
-                let _ = reply.send(Err(e.clone()));
+        let mut defs: Vec<Definition> = Vec::new();
+        let mut open_fds = None;
+        for (spec, reply) in items {
+            if let Err(e) = self.check_definition(&spec, &defs, &mut open_fds) {
+                let _ = reply.send(Err(e));
+                continue;
             }
+            if let Some(d) = defs.iter_mut().find(|d| d.spec.name() == spec.name()) {
+                // Named again in the same batch: the later spec wins.
+                d.changed = d.id.is_none_or(|id| *self.services[&id].spec != spec);
+                d.spec = spec;
+                d.replies.push(reply);
+                continue;
+            }
+            let id = self
+                .services
+                .values()
+                .find(|s| s.spec.name() == spec.name())
+                .map(|s| s.id);
+            defs.push(Definition {
+                changed: id.is_none_or(|id| *self.services[&id].spec != spec),
+                spec,
+                id,
+                replies: vec![reply],
+            });
+        }
+        if defs.is_empty() {
             return;
         }
-        let mut accepted = Vec::new();
-        for (spec, reply) in items {
-            match self.define(spec) {
-                Ok(defined) => accepted.push((defined, reply)),
-                Err(e) => drop(reply.send(Err(e))),
-            }
-        }
-        if let Err(e) = self.store.commit() {
-            // Nothing was stored: take the definitions back out of memory too.
-            for (d, reply) in accepted.into_iter().rev() {
-                match d.previous {
-                    None => {
-                        self.services.remove(&d.id);
-                        self.dirty.remove(&d.id);
-                        self.removed.push(d.id);
-                    }
-                    Some((spec, desired_up)) => {
-                        let svc = self.services.get_mut(&d.id).expect("defined above");
-                        svc.spec = spec;
-                        svc.launch = None;
-                        svc.desired_up = desired_up;
+        let services = &self.services;
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for d in &mut defs {
+                match d.id {
+                    None => d.id = Some(tx.insert_service(&d.spec, true, Status::Starting)?),
+                    Some(id) => {
+                        if d.changed {
+                            tx.update_spec(id, &d.spec)?;
+                        }
+                        if !services[&id].desired_up {
+                            tx.set_desired(id, true)?;
+                        }
                     }
                 }
+            }
+            tx.commit()
+        });
+        if let Err(e) = stored {
+            self.store_failed(&e);
+            for reply in defs.into_iter().flat_map(|d| d.replies) {
                 let _ = reply.send(Err(e.clone()));
             }
             return;
         }
-        // The spawns' run records and statuses: one more transaction for all of them.
-        let batch = accepted.len() > 1 && self.store.begin().is_ok();
-        for (d, reply) in accepted {
-            let svc = &self.services[&d.id];
-            let running_as_asked = d.previous.is_some()
-                && !d.changed
+        // Stored: now in memory.
+        let mut accepted = Vec::new();
+        for d in defs {
+            let id = d.id.expect("given by the commit above");
+            let existed = self.services.contains_key(&id);
+            if !existed {
+                self.services
+                    .insert(id, Service::new(id, d.spec, true, Status::Starting));
+            } else if d.changed {
+                let svc = self.services.get_mut(&id).expect("present");
+                svc.spec = Arc::new(d.spec);
+                svc.launch = None;
+                svc.history = History::default();
+            }
+            self.services.get_mut(&id).expect("present").desired_up = true;
+            self.dirty.insert(id);
+            accepted.push((id, existed && !d.changed, d.replies));
+        }
+        for (id, unchanged, replies) in accepted {
+            let svc = &self.services[&id];
+            let running_as_asked = unchanged
                 && matches!(svc.status, Status::Online | Status::Starting)
                 && (svc
                     .run
@@ -1055,32 +1120,37 @@ impl Engine {
                     .is_some_and(|r| r.ended.is_none() && r.stopping.is_none())
                     || svc.waiting);
             if running_as_asked {
-                let _ = reply.send(Ok(svc.info()));
+                for reply in replies {
+                    let _ = reply.send(Ok(svc.info()));
+                }
                 continue;
             }
             let generation = svc.generation;
-            self.begin_stop(d.id, Then::Start);
-            self.pending.push(Pending {
-                targets: vec![(d.id, generation)],
-                want: Want::Up,
-                reply: Reply::Info(reply),
-                stages: VecDeque::new(),
-                then: Then::Start,
-                error: None,
-            });
-        }
-        if batch {
-            if let Err(e) = self.store.commit() {
-                log::error!("{e}");
+            self.begin_stop(id, Then::Start);
+            for reply in replies {
+                self.pending.push(Pending {
+                    targets: vec![(id, generation)],
+                    want: Want::Up,
+                    reply: Reply::Info(reply),
+                    stages: VecDeque::new(),
+                    then: Then::Start,
+                    error: None,
+                });
             }
         }
     }
 
-    /// Checks a spec and records it (inside the caller's store batch): a new service, or a
-    /// new spec for an existing one; either way its desired state becomes up.
-    fn define(&mut self, spec: ServiceSpec) -> Result<Defined> {
+    /// Checks a spec for `start_many`, against the services as they will be with the
+    /// definitions before it in the same batch. `open_fds` caches the count of open fds for
+    /// the batch.
+    fn check_definition(
+        &self,
+        spec: &ServiceSpec,
+        planned: &[Definition],
+        open_fds: &mut Option<u64>,
+    ) -> Result<()> {
         spec.validate()?;
-        self.check_dependencies(&spec)?;
+        self.check_dependencies(spec, planned)?;
         if spec.get_max_pids().is_some() && !self.cgroups.as_ref().is_some_and(|c| c.limits_pids())
         {
             return Err(Error::new(
@@ -1089,61 +1159,37 @@ impl Engine {
             )
             .with_service(spec.name()));
         }
-        let existing = self
-            .services
-            .values()
-            .find(|s| s.spec.name() == spec.name())
-            .map(|s| s.id);
-        let Some(id) = existing else {
-            let need = fd_budget(self.services.len() + 1);
+        let new = |name: &str| !self.services.values().any(|s| s.spec.name() == name);
+        if new(spec.name()) {
+            let services = 1 + planned
+                .iter()
+                .filter(|d| d.id.is_none() && d.spec.name() != spec.name())
+                .count();
+            let open = *open_fds.get_or_insert_with(|| sys::open_fds().unwrap_or(0));
+            let need = fd_budget(open, services);
             if need > self.fd_limit {
                 return Err(Error::new(
                     ErrorKind::Spawn,
                     format!(
-                        "cannot start: {} services need about {need} file descriptors, and the limit is {} (raise RLIMIT_NOFILE)",
-                        self.services.len() + 1,
+                        "cannot start: {services} more services need about {need} file descriptors ({open} open now), and the limit is {} (raise RLIMIT_NOFILE)",
                         self.fd_limit
                     ),
                 )
                 .with_service(spec.name()));
             }
-            let id = self.store.insert_service(&spec, true, Status::Starting)?;
-            self.services
-                .insert(id, Service::new(id, spec, true, Status::Starting));
-            self.dirty.insert(id);
-            return Ok(Defined {
-                id,
-                changed: true,
-                previous: None,
-            });
-        };
-        let previous = (
-            self.services[&id].spec.clone(),
-            self.services[&id].desired_up,
-        );
-        let changed = *previous.0 != spec;
-        if changed {
-            self.store.update_spec(id, &spec)?;
-            let svc = self.services.get_mut(&id).expect("found above");
-            svc.spec = Arc::new(spec);
-            svc.launch = None;
-            svc.history = History::default();
-            self.dirty.insert(id);
         }
-        self.set_desired(id, true);
-        Ok(Defined {
-            id,
-            changed,
-            previous: Some(previous),
-        })
+        Ok(())
     }
 
-    /// Every dependency exists, and the graph with this spec in it has no cycle.
-    fn check_dependencies(&self, spec: &ServiceSpec) -> Result<()> {
+    /// Every dependency exists (or is defined earlier in the same batch), and the graph with
+    /// this spec in it has no cycle.
+    fn check_dependencies(&self, spec: &ServiceSpec, planned: &[Definition]) -> Result<()> {
         let invalid =
             |msg: String| Error::new(ErrorKind::InvalidSpec, msg).with_service(spec.name());
         for dep in spec.get_after() {
-            if !self.services.values().any(|s| s.spec.name() == dep.name) {
+            if !self.services.values().any(|s| s.spec.name() == dep.name)
+                && !planned.iter().any(|d| d.spec.name() == dep.name)
+            {
                 return Err(invalid(format!(
                     "invalid spec: unknown dependency '{}'",
                     dep.name
@@ -1159,11 +1205,14 @@ impl Engine {
             name: spec.name(),
             deps: spec.get_after().iter().map(|d| d.name.as_str()).collect(),
         }];
-        nodes.extend(
-            self.graph_nodes()
-                .into_iter()
-                .filter(|n| n.name != spec.name()),
-        );
+        let planned = planned.iter().filter(|d| d.spec.name() != spec.name());
+        nodes.extend(planned.clone().map(|d| graph::Node {
+            name: d.spec.name(),
+            deps: d.spec.get_after().iter().map(|d| d.name.as_str()).collect(),
+        }));
+        nodes.extend(self.graph_nodes().into_iter().filter(|n| {
+            n.name != spec.name() && !planned.clone().any(|d| d.spec.name() == n.name)
+        }));
         match graph::find_cycle(&nodes) {
             Some(cycle) => Err(invalid(format!(
                 "invalid spec: dependency cycle: {}",
@@ -1200,7 +1249,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Sets the desired state of several services, stored in one transaction.
+    /// Sets the desired state of several services: stored in one transaction, then in
+    /// memory. On failure neither changes.
     fn set_desired_many(&mut self, ids: &[u64], up: bool) -> Result<()> {
         let changed: Vec<u64> = ids
             .iter()
@@ -1210,17 +1260,14 @@ impl Engine {
         if changed.is_empty() {
             return Ok(());
         }
-        let stored = self.store.begin().and_then(|()| {
-            for id in &changed {
-                if let Err(e) = self.store.set_desired(*id, up) {
-                    let _ = self.store.commit();
-                    return Err(e);
-                }
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for &id in &changed {
+                tx.set_desired(id, up)?;
             }
-            self.store.commit()
+            tx.commit()
         });
         if let Err(e) = stored {
-            log::error!("{e}");
+            self.store_failed(&e);
             return Err(e);
         }
         for id in &changed {
@@ -1230,6 +1277,101 @@ impl Engine {
                 .desired_up = up;
         }
         Ok(())
+    }
+
+    /// Removes services from the registry, all in one transaction; in memory they stay until
+    /// their stop is over. On failure nothing changes.
+    fn delete_rows(&mut self, ids: &[u64]) -> Result<()> {
+        let stored = self.store.transaction().and_then(|mut tx| {
+            for &id in ids {
+                tx.delete_service(id)?;
+            }
+            tx.commit()
+        });
+        if let Err(e) = stored {
+            self.store_failed(&e);
+            return Err(e);
+        }
+        for id in ids {
+            if let Some(svc) = self.services.get_mut(id) {
+                // Nothing may start it again while it stops.
+                svc.desired_up = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// A change could not be stored: logged, and if it is because the state directory went
+    /// away, reported as such.
+    fn store_failed(&mut self, e: &Error) {
+        log::error!("{e}");
+        self.after_state_loss();
+    }
+
+    /// Watches the state directory (the one at its path now, after a relock): its deletion
+    /// or replacement is then noticed at once, not only at the next change.
+    fn watch_state_dir(&mut self) {
+        match self.state.watch() {
+            Ok(watch) => match self.poller.add(&watch, STATE_TOKEN) {
+                // The previous watch, if any, leaves the poller as its fd closes.
+                Ok(()) => self.state_watch = Some(watch),
+                Err(e) => log::warn!("cannot watch the state directory: {e}"),
+            },
+            Err(e) => log::warn!(
+                "cannot watch the state directory ({e}): its removal will be noticed at the next change"
+            ),
+        }
+    }
+
+    /// The state directory, the registry or the lock file was deleted, moved or replaced
+    /// (or SQLite made or removed a file of its own there).
+    fn on_state_dir_event(&mut self) {
+        if let Some(watch) = &self.state_watch {
+            watch.drain();
+        }
+        if self.store.check().is_err() {
+            self.after_state_loss();
+        }
+    }
+
+    /// Once changes can no longer be stored: says so, once (log and event), and makes sure
+    /// this supervisor still holds the lock of the state directory's path, so that no
+    /// second supervisor opens it while this one runs.
+    fn after_state_loss(&mut self) {
+        let Some(e) = self.store.lost() else {
+            return;
+        };
+        if !self.state_lost {
+            self.state_lost = true;
+            log::error!("{e}");
+            self.outbox.push(Event::StateDirLost {
+                error: e.to_string(),
+            });
+        }
+        if self.state.dir_gone() {
+            self.relock();
+        } else if !self.relock_due {
+            self.relock_due = true;
+            let at = Instant::now() + RELOCK_SETTLE;
+            self.push_timer(at, 0, 0, TimerKind::Relock);
+        }
+    }
+
+    /// Takes the lock of the state directory's path again if the one held is no longer
+    /// there.
+    fn relock(&mut self) {
+        self.relock_due = false;
+        match self.state.relock() {
+            Ok(false) => {}
+            Ok(true) => {
+                log::warn!(
+                    "took the lock of '{}' again, so that no other supervisor opens it while this one runs",
+                    self.state.lock_path().display()
+                );
+                self.watch_state_dir();
+            }
+            Err(e) => log::error!("{e}"),
+        }
     }
 
     /// Why the service is in its status, from the engine's own state and the policy.
@@ -1327,16 +1469,6 @@ impl Engine {
         }
     }
 
-    fn set_desired(&mut self, id: u64, up: bool) {
-        let svc = self.services.get_mut(&id).expect("callers pass a known id");
-        if svc.desired_up != up {
-            svc.desired_up = up;
-            if let Err(e) = self.store.set_desired(id, up) {
-                log::error!("service '{}': {e}", svc.spec.name());
-            }
-        }
-    }
-
     /// Ends the current run (if any) gracefully, then does `then`. Without a run, `then`
     /// happens at once. A later request overrides an earlier one's `then`, except that a
     /// delete is never undone.
@@ -1390,6 +1522,8 @@ impl Engine {
             }
             return;
         }
+        // A probe of a stopping run has nothing left to tell.
+        run.probe.cancel();
         if run.ended.is_none() {
             run.cause.get_or_insert(match then {
                 Then::Settle | Then::Delete => Cause::Stopped,
@@ -1566,17 +1700,9 @@ impl Engine {
         }
     }
 
+    /// Removes a deleted service from memory, once its stop is over (its row went when the
+    /// delete was asked for).
     fn delete_now(&mut self, id: u64) {
-        if let Err(e) = self.store.delete_service(id) {
-            // Not stored: keep the service (stopped), and tell the caller.
-            let svc = self.services.get_mut(&id).expect("callers pass a known id");
-            log::error!("service '{}': {e}", svc.spec.name());
-            svc.status = Status::Stopped;
-            self.dirty.insert(id);
-            self.failed_deletes
-                .insert(id, e.with_service(svc.spec.name()));
-            return;
-        }
         let Some(svc) = self.services.remove(&id) else {
             return;
         };
@@ -1733,7 +1859,7 @@ impl Engine {
                     Some(_) => None,
                     None => sys::proc_stat(child.pid).map(|s| s.start_time),
                 };
-                let run_id = match self.store.insert_run(&NewRun {
+                let run_id = Some(self.store.insert_run(&NewRun {
                     service_id: id,
                     generation: svc.generation,
                     pid: child.pid,
@@ -1742,13 +1868,7 @@ impl Engine {
                     pidfd_ino,
                     started_at: wall,
                     ready: immediately,
-                }) {
-                    Ok(run_id) => Some(run_id),
-                    Err(e) => {
-                        log::error!("service '{name}': {e}");
-                        None
-                    }
-                };
+                }));
                 let pid = child.pid;
                 if self.subreaper {
                     self.run_groups.insert(pid);
@@ -1837,6 +1957,7 @@ impl Engine {
                     signalled: false,
                     cgroup,
                     cgroup_killed: false,
+                    probe: Arc::default(),
                 });
                 if spec.get_max_memory().is_some() && !self.memory_sampling {
                     self.memory_sampling = true;
@@ -1877,7 +1998,7 @@ impl Engine {
             reason: Some(e.to_string()),
         };
         let errno = e.os_error();
-        let record = |store: &Store, boot_id: &str, decision: Option<&str>, delay| {
+        let record = |store: &mut Store, boot_id: &str, decision: Option<&str>, delay| {
             let ending = RunEnding {
                 exit: &exit,
                 cause: Cause::SpawnFailed,
@@ -1886,9 +2007,7 @@ impl Engine {
                 delay,
                 usage: None,
             };
-            if let Err(e) = store.insert_failed_run(id, generation, boot_id, &ending) {
-                log::error!("service '{name}': {e}");
-            }
+            store.insert_failed_run(id, generation, boot_id, &ending);
         };
         if auto {
             // A failed automatic restart counts as a crash of zero uptime, so a briefly
@@ -1904,12 +2023,12 @@ impl Engine {
                 },
             );
             let (text, delay) = describe_decision(&decision, SPAWN_RETRY_MIN);
-            record(&self.store, &self.boot_id, Some(&text), delay);
+            record(&mut self.store, &self.boot_id, Some(&text), delay);
             self.act(id, decision, SPAWN_RETRY_MIN);
             return Err(e);
         }
         record(
-            &self.store,
+            &mut self.store,
             &self.boot_id,
             Some("errored: a start by hand is not retried"),
             None,
@@ -2345,9 +2464,7 @@ impl Engine {
 
     fn on_drained(&mut self, id: u64, generation: u64, tail: Option<logs::RunTail>) {
         if let Some(tail) = tail.filter(|t| !t.stdout.is_empty() || !t.stderr.is_empty()) {
-            if let Err(e) = self.store.set_tail(tail.run_id, &tail.stdout, &tail.stderr) {
-                log::error!("run {}: {e}", tail.run_id);
-            }
+            self.store.set_tail(tail.run_id, &tail.stdout, &tail.stderr);
         }
         let Some(svc) = self.services.get_mut(&id) else {
             return;
@@ -2365,6 +2482,7 @@ impl Engine {
     fn complete_run(&mut self, id: u64) {
         let svc = self.services.get_mut(&id).expect("callers pass a known id");
         let mut run = svc.run.take().expect("only called with a run");
+        run.probe.cancel();
         if run.ended.is_none() {
             self.poller.remove(&run.pidfd);
             self.tokens.remove(&run.token);
@@ -2458,9 +2576,7 @@ impl Engine {
                 delay,
                 usage: run.usage,
             };
-            if let Err(e) = self.store.end_run(id, run_id, &ending) {
-                log::error!("run {run_id}: {e}");
-            }
+            self.store.end_run(id, run_id, &ending);
         }
     }
 
@@ -2519,9 +2635,7 @@ impl Engine {
         let health = svc.spec.get_health().cloned();
         if *svc.spec.get_ready() != Ready::Immediately {
             if let Some(run_id) = run.run_id {
-                if let Err(e) = self.store.set_ready(run_id, SystemTime::now()) {
-                    log::error!("service '{name}': {e}");
-                }
+                self.store.set_ready(run_id, SystemTime::now());
             }
             self.save_state(id);
         }
@@ -2540,11 +2654,14 @@ impl Engine {
 
     fn submit_probe(&mut self, id: u64, purpose: Purpose, check: Check, timeout: Duration) {
         if self.probes.is_none() {
-            match self
-                .poller
-                .waker()
-                .and_then(|w| Pool::start(self.requests_tx.clone(), w))
-            {
+            match self.poller.waker().and_then(|w| {
+                let cgroups = self
+                    .cgroups
+                    .as_ref()
+                    .map(|c| c.probe_cgroups())
+                    .transpose()?;
+                Pool::start(self.requests_tx.clone(), w, cgroups)
+            }) {
                 Ok(pool) => self.probes = Some(pool),
                 Err(e) => {
                     log::error!("cannot start the probe workers: {e}");
@@ -2552,16 +2669,20 @@ impl Engine {
                 }
             }
         }
-        let generation = self.services[&id].generation;
+        let svc = &self.services[&id];
+        let Some(run) = svc.run.as_ref() else {
+            return;
+        };
         self.probes
             .as_ref()
             .expect("started above")
             .submit(probe::Job {
                 id,
-                generation,
+                generation: svc.generation,
                 purpose,
                 check,
                 timeout,
+                slot: run.probe.clone(),
             });
     }
 
@@ -2808,6 +2929,10 @@ impl Engine {
                 restarted = true;
             }
             self.timers.pop();
+            if timer.kind == TimerKind::Relock {
+                self.relock();
+                continue;
+            }
             if timer.kind == TimerKind::MemorySample {
                 self.sample_memory();
                 continue;
@@ -2965,7 +3090,9 @@ impl Engine {
                         );
                     }
                 }
-                TimerKind::MemorySample => unreachable!("handled before the service lookup"),
+                TimerKind::MemorySample | TimerKind::Relock => {
+                    unreachable!("handled before the service lookup")
+                }
                 TimerKind::GiveUp => {
                     if svc.run.as_ref().is_some_and(|r| r.ended.is_some()) {
                         log::error!(
@@ -3000,12 +3127,8 @@ impl Engine {
             let Some(svc) = self.services.get(&id) else {
                 continue; // deleted meanwhile
             };
-            if let Err(e) =
-                self.store
-                    .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref())
-            {
-                log::error!("service '{}': {e}", svc.spec.name());
-            }
+            self.store
+                .set_state(id, svc.status, svc.restarts, svc.last_exit.as_ref());
         }
     }
 
@@ -3142,10 +3265,17 @@ impl Engine {
     }
 }
 
-/// The file descriptors `n` services may hold at once: per service a pidfd, two pipe read
-/// ends and two log files, plus the supervisor's own.
-fn fd_budget(n: usize) -> u64 {
-    n as u64 * 5 + 64
+/// The fds a running service holds: its pidfd, its pipes' read ends, its two log files, and
+/// a notify socket.
+const FDS_PER_SERVICE: u64 = 6;
+/// The fds held for a moment beyond those: a spawn's pipe write ends and cgroup directory, a
+/// probe's, a read of /proc, SQLite's.
+const FDS_SPARE: u64 = 8;
+
+/// The fds in use once `n` more services run, with `open` open now (the host's and the
+/// supervisor's own, and those of the services running): what fits the limit is allowed.
+fn fd_budget(open: u64, n: usize) -> u64 {
+    open + n as u64 * FDS_PER_SERVICE + FDS_SPARE
 }
 
 /// The processes among `procs` (other than this one) that are provably descendants of a

@@ -26,7 +26,8 @@ pub enum ErrorKind {
     /// Another `Supervisor` (in this process or another) holds the state directory.
     StateDirLocked,
     /// The state directory or its database cannot be used: foreign, corrupt, too new,
-    /// unreadable or unwritable.
+    /// unreadable or unwritable, not private to this user (another user's, or writable by
+    /// others), or deleted or replaced under the running supervisor.
     Store,
     /// A wait ran out of time.
     Timeout,

@@ -98,6 +98,16 @@ pub enum Event {
         /// The processes killed.
         pids: Vec<u32>,
     },
+    /// The state directory, its registry or its lock file was deleted, replaced, truncated
+    /// or overwritten under the running supervisor. Changes can no longer be stored: every
+    /// later `start`, `stop`, `restart` or `delete` fails with a `Store` error that says so.
+    /// The services run on, supervised, until [`shutdown`](crate::Supervisor::shutdown); the
+    /// supervisor keeps the lock of the directory's path (re-creating the directory if it
+    /// was removed), so that no second supervisor opens it meanwhile.
+    StateDirLost {
+        /// What happened, as a lowercase phrase.
+        error: String,
+    },
     /// This subscription fell behind and `missed` events were dropped for it.
     Lagged {
         /// How many events were dropped.
@@ -106,7 +116,8 @@ pub enum Event {
 }
 
 impl Event {
-    /// The service the event is about; `None` for [`Event::Lagged`].
+    /// The service the event is about; `None` for [`Event::Lagged`] and
+    /// [`Event::StateDirLost`].
     pub fn name(&self) -> Option<&str> {
         match self {
             Event::Started { name, .. }
@@ -120,7 +131,7 @@ impl Event {
             | Event::Unhealthy { name, .. }
             | Event::LogError { name, .. }
             | Event::Reclaimed { name, .. } => Some(name),
-            Event::Lagged { .. } => None,
+            Event::Lagged { .. } | Event::StateDirLost { .. } => None,
         }
     }
 }

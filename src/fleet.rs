@@ -180,14 +180,17 @@ impl Fleet {
     ///
     /// # Errors
     ///
-    /// `InvalidSpec` naming the line of a malformed entry or a bad name; `Io` if the file
-    /// cannot be read.
+    /// `InvalidSpec` naming the line of a malformed entry, a bad name or bytes that are not
+    /// UTF-8 (in either file); `Io` if a file cannot be read.
     pub fn from_procfile(path: impl AsRef<Path>) -> Result<Fleet> {
         let path = path.as_ref();
         let origin = path.display().to_string();
         let env_path = path.with_file_name(".env");
-        let env = match std::fs::read_to_string(&env_path) {
-            Ok(text) => parse_dotenv(&text, &env_path.display().to_string())?,
+        let env = match std::fs::read(&env_path) {
+            Ok(bytes) => {
+                let origin = env_path.display().to_string();
+                parse_dotenv(&utf8_lines(&bytes, &origin)?, &origin)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => {
                 return Err(Error::new(
@@ -197,7 +200,14 @@ impl Fleet {
                 .with_source(e))
             }
         };
-        let fleet = Fleet::parse_procfile(&read(path)?, &origin, &env)?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read fleet file '{}'", path.display()),
+            )
+            .with_source(e)
+        })?;
+        let fleet = Fleet::parse_procfile(&utf8_lines(&bytes, &origin)?, &origin, &env)?;
         fleet.check(&origin)?;
         Ok(fleet)
     }
@@ -309,6 +319,26 @@ fn read(path: &Path) -> Result<String> {
         )
         .with_source(e)
     })
+}
+
+/// The text of a line-based file, or a parse error naming the first line (and column) whose
+/// bytes are not UTF-8.
+fn utf8_lines(bytes: &[u8], origin: &str) -> Result<String> {
+    match String::from_utf8(bytes.to_vec()) {
+        Ok(text) => Ok(text),
+        Err(e) => {
+            let valid = &bytes[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&valid[start..]).chars().count() + 1;
+            Err(parse_error(
+                origin,
+                line,
+                column,
+                "the line is not valid UTF-8",
+            ))
+        }
+    }
 }
 
 /// serde_json appends " at line L column C"; the position is reported separately.
@@ -464,6 +494,12 @@ mod tests {
             .any(|(k, v)| k == "B" && v == "two words"));
         let err = Fleet::parse_procfile("web python3\n", "Procfile", &env).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
+        let err = utf8_lines(b"web: ok\n# fine\nbad: caf\xe9\n", "Procfile").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+        assert_eq!(
+            err.to_string(),
+            "fleet file 'Procfile': line 3, column 9: the line is not valid UTF-8"
+        );
         assert!(parse_dotenv("=1\n", ".env").is_err());
     }
 

@@ -431,9 +431,9 @@ fn clean_up(orders: &Orders) -> Result<(), String> {
     let db = orders.state_dir.join("sheepdog.db");
     if db.is_file() {
         match crate::store::Store::open(&db) {
-            Ok(store) => {
+            Ok(mut store) => {
                 if let Err(e) = crate::reclaim::reclaim(
-                    &store,
+                    &mut store,
                     cgroups.as_ref(),
                     &orders.run_key,
                     KILL_PATIENCE,

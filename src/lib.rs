@@ -60,6 +60,7 @@ mod readiness;
 mod reclaim;
 mod signals;
 mod spec;
+mod state_dir;
 mod stats;
 mod store;
 mod supervisor;

@@ -1,18 +1,33 @@
 //! Probes for readiness and liveness, run off the supervision thread by a fixed pool of
 //! worker threads, each bounded by its timeout: a probe that hangs delays only itself.
+//!
+//! A command probe is spawned as a service is (`sys::spawn`): only fds 0-2 (all
+//! `/dev/null`), signal dispositions reset, a process group of its own, the parent-death
+//! signal from its worker (a thread that lives as long as the supervisor), and under cgroup
+//! containment a cgroup of its own. When its check is over (it exited, or timed out), and
+//! when its run is stopped or ends, its whole group (or cgroup) is killed and waited for:
+//! no probe process outlives its check.
 
+use crate::containment::ProbeCgroups;
 use crate::engine::Request;
 use crate::readiness::Check;
-use crate::sys::Waker;
+use crate::sys::{self, RawExit, Waker};
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Worker threads: started on the first probe, constant whatever the fleet size.
 const WORKERS: usize = 4;
+/// How long a probe's killed processes may take to be gone before the worker gives up on
+/// them (they were sent SIGKILL; only a process stuck in the kernel takes longer).
+const KILL_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What a probe is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +42,33 @@ pub(crate) struct Job {
     pub(crate) purpose: Purpose,
     pub(crate) check: Check,
     pub(crate) timeout: Duration,
+    /// The run's probe slot: its command probe is ended through it.
+    pub(crate) slot: Arc<Slot>,
+}
+
+/// A run's hold on its command probe: the run's stop (or end) cancels it, which kills the
+/// probe's group if one runs, and keeps a queued probe of the run from starting.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    cancelled: AtomicBool,
+    /// The probe running now: its pid (its group's id) and pidfd, until its worker reaps it.
+    running: Mutex<Option<(u32, Arc<OwnedFd>)>>,
+}
+
+impl Slot {
+    /// The run is over or stopping: kills its probe's process group now, and no later probe
+    /// of it starts.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Some((pid, pidfd)) = &*self.running.lock() {
+            // Still unreaped (its worker clears this first), so the group is the probe's.
+            let _ = sys::signal_group(pidfd, *pid, crate::spec::Signal::Kill);
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
 }
 
 /// A probe's outcome: `Ok` or why it failed, as a lowercase phrase.
@@ -38,18 +80,34 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn start(requests: Sender<Request>, waker: Waker) -> std::io::Result<Pool> {
+    /// Starts the workers; `cgroups`, under cgroup containment, is where command probes run.
+    pub(crate) fn start(
+        requests: Sender<Request>,
+        waker: Waker,
+        cgroups: Option<ProbeCgroups>,
+    ) -> std::io::Result<Pool> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
         let waker = std::sync::Arc::new(waker);
         let mut workers = Vec::new();
         for i in 0..WORKERS {
             let (rx, requests, waker) = (rx.clone(), requests.clone(), waker.clone());
+            let cgroups = cgroups.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("sheepdog-probe-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let outcome = run(&job.check, job.timeout);
+                            if job.slot.cancelled() {
+                                continue; // its run is over: nobody wants the outcome
+                            }
+                            let outcome = match &job.check {
+                                Check::Command(argv) => {
+                                    let cgroup =
+                                        cgroups.as_ref().map(|c| (c, job.id, job.generation));
+                                    command(argv, job.timeout, &job.slot, cgroup)
+                                }
+                                check => run(check, job.timeout),
+                            };
                             let report = Request::Probed {
                                 id: job.id,
                                 generation: job.generation,
@@ -81,13 +139,14 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.tx = None;
         for w in self.workers.drain(..) {
-            // Each job ends within its timeout, so this is bounded.
+            // Each job ends within its timeout plus twice KILL_PATIENCE (at shutdown every
+            // run is stopped first, which kills its probe at once), so this is bounded.
             w.join().expect("probe workers do not panic");
         }
     }
 }
 
-/// Runs one check within `timeout`.
+/// Runs one check within `timeout` (a command outside any cgroup, with a slot of its own).
 pub(crate) fn run(check: &Check, timeout: Duration) -> Outcome {
     match check {
         Check::Tcp(port) => {
@@ -97,7 +156,7 @@ pub(crate) fn run(check: &Check, timeout: Duration) -> Outcome {
                 .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}"))
         }
         Check::Http(url) => http_get(url, timeout),
-        Check::Command(argv) => command(argv, timeout),
+        Check::Command(argv) => command(argv, timeout, &Slot::default(), None),
         Check::Notify => Ok(()),
     }
 }
@@ -173,40 +232,112 @@ fn http_get(url: &str, timeout: Duration) -> Outcome {
     }
 }
 
-fn command(argv: &[String], timeout: Duration) -> Outcome {
+/// Runs a command probe: spawned clean (see the module doc), given `timeout` to exit 0,
+/// then its whole process group (or, with `cgroup`, its cgroup) killed and waited for,
+/// whatever it did. Bounded by `timeout` plus [`KILL_PATIENCE`] twice.
+fn command(
+    argv: &[String],
+    timeout: Duration,
+    slot: &Slot,
+    cgroup: Option<(&ProbeCgroups, u64, u64)>,
+) -> Outcome {
     let shown = argv.join(" ");
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("command '{shown}': {e}"))?;
-    let deadline = crate::duration::deadline(Instant::now(), timeout);
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("command '{shown}': {status}")),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "command '{shown}': timed out after {}",
-                    crate::duration::format(timeout)
-                ));
+    let fail = |what: String| Err(format!("command '{shown}': {what}"));
+    let Some(program) = crate::child::find_program(&argv[0]) else {
+        return fail("program not found".into());
+    };
+    let args: Vec<CString> = match argv.iter().map(|a| CString::new(a.as_str())).collect() {
+        Ok(args) => args,
+        Err(_) => return fail("an argument contains a NUL byte".into()),
+    };
+    let args: Vec<&CStr> = args.iter().map(CString::as_c_str).collect();
+    let host_env = crate::child::host_env();
+    let env: Vec<&CStr> = host_env.iter().map(CString::as_c_str).collect();
+    let cg = match cgroup
+        .map(|(c, id, generation)| c.make(id, generation))
+        .transpose()
+    {
+        Ok(cg) => cg,
+        Err(e) => return fail(format!("cannot create its cgroup: {e}")),
+    };
+    let spawned = sys::devnull().and_then(|null| {
+        sys::spawn(&sys::SpawnRequest {
+            program: &program,
+            argv: &args,
+            env: &env,
+            cwd: None,
+            stdout: null,
+            stderr: null,
+            cgroup: cg.as_ref().map(|c| (c.dir.as_fd(), c.procs.as_path())),
+            join: Vec::new(),
+            kind: sys::ChildKind::Service,
+            keep: &[],
+        })
+    });
+    let (pid, pidfd) = match spawned {
+        Ok((pid, pidfd)) => (pid, Arc::new(pidfd)),
+        Err(e) => {
+            if let (Some((c, ..)), Some(cg)) = (cgroup, cg) {
+                c.finish(cg, KILL_PATIENCE);
             }
-            Ok(None) => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => return Err(format!("command '{shown}': {e}")),
+            return fail(e.to_string());
         }
+    };
+    *slot.running.lock() = Some((pid, pidfd.clone()));
+    if slot.cancelled() {
+        slot.cancel(); // cancelled while it was spawned: the cancel found nothing to kill
+    }
+    let exited = sys::wait_exit(&pidfd, timeout).unwrap_or(false);
+    // From here the slot no longer signals it: only this worker does, before the reap.
+    slot.running.lock().take();
+    let _ = sys::signal_group(&pidfd, pid, crate::spec::Signal::Kill);
+    if !exited {
+        let _ = sys::wait_exit(&pidfd, KILL_PATIENCE);
+    }
+    let status = sys::reap(&pidfd);
+    // What the group or cgroup held besides the leader (a shell's children) goes too.
+    let gone = match (cgroup, cg) {
+        (Some((c, ..)), Some(cg)) => c.finish(cg, KILL_PATIENCE),
+        _ => group_gone(pid),
+    };
+    if !gone {
+        log::error!("command probe '{shown}': processes of its group survived SIGKILL");
+    }
+    if slot.cancelled() {
+        return fail("cancelled: its run is over".into());
+    }
+    match status {
+        _ if !exited => fail(format!(
+            "timed out after {}",
+            crate::duration::format(timeout)
+        )),
+        Ok(Some((RawExit::Code(0), _))) => Ok(()),
+        Ok(Some((RawExit::Code(code), _))) => fail(format!("exit status: {code}")),
+        Ok(Some((RawExit::Signal(sig), _))) => fail(format!("killed by signal {sig}")),
+        Ok(Some((RawExit::Unknown, _))) | Ok(None) => fail("its exit status is unknown".into()),
+        Err(e) => fail(e.to_string()),
     }
 }
 
-use std::os::unix::process::CommandExt;
+/// Waits (up to [`KILL_PATIENCE`]) until no live process is left in the killed process group
+/// `pgid`, reaping those a subreaper host inherited; returns whether it emptied.
+fn group_gone(pgid: u32) -> bool {
+    let deadline = Instant::now() + KILL_PATIENCE;
+    let group = std::collections::HashSet::from([pgid]);
+    loop {
+        let gone = sys::live_groups(&group).is_empty();
+        // After the look: a member is re-parented (to a subreaper host) before it shows as a
+        // zombie, so once none lives, every one this process inherited can be reaped.
+        sys::reap_group(pgid);
+        if gone {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,7 @@ pub(crate) fn sessions_of_this_boot(store: &Store, boot_id: &str) -> Result<Vec<
 /// gone, marks its open runs ended (`host died`), and returns the pids per service id. The
 /// caller commits the store's run records ([`Store::flush`]).
 pub(crate) fn reclaim(
-    store: &Store,
+    store: &mut Store,
     cgroups: Option<&Cgroups>,
     state_key: &str,
     patience: Duration,
@@ -180,7 +180,7 @@ pub(crate) fn reclaim(
     if !groups.is_empty() {
         log::error!("process groups {groups:?} left by a previous host survived SIGKILL");
     }
-    store.close_open_runs()?;
+    store.close_open_runs();
     Ok(reclaimed
         .into_iter()
         .map(|(id, pids)| (id, pids.into_iter().collect()))

@@ -14,6 +14,10 @@ const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest service name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The largest `pids.max` the kernel takes (`PID_MAX_LIMIT` on 64-bit Linux): no more
+/// processes than that can exist at once anyway.
+const MAX_PIDS_LIMIT: u64 = 4 << 20;
+
 /// A signal that a service can be stopped with.
 ///
 /// In files and JSON a signal is written by its name without `SIG`: `"TERM"`, `"INT"`.
@@ -394,7 +398,8 @@ impl ServiceSpec {
     }
 
     /// Restarts this service whenever `name` is restarted by the operator. By default, a
-    /// restart of a dependency leaves its dependents alone.
+    /// restart of a dependency leaves its dependents alone. `name` must be a valid service
+    /// name (see [`after`](Self::after)).
     pub fn restart_with(mut self, name: impl Into<String>) -> ServiceSpec {
         let name = name.into();
         if !self.restart_with.contains(&name) {
@@ -412,6 +417,7 @@ impl ServiceSpec {
     /// With cgroup containment and a memory controller, the kernel also enforces the limit
     /// (`memory.max`, or `memory.limit_in_bytes` on a v1 hierarchy): a run that reaches it is
     /// OOM-killed, and its history records [`Cause::OutOfMemory`](crate::Cause::OutOfMemory).
+    /// 0 is `InvalidSpec`; a limit larger than the kernel can count is the kernel's largest.
     pub fn max_memory(mut self, bytes: u64) -> ServiceSpec {
         self.max_memory = Some(bytes);
         self
@@ -426,7 +432,8 @@ impl ServiceSpec {
     /// `pids` cgroup controller: a fork bomb gets `EAGAIN` from `fork` instead of taking the
     /// host down. Needs cgroup containment with a `pids` controller (v2, or v1 beside it); a
     /// supervisor without one refuses the service with an `InvalidSpec` error rather than
-    /// run it unlimited. By default, no cap.
+    /// run it unlimited. `n` is from 1 to 4194304 (the kernel's limit); others are
+    /// `InvalidSpec`. By default, no cap.
     ///
     /// # Example
     ///
@@ -572,8 +579,13 @@ impl ServiceSpec {
                 self.log.line_max
             ));
         }
-        if self.max_pids == Some(0) {
-            return invalid("invalid spec: max_pids must be at least 1".into());
+        if let Some(n) = self.max_pids.filter(|n| !(1..=MAX_PIDS_LIMIT).contains(n)) {
+            return invalid(format!(
+                "invalid spec: max_pids {n} is outside 1 to {MAX_PIDS_LIMIT}, the kernel's limit"
+            ));
+        }
+        if self.max_memory == Some(0) {
+            return invalid("invalid spec: max_memory must be above zero".into());
         }
         if self.log.tail_bytes > TAIL_BYTES_MAX {
             return invalid(format!(
@@ -639,6 +651,18 @@ impl ServiceSpec {
                     self.name
                 ));
             }
+        }
+        for name in &self.restart_with {
+            validate_name(name).map_err(|_| {
+                Error::new(
+                    ErrorKind::InvalidSpec,
+                    format!(
+                        "invalid spec: restart_with '{}' is not a valid name",
+                        name.escape_debug()
+                    ),
+                )
+                .with_service(&self.name)
+            })?;
         }
         if let Err(why) = self.restart.backoff_config().check() {
             return invalid(format!("invalid spec: {why}"));
@@ -724,7 +748,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn bad_argv_and_env_are_invalid_spec() {
+    fn bad_argv_env_names_and_limits_are_invalid_spec() {
         let base = ServiceSpec::new("svc", "true");
         let cases = [
             (base.clone().arg("a\0b"), "argument 1 contains a NUL"),
@@ -734,7 +758,22 @@ pub(crate) mod tests {
             (ServiceSpec::new("svc", ""), "program is empty"),
             (ServiceSpec::new("svc", "tr\0ue"), "NUL"),
             (base.clone().current_dir(""), "working directory"),
+            (base.clone().restart_with("../x"), "restart_with '../x'"),
+            (base.clone().restart_with(""), "restart_with ''"),
+            (base.clone().max_pids(0), "max_pids 0 is outside"),
+            (base.clone().max_pids(u64::MAX), "the kernel's limit"),
+            (
+                base.clone().max_pids(MAX_PIDS_LIMIT + 1),
+                "the kernel's limit",
+            ),
+            (base.clone().max_memory(0), "max_memory must be above zero"),
         ];
+        for fits in [
+            base.clone().max_pids(MAX_PIDS_LIMIT),
+            base.clone().max_memory(1),
+        ] {
+            assert!(fits.validate().is_ok(), "{fits:?}");
+        }
         for (spec, needle) in cases {
             let err = spec.validate().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidSpec);

@@ -3,13 +3,19 @@
 //! One connection, owned by the supervision thread. WAL with `synchronous=FULL`: a change is
 //! on disk when the call returns, so an acknowledged change survives a SIGKILL of the host
 //! (and, if the device honours fsync, a power loss).
+//!
+//! A change is acknowledged only while the state file (and the lock file) that the store
+//! holds are still the files at their paths: one deleted, replaced, truncated or overwritten
+//! under the running supervisor would take every later change with it, unseen. Once that is
+//! found, every change fails with a `Store` error that says so.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{Cause, Usage};
 use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
+use crate::sys;
 use rusqlite::{params, Connection, OpenFlags};
-use std::cell::Cell;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +84,14 @@ CREATE TABLE session (
 /// Sessions kept: a dead host's leftovers are verified with its session's key, and the next
 /// `open` reclaims them, so only the newest few can still matter.
 const SESSIONS_KEPT: i64 = 8;
+/// How the state file is opened: read-write, never through a symbolic link, and used by one
+/// thread only.
+const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
+    .union(OpenFlags::SQLITE_OPEN_NOFOLLOW)
+    .union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+
+/// The most queued writes whose room is kept from one loop turn to the next.
+const QUEUE_KEPT: usize = 256;
 
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
@@ -134,21 +148,155 @@ pub(crate) struct OpenRun {
     pub(crate) start_ticks: Option<u64>,
     pub(crate) pidfd_ino: Option<u64>,
 }
-
 /// The registry. Definitions (a service added, changed, deleted, its desired state) are
-/// committed with `synchronous=FULL`: on disk before the call returns. Run records and
-/// statuses use `synchronous=NORMAL`, which in WAL mode survives a crash of the host (only a
-/// power loss may roll back the newest of them) and keeps fsync off the restart path.
+/// changed only through a [`Transaction`], committed with `synchronous=FULL`: on disk before
+/// the call returns, all of it or none. Run records and statuses are queued in memory as the
+/// supervision loop makes them and written by [`flush`](Store::flush) at the end of each turn,
+/// in one transaction with `synchronous=NORMAL`, which in WAL mode survives a crash of the
+/// host (only a power loss may roll back the newest of them) and keeps fsync and SQL off the
+/// restart path.
 pub(crate) struct Store {
     conn: Connection,
     path: PathBuf,
-    full_sync: Cell<bool>,
-    /// Inside `begin` … `commit`: every write joins one transaction, committed durably.
-    in_batch: Cell<bool>,
-    /// Run records and statuses written since the last `flush`, in one open transaction.
-    in_fast_batch: Cell<bool>,
+    /// The connection's `synchronous` setting is FULL (else NORMAL).
+    full_sync: bool,
+    /// Run records and statuses of the current loop turn, in the order they were made.
+    queued: Vec<Queued>,
+    /// The id the next run record gets: ids are handed out here, so that a run has its id
+    /// when it starts, before its record is written.
+    next_run_id: i64,
     /// Ended runs kept per service.
-    runs_kept: Cell<i64>,
+    runs_kept: i64,
+    /// The files that must still be the ones at their paths for a change to be stored.
+    /// After `conn`, so that they are closed after it: closing any fd of the database file
+    /// would drop SQLite's locks on it.
+    anchors: Vec<Anchor>,
+    /// Why changes can no longer be stored, once an anchor was found moved.
+    lost: Option<Error>,
+}
+
+/// A file held open to tell whether it is still the one at its path.
+struct Anchor {
+    /// "state file" or "lock file".
+    what: &'static str,
+    path: PathBuf,
+    file: File,
+    /// It is the registry: it must also still start with SQLite's header.
+    registry: bool,
+}
+
+impl Anchor {
+    /// What became of the file, if it is no longer the one at its path.
+    fn problem(&self) -> Option<&'static str> {
+        let Ok(held) = sys::fstat(&self.file) else {
+            return Some("cannot be checked");
+        };
+        match sys::lstat(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && held.nlink == 0 => {
+                return Some("was deleted")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("was moved away"),
+            Err(_) => return Some("cannot be found"),
+            Ok(now) if !now.same_file(&held) => return Some("was replaced by another file"),
+            Ok(_) => {}
+        }
+        if self.registry {
+            let mut head = [0u8; 16];
+            let read = sys::read_at(&self.file, &mut head, 0).unwrap_or(0);
+            if held.size < 100 || read != head.len() || &head != b"SQLite format 3\0" {
+                return Some("was truncated or overwritten");
+            }
+        }
+        None
+    }
+}
+
+/// Checks the anchors, and remembers for good when one moved: `Err` with why changes cannot
+/// be stored.
+fn check_anchors(anchors: &[Anchor], lost: &mut Option<Error>) -> Result<()> {
+    if let Some(e) = lost {
+        return Err(e.clone());
+    }
+    for a in anchors {
+        if let Some(what) = a.problem() {
+            let e = Error::new(
+                ErrorKind::Store,
+                format!(
+                    "{} '{}' {what} while the supervisor ran: changes can no longer be stored (shut the supervisor down and open the state directory again)",
+                    a.what,
+                    a.path.display()
+                ),
+            );
+            *lost = Some(e.clone());
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// A write of the current loop turn, applied by [`Store::flush`].
+enum Queued {
+    Run {
+        id: i64,
+        service_id: u64,
+        generation: u64,
+        pid: u32,
+        boot_id: String,
+        start_ticks: Option<u64>,
+        pidfd_ino: Option<u64>,
+        started_at: SystemTime,
+        ready: bool,
+    },
+    /// A start that failed before there was a process: a run with pid 0.
+    FailedRun {
+        id: i64,
+        service_id: u64,
+        generation: u64,
+        boot_id: String,
+        at: SystemTime,
+    },
+    End {
+        service_id: u64,
+        run_id: i64,
+        exit: Exit,
+        cause: Cause,
+        errno: Option<i32>,
+        decision: Option<String>,
+        delay: Option<Duration>,
+        usage: Option<Usage>,
+    },
+    Tail {
+        run_id: i64,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    Ready {
+        run_id: i64,
+        at: SystemTime,
+    },
+    State {
+        id: u64,
+        status: Status,
+        restarts: u64,
+        last_exit: Option<Exit>,
+    },
+    CloseOpenRuns {
+        at: SystemTime,
+    },
+}
+
+/// A change to the registry: stored by [`commit`](Transaction::commit), durably
+/// (`synchronous=FULL`, one fsync however many writes it holds), or not at all.
+///
+/// Like rusqlite's `Transaction`, which it wraps: dropped without a commit (an early return,
+/// an error in the middle of a batch), it rolls back; and it borrows the store mutably, so
+/// the borrow checker rules out a nested transaction, or any other use of the store, while
+/// it is open.
+pub(crate) struct Transaction<'s> {
+    tx: rusqlite::Transaction<'s>,
+    path: &'s Path,
+    anchors: &'s [Anchor],
+    lost: &'s mut Option<Error>,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -161,11 +309,11 @@ fn from_ms(v: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(v.max(0) as u64)
 }
 
-/// Whether the file starts with SQLite's header string.
+/// Whether the file starts with SQLite's header string (a symbolic link is not followed).
 fn has_sqlite_header(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 16];
-    std::fs::File::open(path)
+    sys::open_nofollow(path)
         .and_then(|mut f| f.read_exact(&mut head))
         .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
@@ -226,30 +374,71 @@ impl Store {
                 .with_source(e))
             }
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| store_error(path, "cannot open", e))?;
-        let store = Store {
-            conn,
+        let conn = Connection::open_with_flags(path, OPEN_FLAGS)
+            .map_err(|e| store_error(path, "cannot open", e))?;
+        let mut store = Store::with_connection(conn, path.to_path_buf())?;
+        let file = sys::open_nofollow(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Store,
+                format!("cannot open state file '{}'", path.display()),
+            )
+            .with_source(e)
+        })?;
+        store.anchors.push(Anchor {
+            what: "state file",
             path: path.to_path_buf(),
-            full_sync: Cell::new(true),
-            in_batch: Cell::new(false),
-            in_fast_batch: Cell::new(false),
-            runs_kept: Cell::new(RUNS_KEPT as i64),
-        };
-        store.check_and_migrate()?;
+            file,
+            registry: true,
+        });
         Ok(store)
     }
 
+    /// Holds `file`, found at `path`, to check before each change that it is still there.
+    pub(crate) fn anchor(&mut self, what: &'static str, path: PathBuf, file: File) {
+        self.anchors.push(Anchor {
+            what,
+            path,
+            file,
+            registry: false,
+        });
+    }
+
+    /// `Err` if changes can no longer be stored: the state file or the lock file is no
+    /// longer the one at its path (the state directory was deleted or replaced, the file
+    /// truncated or overwritten). Once found, it stays so.
+    pub(crate) fn check(&mut self) -> Result<()> {
+        check_anchors(&self.anchors, &mut self.lost)
+    }
+
+    /// Why changes can no longer be stored, if they cannot.
+    pub(crate) fn lost(&self) -> Option<&Error> {
+        self.lost.as_ref()
+    }
+
     /// Creates a new database beside `path` and renames it into place, so a crash never
-    /// leaves an empty or half-made file under the real name.
+    /// leaves an empty or half-made file under the real name. The file is private (0600,
+    /// whatever the umask) before SQLite writes anything into it; SQLite gives its journal,
+    /// -wal and -shm the mode of the database file.
     fn create(path: &Path) -> Result<()> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let tmp = path.with_extension("db.new");
         let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Store,
+                    format!("cannot create state file '{}'", tmp.display()),
+                )
+                .with_source(e)
+            })?;
         {
-            let conn = Connection::open(&tmp).map_err(|e| store_error(&tmp, "cannot create", e))?;
+            let conn = Connection::open_with_flags(&tmp, OPEN_FLAGS)
+                .map_err(|e| store_error(&tmp, "cannot create", e))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)
                 .map_err(|e| store_error(&tmp, "cannot initialise", e))?;
             conn.pragma_update(None, "synchronous", "FULL")
@@ -271,93 +460,112 @@ impl Store {
             .map_err(|e| store_error(Path::new(":memory:"), "cannot open", e))?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .unwrap();
-        let store = Store {
+        Store::with_connection(conn, PathBuf::from(":memory:"))
+    }
+
+    fn with_connection(conn: Connection, path: PathBuf) -> Result<Store> {
+        let mut store = Store {
             conn,
-            path: PathBuf::from(":memory:"),
-            full_sync: Cell::new(true),
-            in_batch: Cell::new(false),
-            in_fast_batch: Cell::new(false),
-            runs_kept: Cell::new(RUNS_KEPT as i64),
+            path,
+            full_sync: true,
+            queued: Vec::new(),
+            next_run_id: 1,
+            runs_kept: RUNS_KEPT as i64,
+            anchors: Vec::new(),
+            lost: None,
         };
         store.check_and_migrate()?;
+        // The largest id ever handed out (AUTOINCREMENT keeps it), so ids are never reused.
+        let last: i64 = store
+            .conn
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'run'), 0),
+                            COALESCE((SELECT MAX(id) FROM run), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| store.err("cannot read runs", e))?;
+        store.next_run_id = last + 1;
         Ok(store)
     }
 
-    /// Starts a batch: the writes until [`commit`](Store::commit) form one transaction,
-    /// committed with `synchronous=FULL` (one fsync for all of them).
-    pub(crate) fn begin(&self) -> Result<()> {
+    /// Begins a change to the registry. The run records and statuses queued so far are
+    /// written first (their own commit), so the order on disk is the order of events.
+    ///
+    /// # Errors
+    ///
+    /// `Store`, also when the state file or the lock file is no longer the one at its path.
+    pub(crate) fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.check()?;
         self.flush();
-        self.sync_mode(true);
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err("cannot begin a transaction", e))?;
-        self.in_batch.set(true);
-        Ok(())
+        self.set_full_sync(true);
+        let Store {
+            conn,
+            path,
+            anchors,
+            lost,
+            ..
+        } = self;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| store_error(path, "cannot begin a transaction", e))?;
+        Ok(Transaction {
+            tx,
+            path,
+            anchors,
+            lost,
+        })
     }
 
-    /// Commits the batch; on failure it is rolled back and nothing of it is stored.
-    pub(crate) fn commit(&self) -> Result<()> {
-        self.in_batch.set(false);
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(self.err("cannot commit", e));
-        }
-        Ok(())
-    }
-
-    fn sync_mode(&self, full: bool) -> &Connection {
-        if !self.in_batch.get() && self.full_sync.get() != full {
-            let mode = if full { "FULL" } else { "NORMAL" };
-            match self.conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => self.full_sync.set(full),
-                Err(e) => log::warn!(
-                    "state file '{}': cannot set synchronous={mode}: {e}",
-                    self.path.display()
-                ),
-            }
-        }
-        &self.conn
-    }
-
-    /// The connection for a definition change: durable when the call returns. Run records
-    /// written before it are committed first, so the order on disk is the order of events.
-    fn durable(&self) -> &Connection {
-        self.flush();
-        self.sync_mode(true)
-    }
-
-    /// The connection for run records and statuses: they join one transaction per turn of
-    /// the supervision loop, which `flush` commits (`synchronous=NORMAL`), so a stop of a
-    /// thousand services is a handful of commits rather than thousands.
-    fn fast(&self) -> &Connection {
-        if !self.in_batch.get() && !self.in_fast_batch.get() {
-            self.sync_mode(false);
-            match self.conn.execute_batch("BEGIN") {
-                Ok(()) => self.in_fast_batch.set(true),
-                Err(e) => log::warn!(
-                    "state file '{}': cannot begin a transaction: {e}",
-                    self.path.display()
-                ),
-            }
-        }
-        &self.conn
-    }
-
-    /// Commits the run records and statuses written since the last call. A failure (a full
-    /// disk) loses them, never a definition; it is logged.
-    pub(crate) fn flush(&self) {
-        if !self.in_fast_batch.replace(false) {
+    fn set_full_sync(&mut self, full: bool) {
+        if self.full_sync == full {
             return;
         }
-        if self.conn.is_autocommit() {
-            return; // SQLite rolled the transaction back after an error already reported
-        }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            log::error!(
-                "state file '{}': cannot store run records: {e}",
+        let mode = if full { "FULL" } else { "NORMAL" };
+        match self.conn.pragma_update(None, "synchronous", mode) {
+            Ok(()) => self.full_sync = full,
+            Err(e) => log::warn!(
+                "state file '{}': cannot set synchronous={mode}: {e}",
                 self.path.display()
-            );
+            ),
+        }
+    }
+
+    /// Writes the run records and statuses queued in this loop turn, in one transaction
+    /// (`synchronous=NORMAL`: no fsync). A write that fails is logged and the others are
+    /// kept; a failure of the whole transaction (a full disk) loses them, never a definition.
+    pub(crate) fn flush(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        self.set_full_sync(false);
+        let queued = std::mem::take(&mut self.queued);
+        let path = &self.path;
+        let runs_kept = self.runs_kept;
+        let failed = |what: &str, e: rusqlite::Error| {
+            log::error!("state file '{}': {what}: {e}", path.display());
+        };
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return failed("cannot begin a transaction for run records", e),
+        };
+        for write in &queued {
+            if let Err(e) = apply(&tx, write, runs_kept) {
+                failed(write.what(), e);
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (a full disk, an I/O error).
+                    return;
+                }
+            }
+        }
+        if let Err(e) = tx.commit() {
+            failed("cannot store run records", e);
+        }
+        // The allocation is kept for the next turn, unless a big one (a fleet's start) made it
+        // large.
+        if queued.capacity() <= QUEUE_KEPT {
+            self.queued = queued;
+            self.queued.clear();
         }
     }
 
@@ -510,203 +718,111 @@ impl Store {
         Ok(out)
     }
 
-    /// Adds a service and returns its id; ids are never reused, even after a delete.
-    pub(crate) fn insert_service(
-        &self,
-        spec: &ServiceSpec,
-        desired_up: bool,
-        status: Status,
-    ) -> Result<u64> {
-        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
-        self.durable()
-            .execute(
-                "INSERT INTO service (name, spec, desired_up, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![spec.name(), json, desired_up, status.as_str(), ms(SystemTime::now())],
-            )
-            .map_err(|e| self.err("cannot save the service", e).with_service(spec.name()))?;
-        Ok(self.conn.last_insert_rowid() as u64)
-    }
-
-    pub(crate) fn update_spec(&self, id: u64, spec: &ServiceSpec) -> Result<()> {
-        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
-        self.durable()
-            .execute(
-                "UPDATE service SET spec = ?2 WHERE id = ?1",
-                params![id as i64, json],
-            )
-            .map_err(|e| {
-                self.err("cannot save the spec", e)
-                    .with_service(spec.name())
-            })?;
-        Ok(())
-    }
-
-    pub(crate) fn set_desired(&self, id: u64, up: bool) -> Result<()> {
-        self.durable()
-            .execute(
-                "UPDATE service SET desired_up = ?2 WHERE id = ?1",
-                params![id as i64, up],
-            )
-            .map_err(|e| self.err("cannot save the desired state", e))?;
-        Ok(())
-    }
-
-    /// Writes a service's status, restart count and last exit.
-    pub(crate) fn set_state(
-        &self,
-        id: u64,
-        status: Status,
-        restarts: u64,
-        last_exit: Option<&Exit>,
-    ) -> Result<()> {
-        self.fast()
-            .prepare_cached(
-                "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
-                 exit_at_ms = ?6, exit_uptime_ms = ?7, exit_reason = ?8 WHERE id = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    id as i64,
-                    status.as_str(),
-                    restarts as i64,
-                    last_exit.and_then(|e| e.code),
-                    last_exit.and_then(|e| e.signal),
-                    last_exit.map(|e| ms(e.at)),
-                    last_exit.map(|e| e.uptime.as_millis() as i64),
-                    last_exit.and_then(|e| e.reason.as_deref()),
-                ])
-            })
-            .map_err(|e| self.err("cannot save the status", e))?;
-        Ok(())
-    }
-
-    pub(crate) fn delete_service(&self, id: u64) -> Result<()> {
-        self.durable()
-            .execute("DELETE FROM service WHERE id = ?1", params![id as i64])
-            .map_err(|e| self.err("cannot delete the service", e))?;
-        Ok(())
-    }
-
     /// How many ended runs to keep per service.
-    pub(crate) fn set_runs_kept(&self, n: usize) {
-        self.runs_kept.set(n.min(i64::MAX as usize) as i64);
+    pub(crate) fn set_runs_kept(&mut self, n: usize) {
+        self.runs_kept = n.min(i64::MAX as usize) as i64;
     }
 
-    /// Records the start of a run with the identity that tells its process apart from any
-    /// later process with the same pid.
-    pub(crate) fn insert_run(&self, run: &NewRun<'_>) -> Result<i64> {
-        let started = ms(run.started_at);
-        self.fast()
-            .prepare_cached(
-                "INSERT INTO run (service_id, generation, pid, boot_id, start_ticks, started_at_ms,
-                                  ready_at_ms, pidfd_ino)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    run.service_id as i64,
-                    run.generation as i64,
-                    run.pid,
-                    run.boot_id,
-                    run.start_ticks.map(|t| t as i64),
-                    started,
-                    run.ready.then_some(started),
-                    run.pidfd_ino.map(|i| i as i64),
-                ])
-            })
-            .map_err(|e| self.err("cannot record the run", e))?;
-        Ok(self.conn.last_insert_rowid())
+    /// Queues the record of a run's start, with the identity that tells its process apart
+    /// from any later process with the same pid; returns the run's id.
+    pub(crate) fn insert_run(&mut self, run: &NewRun<'_>) -> i64 {
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        self.queued.push(Queued::Run {
+            id,
+            service_id: run.service_id,
+            generation: run.generation,
+            pid: run.pid,
+            boot_id: run.boot_id.to_string(),
+            start_ticks: run.start_ticks,
+            pidfd_ino: run.pidfd_ino,
+            started_at: run.started_at,
+            ready: run.ready,
+        });
+        id
     }
 
-    fn prune(&self, service_id: u64) -> Result<()> {
-        self.fast()
-            .prepare_cached(
-                "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
-                 (SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
-                  ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )
-            .and_then(|mut stmt| stmt.execute(params![service_id as i64, self.runs_kept.get()]))
-            .map_err(|e| self.err("cannot prune runs", e))?;
-        Ok(())
-    }
-
-    /// Records a start that failed before there was a process: a run with pid 0 that ended
-    /// when it began.
+    /// Queues the record of a start that failed before there was a process: a run with pid 0
+    /// that ended when it began.
     pub(crate) fn insert_failed_run(
-        &self,
+        &mut self,
         service_id: u64,
         generation: u64,
         boot_id: &str,
         ending: &RunEnding<'_>,
-    ) -> Result<()> {
-        let at = ms(ending.exit.at);
-        self.fast()
-            .execute(
-                "INSERT INTO run (service_id, generation, pid, boot_id, started_at_ms, ended_at_ms)
-                 VALUES (?1, ?2, 0, ?3, ?4, ?4)",
-                params![service_id as i64, generation as i64, boot_id, at],
-            )
-            .map_err(|e| self.err("cannot record the failed start", e))?;
-        let run_id = self.conn.last_insert_rowid();
-        self.end_run(service_id, run_id, ending)
+    ) {
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        self.queued.push(Queued::FailedRun {
+            id,
+            service_id,
+            generation,
+            boot_id: boot_id.to_string(),
+            at: ending.exit.at,
+        });
+        self.end_run(service_id, id, ending);
     }
 
-    /// Records the end of a run, and prunes the service's oldest ended runs: at most a few
-    /// rows each time, through the `(service_id, id)` index, so pruning never stalls the
-    /// supervision thread.
-    pub(crate) fn end_run(&self, service_id: u64, run_id: i64, end: &RunEnding<'_>) -> Result<()> {
-        let exit = end.exit;
-        let micros = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
-        self.fast()
-            .prepare_cached(
-                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5,
-                    cause = ?6, errno = ?7, decision = ?8, delay_ms = ?9, max_rss = ?10,
-                    user_us = ?11, system_us = ?12
-                 WHERE id = ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    run_id,
-                    ms(exit.at),
-                    exit.code,
-                    exit.signal,
-                    exit.reason.as_deref(),
-                    end.cause.to_string(),
-                    end.errno,
-                    end.decision,
-                    end.delay
-                        .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-                    end.usage
-                        .and_then(|u| u.peak_memory)
-                        .map(|b| b.min(i64::MAX as u64) as i64),
-                    end.usage.map(|u| micros(u.user)),
-                    end.usage.map(|u| micros(u.system)),
-                ])
-            })
-            .map_err(|e| self.err("cannot record the exit", e))?;
-        self.prune(service_id)
+    /// Queues the record of a run's end. When it is written, the service's oldest ended runs
+    /// are pruned: at most a few rows each time, through the `(service_id, id)` index, so
+    /// pruning never stalls the supervision thread.
+    pub(crate) fn end_run(&mut self, service_id: u64, run_id: i64, end: &RunEnding<'_>) {
+        self.queued.push(Queued::End {
+            service_id,
+            run_id,
+            exit: end.exit.clone(),
+            cause: end.cause,
+            errno: end.errno,
+            decision: end.decision.map(str::to_string),
+            delay: end.delay,
+            usage: end.usage,
+        });
     }
 
-    /// Stores the last output of a run, once the log pump has drained it.
-    pub(crate) fn set_tail(&self, run_id: i64, stdout: &[u8], stderr: &[u8]) -> Result<()> {
-        self.fast()
-            .prepare_cached("UPDATE run SET stdout_tail = ?2, stderr_tail = ?3 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![run_id, stdout, stderr]))
-            .map_err(|e| self.err("cannot record the run's last output", e))?;
-        Ok(())
+    /// Queues the last output of a run, once the log pump has drained it.
+    pub(crate) fn set_tail(&mut self, run_id: i64, stdout: &[u8], stderr: &[u8]) {
+        self.queued.push(Queued::Tail {
+            run_id,
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
+        });
     }
 
-    /// Records when a run became ready.
-    pub(crate) fn set_ready(&self, run_id: i64, at: SystemTime) -> Result<()> {
-        self.fast()
-            .prepare_cached("UPDATE run SET ready_at_ms = ?2 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![run_id, ms(at)]))
-            .map_err(|e| self.err("cannot record the run's readiness", e))?;
-        Ok(())
+    /// Queues when a run became ready.
+    pub(crate) fn set_ready(&mut self, run_id: i64, at: SystemTime) {
+        self.queued.push(Queued::Ready { run_id, at });
+    }
+
+    /// Queues a service's status, restart count and last exit.
+    pub(crate) fn set_state(
+        &mut self,
+        id: u64,
+        status: Status,
+        restarts: u64,
+        last_exit: Option<&Exit>,
+    ) {
+        self.queued.push(Queued::State {
+            id,
+            status,
+            restarts,
+            last_exit: last_exit.cloned(),
+        });
+    }
+
+    /// Queues marking every open run as ended now, without an exit status (the host died).
+    pub(crate) fn close_open_runs(&mut self) {
+        self.queued.push(Queued::CloseOpenRuns {
+            at: SystemTime::now(),
+        });
     }
 
     /// The newest `limit` runs of a service, newest first.
-    pub(crate) fn runs(&self, service_id: u64, limit: usize) -> Result<Vec<crate::history::Run>> {
+    pub(crate) fn runs(
+        &mut self,
+        service_id: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::history::Run>> {
+        self.flush();
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -761,7 +877,8 @@ impl Store {
     }
 
     /// Runs with no recorded end: candidates for leftovers of a host that died.
-    pub(crate) fn open_runs(&self) -> Result<Vec<OpenRun>> {
+    pub(crate) fn open_runs(&mut self) -> Result<Vec<OpenRun>> {
+        self.flush();
         let mut stmt = self
             .conn
             .prepare(
@@ -788,28 +905,35 @@ impl Store {
     /// at once (before any run can carry a marker of it), with `synchronous=NORMAL`: it must
     /// outlive a crash of the host, and a power loss ends every process it could vouch for.
     pub(crate) fn insert_session(
-        &self,
+        &mut self,
         boot_id: &str,
         started_ticks: u64,
         key: &[u8],
         cgroup: bool,
     ) -> Result<i64> {
-        let conn = self.fast();
-        let id = conn
-            .execute(
+        self.check()?;
+        self.flush();
+        self.set_full_sync(false);
+        let path = &self.path;
+        let write = |tx: &rusqlite::Transaction<'_>| {
+            tx.execute(
                 "INSERT INTO session (boot_id, started_ticks, key, cgroup) VALUES (?1, ?2, ?3, ?4)",
                 params![boot_id, started_ticks as i64, key, cgroup],
-            )
-            .and_then(|_| {
-                let id = conn.last_insert_rowid();
-                conn.execute(
-                    "DELETE FROM session WHERE id <= ?1",
-                    params![id - SESSIONS_KEPT],
-                )?;
-                Ok(id)
-            })
-            .map_err(|e| self.err("cannot record the session", e))?;
-        self.flush();
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "DELETE FROM session WHERE id <= ?1",
+                params![id - SESSIONS_KEPT],
+            )?;
+            Ok(id)
+        };
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| store_error(path, "cannot record the session", e))?;
+        let id = write(&tx).map_err(|e| store_error(path, "cannot record the session", e))?;
+        tx.commit()
+            .map_err(|e| store_error(path, "cannot record the session", e))?;
         Ok(id)
     }
 
@@ -834,20 +958,10 @@ impl Store {
             .map_err(|e| self.err("cannot read sessions", e))
     }
 
-    /// Marks every open run as ended now, without an exit status (the host died).
-    pub(crate) fn close_open_runs(&self) -> Result<()> {
-        self.fast()
-            .execute(
-                "UPDATE run SET ended_at_ms = ?1, cause = 'host died' WHERE ended_at_ms IS NULL",
-                params![ms(SystemTime::now())],
-            )
-            .map_err(|e| self.err("cannot close runs", e))?;
-        Ok(())
-    }
-
     /// The number of runs recorded for a service (for tests and diagnostics).
     #[cfg(test)]
-    pub(crate) fn run_count(&self, service_id: u64) -> u64 {
+    pub(crate) fn run_count(&mut self, service_id: u64) -> u64 {
+        self.flush();
         self.conn
             .query_row(
                 "SELECT COUNT(*) FROM run WHERE service_id = ?1",
@@ -856,6 +970,223 @@ impl Store {
             )
             .unwrap_or(0) as u64
     }
+}
+
+impl Transaction<'_> {
+    fn err(&self, what: &str, e: rusqlite::Error) -> Error {
+        store_error(self.path, what, e)
+    }
+
+    /// Adds a service and returns its id; ids are never reused, even after a delete.
+    pub(crate) fn insert_service(
+        &mut self,
+        spec: &ServiceSpec,
+        desired_up: bool,
+        status: Status,
+    ) -> Result<u64> {
+        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
+        self.tx
+            .execute(
+                "INSERT INTO service (name, spec, desired_up, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![spec.name(), json, desired_up, status.as_str(), ms(SystemTime::now())],
+            )
+            .map_err(|e| self.err("cannot save the service", e).with_service(spec.name()))?;
+        Ok(self.tx.last_insert_rowid() as u64)
+    }
+
+    pub(crate) fn update_spec(&mut self, id: u64, spec: &ServiceSpec) -> Result<()> {
+        let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
+        self.tx
+            .execute(
+                "UPDATE service SET spec = ?2 WHERE id = ?1",
+                params![id as i64, json],
+            )
+            .map_err(|e| {
+                self.err("cannot save the spec", e)
+                    .with_service(spec.name())
+            })?;
+        Ok(())
+    }
+
+    pub(crate) fn set_desired(&mut self, id: u64, up: bool) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE service SET desired_up = ?2 WHERE id = ?1",
+                params![id as i64, up],
+            )
+            .map_err(|e| self.err("cannot save the desired state", e))?;
+        Ok(())
+    }
+
+    /// Removes a service and its run records.
+    pub(crate) fn delete_service(&mut self, id: u64) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM service WHERE id = ?1", params![id as i64])
+            .map_err(|e| self.err("cannot delete the service", e))?;
+        Ok(())
+    }
+
+    /// Stores the change: on disk when this returns. On failure nothing of it is stored:
+    /// also when, just before, the state file or the lock file is found no longer to be the
+    /// one at its path (the change would be acknowledged, then lost with the file).
+    pub(crate) fn commit(self) -> Result<()> {
+        check_anchors(self.anchors, self.lost)?;
+        let path = self.path;
+        self.tx
+            .commit()
+            .map_err(|e| store_error(path, "cannot commit", e))
+    }
+}
+
+impl Queued {
+    /// What a failure to write this loses, for the log.
+    fn what(&self) -> &'static str {
+        match self {
+            Queued::Run { .. } => "cannot record the run",
+            Queued::FailedRun { .. } => "cannot record the failed start",
+            Queued::End { .. } => "cannot record the exit",
+            Queued::Tail { .. } => "cannot record the run's last output",
+            Queued::Ready { .. } => "cannot record the run's readiness",
+            Queued::State { .. } => "cannot save the status",
+            Queued::CloseOpenRuns { .. } => "cannot close runs",
+        }
+    }
+}
+
+/// Writes one queued record inside the turn's transaction.
+fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusqlite::Result<()> {
+    match write {
+        Queued::Run {
+            id,
+            service_id,
+            generation,
+            pid,
+            boot_id,
+            start_ticks,
+            pidfd_ino,
+            started_at,
+            ready,
+        } => {
+            let started = ms(*started_at);
+            tx.prepare_cached(
+                "INSERT INTO run (id, service_id, generation, pid, boot_id, start_ticks,
+                                  started_at_ms, ready_at_ms, pidfd_ino)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                id,
+                *service_id as i64,
+                *generation as i64,
+                pid,
+                boot_id,
+                start_ticks.map(|t| t as i64),
+                started,
+                ready.then_some(started),
+                pidfd_ino.map(|i| i as i64),
+            ])?;
+        }
+        Queued::FailedRun {
+            id,
+            service_id,
+            generation,
+            boot_id,
+            at,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO run (id, service_id, generation, pid, boot_id, started_at_ms,
+                                  ended_at_ms)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5, ?5)",
+            )?
+            .execute(params![
+                id,
+                *service_id as i64,
+                *generation as i64,
+                boot_id,
+                ms(*at)
+            ])?;
+        }
+        Queued::End {
+            service_id,
+            run_id,
+            exit,
+            cause,
+            errno,
+            decision,
+            delay,
+            usage,
+        } => {
+            let micros = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
+            tx.prepare_cached(
+                "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5,
+                    cause = ?6, errno = ?7, decision = ?8, delay_ms = ?9, max_rss = ?10,
+                    user_us = ?11, system_us = ?12
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                run_id,
+                ms(exit.at),
+                exit.code,
+                exit.signal,
+                exit.reason.as_deref(),
+                cause.to_string(),
+                errno,
+                decision.as_deref(),
+                delay.map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+                usage
+                    .and_then(|u| u.peak_memory)
+                    .map(|b| b.min(i64::MAX as u64) as i64),
+                usage.map(|u| micros(u.user)),
+                usage.map(|u| micros(u.system)),
+            ])?;
+            tx.prepare_cached(
+                "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
+                 (SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
+                  ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![*service_id as i64, runs_kept])?;
+        }
+        Queued::Tail {
+            run_id,
+            stdout,
+            stderr,
+        } => {
+            tx.prepare_cached("UPDATE run SET stdout_tail = ?2, stderr_tail = ?3 WHERE id = ?1")?
+                .execute(params![run_id, stdout, stderr])?;
+        }
+        Queued::Ready { run_id, at } => {
+            tx.prepare_cached("UPDATE run SET ready_at_ms = ?2 WHERE id = ?1")?
+                .execute(params![run_id, ms(*at)])?;
+        }
+        Queued::State {
+            id,
+            status,
+            restarts,
+            last_exit,
+        } => {
+            let last_exit = last_exit.as_ref();
+            tx.prepare_cached(
+                "UPDATE service SET status = ?2, restarts = ?3, exit_code = ?4, exit_signal = ?5,
+                 exit_at_ms = ?6, exit_uptime_ms = ?7, exit_reason = ?8 WHERE id = ?1",
+            )?
+            .execute(params![
+                *id as i64,
+                status.as_str(),
+                *restarts as i64,
+                last_exit.and_then(|e| e.code),
+                last_exit.and_then(|e| e.signal),
+                last_exit.map(|e| ms(e.at)),
+                last_exit.map(|e| e.uptime.as_millis() as i64),
+                last_exit.and_then(|e| e.reason.as_deref()),
+            ])?;
+        }
+        Queued::CloseOpenRuns { at } => {
+            tx.execute(
+                "UPDATE run SET ended_at_ms = ?1, cause = 'host died' WHERE ended_at_ms IS NULL",
+                params![ms(*at)],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Store {
@@ -868,15 +1199,24 @@ impl Drop for Store {
 mod tests {
     use super::*;
 
+    /// Adds a service in a transaction of its own.
+    fn add(s: &mut Store, spec: &ServiceSpec, up: bool, status: Status) -> Result<u64> {
+        let mut tx = s.transaction()?;
+        let id = tx.insert_service(spec, up, status)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
     #[test]
     fn services_round_trip_and_ids_are_never_reused() -> Result<()> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let (a, b);
         {
-            let s = Store::open(&path)?;
-            a = s.insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)?;
-            b = s.insert_service(
+            let mut s = Store::open(&path)?;
+            a = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+            b = add(
+                &mut s,
                 &ServiceSpec::new("b", "true").arg("x"),
                 false,
                 Status::Stopped,
@@ -888,10 +1228,12 @@ mod tests {
                 uptime: Duration::from_millis(1500),
                 reason: Some("unhealthy: test".into()),
             };
-            s.set_state(a, Status::Backoff, 7, Some(&exit))?;
-            s.delete_service(b)?;
+            s.set_state(a, Status::Backoff, 7, Some(&exit));
+            let mut tx = s.transaction()?;
+            tx.delete_service(b)?;
+            tx.commit()?;
         }
-        let s = Store::open(&path)?;
+        let mut s = Store::open(&path)?;
         let all = s.load_services()?;
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].id, a);
@@ -906,7 +1248,12 @@ mod tests {
             all[0].last_exit.as_ref().unwrap().uptime(),
             Duration::from_millis(1500)
         );
-        let c = s.insert_service(&ServiceSpec::new("c", "true"), true, Status::Starting)?;
+        let c = add(
+            &mut s,
+            &ServiceSpec::new("c", "true"),
+            true,
+            Status::Starting,
+        )?;
         assert!(c > b, "id {c} reused (b was {b})");
         Ok(())
     }
@@ -916,7 +1263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         {
-            let s = Store::open(&path)?;
+            let mut s = Store::open(&path)?;
             for i in 0..SESSIONS_KEPT + 3 {
                 s.insert_session("boot", 100 + i as u64, &[i as u8; 16], i % 2 == 0)?;
             }
@@ -933,32 +1280,87 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_dropped_without_commit_stores_nothing() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let mut s = Store::open(&path)?;
+            let a = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+            let mut tx = s.transaction()?;
+            tx.insert_service(&ServiceSpec::new("b", "true"), true, Status::Online)?;
+            tx.set_desired(a, false)?;
+            // A failure in the middle of a batch: the name is taken.
+            let err = tx
+                .insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Store);
+            drop(tx);
+            // The store is usable again at once, and holds only what was committed.
+            let names: Vec<String> = s
+                .load_services()?
+                .iter()
+                .map(|s| s.spec.name().to_string())
+                .collect();
+            assert_eq!(names, ["a"]);
+        }
+        let s = Store::open(&path)?;
+        let all = s.load_services()?;
+        assert_eq!(all.len(), 1, "after a reopen too");
+        assert!(all[0].desired_up);
+        Ok(())
+    }
+
+    #[test]
+    fn run_records_are_written_at_flush_with_the_ids_handed_out_at_start() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (id, first, second);
+        {
+            let mut s = Store::open(&path)?;
+            id = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+            first = s.insert_run(&new_run(id, 1));
+            second = s.insert_run(&new_run(id, 2));
+            assert_eq!(second, first + 1);
+            s.set_tail(first, b"out", b"err");
+            let exit = crashed();
+            s.end_run(id, first, &ending(&exit));
+            s.flush();
+        }
+        let mut s = Store::open(&path)?;
+        let runs = s.runs(id, 10)?;
+        assert_eq!(
+            runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [second, first]
+        );
+        assert_eq!(runs[1].last_stdout, "out");
+        assert_eq!(runs[1].code, Some(1));
+        assert!(runs[0].ended_at.is_none());
+        // Ids go on from the largest ever handed out.
+        assert_eq!(s.insert_run(&new_run(id, 3)), second + 1);
+        Ok(())
+    }
+
+    #[test]
     fn runs_are_pruned_to_the_last_hundred() -> Result<()> {
-        let s = Store::open_in_memory()?;
-        let id = s.insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)?;
-        let other = s.insert_service(&ServiceSpec::new("b", "true"), true, Status::Online)?;
+        let mut s = Store::open_in_memory()?;
+        let id = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+        let other = add(&mut s, &ServiceSpec::new("b", "true"), true, Status::Online)?;
         // An open run of another service is never pruned, whatever its age.
-        s.insert_run(&new_run(other, 0))?;
-        let add = |g: u64| -> Result<()> {
-            let run = s.insert_run(&new_run(id, g))?;
-            let exit = Exit {
-                code: Some(1),
-                signal: None,
-                at: SystemTime::now(),
-                uptime: Duration::ZERO,
-                reason: None,
-            };
-            s.end_run(id, run, &ending(&exit))
+        s.insert_run(&new_run(other, 0));
+        let add_run = |s: &mut Store, g: u64| {
+            let run = s.insert_run(&new_run(id, g));
+            let exit = crashed();
+            s.end_run(id, run, &ending(&exit));
         };
         for g in 0..300 {
-            add(g)?;
+            add_run(&mut s, g);
         }
         assert_eq!(s.run_count(id), RUNS_KEPT as u64);
         let runs = s.runs(id, 1000)?;
         assert_eq!(runs.first().map(|r| r.generation()), Some(299));
         assert_eq!(runs.last().map(|r| r.generation()), Some(200));
         s.set_runs_kept(0);
-        add(300)?;
+        add_run(&mut s, 300);
         assert_eq!(s.run_count(id), 0);
         assert_eq!(s.run_count(other), 1);
         assert_eq!(s.open_runs()?.len(), 1);
@@ -975,6 +1377,17 @@ mod tests {
             pidfd_ino: Some(7),
             started_at: SystemTime::now(),
             ready: true,
+        }
+    }
+
+    /// An exit with code 1, now.
+    fn crashed() -> Exit {
+        Exit {
+            code: Some(1),
+            signal: None,
+            at: SystemTime::now(),
+            uptime: Duration::ZERO,
+            reason: None,
         }
     }
 

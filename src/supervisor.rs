@@ -10,8 +10,9 @@ use crate::guardian::{Holder, Plan, Watch};
 use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
-use crate::logs::Pump;
+use crate::logs::{LogDir, Pump};
 use crate::spec::ServiceSpec;
+use crate::state_dir::StateDir;
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::sys::{self, Poller, Waker};
@@ -62,7 +63,7 @@ pub struct Supervisor {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     state_dir: PathBuf,
-    log_dir: PathBuf,
+    logs: LogDir,
     cpu: Mutex<crate::stats::CpuHistory>,
     containment: Containment,
     /// Whether the kernel enforces `max_pids` and `max_memory` (cgroup controllers).
@@ -71,8 +72,7 @@ pub struct Supervisor {
     cgroup_root: Option<PathBuf>,
     /// A guardian runs (kept up to date by the supervision thread).
     guarded: Arc<std::sync::atomic::AtomicBool>,
-    // Dropped after the thread is joined: the lock file, then the temporary directory.
-    _lock: File,
+    // Removed after the thread is joined (the thread holds the state directory's lock).
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -97,6 +97,7 @@ pub struct Builder {
     runs_kept: Option<usize>,
     subreaper: bool,
     guardian: Option<bool>,
+    group_readable_logs: bool,
 }
 
 impl Builder {
@@ -169,6 +170,32 @@ impl Builder {
         self
     }
 
+    /// Lets the group of the state directory read the services' logs, for a log shipper
+    /// that runs under that group: `logs/` becomes 0750 and each log file 0640, and the
+    /// state directory 0710 (its group may pass through it to `logs/`, not list it or read
+    /// the registry, which stays 0600). By default, this is disabled: the state directory is
+    /// 0700 and every file in it 0600, whatever the umask, since a service's output (and
+    /// the registry, which holds every service's environment) may carry secrets.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let sup = sheepdog::Supervisor::builder()
+    ///     .state_dir(dir.path().join("state"))
+    ///     .group_readable_logs(true)
+    ///     .open()?;
+    /// let logs = std::fs::metadata(dir.path().join("state/logs")).unwrap();
+    /// assert_eq!(logs.permissions().mode() & 0o777, 0o750);
+    /// # Ok(()) }
+    /// ```
+    pub fn group_readable_logs(mut self, yes: bool) -> Builder {
+        self.group_readable_logs = yes;
+        self
+    }
+
     /// How many ended runs of each service [`history`](Supervisor::history) keeps; older ones
     /// are pruned as new ones start (a bounded delete per start, never a sweep). 0 keeps
     /// only the runs in progress, which `open` needs to find what a dead host left. By
@@ -178,14 +205,17 @@ impl Builder {
         self
     }
 
-    /// Opens the supervisor: locks the state directory, opens the registry, kills what a dead
-    /// previous host left running, and starts the supervision thread.
+    /// Opens the supervisor: checks the state directory and makes it private, locks it,
+    /// opens the registry, kills what a dead previous host left running, and starts the
+    /// supervision thread.
     ///
     /// # Errors
     ///
-    /// `StateDirLocked` if another supervisor holds the directory, `Store` if its state file is
-    /// empty, corrupt, foreign or from a newer version (the file is left untouched), `Io` if
-    /// the directory cannot be created.
+    /// `StateDirLocked` if another supervisor holds the directory; `Store` if the directory
+    /// or its `logs/` belongs to another user or may be written by others, if it is reached
+    /// through another user's symbolic link, or if its state file is empty, corrupt, foreign
+    /// or from a newer version (the file is left untouched); `Io` if the directory cannot be
+    /// created.
     pub fn open(self) -> Result<Supervisor> {
         match self.state_dir.clone() {
             Some(dir) => Supervisor::open_at(dir, None, self),
@@ -259,39 +289,14 @@ impl Supervisor {
         let memory_sample = options.memory_sample.unwrap_or(Duration::from_secs(1));
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            io_error(
-                format!("cannot create state directory '{}'", state_dir.display()),
-                e,
-            )
-        })?;
-        let lock_path = state_dir.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                io_error(
-                    format!("cannot open lock file '{}'", lock_path.display()),
-                    e,
-                )
-            })?;
-        lock_state_dir(&lock, &state_dir)?;
+        let state = StateDir::open(&state_dir, options.group_readable_logs)?;
+        lock_state_dir(state.lock_file(), &state_dir)?;
         // Who holds the lock: a guardian cleaning up after a dead host checks it is still
         // its host's, and the next `open` waits for such a guardian.
         let holder = Holder::me(false);
-        holder.record(&lock).map_err(|e| {
+        holder.record(state.lock_file()).map_err(|e| {
             io_error(
-                format!("cannot write lock file '{}'", lock_path.display()),
-                e,
-            )
-        })?;
-        let log_dir = state_dir.join("logs");
-        std::fs::create_dir_all(&log_dir).map_err(|e| {
-            io_error(
-                format!("cannot create log directory '{}'", log_dir.display()),
+                format!("cannot write lock file '{}'", state.lock_path().display()),
                 e,
             )
         })?;
@@ -330,8 +335,16 @@ impl Supervisor {
         };
         let session = crate::marker::Session::begin(containment == Containment::Cgroup)
             .map_err(|e| io_error("cannot make a session key".into(), e))?;
-        let store = Store::open(&state_dir.join("sheepdog.db"))?;
+        let mut store = Store::open(&state.db_path())?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
+        let lock = state.lock_file().try_clone().map_err(|e| {
+            io_error(
+                format!("cannot open lock file '{}'", state.lock_path().display()),
+                e,
+            )
+        })?;
+        store.anchor("lock file", state.lock_path(), lock);
+        let logs = state.logs().clone();
         let run_key = crate::containment::state_key(&state_dir);
         let guarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let guardian = options.guardian.unwrap_or(true).then(|| {
@@ -348,7 +361,8 @@ impl Supervisor {
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let config = Config {
-            log_dir: log_dir.clone(),
+            log_dir: logs.clone(),
+            state,
             resurrect,
             fd_limit,
             cgroups,
@@ -390,8 +404,7 @@ impl Supervisor {
             cgroup_root,
             guarded,
             state_dir,
-            log_dir,
-            _lock: lock,
+            logs,
             _temp: temp,
         })
     }
@@ -495,9 +508,9 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Spawn` if the process could
-    /// not be started (the service is saved, and left `Errored`); `NotFound` if a `delete`
-    /// overtook it; `Store` (nothing was saved); `ShutDown`.
+    /// `InvalidSpec` if the spec breaks a rule (nothing is saved); `Store` if it cannot be
+    /// saved (nothing changes); `Spawn` if the process could not be started (the service is
+    /// saved, and left `Errored`); `NotFound` if a `delete` overtook it; `ShutDown`.
     ///
     /// # Example
     ///
@@ -521,7 +534,10 @@ impl Supervisor {
 
     /// Starts several services as [`start`](Supervisor::start) does, with their definitions
     /// stored in one transaction (one disk sync for all), dependencies before dependents when
-    /// they are listed in that order. Returns one result per spec, in order.
+    /// they are listed in that order. Returns one result per spec, in order. A spec that
+    /// breaks a rule gets its error and the others go on; if the definitions cannot be
+    /// stored, every spec gets the `Store` error and nothing changes, in memory or on disk. A
+    /// name listed twice is started once, with its last spec.
     ///
     /// # Errors
     ///
@@ -563,7 +579,8 @@ impl Supervisor {
     /// then SIGKILL to the group after the stop timeout. Services stop in parallel,
     /// dependents before their dependencies. Returns when the runs it stopped are over, with
     /// how many services it acted on. A stopped service stays stopped, across reopen too,
-    /// until started or restarted.
+    /// until started or restarted: the desired states of all the target are stored first, in
+    /// one transaction.
     ///
     /// If a later call overtakes the stop (a `start` or `restart` of the same service made
     /// while it is still stopping), the stop still returns once the run it stopped is over,
@@ -574,7 +591,8 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`, `Store` (nothing was done), `ShutDown`.
+    /// `NotFound`, `ShutDown`; `Store` if the desired states cannot be stored (then nothing
+    /// is stopped).
     pub fn stop(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Stop {
             target: target.to_string(),
@@ -592,7 +610,8 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`, or the first `Spawn` error (after every target was tried).
+    /// `NotFound`, `ShutDown`, `Store` (nothing is restarted), or the first `Spawn` error
+    /// (after every target was tried).
     pub fn restart(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Restart {
             target: target.to_string(),
@@ -602,8 +621,10 @@ impl Supervisor {
 
     /// Stops and removes the target (a name, an id, or `"all"`), with its log files. Ids are
     /// never reused; a later service with the same name starts afresh. Returns how many
-    /// services it removed. A delete is never undone by a later call: a `start` of the same
-    /// name made while it is stopping fails with `NotFound`.
+    /// services it removed. The whole target leaves the registry first, in one transaction;
+    /// then it is stopped (dependents first) and leaves memory. A delete is never undone by a
+    /// later call: a `start` of the same name made while it is stopping fails with
+    /// `NotFound`.
     ///
     /// Bounded like [`stop`](Supervisor::stop) of the same target, plus the removal of the
     /// log files.
@@ -611,7 +632,8 @@ impl Supervisor {
     /// # Errors
     ///
     /// `NotFound`, `ShutDown`; `InUse` (and nothing is deleted) if a service outside the
-    /// target depends on one inside it.
+    /// target depends on one inside it; `Store` (and nothing is deleted or stopped) if the
+    /// registry cannot be changed.
     ///
     /// # Example
     ///
@@ -767,8 +789,9 @@ impl Supervisor {
     /// # Ok(()) }
     /// ```
     pub fn tail(&self, target: &str, stream: Stream, n: usize) -> Result<Vec<String>> {
-        let path = self.log_path(target, stream)?;
-        crate::logs::reader::tail(&path, n).map_err(|e| {
+        let log = self.log_file(target, stream)?;
+        let path = log.dir.path_of(&log.name);
+        crate::logs::reader::tail(&log, n).map_err(|e| {
             Error::new(
                 ErrorKind::Io,
                 format!("cannot read log '{}'", path.display()),
@@ -786,7 +809,7 @@ impl Supervisor {
     /// `NotFound`.
     pub fn follow(&self, target: &str, stream: Stream) -> Result<LogFollower> {
         Ok(LogFollower::at_end(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
         ))
     }
@@ -798,7 +821,7 @@ impl Supervisor {
     /// `NotFound`.
     pub fn follow_from_start(&self, target: &str, stream: Stream) -> Result<LogFollower> {
         Ok(LogFollower::at_start(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
         ))
     }
@@ -816,7 +839,7 @@ impl Supervisor {
         cursor: LogCursor,
     ) -> Result<LogFollower> {
         Ok(LogFollower::at_cursor(
-            self.log_path(target, stream)?,
+            self.log_file(target, stream)?,
             self.shared.activity.clone(),
             cursor,
         ))
@@ -1045,12 +1068,17 @@ impl Supervisor {
     ///
     /// `NotFound`.
     pub fn log_path(&self, target: &str, stream: Stream) -> Result<PathBuf> {
+        let log = self.log_file(target, stream)?;
+        Ok(log.dir.path_of(&log.name))
+    }
+
+    /// A service's log file, for the readers: opened through the held log directory.
+    fn log_file(&self, target: &str, stream: Stream) -> Result<crate::logs::LogFile> {
         let info = self.describe(target)?;
-        Ok(crate::logs::log_path(
-            &self.log_dir,
-            info.name(),
-            stream == Stream::Stderr,
-        ))
+        Ok(crate::logs::LogFile {
+            dir: self.logs.clone(),
+            name: crate::logs::log_name(info.name(), stream == Stream::Stderr),
+        })
     }
 
     /// Stops every service (dependents first, each wave in parallel, each service with its

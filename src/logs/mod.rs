@@ -20,7 +20,7 @@ use reader::Activity;
 use sink::Sink;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,9 +35,120 @@ const READ_BUF: usize = 256 * 1024;
 /// Reads per pipe per wake-up, so one fast writer cannot starve the others.
 const READS_PER_WAKE: usize = 8;
 
-/// The log file of a stream.
-pub(crate) fn log_path(log_dir: &Path, name: &str, stderr: bool) -> PathBuf {
-    log_dir.join(format!("{name}.{}.log", if stderr { "err" } else { "out" }))
+/// The name of a stream's log file in the log directory.
+pub(crate) fn log_name(name: &str, stderr: bool) -> String {
+    format!("{name}.{}.log", if stderr { "err" } else { "out" })
+}
+
+/// The log directory, held open: every log file is opened relative to it, never through a
+/// symbolic link, so a link planted in it cannot redirect a write or a read; renames and
+/// removals go through it too.
+#[derive(Clone, Debug)]
+pub(crate) struct LogDir {
+    fd: Arc<OwnedFd>,
+    path: Arc<std::path::Path>,
+    /// The permission bits of log files: 0o600, or 0o640 when the group may read logs.
+    mode: u32,
+}
+
+impl LogDir {
+    pub(crate) fn new(fd: OwnedFd, path: PathBuf, mode: u32) -> LogDir {
+        LogDir {
+            fd: Arc::new(fd),
+            path: path.into(),
+            mode,
+        }
+    }
+
+    /// Opens `path` as a log directory of private files (for tests of the log modules).
+    #[cfg(test)]
+    pub(crate) fn open(path: &std::path::Path) -> LogDir {
+        LogDir::new(
+            sys::open_dir(path, false).expect("a directory"),
+            path.to_path_buf(),
+            0o600,
+        )
+    }
+
+    /// The path of `name` in it, for messages and for callers who want a path.
+    pub(crate) fn path_of(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens `name` for reading.
+    pub(crate) fn open_read(&self, name: &str) -> std::io::Result<std::fs::File> {
+        sys::open_file_at(&*self.fd, name, sys::Access::Read)
+    }
+
+    /// `stat` of `name`, not following a symbolic link.
+    pub(crate) fn stat(&self, name: &str) -> std::io::Result<sys::FileStat> {
+        sys::stat_at(&*self.fd, name)
+    }
+
+    /// Opens `name` for appending (and reading), creating it private if missing. Refused, with
+    /// an error that says why: a symbolic link (never followed), anything but a regular file,
+    /// a file of another user, and a file with other hard links (a link to a file elsewhere).
+    /// An existing file gets the directory's file mode.
+    pub(crate) fn open_append(&self, name: &str) -> std::io::Result<std::fs::File> {
+        use std::io::{Error, ErrorKind};
+        let file = sys::open_file_at(&*self.fd, name, sys::Access::Append { create: self.mode })
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::new(
+                    ErrorKind::InvalidInput,
+                    "it is a symbolic link, which is never followed",
+                ),
+                _ => e,
+            })?;
+        let st = sys::fstat(&file)?;
+        let refuse = |why: String| Err(Error::new(ErrorKind::InvalidInput, why));
+        if !st.is_file() {
+            return refuse("it is not a regular file".into());
+        }
+        if st.uid != sys::effective_uid() {
+            return refuse(format!("it is owned by uid {}", st.uid));
+        }
+        if st.nlink != 1 {
+            return refuse(format!("it has {} hard links", st.nlink));
+        }
+        if st.permissions() != self.mode {
+            sys::chmod_fd(&file, self.mode)?;
+        }
+        Ok(file)
+    }
+
+    /// Renames `from` to `to`.
+    pub(crate) fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        sys::rename_at(&*self.fd, from, to)
+    }
+
+    /// Removes `name`.
+    pub(crate) fn remove(&self, name: &str) -> std::io::Result<()> {
+        sys::unlink_at(&*self.fd, name)
+    }
+
+    /// The names of the files in it.
+    fn names(&self) -> std::io::Result<Vec<std::ffi::OsString>> {
+        sys::list_dir(&*self.fd)
+    }
+}
+
+/// A log file and its rotated files (`name`, `name.1`, …), for readers.
+#[derive(Clone, Debug)]
+pub(crate) struct LogFile {
+    pub(crate) dir: LogDir,
+    pub(crate) name: String,
+}
+
+impl LogFile {
+    /// Opens rotated file `i` (0: the live file) for reading.
+    pub(crate) fn open(&self, i: u32) -> std::io::Result<std::fs::File> {
+        self.dir.open_read(&sink::rotated_name(&self.name, i))
+    }
+
+    /// The inode of rotated file `i`.
+    pub(crate) fn ino(&self, i: u32) -> std::io::Result<u64> {
+        Ok(self.dir.stat(&sink::rotated_name(&self.name, i))?.ino)
+    }
 }
 
 enum Message {
@@ -83,7 +194,7 @@ pub(crate) struct Reports {
 
 impl Pump {
     pub(crate) fn start(
-        log_dir: PathBuf,
+        log_dir: LogDir,
         reports: Reports,
         activity: Arc<Activity>,
     ) -> std::io::Result<Pump> {
@@ -320,7 +431,7 @@ struct ServiceLogs {
 struct PumpThread {
     poller: Poller,
     rx: Receiver<Message>,
-    log_dir: PathBuf,
+    log_dir: LogDir,
     reports: Reports,
     activity: Arc<Activity>,
     services: HashMap<u64, ServiceLogs>,
@@ -394,12 +505,12 @@ impl PumpThread {
                         wrote |= self.read_pipe(token);
                     }
                 }
-                let log_dir = self.log_dir.clone();
+                let log_dir = &self.log_dir;
                 let svc = self.services.entry(id).or_insert_with(|| ServiceLogs {
                     name: name.clone(),
                     policy: policy.clone(),
-                    out: Sink::new(log_path(&log_dir, &name, false), dropped.clone()),
-                    err: Sink::new(log_path(&log_dir, &name, true), dropped.clone()),
+                    out: Sink::new(log_dir.clone(), log_name(&name, false), dropped.clone()),
+                    err: Sink::new(log_dir.clone(), log_name(&name, true), dropped.clone()),
                     runs: Vec::new(),
                 });
                 svc.policy = policy;
@@ -653,13 +764,12 @@ impl PumpThread {
 }
 
 /// Removes a service's log files: the live ones and every rotated one.
-pub(crate) fn remove_logs(log_dir: &Path, name: &str) {
-    let Ok(dir) = std::fs::read_dir(log_dir) else {
+pub(crate) fn remove_logs(log_dir: &LogDir, name: &str) {
+    let Ok(files) = log_dir.names() else {
         return;
     };
-    let prefixes = [format!("{name}.out.log"), format!("{name}.err.log")];
-    for entry in dir.flatten() {
-        let file = entry.file_name();
+    let prefixes = [log_name(name, false), log_name(name, true)];
+    for file in files {
         let Some(file) = file.to_str() else { continue };
         let ours = prefixes.iter().any(|p| {
             file == p
@@ -669,10 +779,10 @@ pub(crate) fn remove_logs(log_dir: &Path, name: &str) {
                     .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
         if ours {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
+            if let Err(e) = log_dir.remove(file) {
                 log::warn!(
                     "service '{name}': cannot remove log '{}': {e}",
-                    entry.path().display()
+                    log_dir.path_of(file).display()
                 );
             }
         }

@@ -2,12 +2,11 @@
 //! [`LogFollower`], which follows new lines across rotations and restarts and can resume from
 //! a [`LogCursor`] without losing or repeating a line.
 
-use super::sink::rotated;
+use super::LogFile;
 use parking_lot::{Condvar, Mutex};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,12 +46,11 @@ impl Activity {
 
 /// The last `n` lines of a log, oldest first, reading rotated files when the live one has
 /// fewer. A final line without a newline counts. Lines are decoded as lossy UTF-8.
-pub(crate) fn tail(base: &Path, n: usize) -> io::Result<Vec<String>> {
+pub(crate) fn tail(base: &LogFile, n: usize) -> io::Result<Vec<String>> {
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut carry: Vec<u8> = Vec::new(); // the start of the oldest line seen so far
     for i in 0..=MAX_ROTATED {
-        let path = rotated(base, i);
-        let mut file = match File::open(&path) {
+        let mut file = match base.open(i) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if i == 0 {
@@ -167,7 +165,7 @@ impl std::str::FromStr for LogCursor {
 /// # sup.shutdown()?; Ok(()) }
 /// ```
 pub struct LogFollower {
-    base: PathBuf,
+    base: LogFile,
     file: Option<File>,
     ino: u64,
     /// Offset in `file` up to which bytes have been read into `pending`.
@@ -182,7 +180,7 @@ pub struct LogFollower {
 
 impl LogFollower {
     /// Follows from the current end of the live file.
-    pub(crate) fn at_end(base: PathBuf, activity: Arc<Activity>) -> LogFollower {
+    pub(crate) fn at_end(base: LogFile, activity: Arc<Activity>) -> LogFollower {
         activity.followers.fetch_add(1, Ordering::Relaxed);
         let mut f = LogFollower {
             base,
@@ -193,7 +191,7 @@ impl LogFollower {
             activity,
             older: Vec::new(),
         };
-        if let Ok(file) = File::open(&f.base) {
+        if let Ok(file) = f.base.open(0) {
             if let Ok(meta) = file.metadata() {
                 f.ino = meta.ino();
                 f.read_to = meta.len();
@@ -207,7 +205,7 @@ impl LogFollower {
     }
 
     /// Follows from the oldest kept line.
-    pub(crate) fn at_start(base: PathBuf, activity: Arc<Activity>) -> LogFollower {
+    pub(crate) fn at_start(base: LogFile, activity: Arc<Activity>) -> LogFollower {
         let mut f = LogFollower::at_end(base, activity);
         f.file = None;
         f.older.clear();
@@ -217,7 +215,7 @@ impl LogFollower {
 
     /// Follows from `cursor`, or from the oldest kept line if its file was rotated away.
     pub(crate) fn at_cursor(
-        base: PathBuf,
+        base: LogFile,
         activity: Arc<Activity>,
         cursor: LogCursor,
     ) -> LogFollower {
@@ -246,7 +244,7 @@ impl LogFollower {
             else {
                 return;
             };
-            let Ok(file) = File::open(rotated(&self.base, index)) else {
+            let Ok(file) = self.base.open(index) else {
                 continue;
             };
             if file.metadata().is_ok_and(|m| m.ino() == ino) {
@@ -266,10 +264,10 @@ impl LogFollower {
             let mut out = Vec::new();
             let mut misses = 0;
             for i in 0..=MAX_ROTATED {
-                match std::fs::metadata(rotated(&self.base, i)) {
-                    Ok(m) => {
+                match self.base.ino(i) {
+                    Ok(ino) => {
                         misses = 0;
-                        out.push((i, m.ino()));
+                        out.push((i, ino));
                     }
                     Err(_) if i == 0 => {}
                     Err(_) => {
@@ -304,7 +302,7 @@ impl LogFollower {
                 Some(p) => files[p - 1],
                 None => *files.last()?,
             };
-            let file = File::open(rotated(&self.base, target.0)).ok()?;
+            let file = self.base.open(target.0).ok()?;
             if file.metadata().ok()?.ino() == target.1 {
                 return Some(file);
             }
@@ -317,7 +315,7 @@ impl LogFollower {
         for _ in 0..100 {
             let files = self.files();
             let &(index, _) = files.iter().find(|(_, i)| *i == ino)?;
-            let Ok(file) = File::open(rotated(&self.base, index)) else {
+            let Ok(file) = self.base.open(index) else {
                 continue;
             };
             if file.metadata().is_ok_and(|m| m.ino() == ino) {
@@ -373,7 +371,7 @@ impl LogFollower {
             return true;
         }
         // At the end of our file: if it is no longer the live file, go to its successor.
-        let live = std::fs::metadata(&self.base).map(|m| m.ino()).ok();
+        let live = self.base.ino(0).ok();
         if live == Some(self.ino) {
             return false;
         }
@@ -437,30 +435,42 @@ impl Drop for LogFollower {
 mod tests {
     use super::*;
 
+    use crate::logs::sink::rotated;
+    use crate::logs::LogDir;
+
+    fn log_file(dir: &std::path::Path) -> LogFile {
+        LogFile {
+            dir: LogDir::open(dir),
+            name: "x.out.log".into(),
+        }
+    }
+
     #[test]
     fn tail_reads_across_rotated_files() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("x.out.log");
+        let log = log_file(dir.path());
         std::fs::write(rotated(&base, 2), "1\n2\n").unwrap();
         std::fs::write(rotated(&base, 1), "3\n4\n").unwrap();
         std::fs::write(&base, "5\n6 partial").unwrap();
-        assert_eq!(tail(&base, 3).unwrap(), ["4", "5", "6 partial"]);
+        assert_eq!(tail(&log, 3).unwrap(), ["4", "5", "6 partial"]);
         assert_eq!(
-            tail(&base, 10).unwrap(),
+            tail(&log, 10).unwrap(),
             ["1", "2", "3", "4", "5", "6 partial"]
         );
-        assert_eq!(tail(&base, 0).unwrap(), Vec::<String>::new());
+        assert_eq!(tail(&log, 0).unwrap(), Vec::<String>::new());
         std::fs::write(&base, "").unwrap();
-        assert_eq!(tail(&base, 1).unwrap(), ["4"]);
+        assert_eq!(tail(&log, 1).unwrap(), ["4"]);
     }
 
     #[test]
     fn tail_of_a_long_file_reads_blocks_backwards() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("x.out.log");
+        let log = log_file(dir.path());
         let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&base, text).unwrap();
-        let t = tail(&base, 20_000).unwrap();
+        let t = tail(&log, 20_000).unwrap();
         assert_eq!(t.len(), 20_000);
         assert_eq!(t[0], "line 30000");
         assert_eq!(t[19_999], "line 49999");
@@ -468,7 +478,7 @@ mod tests {
 
     /// One rotation as the pump does it, keeping `keep` rotated files: each file moves one
     /// index up, the oldest past `keep` is dropped, and a new live file holds `lines`.
-    fn rotate(base: &Path, keep: u32, lines: &str) {
+    fn rotate(base: &std::path::Path, keep: u32, lines: &str) {
         let _ = std::fs::remove_file(rotated(base, keep));
         for i in (1..keep).rev() {
             let _ = std::fs::rename(rotated(base, i), rotated(base, i + 1));
@@ -482,7 +492,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("x.out.log");
         std::fs::write(&base, "a1\na2\n").unwrap();
-        let mut f = LogFollower::at_start(base.clone(), Arc::default());
+        let mut f = LogFollower::at_start(log_file(dir.path()), Arc::default());
         assert_eq!(f.recv_timeout(Duration::ZERO).as_deref(), Some("a1"));
         // While the follower waits, its file is rotated out of the two kept ones.
         for lines in ["b1\n", "c1\n", "d1\nd2\n", "e1\n"] {

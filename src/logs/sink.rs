@@ -6,14 +6,15 @@
 //! … → `x.log.k`, the oldest replaced) at a line boundary, so no line is lost, duplicated or,
 //! under the cap, split across files. When writing fails (disk full, directory removed,
 //! permission lost) the data is dropped and counted, the pump keeps draining, and the first
-//! write that works again is preceded by one marker line.
+//! write that works again is preceded by one marker line. Files are opened, renamed and
+//! removed through the held log directory ([`LogDir`]), never through a symbolic link.
 
-use super::clock;
+use super::{clock, LogDir};
 use crate::spec::LogPolicy;
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,13 +23,23 @@ use std::time::SystemTime;
 pub(crate) const SPLIT_MARKER: &[u8] = b" [sheepdog: line split]";
 
 /// The path of rotated file `i` (0: the live file).
-pub(crate) fn rotated(base: &Path, i: u32) -> PathBuf {
+#[cfg(test)]
+pub(crate) fn rotated(base: &std::path::Path, i: u32) -> PathBuf {
     if i == 0 {
         base.to_path_buf()
     } else {
         let mut s = base.as_os_str().to_owned();
         s.push(format!(".{i}"));
         PathBuf::from(s)
+    }
+}
+
+/// The name of rotated file `i` of the log file `name` (0: the live file).
+pub(crate) fn rotated_name(name: &str, i: u32) -> String {
+    if i == 0 {
+        name.to_string()
+    } else {
+        format!("{name}.{i}")
     }
 }
 
@@ -55,7 +66,9 @@ fn rfind_newline(hay: &[u8]) -> Option<usize> {
 }
 
 pub(crate) struct Sink {
-    base: PathBuf,
+    dir: LogDir,
+    /// The live file's name in `dir`.
+    name: String,
     file: Option<File>,
     size: u64,
     /// The last byte written ended a line (or nothing was written).
@@ -71,9 +84,10 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    pub(crate) fn new(base: PathBuf, dropped: Arc<AtomicU64>) -> Sink {
+    pub(crate) fn new(dir: LogDir, name: String, dropped: Arc<AtomicU64>) -> Sink {
         Sink {
-            base,
+            dir,
+            name,
             file: None,
             size: 0,
             at_line_start: true,
@@ -85,9 +99,9 @@ impl Sink {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn base(&self) -> &Path {
-        &self.base
+    /// The live file's path.
+    pub(crate) fn base(&self) -> PathBuf {
+        self.dir.path_of(&self.name)
     }
 
     /// Writes what a service wrote; returns an error message the first time writing fails.
@@ -122,7 +136,7 @@ impl Sink {
                         None
                     }
                     None => {
-                        let msg = format!("cannot write '{}': {e}", self.base.display());
+                        let msg = format!("cannot write '{}': {e}", self.base().display());
                         self.broken = Some((msg.clone(), lost));
                         Some(msg)
                     }
@@ -280,14 +294,7 @@ impl Sink {
     /// Opens the live file if needed; after a failure, writes the marker line first.
     fn ensure_open(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            if let Some(dir) = self.base.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .open(&self.base)?;
+            let mut file = self.dir.open_append(&self.name)?;
             self.size = file.metadata()?.len();
             if self.size > 0 {
                 // Continue a partial last line of a previous writer on its own line state.
@@ -323,23 +330,24 @@ impl Sink {
     fn rotate(&mut self, policy: &LogPolicy) -> io::Result<()> {
         self.file = None;
         let keep = policy.get_keep();
+        let name = |i| rotated_name(&self.name, i);
         if keep == 0 {
-            std::fs::remove_file(&self.base)?;
+            self.dir.remove(&self.name)?;
         } else {
             // Shift only the files that exist: .n → .n+1 down to .1 → .2, the one past
             // `keep` removed (a smaller `keep` than before removes the surplus too).
             let mut n = 0;
-            while rotated(&self.base, n + 1).exists() {
+            while self.dir.stat(&name(n + 1)).is_ok() {
                 n += 1;
             }
             for i in (1..=n).rev() {
                 if i >= keep {
-                    std::fs::remove_file(rotated(&self.base, i))?;
+                    self.dir.remove(&name(i))?;
                 } else {
-                    std::fs::rename(rotated(&self.base, i), rotated(&self.base, i + 1))?;
+                    self.dir.rename(&name(i), &name(i + 1))?;
                 }
             }
-            std::fs::rename(&self.base, rotated(&self.base, 1))?;
+            self.dir.rename(&self.name, &name(1))?;
         }
         self.size = 0;
         self.ensure_open()
@@ -355,9 +363,14 @@ impl Sink {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::path::Path;
 
     fn sink(dir: &Path) -> Sink {
-        Sink::new(dir.join("s.out.log"), Arc::new(AtomicU64::new(0)))
+        Sink::new(
+            LogDir::open(dir),
+            "s.out.log".into(),
+            Arc::new(AtomicU64::new(0)),
+        )
     }
 
     fn read_all(base: &Path, keep: u32) -> Vec<u8> {
@@ -436,13 +449,13 @@ mod tests {
             s.write(line.as_bytes(), &p, SystemTime::now());
         }
         for i in 0..=2 {
-            let f = std::fs::read(rotated(s.base(), i)).unwrap();
+            let f = std::fs::read(rotated(&s.base(), i)).unwrap();
             assert!(f.len() <= 100, "file {i} is {} bytes", f.len());
             assert!(f.ends_with(b"\n"), "file {i} ends mid-line");
         }
-        assert!(!rotated(s.base(), 3).exists());
+        assert!(!rotated(&s.base(), 3).exists());
         assert!(
-            all.ends_with(&read_all(s.base(), 2)),
+            all.ends_with(&read_all(&s.base(), 2)),
             "the kept files are the newest bytes in order"
         );
     }
@@ -468,10 +481,10 @@ mod tests {
                 prop_assert!(s.write(part, &p, SystemTime::now()).is_none());
             }
             let mut files = 0;
-            while rotated(s.base(), files + 1).exists() { files += 1; }
-            prop_assert_eq!(read_all(s.base(), files), data);
+            while rotated(&s.base(), files + 1).exists() { files += 1; }
+            prop_assert_eq!(read_all(&s.base(), files), data);
             for i in 1..=files {
-                let f = std::fs::read(rotated(s.base(), i)).unwrap();
+                let f = std::fs::read(rotated(&s.base(), i)).unwrap();
                 prop_assert!(f.ends_with(b"\n"));
                 prop_assert!(max == 0 || f.len() as u64 <= max + 201);
             }

@@ -4,9 +4,10 @@ use crate::spec::Signal;
 use libc::{c_char, c_int, c_void};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -103,7 +104,7 @@ thread_local! {
     static CHILD_STACKS: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
-/// `/dev/null`, opened once (close-on-exec): every child's stdin.
+/// `/dev/null`, opened once (close-on-exec): every child's stdin, and a probe's output.
 pub(crate) fn devnull() -> io::Result<BorrowedFd<'static>> {
     static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = DEVNULL.get() {
@@ -133,7 +134,8 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
 ///   inherited some);
 /// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
-///   from the long-lived supervision thread), and exits if the host died before that.
+///   from a long-lived thread: the supervision thread, a probe worker), and exits if the
+///   host died before that.
 ///
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<(u32, OwnedFd)> {
@@ -689,6 +691,39 @@ fn signal_group_raw(pidfd: &OwnedFd, pgid: u32, sig: i32) -> io::Result<()> {
         }
         other => other,
     }
+}
+
+/// Waits up to `timeout` for the child behind `pidfd` to exit (without reaping it); returns
+/// whether it did.
+pub(crate) fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps the exited children of this process that are in process group `pgid` (a subreaper
+/// host inherits the orphans of a group it killed); never any other child.
+pub(crate) fn reap_group(pgid: u32) {
+    let Some(pgid) = Pid::from_raw(pgid as i32) else {
+        return;
+    };
+    while let Ok(Some(_)) = rustix::process::waitid(
+        rustix::process::WaitId::Pgid(Some(pgid)),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {}
 }
 
 /// Whether any process (a zombie included) is still in the group; cheap, one syscall.
@@ -1293,6 +1328,267 @@ pub(crate) fn signal_from_number(sig: i32) -> Option<Signal> {
     ]
     .into_iter()
     .find(|s| raw_signal(*s) == sig)
+}
+
+/// What `stat` tells of a file, the fields the state directory's checks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileStat {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) uid: u32,
+    /// The type and permission bits (`st_mode`).
+    pub(crate) mode: u32,
+    pub(crate) nlink: u64,
+    pub(crate) size: u64,
+}
+
+impl FileStat {
+    fn from_raw(st: rustix::fs::Stat) -> FileStat {
+        FileStat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            uid: st.st_uid,
+            mode: st.st_mode,
+            nlink: st.st_nlink,
+            size: st.st_size.max(0) as u64,
+        }
+    }
+
+    /// The permission bits (`0o777` and the set-id and sticky bits).
+    pub(crate) fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    pub(crate) fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub(crate) fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// The same file as `other` (device and inode).
+    pub(crate) fn same_file(&self, other: &FileStat) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+}
+
+/// The effective uid of this process: the owner a state directory must have.
+pub(crate) fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `stat` of the file behind `fd`.
+pub(crate) fn fstat(fd: &impl AsFd) -> io::Result<FileStat> {
+    Ok(FileStat::from_raw(rustix::fs::fstat(fd)?))
+}
+
+/// `lstat` of `path`: a symbolic link is described, not followed.
+pub(crate) fn lstat(path: &Path) -> io::Result<FileStat> {
+    Ok(FileStat::from_raw(rustix::fs::lstat(path)?))
+}
+
+/// `stat` of `name` in the directory `dir`, not following a symbolic link.
+pub(crate) fn stat_at(dir: &impl AsFd, name: &str) -> io::Result<FileStat> {
+    Ok(FileStat::from_raw(rustix::fs::statat(
+        dir,
+        name,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?))
+}
+
+/// Opens a directory: `path` itself if `follow`, else only if it is not a symbolic link.
+pub(crate) fn open_dir(path: &Path, follow: bool) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    let nofollow = if follow {
+        OFlags::empty()
+    } else {
+        OFlags::NOFOLLOW
+    };
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | nofollow,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens the directory `name` in `dir`, never through a symbolic link.
+pub(crate) fn open_dir_at(dir: &impl AsFd, name: &str) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
+/// Makes the directory `name` in `dir` with `mode` (less the umask); an existing one is
+/// left as it is.
+pub(crate) fn make_dir_at(dir: &impl AsFd, name: &str, mode: u32) -> io::Result<()> {
+    match rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(mode)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How [`open_file_at`] opens a file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Access {
+    Read,
+    /// Read and write; created with the given mode (less the umask) if missing.
+    ReadWrite {
+        create: Option<u32>,
+    },
+    /// Read and append; created with the given mode (less the umask) if missing.
+    Append {
+        create: u32,
+    },
+}
+
+/// Opens the file `name` in `dir`, close-on-exec and never through a symbolic link (a link
+/// gives `ELOOP`).
+pub(crate) fn open_file_at(dir: &impl AsFd, name: &str, access: Access) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let (flags, mode) = match access {
+        Access::Read => (OFlags::RDONLY, 0),
+        Access::ReadWrite { create: None } => (OFlags::RDWR, 0),
+        Access::ReadWrite { create: Some(mode) } => (OFlags::RDWR | OFlags::CREATE, mode),
+        Access::Append { create } => (OFlags::RDWR | OFlags::APPEND | OFlags::CREATE, create),
+    };
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(mode),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The path the kernel has for the file or directory behind `fd`, every symbolic link
+/// resolved.
+pub(crate) fn fd_path(fd: &impl AsFd) -> io::Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+/// Sets the permission bits of the file behind `fd`.
+pub(crate) fn chmod_fd(fd: &impl AsFd, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(
+        fd,
+        rustix::fs::Mode::from_raw_mode(mode),
+    )?)
+}
+
+/// Sets the permission bits of `name` in `dir`. Callers check first that it is not a
+/// symbolic link, in a directory only they can write.
+pub(crate) fn chmod_at(dir: &impl AsFd, name: &str, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::chmodat(
+        dir,
+        name,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )?)
+}
+
+/// Renames `from` to `to`, both in `dir`.
+pub(crate) fn rename_at(dir: &impl AsFd, from: &str, to: &str) -> io::Result<()> {
+    Ok(rustix::fs::renameat(dir, from, dir, to)?)
+}
+
+/// Removes the file `name` from `dir`.
+pub(crate) fn unlink_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
+    Ok(rustix::fs::unlinkat(
+        dir,
+        name,
+        rustix::fs::AtFlags::empty(),
+    )?)
+}
+
+/// The names in `dir` (without `.` and `..`).
+pub(crate) fn list_dir(dir: &impl AsFd) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            out.push(std::ffi::OsString::from_vec(name));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads up to `buf.len()` bytes at `offset` of the file behind `fd`, without moving its
+/// offset.
+pub(crate) fn read_at(fd: &impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    Ok(rustix::io::pread(fd, buf, offset)?)
+}
+
+/// Opens `path` for reading, not following a symbolic link at its end.
+pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// How many fds this process has open now (`/proc/self/fd`), `None` if unreadable.
+pub(crate) fn open_fds() -> Option<u64> {
+    // The directory's own fd, open while it is read, is not counted.
+    Some(
+        std::fs::read_dir("/proc/self/fd")
+            .ok()?
+            .count()
+            .saturating_sub(1) as u64,
+    )
+}
+
+/// Notices a directory, or files in it, being deleted, renamed or replaced (inotify): the
+/// state directory, under a running supervisor. Its fd is pollable; [`DirWatch::drain`]
+/// empties it.
+pub(crate) struct DirWatch {
+    fd: OwnedFd,
+}
+
+impl DirWatch {
+    /// Watches the directory behind `dir` (found through `/proc/self/fd`, so the very
+    /// directory opened, whatever is at its path now).
+    pub(crate) fn new(dir: &impl AsFd) -> io::Result<DirWatch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
+        let path = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+        inotify::add_watch(
+            &fd,
+            path,
+            WatchFlags::DELETE_SELF
+                | WatchFlags::MOVE_SELF
+                | WatchFlags::DELETE
+                | WatchFlags::MOVED_FROM
+                | WatchFlags::MOVED_TO
+                | WatchFlags::ONLYDIR,
+        )?;
+        Ok(DirWatch { fd })
+    }
+
+    /// Reads every pending event; returns whether there was any.
+    pub(crate) fn drain(&self) -> bool {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        while let Ok(n) = rustix::io::read(&self.fd, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+impl AsFd for DirWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@
 //! - the guardian's entry point (`hook`): an ELF constructor that runs before `main` and,
 //!   in a guardian, hands over to `crate::guardian::main` (the one call out of `sys`), and
 //!   the proof that it is in the main executable (`hook_in_main_executable`).
+//! - the state directory's file operations, relative to a directory held open and never
+//!   through a symbolic link (`open_file_at`, `stat_at`, `rename_at`, `unlink_at`, …), and
+//!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced.
 //!
 //! This is the only module with `unsafe` code; each block says why it is sound.
 

@@ -188,6 +188,17 @@ pub fn wait_lines(path: &Path, n: usize, timeout: Duration) -> Vec<String> {
     .unwrap_or_else(|| panic!("{} did not reach {n} lines in {timeout:?}", path.display()))
 }
 
+/// The process group of `pid`, if it lives.
+pub fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
 /// Pids in `pgid`'s process group that are alive.
 pub fn group_members(pgid: u32) -> HashSet<u32> {
     let pgid = pgid.to_string();
@@ -250,15 +261,4 @@ pub fn live_groups_by_service(token: &str) -> HashMap<String, HashSet<u32>> {
         }
     }
     out
-}
-
-/// The process group of `pid`.
-pub fn pgid_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
 }

@@ -168,3 +168,23 @@ fn a_procfile_with_a_dotenv_runs() {
     assert_eq!(wait_lines(&log, 1, SECS_5), ["hello there from web"]);
     h.finish();
 }
+
+/// Bytes that are not UTF-8, in a Procfile or its `.env`: a parse error naming the line.
+#[test]
+fn a_procfile_or_dotenv_that_is_not_utf8_is_a_parse_error_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let procfile = dir.path().join("Procfile");
+    std::fs::write(&procfile, b"web: exec sleep 600\nworker: echo caf\xe9\n").unwrap();
+    let err = Fleet::from_procfile(&procfile).unwrap_err();
+    assert_eq!(err.kind(), sheepdog::ErrorKind::InvalidSpec, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("'{}': line 2, column 17", procfile.display())),
+        "{err}"
+    );
+    std::fs::write(&procfile, b"web: exec sleep 600\n").unwrap();
+    std::fs::write(dir.path().join(".env"), b"A=1\nB=\xff\n").unwrap();
+    let err = Fleet::from_procfile(&procfile).unwrap_err();
+    assert_eq!(err.kind(), sheepdog::ErrorKind::InvalidSpec, "{err}");
+    assert!(err.to_string().contains(".env': line 2, column 3"), "{err}");
+}

@@ -239,17 +239,19 @@ fn a_dead_host_leaves_nothing_behind_in_any_tier() {
 fn a_guardian_that_dies_is_replaced_and_shutdown_stands_it_down() {
     let h = Harness::new();
     assert!(h.sup().guarded());
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // Found by its environment as soon as it is exec'd; it names itself a moment later.
     let first = wait_until(SECS_5, || {
         let g = guardians_of(&h.state_dir());
-        (g.len() == 1).then(|| g[0])
+        (g.len() == 1 && comm(g[0]).trim() == "sheepdog-guard").then(|| g[0])
     })
-    .expect("one guardian runs");
-    assert_eq!(
-        std::fs::read_to_string(format!("/proc/{first}/comm"))
-            .unwrap()
-            .trim(),
-        "sheepdog-guard"
-    );
+    .unwrap_or_else(|| {
+        let g = guardians_of(&h.state_dir());
+        panic!(
+            "one guardian runs, named: {g:?} {:?}",
+            g.iter().map(|p| comm(*p)).collect::<Vec<_>>()
+        )
+    });
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(first as i32).unwrap(),
         rustix::process::Signal::KILL,

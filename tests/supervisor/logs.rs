@@ -300,13 +300,19 @@ fn timestamps_prefix_lines_when_asked() {
     h.finish();
 }
 
-/// Root only: the log directory on a 256 KiB tmpfs filled up, then freed.
+/// Root only: the log directory on a 256 KiB tmpfs filled up, then freed. The tmpfs is
+/// mounted before the supervisor opens: it holds `logs/` open from then on.
 #[test]
 fn a_full_disk_drops_and_counts_then_recovers_with_a_marker() {
-    let h = Harness::new();
+    let mut h = Harness {
+        sup: None,
+        dir: tempfile::tempdir().unwrap(),
+        token: new_token(),
+    };
     let logs = h.state_dir().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=700", "tmpfs"])
         .arg(&logs)
         .status()
         .is_ok_and(|s| s.success());
@@ -324,6 +330,7 @@ fn a_full_disk_drops_and_counts_then_recovers_with_a_marker() {
         }
     }
     let _unmount = Unmount(logs.clone());
+    h.sup = Some(sheepdog::Supervisor::open(h.state_dir()).unwrap());
     let filler = logs.join("filler");
     std::fs::write(&filler, vec![0u8; 200 * 1024]).unwrap();
     let events = h.sup().subscribe();

@@ -33,11 +33,17 @@ impl Mount {
         }
     }
 
-    /// A tmpfs of `size` (as `mount -o size=` takes it) on `path`.
+    /// A private tmpfs (0700) of `size` (as `mount -o size=` takes it) on `path`.
     fn tmpfs(path: &Path, size: &str) -> Result<Mount, String> {
         std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
         Mount::run(
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=700"),
+                "tmpfs",
+            ],
             path,
         )?;
         Ok(Mount(path.to_path_buf()))

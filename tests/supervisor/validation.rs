@@ -132,3 +132,28 @@ fn unknown_targets_are_not_found() {
     assert_eq!(h.sup().stop("all").unwrap(), 0, "all of nothing is fine");
     h.finish();
 }
+
+/// Limits the kernel cannot take are refused as the spec's fault, in every containment tier,
+/// and `restart_with` names follow the rules of names, as `after` names do.
+#[test]
+fn impossible_limits_and_bad_restart_with_names_are_invalid_spec() {
+    let h = Harness::new();
+    let cases = [
+        (h.sh("a", "true").max_pids(u64::MAX), "max_pids"),
+        (h.sh("a", "true").max_pids(4_194_305), "max_pids"),
+        (h.sh("a", "true").max_memory(0), "max_memory"),
+        (
+            h.sh("a", "true").restart_with("../x"),
+            "restart_with '../x'",
+        ),
+        (h.sh("a", "true").restart_with("all"), "restart_with 'all'"),
+    ];
+    for (spec, needle) in cases {
+        let err = h.sup().start(spec).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSpec, "{err}");
+        assert_eq!(err.service(), Some("a"));
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    assert!(h.sup().list().unwrap().is_empty());
+    h.finish();
+}
