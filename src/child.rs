@@ -6,7 +6,7 @@ use crate::spec::ServiceSpec;
 use crate::sys;
 use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,12 +14,6 @@ use std::sync::Arc;
 
 /// Used when a spec clears the environment and sets no `PATH` of its own.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-/// A process just spawned: the leader of its own process group.
-pub(crate) struct Spawned {
-    pub(crate) pid: u32,
-    pub(crate) pidfd: OwnedFd,
-}
 
 fn spawn_error(spec: &ServiceSpec, message: String) -> Error {
     Error::new(ErrorKind::Spawn, format!("cannot start: {message}")).with_service(spec.name())
@@ -206,8 +200,18 @@ fn pair(key: &[u8], value: &[u8]) -> std::result::Result<CString, std::ffi::NulE
     CString::new(kv)
 }
 
-/// Spawns one run of `spec` with stdout and stderr on the given pipe write ends. `extra_env`
-/// (the run's own variables) replaces any variable of the same name in `launch`.
+/// Where a child starts: the directory of its cgroup v2 (open, for `CLONE_INTO_CGROUP`) and
+/// its `cgroup.procs` (for kernels without it), and the `cgroup.procs` of v1 cgroups it joins
+/// before exec.
+pub(crate) struct Cgroup<'a> {
+    pub(crate) dir: BorrowedFd<'a>,
+    pub(crate) procs: &'a Path,
+    pub(crate) join: Vec<BorrowedFd<'a>>,
+}
+
+/// Spawns one run of `spec` with stdout and stderr on the given pipe write ends, in `cgroup`
+/// if given. `extra_env` (the run's own variables) replaces any variable of the same name in
+/// `launch`.
 ///
 /// Must be called on the supervision thread (PDEATHSIG follows the spawning thread).
 pub(crate) fn spawn(
@@ -216,8 +220,8 @@ pub(crate) fn spawn(
     stdout: &OwnedFd,
     stderr: &OwnedFd,
     extra_env: &[(String, String)],
-    cgroup: Option<&crate::containment::Prepared>,
-) -> Result<Spawned> {
+    cgroup: Option<Cgroup<'_>>,
+) -> Result<sys::PidFd> {
     check_current_dir(spec)?;
     let program = resolve_program(spec)?;
     let extra: Vec<CString> = extra_env
@@ -236,7 +240,10 @@ pub(crate) fn spawn(
         .chain(extra.iter().map(CString::as_c_str))
         .collect();
     let argv: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
-    let procs = cgroup.map(|c| c.dir.join("cgroup.procs"));
+    let (into, join) = match cgroup {
+        Some(c) => (Some((c.dir, c.procs)), c.join),
+        None => (None, Vec::new()),
+    };
     let request = sys::SpawnRequest {
         program: &program,
         argv: &argv,
@@ -244,34 +251,30 @@ pub(crate) fn spawn(
         cwd: spec.get_current_dir().map(Path::new),
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
-        cgroup: cgroup.map(|c| c.dir_fd.as_fd()).zip(procs.as_deref()),
-        join: cgroup
-            .map(|c| c.join.iter().map(|f| f.as_fd()).collect())
-            .unwrap_or_default(),
+        cgroup: into,
+        join,
         kind: sys::ChildKind::Service,
         keep: &[],
     };
-    let (pid, pidfd) =
-        sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))?;
-    Ok(Spawned { pid, pidfd })
+    sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))
 }
 
 fn explain_spawn_failure(spec: &ServiceSpec, program: &Path, e: io::Error) -> Error {
     let shown = program.display();
-    let message = match e.raw_os_error() {
+    let message = match sys::exec_failure(&e) {
         // The program exists (checked above), so ENOENT from exec means its interpreter.
-        Some(libc::ENOENT) => {
+        sys::ExecFailure::NoInterpreter => {
             format!("the interpreter of '{shown}' was not found (check its #! line)")
         }
-        Some(libc::ENOEXEC) => {
+        sys::ExecFailure::NotExecutable => {
             format!("'{shown}' is not in an executable format (a script without #!?)")
         }
-        Some(libc::EACCES) => format!("permission denied executing '{shown}'"),
-        Some(libc::E2BIG) => "the argument list or environment is too long".to_string(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "too many open files".to_string(),
-        Some(libc::EAGAIN) => "the process limit is reached".to_string(),
-        Some(libc::ENOMEM) => "out of memory".to_string(),
-        _ => format!("spawning '{shown}' failed"),
+        sys::ExecFailure::PermissionDenied => format!("permission denied executing '{shown}'"),
+        sys::ExecFailure::TooBig => "the argument list or environment is too long".to_string(),
+        sys::ExecFailure::TooManyFiles => "too many open files".to_string(),
+        sys::ExecFailure::ProcessLimit => "the process limit is reached".to_string(),
+        sys::ExecFailure::OutOfMemory => "out of memory".to_string(),
+        sys::ExecFailure::Other => format!("spawning '{shown}' failed"),
     };
     spawn_error(spec, message).with_source(e)
 }

@@ -15,14 +15,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ErrorKind {
     /// No service matches the target.
     NotFound,
-    /// A service with that name already exists where a new one was required.
-    AlreadyExists,
     /// A service spec (name, program, arguments, environment, policy) breaks a rule.
     InvalidSpec,
+    /// An argument that is not a spec is not acceptable: `"all"` where one service is meant,
+    /// a malformed log cursor.
+    InvalidInput,
     /// A service's process could not be started.
     Spawn,
-    /// A signal could not be delivered.
-    Signal,
     /// Another `Supervisor` (in this process or another) holds the state directory.
     StateDirLocked,
     /// The state directory or its database cannot be used: foreign, corrupt, too new,

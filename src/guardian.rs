@@ -14,7 +14,7 @@
 //! 2. under cgroup containment, kills the supervisor's whole cgroup subtree with one
 //!    `cgroup.kill` and waits until it is empty;
 //! 3. kills, in the other tiers, only what is provably of the host's runs, with the code
-//!    `open` uses for a dead host's leftovers ([`crate::reclaim`]), and records those runs as
+//!    `open` uses for a dead host's leftovers ([`crate::containment::reclaim`]), and records those runs as
 //!    ended by the host's death;
 //! 4. removes the supervisor's cgroups (v2, and the v1 `pids` and `memory` directories) and,
 //!    for [`Supervisor::temporary`](crate::Supervisor::temporary), the state directory; then
@@ -153,7 +153,7 @@ impl Plan {
     ) -> Plan {
         let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.into());
         let mut vars: Vec<(&str, OsString)> = vec![
-            (sys::GUARDIAN_VAR, "1".into()),
+            (GUARDIAN_VAR, "1".into()),
             (ENV_STATE, state_dir.into_os_string()),
             (ENV_KEY, run_key.into()),
             (ENV_TEMPORARY, if temporary { "1" } else { "0" }.into()),
@@ -170,16 +170,14 @@ impl Plan {
 
 /// The host's side of a running guardian.
 pub(crate) struct Guardian {
-    pid: u32,
-    pidfd: OwnedFd,
+    pidfd: sys::PidFd,
     control: Option<File>,
     started: Instant,
 }
 
 /// Starts a guardian for `plan`, watching the host behind `host`.
 fn spawn(plan: &Plan, host: &OwnedFd) -> io::Result<Guardian> {
-    sys::hook_in_main_executable()
-        .map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+    constructor_is_linked().map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
     let (read, write) = sys::pipe()?;
     let argv0 = c"sheepdog-guardian";
     let env: Vec<&std::ffi::CStr> = plan.env.iter().map(CString::as_c_str).collect();
@@ -196,9 +194,8 @@ fn spawn(plan: &Plan, host: &OwnedFd) -> io::Result<Guardian> {
         kind: sys::ChildKind::Detached,
         keep: &keep,
     };
-    let (pid, pidfd) = sys::spawn(&request)?;
+    let pidfd = sys::spawn(&request)?;
     Ok(Guardian {
-        pid,
         pidfd,
         control: Some(File::from(write)),
         started: Instant::now(),
@@ -217,12 +214,12 @@ impl Guardian {
         if !exited {
             log::warn!(
                 "guardian {} did not stand down in time; killing it",
-                self.pid
+                self.pidfd.pid()
             );
-            let _ = sys::signal_process(&self.pidfd, crate::spec::Signal::Kill);
+            let _ = self.pidfd.signal(crate::signal::Signal::Kill);
             let _ = sys::poll_readable(&[self.pidfd.as_fd()], Some(STAND_DOWN_PATIENCE));
         }
-        let _ = sys::reap(&self.pidfd);
+        let _ = self.pidfd.reap();
     }
 }
 
@@ -257,7 +254,7 @@ impl Watch {
     }
 
     /// The running guardian's pidfd, readable when it exits.
-    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
+    pub(crate) fn pidfd(&self) -> Option<&sys::PidFd> {
         self.current.as_ref().map(|g| &g.pidfd)
     }
 
@@ -268,10 +265,10 @@ impl Watch {
         let Some(old) = self.current.take() else {
             return;
         };
-        let how = match sys::reap(&old.pidfd) {
-            Ok(Some((sys::RawExit::Code(c), _))) => format!("exited with code {c}"),
-            Ok(Some((sys::RawExit::Signal(s), _))) => format!("was killed by signal {s}"),
-            Ok(Some((sys::RawExit::Unknown, _))) => "ended".to_string(),
+        let how = match old.pidfd.reap().map(|r| r.map(|r| r.exit)) {
+            Ok(Some(sys::RawExit::Code(c))) => format!("exited with code {c}"),
+            Ok(Some(sys::RawExit::Signal(s))) => format!("was killed by signal {s}"),
+            Ok(Some(sys::RawExit::Unknown)) => "ended".to_string(),
             Ok(None) => {
                 // Spurious readiness: it still runs.
                 self.current = Some(old);
@@ -292,7 +289,7 @@ impl Watch {
         if self.deaths.len() > RESPAWNS_MAX {
             log::error!(
                 "the guardian (pid {}) {how} after {lived:?}; {} guardians died within {RESPAWN_WINDOW:?}, so no new one is started: processes may outlive this host if it dies",
-                old.pid,
+                old.pidfd.pid(),
                 self.deaths.len()
             );
             self.guarded.store(false, Ordering::Relaxed);
@@ -306,15 +303,15 @@ impl Watch {
             Ok(g) => {
                 log::warn!(
                     "the guardian (pid {}) {how} after {lived:?}; started a new one (pid {})",
-                    old.pid,
-                    g.pid
+                    old.pidfd.pid(),
+                    g.pidfd.pid()
                 );
                 self.current = Some(g);
             }
             Err(e) => {
                 log::error!(
                     "the guardian (pid {}) {how}, and a new one cannot be started: {e}",
-                    old.pid
+                    old.pidfd.pid()
                 );
                 self.guarded.store(false, Ordering::Relaxed);
             }
@@ -349,9 +346,40 @@ fn log_unguarded_once(e: &io::Error) {
     }
 }
 
-/// A guardian's life, called by the constructor in `sys` before the host's `main` would
-/// run. Never returns.
-pub(crate) fn main() -> ! {
+/// Set (to `1`) in a guardian's environment, and nowhere else.
+const GUARDIAN_VAR: &str = "SHEEPDOG_GUARDIAN";
+
+/// Runs before `main` in every process of an executable that links this crate: returns at
+/// once unless the process is a guardian, which it then runs to its end (the host's `main`
+/// never runs in a guardian). Called as `f(argc, argv, envp)` by glibc and as `f()` by musl;
+/// it takes no arguments, which is sound under the C calling convention either way.
+extern "C" fn constructor() {
+    if std::env::var_os(GUARDIAN_VAR).is_some() {
+        main();
+    }
+}
+
+/// The constructor's entry in the executable's `.init_array`, the way runc re-executes itself
+/// for `nsexec`. `#[used]` keeps it in the object file; the linker keeps every `.init_array`
+/// input. The object is linked whenever a guardian can be spawned, because
+/// [`constructor_is_linked`] refers to this static.
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// Whether the constructor is in the main executable's `.init_array` (as the pointer its
+/// entry holds), so that running that file again with [`GUARDIAN_VAR`] set runs the
+/// guardian and not the host's `main`; if not, why.
+fn constructor_is_linked() -> Result<(), String> {
+    sys::constructor_in_main_executable(
+        constructor as *const () as usize,
+        CONSTRUCTOR as *const () as usize,
+    )
+}
+
+/// A guardian's life, run by the constructor before the host's `main` would run. Never
+/// returns.
+fn main() -> ! {
     sys::set_process_name(c"sheepdog-guard");
     sys::ignore_sigpipe();
     let code = match std::panic::catch_unwind(guard) {
@@ -432,7 +460,7 @@ fn clean_up(orders: &Orders) -> Result<(), String> {
     if db.is_file() {
         match crate::store::Store::open(&db) {
             Ok(mut store) => {
-                if let Err(e) = crate::reclaim::reclaim(
+                if let Err(e) = crate::containment::reclaim::reclaim(
                     &mut store,
                     cgroups.as_ref(),
                     &orders.run_key,
@@ -513,6 +541,11 @@ fn take_lock(orders: &Orders) -> Result<Option<Option<File>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_constructor_is_found_in_this_test_executable() {
+        assert_eq!(constructor_is_linked(), Ok(()));
+    }
 
     #[test]
     fn a_holder_reads_back_as_written_and_two_opens_differ() {

@@ -82,7 +82,7 @@ impl FromStr for Cause {
         ];
         ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
             crate::Error::new(
-                crate::ErrorKind::InvalidSpec,
+                crate::ErrorKind::InvalidInput,
                 format!("unknown cause of a run's end '{s}'"),
             )
         })

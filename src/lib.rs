@@ -52,19 +52,19 @@ mod guardian;
 mod history;
 mod info;
 mod logs;
-mod marker;
 mod notify;
 pub mod policy;
 mod probe;
 mod readiness;
-mod reclaim;
-mod signals;
+mod signal;
+mod snapshot;
 mod spec;
 mod state_dir;
 mod stats;
 mod store;
 mod supervisor;
 mod sys;
+mod termination;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
@@ -80,7 +80,8 @@ pub use crate::info::{Exit, ServiceInfo, Status};
 pub use crate::logs::reader::{LogCursor, LogFollower};
 pub use crate::policy::{Backoff, RestartPolicy};
 pub use crate::readiness::{Check, Condition, Dependency, Health, Ready};
-pub use crate::signals::TerminationSignals;
-pub use crate::spec::{LogPolicy, ServiceSpec, Signal, MAX_NAME_LEN};
+pub use crate::signal::Signal;
+pub use crate::spec::{LogPolicy, ServiceSpec, MAX_NAME_LEN};
 pub use crate::stats::Stats;
 pub use crate::supervisor::{Builder, Stream, Supervisor, STOP_OVERHEAD};
+pub use crate::termination::TerminationSignals;

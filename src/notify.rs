@@ -9,7 +9,12 @@
 //! - under cgroup containment, a process in the run's cgroup (by the pidfd's cgroup id, which
 //!   the kernel keeps even after the sender exited; else by `/proc/<pid>/cgroup`);
 //! - otherwise, a member of the run's process group, or a process that left it and is
-//!   provably the run's by its sealed marker (see [`crate::marker`]).
+//!   provably the run's by its sealed marker.
+//!
+//! The containment tier answers that ([`Processes::speaks_for`]); this module makes the
+//! socket and reads what a datagram says.
+//!
+//! [`Processes::speaks_for`]: crate::containment::Processes::speaks_for
 //!
 //! `systemd-notify` sends on behalf of its parent when it may (as root), so the credentials
 //! name the service's shell; unprivileged, it sends its own and then waits, with
@@ -17,23 +22,7 @@
 //! datagram is checked. A sender with `CAP_SYS_ADMIN` can name any process; the check does
 //! not hold against one.
 
-use crate::marker::{self, Session};
 use crate::sys;
-use std::os::fd::OwnedFd;
-
-/// Who may speak for a run.
-pub(crate) enum Access {
-    /// A process in the run's cgroup: its id (the directory's inode) and its path as
-    /// `/proc/<pid>/cgroup` shows it.
-    Cgroup { id: u64, path: String },
-    /// A member of the run's process group (led by the run's main process), or a process of
-    /// the run's marker.
-    Group {
-        pgid: u32,
-        service: u64,
-        generation: u64,
-    },
-}
 
 /// A fresh socket for a run, and the name to put in its `NOTIFY_SOCKET` (after an `@`).
 pub(crate) fn bind() -> std::io::Result<(sys::NotifySocket, String)> {
@@ -66,48 +55,6 @@ pub(crate) fn parse(datagram: &[u8]) -> Message {
         }
     }
     m
-}
-
-/// Whether `sender` is a process of the run `access` describes.
-pub(crate) fn from_run(
-    sender: &sys::Credentials,
-    access: &Access,
-    state_key: &str,
-    session: &Session,
-) -> bool {
-    // Pinned: a pid read in /proc names the sender only while the pidfd's process lives.
-    let opened;
-    let pidfd: Option<&OwnedFd> = match &sender.pidfd {
-        Some(fd) => Some(fd),
-        None => {
-            opened = sys::pidfd_open(sender.pid).ok();
-            opened.as_ref()
-        }
-    };
-    let Some(pidfd) = pidfd else {
-        return false;
-    };
-    match access {
-        Access::Cgroup { id, path } => {
-            if let Some(cgroup) = sys::pidfd_cgroup_id(pidfd) {
-                return cgroup == *id;
-            }
-            sys::cgroup_of(sender.pid).is_some_and(|p| p == *path) && sys::pidfd_alive(pidfd)
-        }
-        Access::Group {
-            pgid,
-            service,
-            generation,
-        } => {
-            let Some(stat) = sys::proc_stat(sender.pid) else {
-                return false;
-            };
-            let ours = stat.pgrp == *pgid
-                || marker::claim(&stat, state_key, std::slice::from_ref(session))
-                    .is_some_and(|c| c.owner.id == *service && c.owner.generation == *generation);
-            ours && sys::pidfd_alive(pidfd)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! no probe process outlives its check.
 
 use crate::containment::ProbeCgroups;
-use crate::engine::Request;
 use crate::readiness::Check;
 use crate::sys::{self, RawExit, Waker};
 use crossbeam_channel::{Receiver, Sender};
@@ -17,7 +16,7 @@ use parking_lot::Mutex;
 use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -51,8 +50,8 @@ pub(crate) struct Job {
 #[derive(Debug, Default)]
 pub(crate) struct Slot {
     cancelled: AtomicBool,
-    /// The probe running now: its pid (its group's id) and pidfd, until its worker reaps it.
-    running: Mutex<Option<(u32, Arc<OwnedFd>)>>,
+    /// The probe running now (its pid is its group's id), until its worker reaps it.
+    running: Mutex<Option<Arc<sys::PidFd>>>,
 }
 
 impl Slot {
@@ -60,9 +59,9 @@ impl Slot {
     /// of it starts.
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
-        if let Some((pid, pidfd)) = &*self.running.lock() {
+        if let Some(probe) = &*self.running.lock() {
             // Still unreaped (its worker clears this first), so the group is the probe's.
-            let _ = sys::signal_group(pidfd, *pid, crate::spec::Signal::Kill);
+            let _ = probe.signal_group(crate::signal::Signal::Kill);
         }
     }
 
@@ -74,6 +73,14 @@ impl Slot {
 /// A probe's outcome: `Ok` or why it failed, as a lowercase phrase.
 pub(crate) type Outcome = Result<(), String>;
 
+/// What a worker reports back to the supervision thread: the outcome of one probe.
+pub(crate) struct Report {
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
+    pub(crate) purpose: Purpose,
+    pub(crate) outcome: Outcome,
+}
+
 pub(crate) struct Pool {
     tx: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
@@ -82,15 +89,14 @@ pub(crate) struct Pool {
 impl Pool {
     /// Starts the workers; `cgroups`, under cgroup containment, is where command probes run.
     pub(crate) fn start(
-        requests: Sender<Request>,
-        waker: Waker,
+        reports: Sender<Report>,
+        waker: Arc<Waker>,
         cgroups: Option<ProbeCgroups>,
     ) -> std::io::Result<Pool> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = crossbeam_channel::unbounded();
-        let waker = std::sync::Arc::new(waker);
         let mut workers = Vec::new();
         for i in 0..WORKERS {
-            let (rx, requests, waker) = (rx.clone(), requests.clone(), waker.clone());
+            let (rx, reports, waker) = (rx.clone(), reports.clone(), waker.clone());
             let cgroups = cgroups.clone();
             workers.push(
                 std::thread::Builder::new()
@@ -108,13 +114,13 @@ impl Pool {
                                 }
                                 check => run(check, job.timeout),
                             };
-                            let report = Request::Probed {
+                            let report = Report {
                                 id: job.id,
                                 generation: job.generation,
                                 purpose: job.purpose,
                                 outcome,
                             };
-                            if requests.send(report).is_err() {
+                            if reports.send(report).is_err() {
                                 return;
                             }
                             waker.wake();
@@ -161,31 +167,10 @@ pub(crate) fn run(check: &Check, timeout: Duration) -> Outcome {
     }
 }
 
-/// `(host, port, path)` of a plain `http://` URL on a loopback address.
-pub(crate) fn parse_loopback_url(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (authority, 80),
-    };
-    let loopback = matches!(host, "localhost" | "[::1]") || host.starts_with("127.");
-    if !loopback || path.contains(['\r', '\n', ' ']) {
-        return None;
-    }
-    if host.starts_with("127.") && host.parse::<std::net::Ipv4Addr>().is_err() {
-        return None;
-    }
-    Some((host.to_string(), port, path))
-}
-
 fn http_get(url: &str, timeout: Duration) -> Outcome {
     let deadline = crate::duration::deadline(Instant::now(), timeout);
-    let (host, port, path) =
-        parse_loopback_url(url).ok_or_else(|| format!("http {url}: not a loopback URL"))?;
+    let (host, port, path) = crate::readiness::parse_loopback_url(url)
+        .ok_or_else(|| format!("http {url}: not a loopback URL"))?;
     let ip: std::net::IpAddr = match host.as_str() {
         "localhost" => [127, 0, 0, 1].into(),
         "[::1]" => std::net::Ipv6Addr::LOCALHOST.into(),
@@ -274,8 +259,8 @@ fn command(
             keep: &[],
         })
     });
-    let (pid, pidfd) = match spawned {
-        Ok((pid, pidfd)) => (pid, Arc::new(pidfd)),
+    let probe = match spawned {
+        Ok(probe) => Arc::new(probe),
         Err(e) => {
             if let (Some((c, ..)), Some(cg)) = (cgroup, cg) {
                 c.finish(cg, KILL_PATIENCE);
@@ -283,18 +268,19 @@ fn command(
             return fail(e.to_string());
         }
     };
-    *slot.running.lock() = Some((pid, pidfd.clone()));
+    *slot.running.lock() = Some(probe.clone());
     if slot.cancelled() {
         slot.cancel(); // cancelled while it was spawned: the cancel found nothing to kill
     }
-    let exited = sys::wait_exit(&pidfd, timeout).unwrap_or(false);
+    let exited = probe.wait_exit(timeout).unwrap_or(false);
     // From here the slot no longer signals it: only this worker does, before the reap.
     slot.running.lock().take();
-    let _ = sys::signal_group(&pidfd, pid, crate::spec::Signal::Kill);
+    let _ = probe.signal_group(crate::signal::Signal::Kill);
     if !exited {
-        let _ = sys::wait_exit(&pidfd, KILL_PATIENCE);
+        let _ = probe.wait_exit(KILL_PATIENCE);
     }
-    let status = sys::reap(&pidfd);
+    let status = probe.reap().map(|r| r.map(|r| r.exit));
+    let pid = probe.pid();
     // What the group or cgroup held besides the leader (a shell's children) goes too.
     let gone = match (cgroup, cg) {
         (Some((c, ..)), Some(cg)) => c.finish(cg, KILL_PATIENCE),
@@ -311,10 +297,10 @@ fn command(
             "timed out after {}",
             crate::duration::format(timeout)
         )),
-        Ok(Some((RawExit::Code(0), _))) => Ok(()),
-        Ok(Some((RawExit::Code(code), _))) => fail(format!("exit status: {code}")),
-        Ok(Some((RawExit::Signal(sig), _))) => fail(format!("killed by signal {sig}")),
-        Ok(Some((RawExit::Unknown, _))) | Ok(None) => fail("its exit status is unknown".into()),
+        Ok(Some(RawExit::Code(0))) => Ok(()),
+        Ok(Some(RawExit::Code(code))) => fail(format!("exit status: {code}")),
+        Ok(Some(RawExit::Signal(sig))) => fail(format!("killed by signal {sig}")),
+        Ok(Some(RawExit::Unknown)) | Ok(None) => fail("its exit status is unknown".into()),
         Err(e) => fail(e.to_string()),
     }
 }
@@ -342,28 +328,6 @@ fn group_gone(pgid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_loopback_http_urls_are_accepted() {
-        assert_eq!(
-            parse_loopback_url("http://127.0.0.1:8080/healthz"),
-            Some(("127.0.0.1".into(), 8080, "/healthz".into()))
-        );
-        assert_eq!(
-            parse_loopback_url("http://localhost"),
-            Some(("localhost".into(), 80, "/".into()))
-        );
-        assert!(parse_loopback_url("http://[::1]:9000/x").is_some());
-        for bad in [
-            "https://127.0.0.1/",
-            "http://10.0.0.1/",
-            "http://example.com/",
-            "http://127.0.0.1:x/",
-            "ftp://127.0.0.1",
-        ] {
-            assert!(parse_loopback_url(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn a_closed_port_and_a_failing_command_fail_with_a_reason() {

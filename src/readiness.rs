@@ -205,3 +205,51 @@ pub struct Dependency {
     /// What it must reach.
     pub condition: Condition,
 }
+
+/// `(host, port, path)` of a plain `http://` URL on a loopback address.
+pub(crate) fn parse_loopback_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (authority, 80),
+    };
+    let loopback = matches!(host, "localhost" | "[::1]") || host.starts_with("127.");
+    if !loopback || path.contains(['\r', '\n', ' ']) {
+        return None;
+    }
+    if host.starts_with("127.") && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return None;
+    }
+    Some((host.to_string(), port, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_http_urls_are_accepted() {
+        assert_eq!(
+            parse_loopback_url("http://127.0.0.1:8080/healthz"),
+            Some(("127.0.0.1".into(), 8080, "/healthz".into()))
+        );
+        assert_eq!(
+            parse_loopback_url("http://localhost"),
+            Some(("localhost".into(), 80, "/".into()))
+        );
+        assert!(parse_loopback_url("http://[::1]:9000/x").is_some());
+        for bad in [
+            "https://127.0.0.1/",
+            "http://10.0.0.1/",
+            "http://example.com/",
+            "http://127.0.0.1:x/",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(parse_loopback_url(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::RestartPolicy;
 use crate::readiness::{Check, Condition, Dependency, Health, Ready};
+use crate::signal::Signal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,29 +18,6 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The largest `pids.max` the kernel takes (`PID_MAX_LIMIT` on 64-bit Linux): no more
 /// processes than that can exist at once anyway.
 const MAX_PIDS_LIMIT: u64 = 4 << 20;
-
-/// A signal that a service can be stopped with.
-///
-/// In files and JSON a signal is written by its name without `SIG`: `"TERM"`, `"INT"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-#[non_exhaustive]
-pub enum Signal {
-    /// `SIGTERM`: the default stop signal.
-    Term,
-    /// `SIGINT`.
-    Int,
-    /// `SIGQUIT`.
-    Quit,
-    /// `SIGHUP`.
-    Hup,
-    /// `SIGKILL`: no grace.
-    Kill,
-    /// `SIGUSR1`.
-    Usr1,
-    /// `SIGUSR2`.
-    Usr2,
-}
 
 /// A service: the program to run, its arguments and environment, and how to restart and stop it.
 ///
@@ -617,7 +595,7 @@ impl ServiceSpec {
                         "invalid spec: the health command is empty or contains a NUL byte".into(),
                     );
                 }
-                Check::Http(url) if crate::probe::parse_loopback_url(url).is_none() => {
+                Check::Http(url) if crate::readiness::parse_loopback_url(url).is_none() => {
                     return invalid(format!(
                         "invalid spec: health url '{url}' is not a plain http URL on a loopback address"
                     ));

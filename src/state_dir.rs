@@ -152,8 +152,8 @@ impl StateDir {
         let logs_path = path.join(LOGS_DIR);
         let logs = sys::make_dir_at(&dir, LOGS_DIR, modes.logs)
             .and_then(|()| sys::open_dir_at(&dir, LOGS_DIR))
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(format!(
+            .map_err(|e| match e {
+                e if sys::is_link_refused(&e) => refuse(format!(
                     "log directory '{}' is not a directory (a symbolic link?); refusing to use it",
                     logs_path.display()
                 )),
@@ -369,8 +369,8 @@ fn open_state_dir(path: &Path, mode: u32) -> Result<OwnedFd> {
         }
     };
     // Not following a link we did not see: one swapped in since is refused.
-    sys::open_dir(path, link).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(format!(
+    sys::open_dir(path, link).map_err(|e| match e {
+        e if sys::is_link_refused(&e) => refuse(format!(
             "state directory '{shown}' is not a directory (a symbolic link?); refusing to use it"
         )),
         _ => io_error(format!("cannot open state directory '{shown}'"), e),
@@ -388,8 +388,8 @@ fn open_lock(dir: &OwnedFd, path: &Path) -> Result<File> {
             create: Some(0o600),
         },
     )
-    .map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => refuse(format!(
+    .map_err(|e| match e {
+        e if sys::is_link_refused(&e) => refuse(format!(
             "lock file '{}' is a symbolic link; refusing to follow it",
             lock_path.display()
         )),

@@ -117,6 +117,9 @@ pub(crate) struct RunEnding<'a> {
     pub(crate) decision: Option<&'a str>,
     pub(crate) delay: Option<Duration>,
     pub(crate) usage: Option<Usage>,
+    /// The last lines of its stdout and stderr.
+    pub(crate) stdout: &'a [u8],
+    pub(crate) stderr: &'a [u8],
 }
 
 /// A service as stored.
@@ -264,9 +267,6 @@ enum Queued {
         decision: Option<String>,
         delay: Option<Duration>,
         usage: Option<Usage>,
-    },
-    Tail {
-        run_id: i64,
         stdout: Vec<u8>,
         stderr: Vec<u8>,
     },
@@ -776,15 +776,8 @@ impl Store {
             decision: end.decision.map(str::to_string),
             delay: end.delay,
             usage: end.usage,
-        });
-    }
-
-    /// Queues the last output of a run, once the log pump has drained it.
-    pub(crate) fn set_tail(&mut self, run_id: i64, stdout: &[u8], stderr: &[u8]) {
-        self.queued.push(Queued::Tail {
-            run_id,
-            stdout: stdout.to_vec(),
-            stderr: stderr.to_vec(),
+            stdout: end.stdout.to_vec(),
+            stderr: end.stderr.to_vec(),
         });
     }
 
@@ -1045,7 +1038,6 @@ impl Queued {
             Queued::Run { .. } => "cannot record the run",
             Queued::FailedRun { .. } => "cannot record the failed start",
             Queued::End { .. } => "cannot record the exit",
-            Queued::Tail { .. } => "cannot record the run's last output",
             Queued::Ready { .. } => "cannot record the run's readiness",
             Queued::State { .. } => "cannot save the status",
             Queued::CloseOpenRuns { .. } => "cannot close runs",
@@ -1114,12 +1106,17 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
             decision,
             delay,
             usage,
+            stdout,
+            stderr,
         } => {
             let micros = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
+            fn tail(t: &[u8]) -> Option<&[u8]> {
+                (!t.is_empty()).then_some(t)
+            }
             tx.prepare_cached(
                 "UPDATE run SET ended_at_ms = ?2, exit_code = ?3, exit_signal = ?4, reason = ?5,
                     cause = ?6, errno = ?7, decision = ?8, delay_ms = ?9, max_rss = ?10,
-                    user_us = ?11, system_us = ?12
+                    user_us = ?11, system_us = ?12, stdout_tail = ?13, stderr_tail = ?14
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -1137,6 +1134,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
                     .map(|b| b.min(i64::MAX as u64) as i64),
                 usage.map(|u| micros(u.user)),
                 usage.map(|u| micros(u.system)),
+                tail(stdout),
+                tail(stderr),
             ])?;
             tx.prepare_cached(
                 "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
@@ -1144,14 +1143,6 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
                   ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             )?
             .execute(params![*service_id as i64, runs_kept])?;
-        }
-        Queued::Tail {
-            run_id,
-            stdout,
-            stderr,
-        } => {
-            tx.prepare_cached("UPDATE run SET stdout_tail = ?2, stderr_tail = ?3 WHERE id = ?1")?
-                .execute(params![run_id, stdout, stderr])?;
         }
         Queued::Ready { run_id, at } => {
             tx.prepare_cached("UPDATE run SET ready_at_ms = ?2 WHERE id = ?1")?
@@ -1321,9 +1312,16 @@ mod tests {
             first = s.insert_run(&new_run(id, 1));
             second = s.insert_run(&new_run(id, 2));
             assert_eq!(second, first + 1);
-            s.set_tail(first, b"out", b"err");
             let exit = crashed();
-            s.end_run(id, first, &ending(&exit));
+            s.end_run(
+                id,
+                first,
+                &RunEnding {
+                    stdout: b"out",
+                    stderr: b"err",
+                    ..ending(&exit)
+                },
+            );
             s.flush();
         }
         let mut s = Store::open(&path)?;
@@ -1399,6 +1397,8 @@ mod tests {
             decision: Some("restart in 0s"),
             delay: Some(Duration::ZERO),
             usage: None,
+            stdout: b"",
+            stderr: b"",
         }
     }
 

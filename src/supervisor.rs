@@ -1,8 +1,9 @@
 //! [`Supervisor`]: the public handle. Every method takes `&self` and is safe from any thread;
 //! changes are sent to the supervision thread, reads come from the snapshot it publishes.
 
-use crate::containment::{Cgroups, Containment};
-use crate::engine::{Config, Engine, Request, Shared};
+use crate::containment::{Cgroups, Containment, Tier};
+use crate::engine::io::ProbePool;
+use crate::engine::{Config, Engine, Inbox, Request};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
 use crate::fleet::{Applied, Fleet, Prune};
@@ -11,6 +12,7 @@ use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::{LogDir, Pump};
+use crate::snapshot::Shared;
 use crate::spec::ServiceSpec;
 use crate::state_dir::StateDir;
 use crate::stats::Stats;
@@ -333,8 +335,9 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
-        let session = crate::marker::Session::begin(containment == Containment::Cgroup)
-            .map_err(|e| io_error("cannot make a session key".into(), e))?;
+        let session =
+            crate::containment::marker::Session::begin(containment == Containment::Cgroup)
+                .map_err(|e| io_error("cannot make a session key".into(), e))?;
         let mut store = Store::open(&state.db_path())?;
         store.set_runs_kept(options.runs_kept.unwrap_or(crate::store::RUNS_KEPT));
         let lock = state.lock_file().try_clone().map_err(|e| {
@@ -360,14 +363,15 @@ impl Supervisor {
         let shared = Arc::new(Shared::default());
         let (requests, receiver) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let config = Config {
-            log_dir: logs.clone(),
+        let setup = Setup {
             state,
+            store,
+            logs: logs.clone(),
+            cgroups,
+            subreaper: containment == Containment::Subreaper,
             resurrect,
             fd_limit,
-            cgroups,
             memory_sample,
-            subreaper: containment == Containment::Subreaper,
             run_key,
             session,
             guardian,
@@ -375,10 +379,7 @@ impl Supervisor {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("sheepdog".into())
-            .spawn({
-                let requests = requests.clone();
-                move || supervise(store, receiver, requests, thread_shared, config, ready_tx)
-            })
+            .spawn(move || supervise(setup, receiver, thread_shared, ready_tx))
             .map_err(|e| io_error("cannot start the supervision thread".into(), e))?;
         let ready: Result<Waker> = ready_rx.recv().unwrap_or_else(|_| {
             Err(Error::new(
@@ -658,14 +659,9 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`; `InvalidSpec` for `"all"` (use [`list`](Supervisor::list)).
+    /// `NotFound`; `InvalidInput` for `"all"` (use [`list`](Supervisor::list)).
     pub fn describe(&self, target: &str) -> Result<ServiceInfo> {
-        if target == "all" {
-            return Err(Error::new(
-                ErrorKind::InvalidSpec,
-                "describe takes one service; use list for all",
-            ));
-        }
+        crate::snapshot::one_service(target, "describe (use list for all)")?;
         let table = self.shared.table.lock();
         let ids = table.resolve(target)?;
         Ok(table.services[&ids[0]].clone())
@@ -1195,49 +1191,101 @@ fn lock_state_dir(lock: &File, state_dir: &Path) -> Result<()> {
     }
 }
 
-/// The supervision thread's body. The poller is made here because its event buffer stays on
-/// this thread; the waker goes back to the handle once the registry is loaded and resurrected.
-fn supervise(
+/// What `open` prepared for the supervision thread.
+struct Setup {
+    state: StateDir,
     store: Store,
-    receiver: Receiver<Request>,
-    requests: Sender<Request>,
+    logs: LogDir,
+    cgroups: Option<Cgroups>,
+    subreaper: bool,
+    resurrect: bool,
+    fd_limit: u64,
+    memory_sample: Duration,
+    run_key: String,
+    session: crate::containment::marker::Session,
+    guardian: Option<Watch>,
+}
+
+/// The supervision thread's body: it makes what must live on this thread (the poller, and
+/// the tier, whose spawns give children a parent-death signal that follows the spawning
+/// thread), the log pump and the probe pool, loads the registry, hands the waker back to the
+/// handle, and runs the loop until a shutdown is done.
+fn supervise(
+    setup: Setup,
+    requests: Receiver<Request>,
     shared: Arc<Shared>,
-    config: Config,
     ready: Sender<Result<Waker>>,
 ) {
     let io_error =
         |what: &str, e: std::io::Error| Error::new(ErrorKind::Io, what.to_string()).with_source(e);
-    let poller = match Poller::new(crate::engine::EVENTS_PER_TURN) {
-        Ok(p) => p,
-        Err(e) => {
-            return drop(ready.send(Err(io_error("cannot create the supervision poller", e))))
-        }
+    let made = (|| {
+        let poller = Poller::new(crate::engine::EVENTS_PER_TURN)
+            .map_err(|e| io_error("cannot create the supervision poller", e))?;
+        let waker = poller
+            .waker()
+            .map_err(|e| io_error("cannot create the supervision waker", e))?;
+        let (logs_tx, logs_rx) = crossbeam_channel::unbounded();
+        let (probes_tx, probes_rx) = crossbeam_channel::unbounded();
+        // One waker for the pump's and the probes' reports.
+        let reports_waker = Arc::new(
+            poller
+                .waker()
+                .map_err(|e| io_error("cannot create the supervision waker", e))?,
+        );
+        let reports = crate::logs::Reports {
+            tx: logs_tx,
+            waker: reports_waker.clone(),
+            hub: shared.hub.clone(),
+            activity: shared.activity.clone(),
+        };
+        let pump = Pump::start(setup.logs, reports)
+            .map_err(|e| io_error("cannot start the log pump thread", e))?;
+        let tier = Tier::new(
+            setup.cgroups,
+            setup.subreaper,
+            poller.registry(),
+            setup.run_key.clone(),
+            setup.session.clone(),
+        );
+        let probe_cgroups = tier
+            .probe_cgroups()
+            .map_err(|e| io_error("cannot make the probes' cgroups", e))?;
+        let probes = ProbePool::new(probes_tx, reports_waker, probe_cgroups);
+        let config = Config {
+            state: setup.state,
+            limits_pids: tier.limits_pids(),
+            tier,
+            pump,
+            probes,
+            store: setup.store,
+            resurrect: setup.resurrect,
+            fd_limit: setup.fd_limit,
+            memory_sample: setup.memory_sample,
+            run_key: setup.run_key,
+            session: setup.session,
+            guardian: setup.guardian,
+        };
+        let inbox = Inbox {
+            requests,
+            logs: logs_rx,
+            probes: probes_rx,
+        };
+        let engine = Engine::new(config, poller, inbox, shared);
+        Ok((engine, waker))
+    })();
+    let (mut engine, waker) = match made {
+        Ok(made) => made,
+        Err(e) => return drop(ready.send(Err(e))),
     };
-    let (waker, pump_waker) = match (poller.waker(), poller.waker()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return drop(ready.send(Err(io_error("cannot create the supervision waker", e))))
-        }
-    };
-    let reports = crate::logs::Reports {
-        requests: requests.clone(),
-        engine: pump_waker,
-        events: shared.clone(),
-    };
-    let pump = match Pump::start(config.log_dir.clone(), reports, shared.activity.clone()) {
-        Ok(p) => p,
-        Err(e) => return drop(ready.send(Err(io_error("cannot start the log pump thread", e)))),
-    };
-    let resurrect = config.resurrect;
-    let mut engine = Engine::new(store, poller, receiver, shared, config, pump, requests);
-    match engine.init(resurrect) {
-        Ok(()) => {
-            let _ = ready.send(Ok(waker));
-            engine.run();
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-        }
+    if let Err(e) = engine.init() {
+        engine.finish();
+        return drop(ready.send(Err(e)));
+    }
+    let _ = ready.send(Ok(waker));
+    let reply = engine.run();
+    engine.finish();
+    if let Some(reply) = reply {
+        let _ = reply.send(Ok(()));
     }
 }
 

@@ -133,7 +133,7 @@ impl std::str::FromStr for LogCursor {
     fn from_str(s: &str) -> crate::Result<LogCursor> {
         let bad = || {
             crate::Error::new(
-                crate::ErrorKind::InvalidSpec,
+                crate::ErrorKind::InvalidInput,
                 format!("'{s}' is not a log cursor (inode:offset)"),
             )
         };

@@ -1,32 +1,37 @@
 //! What the supervisor needs from the operating system, picked once per platform.
 //!
+//! This is the only module that calls the OS directly (rustix, libc) and the only one with
+//! `unsafe` code; each block says why it is sound. It imports nothing of the crate but the
+//! leaf value type it maps ([`Signal`](crate::signal::Signal)).
+//!
 //! Each platform module provides:
 //!
-//! - `spawn(&mut Command) -> io::Result<(Child, OwnedFd)>`: start a child in its own process
-//!   group with stdin, signal dispositions and the fd table made clean, dying with the host
-//!   (PDEATHSIG) where the platform can, and return it with a pollable exit handle (a pidfd);
-//! - `reap(&OwnedFd) -> io::Result<Option<RawExit>>`: collect the exit of that child only,
-//!   never `waitpid(-1)`, which would take the host's own children;
-//! - `signal_group(&OwnedFd, pgid, Signal) -> io::Result<()>` and `group_alive(&OwnedFd, pgid)`;
-//! - `Poller`: one readiness wait over exit handles and a waker, with a deadline;
-//! - process identity helpers (`process_start_time`, `boot_id`, `live_group_members`);
-//! - the guardian's entry point (`hook`): an ELF constructor that runs before `main` and,
-//!   in a guardian, hands over to `crate::guardian::main` (the one call out of `sys`), and
-//!   the proof that it is in the main executable (`hook_in_main_executable`).
-//! - the state directory's file operations, relative to a directory held open and never
-//!   through a symbolic link (`open_file_at`, `stat_at`, `rename_at`, `unlink_at`, …), and
-//!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced.
-//!
-//! This is the only module with `unsafe` code; each block says why it is sound.
+//! - **spawn** (`spawn`, `SpawnRequest`, `ChildKind`, `pipe`): start a child in its own
+//!   process group (or session) with stdin, signal dispositions and the fd table made clean,
+//!   straight into a cgroup where asked, dying with the spawning thread (PDEATHSIG) where the
+//!   platform can, and return it as a `PidFd`;
+//! - **pidfd** (`PidFd`): signal a process or the group it leads, tell whether it lives, and
+//!   reap it, and only it: never `waitpid(-1)`, which would take the host's own children;
+//! - **poll** (`Poller`, `Waker`, `DirWatch`): one readiness wait over pidfds, sockets and a
+//!   waker, with a deadline; a watch that fires when the state directory goes away;
+//! - **procfs** (`ProcStat`, `all_processes`, `environ_value`, …): what the processes of the
+//!   machine are, for containment without cgroups and for `stats`;
+//! - **process** (`real_uid`, `raise_fd_limit`, `become_subreaper`, `random_bytes`, …): this
+//!   process;
+//! - **signal** (`raw_signal`, termination handlers): signal numbers, and the handlers a
+//!   foreground host may install;
+//! - **notify** (`NotifySocket`): the `sd_notify` datagram socket, with the kernel's
+//!   credentials of each sender;
+//! - **fs** (`open_file_at`, `stat_at`, `rename_at`, …): the state directory's files, opened
+//!   relative to a directory held open and never through a symbolic link;
+//! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
+//!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
+//!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).
 
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
-#[cfg(target_os = "linux")]
-mod hook;
-#[cfg(target_os = "linux")]
-pub(crate) use hook::*;
 
 #[cfg(all(unix, not(target_os = "linux")))]
 compile_error!(

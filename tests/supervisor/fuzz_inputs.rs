@@ -375,7 +375,7 @@ proptest! {
                 let shown = cursor.to_string();
                 prop_assert_eq!(shown.parse::<LogCursor>().ok(), Some(cursor), "{}", shown);
             }
-            Err(e) => prop_assert_eq!(e.kind(), ErrorKind::InvalidSpec),
+            Err(e) => prop_assert_eq!(e.kind(), ErrorKind::InvalidInput),
         }
     }
 
@@ -756,7 +756,7 @@ fn arbitrary_targets_are_found_or_not_found() {
         let kind = |r: sheepdog::Result<()>| r.err().map(|e| e.kind());
         let describe = kind(sup.describe(&target).map(|_| ()));
         let want_describe = if target == "all" {
-            Some(ErrorKind::InvalidSpec)
+            Some(ErrorKind::InvalidInput)
         } else if found {
             None
         } else {

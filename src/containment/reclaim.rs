@@ -8,13 +8,13 @@
 //!   a group of that id has members, so such a group is the run's);
 //! - anywhere else, a process whose `SHEEPDOG_RUN` marker verifies under a stored session
 //!   key, with the marker's uid and a start no earlier than the session (see
-//!   [`crate::marker`]); not for sessions whose runs were in cgroups, where membership
+//!   [`marker`](super::marker)); not for sessions whose runs were in cgroups, where membership
 //!   decides.
 
-use crate::containment::Cgroups;
+use super::cgroup::Cgroups;
+use super::marker::{self, Session};
 use crate::error::Result;
-use crate::marker::{self, Session};
-use crate::spec::Signal;
+use crate::signal::Signal;
 use crate::store::Store;
 use crate::sys;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -70,10 +70,10 @@ pub(crate) fn reclaim(
         // so: a process now holding the pid is either the run's leader (then its group is
         // the run's) or a newer process (then no member of the run's group is left, and a
         // group of that id is the newer one's). Without any, leftover members are ours.
-        if let Ok(fd) = sys::pidfd_open(run.pid) {
+        if let Ok(fd) = sys::PidFd::open(run.pid) {
             let stat = sys::proc_stat(run.pid);
             // On pidfs the inode names the very process; else the start time does.
-            let same = match (run.pidfd_ino, sys::pidfd_inode(&fd)) {
+            let same = match (run.pidfd_ino, fd.inode()) {
                 (Some(stored), Some(now)) => stored == now,
                 _ => stat
                     .as_ref()
@@ -96,7 +96,7 @@ pub(crate) fn reclaim(
                     .map(|p| p.pid)
                     .collect();
                 reclaimed.entry(run.service_id).or_default().extend(members);
-                let _ = sys::signal_group(&fd, run.pid, Signal::Kill);
+                let _ = fd.signal_group(Signal::Kill);
                 groups.insert(run.pid);
                 continue;
             }
@@ -123,13 +123,13 @@ pub(crate) fn reclaim(
                 run.pid
             );
             if members.len() == in_group.len() {
-                let _ = sys::kill_pgid(run.pid, Signal::Kill);
+                let _ = sys::signal_pgid(run.pid, Signal::Kill);
                 groups.insert(run.pid);
             } else {
                 for &pid in &members {
-                    if let Ok(fd) = sys::pidfd_open(pid) {
+                    if let Ok(fd) = sys::PidFd::open(pid) {
                         if sys::proc_stat(pid).is_some_and(|s| s.pgrp == run.pid) {
-                            let _ = sys::signal_process(&fd, Signal::Kill);
+                            let _ = fd.signal(Signal::Kill);
                         }
                     }
                 }
@@ -158,7 +158,7 @@ pub(crate) fn reclaim(
                 "service id {id}: killing process {} left by a previous host",
                 p.pid
             );
-            let _ = sys::signal_process(&fd, Signal::Kill);
+            let _ = fd.signal(Signal::Kill);
             reclaimed.entry(id).or_default().insert(p.pid);
             marked.push(p.pid);
         }
@@ -189,7 +189,7 @@ pub(crate) fn reclaim(
 
 /// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
 /// another process shows another environment.
-pub(crate) fn pin(pid: u32, marker: &str) -> Option<std::os::fd::OwnedFd> {
-    let fd = sys::pidfd_open(pid).ok()?;
+pub(crate) fn pin(pid: u32, marker: &str) -> Option<sys::PidFd> {
+    let fd = sys::PidFd::open(pid).ok()?;
     (sys::environ_value(pid, marker::RUN_VAR).as_deref() == Some(marker)).then_some(fd)
 }

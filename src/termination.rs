@@ -4,7 +4,7 @@
 //! the `fleet` example) asks for this one explicitly.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::spec::Signal;
+use crate::signal::Signal;
 use crate::sys;
 use std::os::fd::OwnedFd;
 use std::time::Duration;

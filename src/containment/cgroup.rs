@@ -1,5 +1,5 @@
-//! Containment: what holds every process a service starts, so that a stop, a delete or the
-//! next `open` after a host's death can end all of them.
+//! The cgroup tier: a cgroup per run, so that a stop, a delete or the guardian after a host's
+//! death can end every process a run started.
 //!
 //! With a writable cgroup v2 hierarchy, each service gets its own cgroup
 //! (`<host's cgroup>/sheepdog-<state dir hash>/svc-<id>`): the child joins it before exec, a
@@ -12,10 +12,11 @@
 //! hierarchy that holds the controller (hybrid hosts mount v2 beside v1 controllers), which
 //! the child also joins before exec.
 
-use rustix::fs::{Mode, OFlags};
+use crate::sys::{self, Access};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The limits a run's cgroups enforce.
 #[derive(Clone, Copy, Debug, Default)]
@@ -33,7 +34,8 @@ impl Limits {
 /// A run's cgroups, made: the v2 directory to start in (its path, and open for
 /// `CLONE_INTO_CGROUP`), and the `cgroup.procs` of each v1 cgroup the child joins before exec.
 pub(crate) struct Prepared {
-    pub(crate) dir: PathBuf,
+    /// Its `cgroup.procs`.
+    pub(crate) procs: PathBuf,
     pub(crate) dir_fd: OwnedFd,
     pub(crate) join: Vec<OwnedFd>,
 }
@@ -48,32 +50,6 @@ enum Controller {
     Missing,
 }
 
-/// How a supervisor contains its services' processes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Containment {
-    /// The strongest available: a cgroup per service where a writable cgroup v2 hierarchy
-    /// exists; else the process group plus a subreaper if the builder opted in
-    /// ([`Builder::subreaper`](crate::Builder::subreaper)); else the process group. The
-    /// default.
-    Auto,
-    /// A cgroup v2 per service; `open` fails if none can be made.
-    Cgroup,
-    /// The process group, with the host made a child subreaper
-    /// (`PR_SET_CHILD_SUBREAPER`): a descendant that leaves the group (`setsid`, a double
-    /// fork) and is orphaned is re-parented to the host instead of init. The supervisor
-    /// finds it among the host's children, knows its service from the `SHEEPDOG_RUN`
-    /// variable every run's environment carries, and ends it with its service. An orphan
-    /// that cleared its environment cannot be attributed; one in a session of its own is
-    /// logged as such. This changes the host: orphans of anything the host runs come to it,
-    /// and those the supervisor does not claim stay zombies until the host reaps them.
-    Subreaper,
-    /// The process group only: descendants that call `setsid` or `setpgid` escape it while
-    /// the host lives, until the service's next stop (a stop, the guardian after the host's
-    /// death, and the next `open` find them by their sealed `SHEEPDOG_RUN` marker).
-    ProcessGroup,
-}
-
 /// The supervisor's cgroup, holding one cgroup per run of a service: `svc-<id>.<generation>`.
 ///
 /// A fresh cgroup per run, removed once the run is over: on this kernel (6.18) a child cloned
@@ -85,7 +61,7 @@ pub(crate) struct Cgroups {
     /// `root`, open: a run's files are opened relative to it, which spares the kernel the
     /// walk down the whole cgroupfs path on every open (the restart and stop paths open a
     /// few per run).
-    root_fd: OwnedFd,
+    root_fd: Arc<OwnedFd>,
     /// `root` as `/proc/<pid>/cgroup` shows it (relative to the cgroup namespace's root).
     proc_root: String,
     pids: Controller,
@@ -212,11 +188,7 @@ impl Cgroups {
             .join(format!("sheepdog-{key}"));
         // Writable means we can make and remove a child.
         writable_dir(&root)?;
-        let root_fd = rustix::fs::open(
-            &root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let root_fd = Arc::new(sys::open_path(&root)?);
         let pids = find_controller(&root, "pids", &key);
         let memory = find_controller(&root, "memory", &key);
         Ok(Cgroups {
@@ -278,14 +250,15 @@ impl Cgroups {
     }
 
     /// Opens `file` of the run's v2 cgroup.
-    fn open_in(&self, id: u64, generation: u64, file: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    fn open_in(
+        &self,
+        id: u64,
+        generation: u64,
+        file: &str,
+        access: Access,
+    ) -> io::Result<std::fs::File> {
         let rel = format!("{}/{file}", Cgroups::run_name(id, generation));
-        Ok(rustix::fs::openat(
-            &self.root_fd,
-            rel,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?)
+        sys::open_file_at(&*self.root_fd, &rel, access)
     }
 
     /// The v1 directories of a run, one per controller held in v1.
@@ -303,16 +276,8 @@ impl Cgroups {
     pub(crate) fn prepare(&self, id: u64, generation: u64, limits: Limits) -> io::Result<Prepared> {
         let name = Cgroups::run_name(id, generation);
         let dir = self.root.join(&name);
-        match rustix::fs::mkdirat(&self.root_fd, &name, Mode::from_raw_mode(0o755)) {
-            Err(e) if e != rustix::io::Errno::EXIST => return Err(e.into()),
-            _ => {}
-        }
-        let dir_fd = rustix::fs::openat(
-            &self.root_fd,
-            &name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        sys::make_dir_at(&*self.root_fd, &name, 0o755)?;
+        let dir_fd = sys::open_dir_in(&*self.root_fd, &name)?;
         let mut join = Vec::new();
         let settings = [
             (&self.pids, limits.max_pids, "pids.max", "pids.max"),
@@ -339,7 +304,11 @@ impl Cgroups {
                 Controller::Missing => {}
             }
         }
-        Ok(Prepared { dir, dir_fd, join })
+        Ok(Prepared {
+            procs: dir.join("cgroup.procs"),
+            dir_fd,
+            join,
+        })
     }
 
     /// The peak memory charged to the run's memory cgroup, if it has one.
@@ -380,22 +349,22 @@ impl Cgroups {
 
     /// Whether any process is in the run's cgroup (a zombie counts until reaped).
     pub(crate) fn populated(&self, id: u64, generation: u64) -> bool {
-        self.open_in(id, generation, "cgroup.events", OFlags::RDONLY)
-            .is_ok_and(|fd| is_populated(std::fs::File::from(fd)))
+        self.open_in(id, generation, "cgroup.events", Access::Read)
+            .is_ok_and(is_populated)
     }
 
     /// The pids in the run's cgroup.
     pub(crate) fn pids(&self, id: u64, generation: u64) -> Vec<u32> {
-        let Ok(fd) = self.open_in(id, generation, "cgroup.procs", OFlags::RDONLY) else {
+        let Ok(procs) = self.open_in(id, generation, "cgroup.procs", Access::Read) else {
             return Vec::new();
         };
-        read_pids(std::fs::File::from(fd))
+        read_pids(procs)
     }
 
     /// SIGKILLs every process in the run's cgroup, atomically (Linux 5.14+).
     pub(crate) fn kill(&self, id: u64, generation: u64) -> io::Result<()> {
-        let fd = self.open_in(id, generation, "cgroup.kill", OFlags::WRONLY)?;
-        std::io::Write::write_all(&mut std::fs::File::from(fd), b"1")
+        let mut kill = self.open_in(id, generation, "cgroup.kill", Access::Write)?;
+        std::io::Write::write_all(&mut kill, b"1")
     }
 
     /// The run's cgroup directories, to remove once the run is over (they are empty then).
@@ -518,11 +487,7 @@ impl Cgroups {
         };
         let controller =
             |name| std::env::var_os(name).map_or(Controller::Missing, |v| Controller::decode(&v));
-        let root_fd = rustix::fs::open(
-            &root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let root_fd = Arc::new(sys::open_path(&root)?);
         Ok(Some(Cgroups {
             root,
             root_fd,
@@ -587,7 +552,7 @@ impl Cgroups {
     /// A handle for the probe workers.
     pub(crate) fn probe_cgroups(&self) -> io::Result<ProbeCgroups> {
         Ok(ProbeCgroups {
-            root: std::sync::Arc::new(self.root_fd.try_clone()?),
+            root: self.root_fd.clone(),
             root_path: self.root.clone(),
         })
     }
@@ -597,16 +562,8 @@ impl ProbeCgroups {
     /// Makes (or finds) the probe cgroup of run `generation` of service `id`.
     pub(crate) fn make(&self, id: u64, generation: u64) -> io::Result<ProbeCgroup> {
         let name = format!("{}.probe", Cgroups::run_name(id, generation));
-        match rustix::fs::mkdirat(&*self.root, &name, Mode::from_raw_mode(0o755)) {
-            Err(e) if e != rustix::io::Errno::EXIST => return Err(e.into()),
-            _ => {}
-        }
-        let dir = rustix::fs::openat(
-            &*self.root,
-            &name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        sys::make_dir_at(&*self.root, &name, 0o755)?;
+        let dir = sys::open_dir_in(&*self.root, &name)?;
         let procs = self.root_path.join(&name).join("cgroup.procs");
         Ok(ProbeCgroup { name, dir, procs })
     }
@@ -614,18 +571,12 @@ impl ProbeCgroups {
     /// Kills whatever is left in a probe's cgroup, waits (up to `patience`) until it is
     /// empty, and removes it. Returns whether it emptied in time.
     pub(crate) fn finish(&self, cgroup: ProbeCgroup, patience: std::time::Duration) -> bool {
-        let open = |file: &str, flags: OFlags| {
-            rustix::fs::openat(
-                &*self.root,
-                format!("{}/{file}", cgroup.name),
-                flags | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map(std::fs::File::from)
+        let open = |file: &str, access: Access| {
+            sys::open_file_at(&*self.root, &format!("{}/{file}", cgroup.name), access)
         };
-        let populated = || open("cgroup.events", OFlags::RDONLY).is_ok_and(is_populated);
+        let populated = || open("cgroup.events", Access::Read).is_ok_and(is_populated);
         if populated() {
-            if let Ok(mut kill) = open("cgroup.kill", OFlags::WRONLY) {
+            if let Ok(mut kill) = open("cgroup.kill", Access::Write) {
                 let _ = std::io::Write::write_all(&mut kill, b"1");
             }
         }
@@ -635,7 +586,7 @@ impl ProbeCgroups {
             std::thread::sleep(std::time::Duration::from_millis(1));
             emptied = !populated();
         }
-        let _ = rustix::fs::unlinkat(&*self.root, &cgroup.name, rustix::fs::AtFlags::REMOVEDIR);
+        let _ = sys::remove_dir_at(&*self.root, &cgroup.name);
         emptied
     }
 }
@@ -720,7 +671,7 @@ mod tests {
             max_memory: None,
         };
         let run = cg.prepare(1, 1, limits).unwrap();
-        assert!(run.dir.is_dir());
+        assert!(run.procs.parent().unwrap().is_dir());
         let v1: Vec<PathBuf> = cg.v1_dirs(1, 1).filter(|d| d.is_dir()).collect();
         drop(run);
         drop(cg);

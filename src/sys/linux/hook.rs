@@ -1,56 +1,26 @@
-//! The guardian's entry point: an ELF constructor that runs before the host's `main`.
+//! What the guardian's re-execution needs of the platform: the proof that an ELF
+//! constructor is in the main executable's `.init_array`, and what a process taken over
+//! before `main` does (exit at once, name itself, take its inherited fds).
 //!
-//! A supervisor's guardian is the host's own executable run again (`/proc/self/exe`) with
-//! [`GUARDIAN_VAR`] in its environment, the way runc re-executes itself for `nsexec`. The
-//! constructor below, in `.init_array`, sees the variable and hands over to
-//! `crate::guardian::main`, which never returns: the host's `main` never runs in a guardian.
-//! This is a process entry point, like `main`, so it is the one place where `sys` calls out
-//! of itself.
-//!
-//! Re-executing is safe only when the constructor is in the main executable's
-//! `.init_array`: linked into a shared library, it would not run there, and the re-executed
-//! program would start the host's `main` instead. [`hook_in_main_executable`] proves it
-//! before any guardian is spawned.
+//! A supervisor's guardian is the host's own executable run again (`/proc/self/exe`), taken
+//! over before `main` by a constructor (see `crate::guardian`). Re-executing is safe only
+//! when that constructor is in the main executable's `.init_array`: linked into a shared
+//! library, it would not run there, and the re-executed program would start the host's
+//! `main` instead. [`constructor_in_main_executable`] proves it before any guardian is
+//! spawned.
 
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-/// Set (to `1`) in a guardian's environment, and nowhere else.
-pub(crate) const GUARDIAN_VAR: &str = "SHEEPDOG_GUARDIAN";
-
-/// Runs before `main` in every process of an executable that links this crate: returns at
-/// once unless the process is a guardian. Called as `f(argc, argv, envp)` by glibc and as
-/// `f()` by musl; it takes no arguments, which is sound under the C calling convention
-/// either way.
-extern "C" fn guardian_hook() {
-    if std::env::var_os(GUARDIAN_VAR).is_some() {
-        crate::guardian::main();
-    }
-}
-
-/// The constructor's entry. `#[used]` keeps it in the object file; the linker keeps every
-/// `.init_array` input. The object is linked whenever the guardian can be spawned, because
-/// [`hook_in_main_executable`] refers to this static.
-#[used]
-#[link_section = ".init_array"]
-static GUARDIAN_HOOK: extern "C" fn() = guardian_hook;
-
-/// Whether the guardian hook is in the `.init_array` of the main executable (the file
-/// `/proc/self/exe` names), so that running that file again with [`GUARDIAN_VAR`] set runs
-/// the guardian and not the host's `main`; if not, why. Checked once per process: the
-/// hook's address must lie in a mapping of that file, and the address of the entry must be
-/// among the pointers of the file's `SHT_INIT_ARRAY` sections as loaded.
-pub(crate) fn hook_in_main_executable() -> Result<(), String> {
+/// Whether the function at address `hook` is in the main executable (the file
+/// `/proc/self/exe` names) and `entry`, a function pointer to it, is among that file's
+/// `.init_array` pointers: then running that file again runs it before `main`. If not, why.
+/// Checked once per process: the hook's address must lie in a mapping of that file, and the
+/// entry's address among the pointers of the file's `SHT_INIT_ARRAY` sections as loaded.
+pub(crate) fn constructor_in_main_executable(hook: usize, entry: usize) -> Result<(), String> {
     static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
-    CHECKED
-        .get_or_init(|| {
-            check_hook(
-                guardian_hook as *const () as usize,
-                GUARDIAN_HOOK as *const () as usize,
-            )
-        })
-        .clone()
+    CHECKED.get_or_init(|| check_hook(hook, entry)).clone()
 }
 
 /// A mapping of the executable file: its address range and whether it is readable.
@@ -241,7 +211,7 @@ pub(crate) fn stderr_or_devnull() -> io::Result<BorrowedFd<'static>> {
         // does not close its stderr.
         return Ok(unsafe { BorrowedFd::borrow_raw(2) });
     }
-    super::linux::devnull()
+    super::spawn::devnull()
 }
 
 /// Waits until one of `fds` is readable (or hung up), or `timeout` passes (`None`: no
@@ -273,11 +243,6 @@ pub(crate) fn poll_readable(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_hook_is_found_in_this_test_executable() {
-        assert_eq!(hook_in_main_executable(), Ok(()));
-    }
 
     extern "C" fn not_a_constructor() {}
 

@@ -1,0 +1,678 @@
+//! Containment: what holds every process a run starts, so that a stop, a delete, the
+//! guardian after a host's death, or the next `open` can end all of them, and nothing else.
+//!
+//! The tier in force ([`Containment`]) is one [`Tier`]: the supervision thread asks it to
+//! spawn a run, to signal or kill all of it, whether anything of it is left, and to let it go,
+//! without branching on the tier itself. Runs are named by [`RunKey`] (service id and
+//! generation); the tier keeps each run's processes (its main process's pidfd, its cgroup,
+//! the descendants it tracks one by one) until the run is over.
+//!
+//! - *Cgroup* ([`cgroup`]): a cgroup per run; membership decides what is the run's.
+//! - *Subreaper*: the process group, plus the orphans re-parented to the host, claimed by
+//!   their sealed marker ([`marker`], [`marked`]).
+//! - *Process group*: the group, plus the processes whose sealed marker names the run, found
+//!   in /proc at a stop ([`marked`]).
+//!
+//! [`reclaim`] ends what a dead host left, at `open` and in the guardian.
+
+pub(crate) mod cgroup;
+mod marked;
+pub(crate) mod marker;
+pub(crate) mod reclaim;
+
+pub(crate) use cgroup::{state_key, Cgroups, Limits, ProbeCgroups};
+
+use crate::child::{self, Launch};
+use crate::error::{Error, ErrorKind, Result};
+use crate::signal::Signal;
+use crate::spec::ServiceSpec;
+use crate::store::Store;
+use crate::sys::{self, Credentials, PidFd, Reaped, Registry};
+use marked::{Escapees, Scan};
+use marker::Session;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How a supervisor contains its services' processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Containment {
+    /// The strongest available: a cgroup per service where a writable cgroup v2 hierarchy
+    /// exists; else the process group plus a subreaper if the builder opted in
+    /// ([`Builder::subreaper`](crate::Builder::subreaper)); else the process group. The
+    /// default.
+    Auto,
+    /// A cgroup v2 per service; `open` fails if none can be made.
+    Cgroup,
+    /// The process group, with the host made a child subreaper
+    /// (`PR_SET_CHILD_SUBREAPER`): a descendant that leaves the group (`setsid`, a double
+    /// fork) and is orphaned is re-parented to the host instead of init. The supervisor
+    /// finds it among the host's children, knows its service from the `SHEEPDOG_RUN`
+    /// variable every run's environment carries, and ends it with its service. An orphan
+    /// that cleared its environment cannot be attributed; one in a session of its own is
+    /// logged as such. This changes the host: orphans of anything the host runs come to it,
+    /// and those the supervisor does not claim stay zombies until the host reaps them.
+    Subreaper,
+    /// The process group only: descendants that call `setsid` or `setpgid` escape it while
+    /// the host lives, until the service's next stop (a stop, the guardian after the host's
+    /// death, and the next `open` find them by their sealed `SHEEPDOG_RUN` marker).
+    ProcessGroup,
+}
+
+/// After a SIGKILL, how long to wait for what was killed to be gone before giving up on it.
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// A run: the service's id and the run's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RunKey {
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
+}
+
+/// What it takes to spawn a run.
+pub(crate) struct Plan<'a> {
+    pub(crate) run: RunKey,
+    pub(crate) spec: &'a ServiceSpec,
+    pub(crate) launch: &'a Launch,
+    /// The write ends of its output pipes (the same one twice when stderr is merged).
+    pub(crate) stdout: &'a OwnedFd,
+    pub(crate) stderr: &'a OwnedFd,
+    /// The run's own variables (`SHEEPDOG_RUN`, `NOTIFY_SOCKET`, …).
+    pub(crate) env: &'a [(String, String)],
+    /// The poll token its exit is reported as.
+    pub(crate) token: u64,
+}
+
+/// A run just spawned.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    /// What tells its main process apart from a later one with the same pid: the pidfd's
+    /// pidfs inode (Linux 6.9+), else its start time.
+    pub(crate) pidfd_ino: Option<u64>,
+    pub(crate) start_ticks: Option<u64>,
+    /// The generation in the name of its cgroup, in the cgroup tier.
+    pub(crate) cgroup: Option<u64>,
+}
+
+/// What a main process that exited by itself left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Leftovers {
+    /// Nothing.
+    None,
+    /// Members of its process group, killed: they go with the group.
+    Killed,
+    /// Processes outside its group (in its cgroup, or escaped), killed: the run is over only
+    /// once they are gone.
+    Lingering,
+}
+
+/// What the tier measured of a run that is over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ended {
+    /// The kernel's OOM killer ended a process of it.
+    pub(crate) oom_killed: bool,
+    /// The peak memory of its memory cgroup, where it had one.
+    pub(crate) peak_memory: Option<u64>,
+}
+
+/// What the supervision thread asks of the processes of its runs: implemented by [`Tier`]
+/// for real, and by a fake in the engine's unit tests.
+pub(crate) trait Processes {
+    /// Spawns `plan`'s run in the tier's container, its exit watched under `plan.token`.
+    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned>;
+    /// Sends `signal` to the run's process group only: the first pass of a stop of many
+    /// services, so that all of them are ending while each stop is recorded. Returns whether
+    /// it was sent.
+    fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool;
+    /// Begins a stop: `signal` to everything of the run (its group, unless
+    /// `group_signalled`, members of its container that left the group, descendants found
+    /// outside it).
+    fn stop(&mut self, run: RunKey, signal: Signal, group_signalled: bool);
+    /// SIGKILL to everything of the run.
+    fn kill(&mut self, run: RunKey);
+    /// Collects the run's main process, if it has exited (`None`: it still runs).
+    fn reap(&mut self, run: RunKey) -> Option<Reaped>;
+    /// The main process exited by itself: kills what it left running, and says what that
+    /// was.
+    fn kill_leftovers(&mut self, run: RunKey) -> Leftovers;
+    /// Whether nothing of the run is left. During a stop, also looks for processes forked
+    /// since the stop began, and sends them `signal`.
+    fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool;
+    /// The run is over: what was measured of it; its container is kept for the service's
+    /// next run (`reuse`, when one follows at once) or removed.
+    fn end(&mut self, run: RunKey, reuse: bool) -> Ended;
+    /// Whether the process that sent a notify datagram (`sender`, the kernel's
+    /// credentials) is a process of `run`.
+    fn speaks_for(&mut self, run: RunKey, sender: &Credentials) -> bool;
+    /// The resident memory of each of `runs` (its whole group and container), in bytes.
+    fn memory(&mut self, runs: &[RunKey]) -> Vec<u64>;
+    /// A stop of a service without a live run (`run`: its current generation): finds what
+    /// its earlier runs left outside their containers and sends it `signal`. Returns whether
+    /// there was any (the stop then waits for [`sweep_done`](Processes::sweep_done)).
+    fn sweep(&mut self, run: RunKey, signal: Signal) -> bool;
+    /// Whether a sweep's processes are all gone (also looks for ones started since).
+    fn sweep_done(&mut self, run: RunKey, signal: Signal) -> bool;
+    /// A tracked process's fd fired: once it has ended, the run it belonged to. `None`: not
+    /// a token of the tier's, or nothing ended.
+    fn on_ready(&mut self, token: u64) -> Option<RunKey>;
+    /// The service is deleted: its containers go.
+    fn forget(&mut self, id: u64);
+    /// Directories of runs that are over, to remove off the supervision thread.
+    fn take_dirs(&mut self) -> Vec<PathBuf>;
+    /// The end of a loop turn: what it read of /proc is stale now.
+    fn end_turn(&mut self);
+    /// At `open`, before anything runs: kills what a dead previous host left (see
+    /// [`reclaim`]), marks its runs ended, and returns the pids per service id.
+    fn reclaim(&mut self, store: &mut Store) -> Result<Vec<(u64, Vec<u32>)>>;
+    /// The session's row in the store: markers name it.
+    fn session_stored(&mut self, id: i64);
+    /// At shutdown, once every run is over: reaps what escaped and is still dying, and
+    /// removes the supervisor's (empty) cgroups.
+    fn finish(&mut self);
+}
+
+/// The state of one run's processes.
+struct RunProcs {
+    leader: PidFd,
+    /// The main process has been reaped.
+    reaped: bool,
+    /// The generation in the name of its cgroup (cgroup tier).
+    cgroup: Option<u64>,
+    /// Its cgroup's id, and path as `/proc/<pid>/cgroup` shows it: who speaks for it.
+    cgroup_id: Option<u64>,
+    cgroup_path: String,
+    /// `cgroup.kill` was written to its cgroup, which is then never reused: a child cloned
+    /// into a killed cgroup dies at birth.
+    killed: bool,
+    /// It has limits: its cgroups are its own, never reused.
+    limited: bool,
+    /// It sets `max_memory` (a v1 memory cgroup exists only then).
+    memory_limited: bool,
+    /// Kills in its memory cgroup by the OOM killer when it started.
+    oom_kills_at_start: u64,
+    /// Process-group tier: when its stop read /proc.
+    scanned: Option<Scan>,
+}
+
+/// The containment in force, for real.
+pub(crate) struct Tier {
+    cgroups: Option<Cgroups>,
+    subreaper: bool,
+    registry: Rc<Registry>,
+    runs: HashMap<RunKey, RunProcs>,
+    /// An empty, never-killed cgroup of each service's finished run, for its next run to
+    /// start in: no `mkdir` on the restart path, and no `rmdir` after it.
+    spares: HashMap<u64, u64>,
+    escapees: Escapees,
+    /// Sweeps in progress (process-group tier), by service: when they read /proc.
+    sweeps: HashMap<u64, Scan>,
+    /// Directories of runs that are over, to remove off the supervision thread.
+    dirs: Vec<PathBuf>,
+    /// Names this supervisor in its runs' markers and cgroups.
+    run_key: String,
+}
+
+impl Tier {
+    /// The tier `cgroups` and `subreaper` make, its fds watched through `registry`, its runs'
+    /// markers sealed for `session`.
+    pub(crate) fn new(
+        cgroups: Option<Cgroups>,
+        subreaper: bool,
+        registry: Rc<Registry>,
+        run_key: String,
+        session: Session,
+    ) -> Tier {
+        let escapees_registry = registry.clone();
+        Tier {
+            run_key: run_key.clone(),
+            cgroups,
+            subreaper,
+            registry,
+            runs: HashMap::new(),
+            spares: HashMap::new(),
+            escapees: Escapees::new(escapees_registry, run_key, session),
+            sweeps: HashMap::new(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Whether `max_pids` can be enforced.
+    pub(crate) fn limits_pids(&self) -> bool {
+        self.cgroups.as_ref().is_some_and(Cgroups::limits_pids)
+    }
+
+    /// Where command probes run, in the cgroup tier.
+    pub(crate) fn probe_cgroups(&self) -> std::io::Result<Option<ProbeCgroups>> {
+        self.cgroups
+            .as_ref()
+            .map(Cgroups::probe_cgroups)
+            .transpose()
+    }
+
+    /// Only the process group holds the runs: no cgroup, no subreaper.
+    fn groups_only(&self) -> bool {
+        self.cgroups.is_none() && !self.subreaper
+    }
+
+    /// Claims the orphans a subreaper host was handed (a no-op in the other tiers).
+    fn claim(&mut self) {
+        if !self.subreaper {
+            return;
+        }
+        let leaders: HashSet<u32> = self
+            .runs
+            .values()
+            .filter(|r| !r.reaped)
+            .map(|r| r.leader.pid())
+            .collect();
+        let live: HashSet<RunKey> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| !r.reaped)
+            .map(|(k, _)| *k)
+            .collect();
+        self.escapees.claim(&leaders, |run| live.contains(&run));
+    }
+
+    fn spawn_error(spec: &ServiceSpec, what: &str, e: std::io::Error) -> Error {
+        Error::new(
+            ErrorKind::Spawn,
+            format!("cannot start: cannot create its {what}"),
+        )
+        .with_service(spec.name())
+        .with_source(e)
+    }
+}
+
+impl Processes for Tier {
+    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned> {
+        let RunKey { id, generation } = plan.run;
+        let spec = plan.spec;
+        let limits = Limits {
+            max_pids: spec.get_max_pids(),
+            max_memory: spec.get_max_memory(),
+        };
+        // A spare cgroup is only for a run without limits: limits and the per-run memory
+        // figures live in cgroups of the run's own.
+        let spare = self.spares.remove(&id);
+        let cgroup = match spare.filter(|_| limits.is_none()) {
+            Some(spare) => spare,
+            None => {
+                if let (Some(spare), Some(cg)) = (spare, &self.cgroups) {
+                    self.dirs.extend(cg.run_dirs(id, spare));
+                }
+                generation
+            }
+        };
+        let prepared = match self
+            .cgroups
+            .as_ref()
+            .map(|c| c.prepare(id, cgroup, limits))
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => return Err(Tier::spawn_error(spec, "cgroup", e)),
+        };
+        let into = prepared.as_ref().map(|p| child::Cgroup {
+            dir: p.dir_fd.as_fd(),
+            procs: &p.procs,
+            join: p.join.iter().map(|f| f.as_fd()).collect(),
+        });
+        let leader = match child::spawn(spec, plan.launch, plan.stdout, plan.stderr, plan.env, into)
+        {
+            Ok(leader) => leader,
+            Err(e) => {
+                // Nothing ran in the run's cgroup: the next attempt may use it.
+                if let Some(cg) = &self.cgroups {
+                    if limits.is_none() {
+                        self.spares.insert(id, cgroup);
+                    } else {
+                        self.dirs.extend(cg.run_dirs(id, cgroup));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let pid = leader.pid();
+        if let Err(e) = self.registry.add(&leader, plan.token) {
+            // Without the exit notification we could not supervise it: end it.
+            log::error!(
+                "service '{}': cannot watch the new process: {e}",
+                spec.name()
+            );
+            let _ = leader.signal_group(Signal::Kill);
+        }
+        if self.subreaper {
+            self.escapees.remember_group(pid);
+        }
+        // The pidfs inode names the process for good; only older kernels need its start
+        // time (one /proc read more on the restart path).
+        let pidfd_ino = leader.inode();
+        let start_ticks = match pidfd_ino {
+            Some(_) => None,
+            None => sys::proc_stat(pid).map(|s| s.start_time),
+        };
+        let memory_limited = limits.max_memory.is_some();
+        let (cgroup_id, cgroup_path, oom_kills_at_start) = match (&self.cgroups, &prepared) {
+            (Some(cg), Some(p)) => (
+                sys::inode_of(&p.dir_fd).ok(),
+                cg.proc_path(id, cgroup),
+                cg.oom_kills(id, cgroup, memory_limited),
+            ),
+            _ => (None, String::new(), 0),
+        };
+        self.runs.insert(
+            plan.run,
+            RunProcs {
+                leader,
+                reaped: false,
+                cgroup: self.cgroups.as_ref().map(|_| cgroup),
+                cgroup_id,
+                cgroup_path,
+                killed: false,
+                limited: !limits.is_none(),
+                memory_limited,
+                oom_kills_at_start,
+                scanned: None,
+            },
+        );
+        Ok(Spawned {
+            pid,
+            pidfd_ino,
+            start_ticks,
+            cgroup: self.cgroups.as_ref().map(|_| cgroup),
+        })
+    }
+
+    fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool {
+        self.runs
+            .get(&run)
+            .filter(|r| !r.reaped)
+            .is_some_and(|r| r.leader.signal_group(signal).is_ok())
+    }
+
+    fn stop(&mut self, run: RunKey, signal: Signal, group_signalled: bool) {
+        let Some(r) = self.runs.get(&run) else {
+            return;
+        };
+        if !r.reaped && !group_signalled {
+            if let Err(e) = r.leader.signal_group(signal) {
+                if !sys::is_gone(&e) {
+                    log::warn!("service id {}: cannot send the stop signal: {e}", run.id);
+                }
+            }
+        }
+        if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
+            // Members of the run's cgroup that left its process group get it too.
+            let pgid = r.leader.pid();
+            for pid in cg.pids(run.id, generation) {
+                if pid != pgid && sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
+                    let _ = sys::signal_pid(pid, signal);
+                }
+            }
+        }
+        if self.subreaper {
+            self.claim();
+        } else if self.cgroups.is_none() {
+            let leader = r.leader.pid();
+            let scanned = self.escapees.find(run, leader);
+            if let Some(r) = self.runs.get_mut(&run) {
+                r.scanned = Some(scanned);
+            }
+        }
+        self.escapees.signal(run, signal);
+    }
+
+    fn kill(&mut self, run: RunKey) {
+        // A sweep has no run of its own: only what it tracks.
+        if let Some(r) = self.runs.get_mut(&run) {
+            let _ = r.leader.signal_group(Signal::Kill);
+            if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
+                r.killed = true;
+                let _ = cg.kill(run.id, generation);
+            }
+        }
+        self.escapees.signal(run, Signal::Kill);
+    }
+
+    fn reap(&mut self, run: RunKey) -> Option<Reaped> {
+        let r = self.runs.get_mut(&run).filter(|r| !r.reaped)?;
+        let reaped = match r.leader.reap() {
+            Ok(Some(reaped)) => reaped,
+            Ok(None) => return None, // spurious readiness
+            Err(e) => {
+                log::error!("service id {}: cannot collect the exit status: {e}", run.id);
+                Reaped {
+                    exit: sys::RawExit::Unknown,
+                    usage: None,
+                }
+            }
+        };
+        r.reaped = true;
+        self.registry.remove(&r.leader);
+        Some(reaped)
+    }
+
+    fn kill_leftovers(&mut self, run: RunKey) -> Leftovers {
+        let in_cgroup = match (&self.cgroups, self.runs.get(&run).and_then(|r| r.cgroup)) {
+            (Some(cg), Some(generation)) => cg.populated(run.id, generation),
+            _ => false,
+        };
+        let escaped = self.subreaper && {
+            self.claim();
+            self.escapees.signal(run, Signal::Kill) > 0
+        };
+        let Some(r) = self.runs.get_mut(&run) else {
+            return Leftovers::None;
+        };
+        let in_group = r.leader.group_has_members();
+        if in_group || in_cgroup || escaped {
+            log::warn!(
+                "service id {}: its main process exited; killing what it left running",
+                run.id
+            );
+            let _ = r.leader.signal_group(Signal::Kill);
+        }
+        if in_cgroup {
+            if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
+                r.killed = true;
+                let _ = cg.kill(run.id, generation);
+            }
+        }
+        // Escaped descendants too: the next run waits until they are gone.
+        match (in_cgroup || escaped, in_group) {
+            (true, _) => Leftovers::Lingering,
+            (false, true) => Leftovers::Killed,
+            (false, false) => Leftovers::None,
+        }
+    }
+
+    fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool {
+        self.claim();
+        if self.escapees.any(run) {
+            return false;
+        }
+        let Some(r) = self.runs.get(&run) else {
+            return true;
+        };
+        let pgid = r.leader.pid();
+        let group_empty =
+            !r.leader.group_has_members() || sys::live_groups(&HashSet::from([pgid])).is_empty();
+        let cgroup_empty = match (&self.cgroups, r.cgroup) {
+            (Some(cg), Some(generation)) => !cg.populated(run.id, generation),
+            _ => true,
+        };
+        if !(group_empty && cgroup_empty) {
+            return false;
+        }
+        match r.scanned {
+            Some(before) if self.groups_only() => !self.escapees.find_late(run, before, signal),
+            _ => true,
+        }
+    }
+
+    fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
+        let Some(r) = self.runs.remove(&run) else {
+            return Ended::default();
+        };
+        if r.reaped {
+            // Already out of the poller.
+        } else {
+            self.registry.remove(&r.leader);
+        }
+        let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) else {
+            return Ended::default();
+        };
+        let ended = Ended {
+            oom_killed: cg.oom_kills(run.id, generation, r.memory_limited) > r.oom_kills_at_start,
+            peak_memory: cg.peak_memory(run.id, generation, r.memory_limited),
+        };
+        // The run's cgroup is empty now. When a restart follows, the next run starts in it
+        // (unless it was killed, or has limits): no `mkdir` on the restart path, no `rmdir`
+        // after. Otherwise it is removed off the supervision thread, as a stop-all of 1000
+        // would leave 1000 for the shutdown to remove one by one.
+        if reuse && !r.killed && !r.limited {
+            self.spares.insert(run.id, generation);
+        } else {
+            self.dirs.extend(cg.run_dirs(run.id, generation));
+        }
+        ended
+    }
+
+    fn speaks_for(&mut self, run: RunKey, sender: &Credentials) -> bool {
+        let Some(r) = self.runs.get(&run) else {
+            return false;
+        };
+        // Pinned: a pid read in /proc names the sender only while the pidfd's process lives.
+        let opened;
+        let pidfd = match &sender.pidfd {
+            Some(fd) => fd,
+            None => match PidFd::open(sender.pid) {
+                Ok(fd) => {
+                    opened = fd;
+                    &opened
+                }
+                Err(_) => return false,
+            },
+        };
+        if let Some(id) = r.cgroup_id {
+            if let Some(cgroup) = pidfd.cgroup_id() {
+                return cgroup == id;
+            }
+            return sys::cgroup_of(sender.pid).is_some_and(|p| p == r.cgroup_path)
+                && pidfd.is_alive();
+        }
+        let Some(stat) = sys::proc_stat(sender.pid) else {
+            return false;
+        };
+        let ours = stat.pgrp == r.leader.pid() || self.escapees.is_marked_for(&stat, run);
+        ours && pidfd.is_alive()
+    }
+
+    fn memory(&mut self, runs: &[RunKey]) -> Vec<u64> {
+        let page = sys::page_size();
+        let groups: HashSet<u32> = runs
+            .iter()
+            .filter_map(|k| self.runs.get(k))
+            .map(|r| r.leader.pid())
+            .collect();
+        let mut rss: HashMap<u32, u64> = HashMap::new();
+        let mut by_pid = HashMap::new();
+        for p in sys::all_processes() {
+            if groups.contains(&p.pgrp) {
+                *rss.entry(p.pgrp).or_default() +=
+                    sys::resident_pages(p.pid).unwrap_or(p.rss_pages) * page;
+            }
+            by_pid.insert(p.pid, p);
+        }
+        runs.iter()
+            .map(|k| {
+                let Some(r) = self.runs.get(k) else {
+                    return 0;
+                };
+                let pgid = r.leader.pid();
+                let mut used = rss.get(&pgid).copied().unwrap_or(0);
+                if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
+                    // Members that left the process group count too.
+                    for pid in cg.pids(k.id, generation) {
+                        if let Some(p) = by_pid.get(&pid).filter(|p| p.pgrp != pgid) {
+                            used += sys::resident_pages(p.pid).unwrap_or(p.rss_pages) * page;
+                        }
+                    }
+                }
+                used
+            })
+            .collect()
+    }
+
+    fn sweep(&mut self, run: RunKey, signal: Signal) -> bool {
+        // Other tiers need none: a cgroup, or the subreaper, ends them with their run.
+        // Generation 0: nothing of it ran in this session (a dead host's leftovers were
+        // reclaimed at `open`).
+        if !self.groups_only() || run.generation == 0 {
+            return false;
+        }
+        match self.escapees.sweep(run, signal) {
+            Some(scanned) => {
+                self.sweeps.insert(run.id, scanned);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn sweep_done(&mut self, run: RunKey, signal: Signal) -> bool {
+        if self.escapees.any(run) {
+            return false;
+        }
+        let Some(&scanned) = self.sweeps.get(&run.id) else {
+            return true;
+        };
+        if self.escapees.find_late(run, scanned, signal) {
+            return false;
+        }
+        self.sweeps.remove(&run.id);
+        true
+    }
+
+    fn on_ready(&mut self, token: u64) -> Option<RunKey> {
+        if token < marked::FIRST_TOKEN {
+            return None;
+        }
+        self.escapees.on_ready(token)
+    }
+
+    fn forget(&mut self, id: u64) {
+        self.spares.remove(&id);
+        self.sweeps.remove(&id);
+        if let Some(cg) = &self.cgroups {
+            cg.remove_service(Some(id));
+        }
+    }
+
+    fn take_dirs(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.dirs)
+    }
+
+    fn end_turn(&mut self) {
+        self.escapees.end_turn();
+    }
+
+    fn reclaim(&mut self, store: &mut Store) -> Result<Vec<(u64, Vec<u32>)>> {
+        reclaim::reclaim(store, self.cgroups.as_ref(), &self.run_key, KILL_GRACE)
+    }
+
+    fn session_stored(&mut self, id: i64) {
+        self.escapees.session_stored(id);
+    }
+
+    fn finish(&mut self) {
+        self.claim();
+        self.escapees.reap_all(KILL_GRACE);
+        self.cgroups = None;
+    }
+}

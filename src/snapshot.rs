@@ -1,0 +1,95 @@
+//! What the supervision thread publishes for the API to read without asking it: a snapshot
+//! of every service, updated at the end of each loop turn, and the event hub.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Hub;
+use crate::info::ServiceInfo;
+use crate::logs::reader::Activity;
+use parking_lot::{Condvar, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Shared by the handle and the supervision thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) table: Mutex<Table>,
+    /// Notified whenever the table changes.
+    pub(crate) changed: Condvar,
+    pub(crate) hub: Arc<Hub>,
+    /// Wakes log followers when the pump has written something.
+    pub(crate) activity: Arc<Activity>,
+    /// What `open` found left running by a dead previous host and killed: (service, pids).
+    pub(crate) reclaimed: Mutex<Vec<(String, Vec<u32>)>>,
+}
+
+/// The services as last published.
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) services: BTreeMap<u64, ServiceInfo>,
+    /// The supervision thread has ended.
+    pub(crate) shut_down: bool,
+}
+
+impl Table {
+    /// Resolves a target (a name, a numeric id, or `all`) to ids.
+    pub(crate) fn resolve(&self, target: &str) -> Result<Vec<u64>> {
+        resolve(target, self.services.iter().map(|(id, s)| (*id, s.name())))
+    }
+}
+
+/// Resolves a target among `services` (id, name): `all` is every one; a number is an id;
+/// anything else a name.
+pub(crate) fn resolve<'a>(
+    target: &str,
+    services: impl Iterator<Item = (u64, &'a str)>,
+) -> Result<Vec<u64>> {
+    if target == "all" {
+        return Ok(services.map(|(id, _)| id).collect());
+    }
+    let by_id = (!target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| target.parse::<u64>().ok())
+        .flatten();
+    for (id, name) in services {
+        if Some(id) == by_id || (by_id.is_none() && name == target) {
+            return Ok(vec![id]);
+        }
+    }
+    Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
+}
+
+/// Refuses `all` where one service is meant.
+pub(crate) fn one_service(target: &str, what: &str) -> Result<()> {
+    if target == "all" {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what} takes one service, not all"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_resolve_by_name_id_or_all() {
+        let services = || [(3, "web"), (7, "12")].into_iter();
+        assert_eq!(resolve("web", services()).unwrap(), [3]);
+        assert_eq!(resolve("7", services()).unwrap(), [7]);
+        assert_eq!(resolve("all", services()).unwrap(), [3, 7]);
+        // A name made of digits is found by id only: "12" is no id here.
+        assert_eq!(
+            resolve("12", services()).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            resolve("db", services()).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            one_service("all", "describe").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+}

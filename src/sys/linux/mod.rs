@@ -1,0 +1,23 @@
+//! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
+//! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
+//! directory. One file per kernel facility.
+
+mod fs;
+mod hook;
+mod notify;
+mod pidfd;
+mod poll;
+mod process;
+mod procfs;
+mod signal;
+mod spawn;
+
+pub(crate) use fs::*;
+pub(crate) use hook::*;
+pub(crate) use notify::*;
+pub(crate) use pidfd::*;
+pub(crate) use poll::*;
+pub(crate) use process::*;
+pub(crate) use procfs::*;
+pub(crate) use signal::*;
+pub(crate) use spawn::*;

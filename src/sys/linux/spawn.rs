@@ -1,0 +1,547 @@
+//! Spawning a child: `clone3` (or `clone`) with `CLONE_VM | CLONE_VFORK | CLONE_PIDFD`, as
+//! `posix_spawn` does, straight into its cgroup, with the child's side made clean before exec.
+
+use super::pidfd::PidFd;
+use libc::{c_char, c_int, c_void};
+use rustix::process::WaitIdOptions;
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Everything a child needs, prepared by the parent: the child may not allocate.
+pub(crate) struct SpawnRequest<'a> {
+    /// An absolute path.
+    pub(crate) program: &'a Path,
+    /// `argv[0]` followed by the arguments.
+    pub(crate) argv: &'a [&'a CStr],
+    /// The complete environment, `key=value` each.
+    pub(crate) env: &'a [&'a CStr],
+    pub(crate) cwd: Option<&'a Path>,
+    pub(crate) stdout: BorrowedFd<'a>,
+    pub(crate) stderr: BorrowedFd<'a>,
+    /// The cgroup the child starts in: its directory (for `CLONE_INTO_CGROUP`) and its
+    /// `cgroup.procs` (for kernels without it, where the child joins before exec).
+    pub(crate) cgroup: Option<(BorrowedFd<'a>, &'a Path)>,
+    /// `cgroup.procs` files (opened for writing) of further cgroups the child joins before
+    /// exec: the v1 hierarchies of its limits. At most two.
+    pub(crate) join: Vec<BorrowedFd<'a>>,
+    /// What the child is to the host: a service (its own process group, killed when the
+    /// spawning thread ends), or a process that must outlive the host (a session of its own,
+    /// no parent-death signal).
+    pub(crate) kind: ChildKind,
+    /// Fds the child keeps across exec, as 3, 4, … in this order. At most four.
+    pub(crate) keep: &'a [BorrowedFd<'a>],
+}
+
+/// See [`SpawnRequest::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChildKind {
+    /// Leads a new process group; `PR_SET_PDEATHSIG(SIGKILL)`.
+    Service,
+    /// Leads a new session (so a signal to the host's group or a hang-up of its terminal
+    /// does not reach it); no parent-death signal.
+    Detached,
+}
+
+/// What the child reads (and, on failure, writes) in the memory it shares with the parent.
+#[repr(C)]
+struct ChildArgs {
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    cwd: *const c_char,
+    cgroup_procs: *const c_char,
+    join: [c_int; 2],
+    stdin: c_int,
+    stdout: c_int,
+    stderr: c_int,
+    parent: libc::pid_t,
+    detached: c_int,
+    keep: [c_int; 4],
+    keep_len: c_int,
+    /// The step that failed and its errno; 0 while all goes well.
+    failed_step: c_int,
+    errno: c_int,
+}
+
+const STEP_SETPGID: c_int = 1;
+const STEP_DUP2: c_int = 2;
+const STEP_CHDIR: c_int = 3;
+const STEP_PDEATHSIG: c_int = 4;
+const STEP_EXEC: c_int = 5;
+const STEP_CGROUP: c_int = 6;
+const STEP_KEEP: c_int = 7;
+
+thread_local! {
+    /// The spawning thread's child stack, between spawns.
+    static CHILD_STACKS: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+}
+
+/// `/dev/null`, opened once (close-on-exec): every child's stdin, and a probe's output.
+pub(crate) fn devnull() -> io::Result<BorrowedFd<'static>> {
+    static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEVNULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = OwnedFd::from(std::fs::File::open("/dev/null")?);
+    Ok(DEVNULL.get_or_init(|| fd).as_fd())
+}
+
+/// The stack the child runs on until it execs. It calls a dozen syscalls and nothing else.
+const CHILD_STACK: usize = 64 * 1024;
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte in spawn argument"))
+}
+
+/// Spawns a child as the leader of a new process group (or session) and returns it, held by
+/// its pidfd.
+///
+/// The child shares the parent's memory until it execs (`clone` with `CLONE_VM | CLONE_VFORK`,
+/// as `posix_spawn` does), so the cost does not grow with the host's memory, unlike `fork`.
+/// Before exec it:
+/// - resets every signal disposition to the default and unblocks every signal (std resets
+///   only the mask and SIGPIPE, so a host that ignores SIGTERM would otherwise make every
+///   service ignore it);
+/// - takes /dev/null as stdin and the given files as stdout and stderr;
+/// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
+///   inherited some);
+/// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
+///   from a long-lived thread: the supervision thread, a probe worker), and exits if the
+///   host died before that.
+///
+/// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
+pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
+    let path = cstring(req.program.as_os_str())?;
+    let argv_ptrs: Vec<*const c_char> = req
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let env_ptrs: Vec<*const c_char> = req
+        .env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let cwd = req.cwd.map(|c| cstring(c.as_os_str())).transpose()?;
+    let cgroup_procs = req
+        .cgroup
+        .map(|(_, procs)| cstring(procs.as_os_str()))
+        .transpose()?;
+    let devnull = devnull()?;
+    if req.join.len() > 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than two cgroups to join",
+        ));
+    }
+    let mut join = [-1; 2];
+    for (slot, fd) in join.iter_mut().zip(&req.join) {
+        *slot = fd.as_raw_fd();
+    }
+    if req.keep.len() > 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than four fds to keep",
+        ));
+    }
+    let mut keep = [-1; 4];
+    for (slot, fd) in keep.iter_mut().zip(req.keep) {
+        *slot = fd.as_raw_fd();
+    }
+
+    let mut args = ChildArgs {
+        path: path.as_ptr(),
+        argv: argv_ptrs.as_ptr(),
+        envp: env_ptrs.as_ptr(),
+        cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        cgroup_procs: cgroup_procs
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
+        join,
+        stdin: devnull.as_raw_fd(),
+        stdout: req.stdout.as_raw_fd(),
+        stderr: req.stderr.as_raw_fd(),
+        parent: rustix::process::getpid().as_raw_nonzero().get(),
+        detached: c_int::from(req.kind == ChildKind::Detached),
+        keep,
+        keep_len: req.keep.len() as c_int,
+        failed_step: 0,
+        errno: 0,
+    };
+    // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
+    let mut stack = CHILD_STACKS
+        .with(|s| s.take())
+        .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
+    let mut pidfd: c_int = -1;
+
+    // SAFETY: `stack` outlives the child's use of it: with CLONE_VFORK this thread is suspended
+    // until the child has exec'd or exited, and only then is `stack` put back for the next
+    // spawn and do `args` and the strings they point to go out of scope. `child_main` receives a pointer to `args`, which stays
+    // valid for the same reason. The stack grows down, so the child gets its (16-byte
+    // aligned) end. Every signal is blocked around the clone, so no host signal handler runs on
+    // the child's stack before the child resets the dispositions; the old mask is restored
+    // right after.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let top = stack.as_mut_ptr().add(CHILD_STACK);
+        let top = top.sub(top as usize % 16);
+        let arg: *mut c_void = (&mut args as *mut ChildArgs).cast();
+        // Straight into the service's cgroup with clone3 where we can: joining it later
+        // (writing cgroup.procs) waits for an RCU grace period, milliseconds per spawn.
+        let mut pid = -1;
+        let mut clone_error = io::Error::from_raw_os_error(libc::ENOSYS);
+        if let Some((dir, _)) = req.cgroup {
+            let mut cl = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                    | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: stack.as_mut_ptr() as u64,
+                stack_size: (top as usize - stack.as_mut_ptr() as usize) as u64,
+                cgroup: dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // The child must not join again once it starts inside.
+            let procs = std::mem::replace(&mut args.cgroup_procs, std::ptr::null());
+            let rc = clone3_vfork(&mut cl, child_main, arg);
+            if rc >= 0 {
+                pid = rc as c_int;
+            } else {
+                args.cgroup_procs = procs;
+                clone_error = io::Error::from_raw_os_error(-rc as i32);
+            }
+        }
+        let fall_back = matches!(
+            clone_error.raw_os_error(),
+            Some(libc::ENOSYS) | Some(libc::E2BIG) | Some(libc::EINVAL)
+        );
+        if pid < 0 && fall_back {
+            pid = libc::clone(
+                child_main,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                arg,
+                &mut pidfd as *mut c_int,
+                std::ptr::null_mut::<c_void>(),
+                std::ptr::null_mut::<libc::pid_t>(),
+            );
+            clone_error = io::Error::last_os_error();
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(clone_error);
+        }
+        pid
+    };
+    // SAFETY: CLONE_PIDFD stored a new fd (O_CLOEXEC) that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // The child has exec'd or exited; `args` is ours again.
+    let (failed_step, errno) = unsafe {
+        // SAFETY: the child no longer runs in this memory; volatile reads because the compiler
+        // cannot see the child's writes.
+        (
+            std::ptr::read_volatile(&args.failed_step),
+            std::ptr::read_volatile(&args.errno),
+        )
+    };
+    if failed_step != 0 {
+        // It exited with 127; collect it so no zombie stays behind.
+        let _ = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED,
+        );
+        let err = io::Error::from_raw_os_error(errno);
+        let what = match failed_step {
+            STEP_SETPGID => "setpgid",
+            STEP_DUP2 => "dup2",
+            STEP_CHDIR => "chdir",
+            STEP_PDEATHSIG => "prctl",
+            STEP_CGROUP => "joining its cgroup",
+            STEP_KEEP => "passing fds",
+            _ => return Err(err),
+        };
+        return Err(io::Error::new(
+            err.kind(),
+            format!("{what} in the new process: {err}"),
+        ));
+    }
+    CHILD_STACKS.with(|s| s.set(Some(stack)));
+    Ok(PidFd::from_child(pidfd, pid as u32))
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of clone3(2), version 2 (with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// clone3 with `CLONE_VM | CLONE_VFORK` and a stack of its own: the child starts on that
+/// stack and calls `child(arg)`, which must exec or exit (if it returns, the child exits
+/// with its value). Returns the child's pid, or a negative errno. The calling thread is
+/// suspended until the child execs or exits. glibc has no wrapper for clone3 that runs a
+/// function on a new stack, so the syscall is made here, as glibc's own clone does it.
+///
+/// # Safety
+///
+/// `args` must describe a valid, 16-byte aligned stack that outlives the child's use of it
+/// (guaranteed by CLONE_VFORK when the stack lives until this returns), and `child` must
+/// follow the rules of [`child_main`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    child: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the parent side is a plain syscall (rcx and r11 are clobbered by it). The child
+    // side runs on the new stack (rsp = stack + stack_size, 16-byte aligned, so the `call`
+    // leaves the callee the alignment the ABI wants); r12 and r13 survive the syscall into
+    // the child, which calls `child(arg)` and exits with its value, never returning here.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") child as usize,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret
+}
+
+/// See the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    child: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: as on x86_64; x19 and x20 survive the syscall into the child, whose sp is the
+    // new stack's (16-byte aligned) top.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x0, x20",
+            "blr x19",
+            "mov x8, 93",
+            "svc 0",
+            "udf 0",
+            "2:",
+            in("x8") libc::SYS_clone3,
+            inlateout("x0") args as *mut CloneArgs as i64 => ret,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x19") child as usize,
+            in("x20") arg,
+            clobber_abi("C"),
+        );
+    }
+    ret
+}
+
+/// Other architectures: no clone3 here; the caller falls back to clone and cgroup.procs.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3_vfork(
+    _: &mut CloneArgs,
+    _: extern "C" fn(*mut c_void) -> c_int,
+    _: *mut c_void,
+) -> i64 {
+    -(libc::ENOSYS as i64)
+}
+
+/// The child side of [`spawn`], on its own stack in the parent's memory, until exec.
+///
+/// It may call only raw syscalls: no allocation, no lock, no unwinding (a panic here would
+/// abort, being `extern "C"`, and nothing here can panic).
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `spawn` passes a valid, exclusive `ChildArgs` and is suspended until we exec or
+    // exit. The syscalls below take pointers into memory `spawn` keeps alive.
+    unsafe {
+        let a = &mut *(arg as *mut ChildArgs);
+        // Default dispositions (a zeroed kernel sigaction is SIG_DFL), then an empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<c_void>(),
+                    8,
+                );
+            }
+        }
+        let empty = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<c_void>(),
+            8,
+        );
+        let fail = |a: &mut ChildArgs, step: c_int| -> ! {
+            a.errno = *libc::__errno_location();
+            a.failed_step = step;
+            libc::_exit(127)
+        };
+        if a.detached != 0 {
+            if libc::setsid() < 0 {
+                fail(a, STEP_SETPGID);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
+            fail(a, STEP_SETPGID);
+        }
+        if !a.cgroup_procs.is_null() {
+            // Join the service's cgroup before anything of the service runs.
+            let fd = libc::open(a.cgroup_procs, libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(a, STEP_CGROUP);
+            }
+            libc::close(fd);
+        }
+        for fd in a.join {
+            if fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(a, STEP_CGROUP);
+            }
+        }
+        for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
+            if from == to {
+                if libc::fcntl(to, libc::F_SETFD, 0) != 0 {
+                    fail(a, STEP_DUP2);
+                }
+            } else if libc::dup2(from, to) != to {
+                fail(a, STEP_DUP2);
+            }
+        }
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a, STEP_CHDIR);
+        }
+        // Ignore failure: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC; the child then keeps
+        // what the host leaked, as with std alone.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        // Fds to keep go to 3, 4, …: first each to a number above those (so none is
+        // overwritten before it is moved), then into place, where dup2 clears close-on-exec.
+        let n = a.keep_len as usize;
+        for i in 0..n {
+            let high = libc::fcntl(a.keep[i], libc::F_DUPFD_CLOEXEC, 3 + n as c_int);
+            if high < 0 {
+                fail(a, STEP_KEEP);
+            }
+            a.keep[i] = high;
+        }
+        for i in 0..n {
+            if libc::dup2(a.keep[i], 3 + i as c_int) < 0 {
+                fail(a, STEP_KEEP);
+            }
+        }
+        if a.detached != 0 {
+            libc::execve(a.path, a.argv, a.envp);
+            fail(a, STEP_EXEC)
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            fail(a, STEP_PDEATHSIG);
+        }
+        // The host may have died between clone and prctl: then nobody will send the signal.
+        if libc::getppid() != a.parent {
+            libc::_exit(1);
+        }
+        libc::execve(a.path, a.argv, a.envp);
+        fail(a, STEP_EXEC)
+    }
+}
+
+/// The size asked for a child's output pipe.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// A pipe for a child's output: both ends close-on-exec (the child's `dup2` onto 1 or 2 clears
+/// it there). The reader makes its end ready with [`tune_read_end`], off the spawn path.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok((read, write))
+}
+
+/// Makes the read end of an output pipe non-blocking, and the pipe larger: a fast writer then
+/// runs ahead of the pump instead of waiting on it every 64 KiB. The size is best effort:
+/// unprivileged users have a per-user budget for pipe memory.
+pub(crate) fn tune_read_end(read: &OwnedFd) -> io::Result<()> {
+    rustix::fs::fcntl_setfl(read, rustix::fs::OFlags::NONBLOCK)?;
+    let _ = rustix::pipe::fcntl_setpipe_size(read, PIPE_SIZE);
+    Ok(())
+}
+
+/// Why an `execve` failed, in the terms a user can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExecFailure {
+    /// `ENOENT` for a program that exists: its interpreter (`#!`) is missing.
+    NoInterpreter,
+    /// `ENOEXEC`: not an executable format.
+    NotExecutable,
+    PermissionDenied,
+    /// `E2BIG`: the argument list or environment is too long.
+    TooBig,
+    TooManyFiles,
+    ProcessLimit,
+    OutOfMemory,
+    Other,
+}
+
+/// Classifies an error [`spawn`] returned.
+pub(crate) fn exec_failure(e: &io::Error) -> ExecFailure {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => ExecFailure::NoInterpreter,
+        Some(libc::ENOEXEC) => ExecFailure::NotExecutable,
+        Some(libc::EACCES) => ExecFailure::PermissionDenied,
+        Some(libc::E2BIG) => ExecFailure::TooBig,
+        Some(libc::EMFILE) | Some(libc::ENFILE) => ExecFailure::TooManyFiles,
+        Some(libc::EAGAIN) => ExecFailure::ProcessLimit,
+        Some(libc::ENOMEM) => ExecFailure::OutOfMemory,
+        _ => ExecFailure::Other,
+    }
+}
