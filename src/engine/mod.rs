@@ -33,6 +33,9 @@ mod pending;
 mod service;
 mod timers;
 
+#[cfg(test)]
+mod tests;
+
 pub(crate) use inbox::Request;
 
 use crate::containment::{RunKey, Tier};

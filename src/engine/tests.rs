@@ -1,0 +1,774 @@
+//! The state machine without a process: the engine driven turn by turn with a fake clock, a
+//! fake containment tier (whose "processes" exit when a test says so), a fake log pump and
+//! probe pool that record what they are asked, and the in-memory store. Each test walks one
+//! transition (or a race between two requests) and checks the state, the replies, the
+//! events, the timers and what was asked of the processes.
+
+use super::io::{Identity, Io, Outputs, Owner, Probes};
+use super::service::State;
+use super::{Engine, Inbox, Request};
+use crate::containment::marker::Session;
+use crate::containment::{Ended, Leftovers, Plan, Processes, RunKey, Spawned};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::Event;
+use crate::info::{ServiceInfo, Status};
+use crate::logs::{self, RunOutput};
+use crate::policy::{Backoff, RestartPolicy};
+use crate::probe;
+use crate::readiness::{Condition, Ready};
+use crate::signal::Signal;
+use crate::snapshot::Shared;
+use crate::spec::ServiceSpec;
+use crate::store::Store;
+use crate::sys::{Credentials, Poller, RawExit, Reaped};
+use crossbeam_channel::{Receiver, Sender};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the fake tier was asked, and what its processes do.
+#[derive(Default)]
+struct Procs {
+    next_pid: u32,
+    /// Spawned and not reaped, with their pids.
+    live: BTreeMap<RunKey, u32>,
+    /// Exited, waiting to be reaped.
+    exited: HashMap<RunKey, RawExit>,
+    /// Runs with something left after their main process exited.
+    lingering: HashSet<RunKey>,
+    /// What the next `kill_leftovers` finds.
+    leftovers: Option<Leftovers>,
+    /// Signals sent: (run, signal, to the group only).
+    signals: Vec<(RunKey, Signal)>,
+    killed: Vec<RunKey>,
+    /// The next spawn fails with this.
+    fail_spawn: Option<Error>,
+    /// Runs over: (run, kept its container for the next).
+    ended: Vec<(RunKey, bool)>,
+    /// Services with leftovers a sweep finds; a sweep is done once its service is removed.
+    sweepable: HashSet<u64>,
+    forgotten: Vec<u64>,
+}
+
+struct FakeProcs(Rc<RefCell<Procs>>);
+
+impl Processes for FakeProcs {
+    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned> {
+        let mut p = self.0.borrow_mut();
+        if let Some(e) = p.fail_spawn.take() {
+            return Err(e);
+        }
+        p.next_pid += 1;
+        let pid = 1000 + p.next_pid;
+        p.live.insert(plan.run, pid);
+        Ok(Spawned {
+            pid,
+            pidfd_ino: Some(u64::from(pid)),
+            start_ticks: None,
+            cgroup: None,
+        })
+    }
+    fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool {
+        let mut p = self.0.borrow_mut();
+        p.signals.push((run, signal));
+        p.live.contains_key(&run)
+    }
+    fn stop(&mut self, run: RunKey, signal: Signal, group_signalled: bool) {
+        if !group_signalled {
+            self.0.borrow_mut().signals.push((run, signal));
+        }
+    }
+    fn kill(&mut self, run: RunKey) {
+        self.0.borrow_mut().killed.push(run);
+    }
+    fn reap(&mut self, run: RunKey) -> Option<Reaped> {
+        let mut p = self.0.borrow_mut();
+        let exit = p.exited.remove(&run)?;
+        p.live.remove(&run);
+        Some(Reaped { exit, usage: None })
+    }
+    fn kill_leftovers(&mut self, _: RunKey) -> Leftovers {
+        self.0
+            .borrow_mut()
+            .leftovers
+            .take()
+            .unwrap_or(Leftovers::None)
+    }
+    fn is_empty(&mut self, run: RunKey, _: Signal) -> bool {
+        !self.0.borrow().lingering.contains(&run)
+    }
+    fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
+        self.0.borrow_mut().ended.push((run, reuse));
+        Ended::default()
+    }
+    fn speaks_for(&mut self, _: RunKey, _: &Credentials) -> bool {
+        false
+    }
+    fn memory(&mut self, runs: &[RunKey]) -> Vec<u64> {
+        vec![0; runs.len()]
+    }
+    fn sweep(&mut self, run: RunKey, _: Signal) -> bool {
+        self.0.borrow().sweepable.contains(&run.id)
+    }
+    fn sweep_done(&mut self, run: RunKey, _: Signal) -> bool {
+        !self.0.borrow().sweepable.contains(&run.id)
+    }
+    fn on_ready(&mut self, _: u64) -> Option<RunKey> {
+        None
+    }
+    fn forget(&mut self, id: u64) {
+        self.0.borrow_mut().forgotten.push(id);
+    }
+    fn take_dirs(&mut self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    fn end_turn(&mut self) {}
+    fn reclaim(&mut self, _: &mut Store) -> Result<Vec<(u64, Vec<u32>)>> {
+        Ok(Vec::new())
+    }
+    fn session_stored(&mut self, _: i64) {}
+    fn finish(&mut self) {}
+}
+
+/// What the fake pump was asked.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    Attach(u64, u64),
+    Detach(u64, u64),
+    Forget(u64),
+}
+
+struct FakeOutputs(Rc<RefCell<Vec<Asked>>>);
+
+impl Outputs for FakeOutputs {
+    fn attach(&mut self, output: RunOutput) {
+        self.0
+            .borrow_mut()
+            .push(Asked::Attach(output.id, output.generation));
+    }
+    fn detach(&mut self, id: u64, generation: u64) {
+        self.0.borrow_mut().push(Asked::Detach(id, generation));
+    }
+    fn forget(&mut self, id: u64, _: Arc<str>) {
+        self.0.borrow_mut().push(Asked::Forget(id));
+    }
+    fn remove_dirs(&mut self, _: Vec<PathBuf>) {}
+    fn wake(&mut self) {}
+    fn shutdown(&mut self) {}
+}
+
+struct FakeProbes(Rc<RefCell<Vec<probe::Job>>>);
+
+impl Probes for FakeProbes {
+    fn submit(&mut self, job: probe::Job) {
+        self.0.borrow_mut().push(job);
+    }
+}
+
+/// An engine with fakes around it, driven by hand.
+struct Bench {
+    engine: Engine,
+    procs: Rc<RefCell<Procs>>,
+    outputs: Rc<RefCell<Vec<Asked>>>,
+    probes: Rc<RefCell<Vec<probe::Job>>>,
+    requests: Sender<Request>,
+    logs: Sender<logs::Report>,
+    probe_reports: Sender<probe::Report>,
+    events: crate::events::Events,
+    now: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::state_dir::StateDir::open(&dir.path().join("state"), false).unwrap();
+        let poller = Poller::new(16).unwrap();
+        let procs = Rc::new(RefCell::new(Procs::default()));
+        let outputs = Rc::new(RefCell::new(Vec::new()));
+        let probes = Rc::new(RefCell::new(Vec::new()));
+        let identity = Identity {
+            run_key: "key".into(),
+            session: Session::begin(false).unwrap(),
+            uid: 0,
+            boot_id: "boot".into(),
+        };
+        let io = Io::new(
+            Box::new(FakeProcs(procs.clone())),
+            Box::new(FakeOutputs(outputs.clone())),
+            Box::new(FakeProbes(probes.clone())),
+            Store::open_in_memory().unwrap(),
+            poller.registry(),
+            identity,
+            Duration::from_secs(1),
+            7,
+        );
+        let (requests, requests_rx) = crossbeam_channel::unbounded();
+        let (logs, logs_rx) = crossbeam_channel::unbounded();
+        let (probe_reports, probes_rx) = crossbeam_channel::unbounded();
+        let inbox = Inbox {
+            requests: requests_rx,
+            logs: logs_rx,
+            probes: probes_rx,
+        };
+        let shared = Arc::new(Shared::default());
+        let events = shared.hub.subscribe();
+        let mut engine = Engine::assemble(io, poller, inbox, shared, state);
+        engine.init().unwrap();
+        Bench {
+            engine,
+            procs,
+            outputs,
+            probes,
+            requests,
+            logs,
+            probe_reports,
+            events,
+            now: Instant::now(),
+            _dir: dir,
+        }
+    }
+
+    fn turn(&mut self) {
+        self.engine.turn(&[], self.now);
+    }
+
+    /// Moves the clock on and runs a turn (the timers due by then fire).
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.turn();
+    }
+
+    fn id(&self, name: &str) -> u64 {
+        self.engine
+            .services
+            .values()
+            .find(|s| s.spec.name() == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+            .id
+    }
+
+    fn status(&self, name: &str) -> Status {
+        self.engine.services[&self.id(name)].status()
+    }
+
+    fn generation(&self, name: &str) -> u64 {
+        self.engine.services[&self.id(name)].generation
+    }
+
+    fn key(&self, name: &str) -> RunKey {
+        self.engine.services[&self.id(name)].key()
+    }
+
+    fn start(&mut self, spec: ServiceSpec) -> Receiver<Result<ServiceInfo>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(Request::Start {
+                spec: Box::new(spec),
+                reply,
+            })
+            .unwrap();
+        self.turn();
+        rx
+    }
+
+    fn call(
+        &mut self,
+        make: impl FnOnce(Sender<Result<usize>>) -> Request,
+    ) -> Receiver<Result<usize>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.requests.send(make(reply)).unwrap();
+        self.turn();
+        rx
+    }
+
+    fn stop(&mut self, target: &str) -> Receiver<Result<usize>> {
+        let target = target.to_string();
+        self.call(|reply| Request::Stop { target, reply })
+    }
+
+    fn restart(&mut self, target: &str) -> Receiver<Result<usize>> {
+        let target = target.to_string();
+        self.call(|reply| Request::Restart { target, reply })
+    }
+
+    fn delete(&mut self, target: &str) -> Receiver<Result<usize>> {
+        let target = target.to_string();
+        self.call(|reply| Request::Delete { target, reply })
+    }
+
+    /// The run's main process exits with `exit`; its pidfd fires.
+    fn exit(&mut self, name: &str, exit: RawExit) {
+        let id = self.id(name);
+        let key = self.key(name);
+        self.procs.borrow_mut().exited.insert(key, exit);
+        let token = self
+            .engine
+            .io
+            .tokens
+            .iter()
+            .find(|(_, o)| **o == Owner::Leader(id))
+            .map(|(t, _)| *t)
+            .expect("a live run has its token");
+        self.engine.turn(&[token], self.now);
+    }
+
+    /// The pump read the output of the run of `generation` to its end.
+    fn drained(&mut self, name: &str, generation: u64) {
+        let id = self.id(name);
+        self.logs
+            .send(logs::Report::Drained {
+                id,
+                generation,
+                tail: Some(logs::RunTail {
+                    stdout: b"last words\n".to_vec(),
+                    stderr: Vec::new(),
+                }),
+            })
+            .unwrap();
+        self.turn();
+    }
+
+    fn events(&self) -> Vec<Event> {
+        std::iter::from_fn(|| self.events.try_recv()).collect()
+    }
+
+    fn runs_recorded(&mut self, name: &str) -> Vec<crate::history::Run> {
+        let id = self.id(name);
+        self.engine.io.store.flush();
+        self.engine.io.store.runs(id, 100).unwrap()
+    }
+}
+
+fn spec(name: &str) -> ServiceSpec {
+    ServiceSpec::new(name, "/bin/true")
+}
+
+fn crasher(name: &str, backoff: Backoff) -> ServiceSpec {
+    spec(name).restart(RestartPolicy::always().backoff(backoff))
+}
+
+fn answered<T: std::fmt::Debug>(rx: &Receiver<Result<T>>) -> Result<T> {
+    rx.try_recv().expect("the call was answered")
+}
+
+fn unanswered<T: std::fmt::Debug>(rx: &Receiver<Result<T>>, what: &str) {
+    assert!(rx.try_recv().is_err(), "{what} was answered too early");
+}
+
+#[test]
+fn a_start_spawns_and_a_ready_run_is_online() {
+    let mut b = Bench::new();
+    let reply = b.start(spec("web"));
+    let info = answered(&reply).expect("started");
+    assert_eq!(info.status(), Status::Online, "ready at once by default");
+    assert_eq!(b.generation("web"), 1);
+    assert!(
+        matches!(&b.outputs.borrow()[..], [Asked::Attach(_, 1)]),
+        "its output goes to the pump"
+    );
+    let events = b.events();
+    assert!(matches!(events[0], Event::Started { .. }), "{events:?}");
+    assert!(matches!(events[1], Event::Ready { .. }), "{events:?}");
+    assert_eq!(
+        b.runs_recorded("web").len(),
+        1,
+        "the run is recorded at once"
+    );
+}
+
+#[test]
+fn a_crash_backs_off_then_restarts_and_the_record_waits_for_the_drain() {
+    let mut b = Bench::new();
+    b.start(crasher("c", Backoff::fixed(Duration::from_secs(2))));
+    b.exit("c", RawExit::Code(1));
+    assert_eq!(
+        b.status("c"),
+        Status::Online,
+        "until its output is drained, the run is not over"
+    );
+    assert!(b.outputs.borrow().contains(&Asked::Detach(b.id("c"), 1)));
+    b.drained("c", 1);
+    assert_eq!(b.status("c"), Status::Backoff, "then the policy's backoff");
+    let runs = b.runs_recorded("c");
+    assert_eq!(runs[0].code(), Some(1), "recorded with its exit");
+    assert_eq!(runs[0].last_stdout(), "last words\n", "and its last output");
+    b.advance(Duration::from_millis(1999));
+    assert_eq!(b.status("c"), Status::Backoff, "not before the delay");
+    b.advance(Duration::from_millis(1));
+    assert_eq!(b.status("c"), Status::Online, "restarted when it is due");
+    assert_eq!(b.generation("c"), 2);
+    assert_eq!(b.engine.services[&b.id("c")].restarts, 1);
+}
+
+#[test]
+fn an_immediate_restart_does_not_wait_for_the_drain_and_records_the_run_after() {
+    let mut b = Bench::new();
+    b.start(crasher("c", Backoff::none()));
+    b.exit("c", RawExit::Signal(9));
+    assert_eq!(b.generation("c"), 2, "respawned in the same turn");
+    assert_eq!(b.status("c"), Status::Online);
+    let before = b.runs_recorded("c");
+    assert!(
+        before.iter().all(|r| r.ended_at().is_none()),
+        "the old run's record waits for its last lines"
+    );
+    b.drained("c", 1);
+    let runs = b.runs_recorded("c");
+    let old = runs.iter().find(|r| r.generation() == 1).unwrap();
+    assert_eq!(old.signal(), Some(9));
+    assert_eq!(old.last_stdout(), "last words\n");
+}
+
+#[test]
+fn a_stop_signals_then_kills_at_the_deadline_and_settles_once_drained() {
+    let mut b = Bench::new();
+    b.start(spec("s").stop_timeout(Duration::from_secs(3)));
+    let key = b.key("s");
+    let reply = b.stop("s");
+    assert_eq!(b.status("s"), Status::Stopping);
+    assert_eq!(b.procs.borrow().signals, [(key, Signal::Term)]);
+    unanswered(&reply, "the stop");
+    b.advance(Duration::from_secs(3));
+    assert_eq!(
+        b.procs.borrow().killed,
+        [key],
+        "SIGKILL at the stop timeout"
+    );
+    b.exit("s", RawExit::Signal(9));
+    unanswered(&reply, "the stop before the drain");
+    b.drained("s", 1);
+    assert_eq!(answered(&reply).unwrap(), 1);
+    assert_eq!(b.status("s"), Status::Stopped);
+    assert_eq!(b.procs.borrow().ended, [(key, false)], "its container goes");
+    let runs = b.runs_recorded("s");
+    assert_eq!(runs[0].cause(), Some(crate::history::Cause::Stopped));
+    assert!(
+        runs[0].decision().is_none(),
+        "no policy decision for a stop"
+    );
+}
+
+#[test]
+fn a_stop_overtaken_by_a_start_returns_once_its_run_is_over() {
+    let mut b = Bench::new();
+    b.start(spec("r"));
+    let stopping = b.stop("r");
+    let starting = b.start(spec("r"));
+    unanswered(&stopping, "the stop");
+    unanswered(&starting, "the start");
+    b.exit("r", RawExit::Code(0));
+    b.drained("r", 1);
+    assert_eq!(answered(&stopping).unwrap(), 1, "the stop returned");
+    assert_eq!(answered(&starting).unwrap().status(), Status::Online);
+    assert_eq!(b.generation("r"), 2, "the start's new run");
+    let key = b.key("r");
+    assert_eq!(
+        b.procs.borrow().ended,
+        [(
+            RunKey {
+                generation: 1,
+                ..key
+            },
+            true
+        )],
+        "the old run's container is kept for the new one"
+    );
+}
+
+#[test]
+fn a_restart_overtaken_by_a_stop_ends_stopped() {
+    let mut b = Bench::new();
+    b.start(spec("r"));
+    let restarting = b.restart("r");
+    let stopping = b.stop("r");
+    b.exit("r", RawExit::Code(0));
+    b.drained("r", 1);
+    assert_eq!(answered(&restarting).unwrap(), 1);
+    assert_eq!(answered(&stopping).unwrap(), 1);
+    assert_eq!(b.status("r"), Status::Stopped, "the later call won");
+}
+
+#[test]
+fn a_start_with_a_changed_spec_overtaken_by_a_delete_gets_not_found() {
+    let mut b = Bench::new();
+    b.start(spec("r"));
+    let starting = b.start(spec("r").arg("changed"));
+    let deleting = b.delete("r");
+    b.exit("r", RawExit::Code(0));
+    b.drained("r", 1);
+    assert_eq!(b.outputs.borrow().last(), Some(&Asked::Forget(1)));
+    b.logs.send(logs::Report::Forgotten { id: 1 }).unwrap();
+    b.turn();
+    assert_eq!(answered(&deleting).unwrap(), 1);
+    assert_eq!(answered(&starting).unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(b.engine.services.is_empty());
+}
+
+#[test]
+fn a_stop_during_a_backoff_settles_at_once_and_the_restart_never_comes() {
+    let mut b = Bench::new();
+    b.start(crasher("c", Backoff::fixed(Duration::from_secs(1))));
+    b.exit("c", RawExit::Code(1));
+    b.drained("c", 1);
+    assert_eq!(b.status("c"), Status::Backoff);
+    let reply = b.stop("c");
+    assert_eq!(answered(&reply).unwrap(), 1);
+    assert_eq!(b.status("c"), Status::Stopped);
+    b.advance(Duration::from_secs(2));
+    assert_eq!(
+        b.status("c"),
+        Status::Stopped,
+        "the backoff's timer is stale"
+    );
+    assert!(b.procs.borrow().live.is_empty(), "nothing spawned again");
+}
+
+#[test]
+fn a_crash_loop_over_its_limit_is_errored() {
+    let mut b = Bench::new();
+    b.start(
+        spec("c").restart(
+            RestartPolicy::always()
+                .backoff(Backoff::none())
+                .max_restarts(2, Duration::from_secs(60)),
+        ),
+    );
+    for _ in 0..3 {
+        b.exit("c", RawExit::Code(3));
+    }
+    b.drained("c", 3);
+    assert_eq!(b.status("c"), Status::Errored);
+    assert!(
+        b.events()
+            .iter()
+            .any(|e| matches!(e, Event::Errored { reason, .. } if reason.contains("crash loop"))),
+        "an Errored event says why"
+    );
+}
+
+#[test]
+fn not_ready_in_time_is_a_failed_start_the_policy_restarts() {
+    let mut b = Bench::new();
+    b.start(
+        crasher("slow", Backoff::fixed(Duration::from_secs(5)))
+            .ready(Ready::LogLine("up".into()))
+            .ready_timeout(Duration::from_secs(2)),
+    );
+    assert_eq!(b.status("slow"), Status::Starting);
+    b.advance(Duration::from_secs(2));
+    assert_eq!(
+        b.status("slow"),
+        Status::Stopping,
+        "the timeout ends the run"
+    );
+    b.exit("slow", RawExit::Signal(15));
+    b.drained("slow", 1);
+    assert_eq!(
+        b.status("slow"),
+        Status::Backoff,
+        "and the policy restarts it"
+    );
+    let runs = b.runs_recorded("slow");
+    assert_eq!(runs[0].cause(), Some(crate::history::Cause::NotReady));
+    assert!(runs[0].reason().unwrap().contains("not ready within 2s"));
+}
+
+#[test]
+fn a_readiness_line_makes_a_starting_run_online() {
+    let mut b = Bench::new();
+    b.start(spec("web").ready(Ready::LogLine("listening".into())));
+    assert_eq!(b.status("web"), Status::Starting);
+    let id = b.id("web");
+    b.logs
+        .send(logs::Report::ReadyLine { id, generation: 1 })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("web"), Status::Online);
+    // A line reported for an older run changes nothing.
+    b.logs
+        .send(logs::Report::ReadyLine { id, generation: 0 })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("web"), Status::Online);
+}
+
+#[test]
+fn failed_health_probes_restart_the_service_through_its_policy() {
+    let mut b = Bench::new();
+    b.start(
+        crasher("h", Backoff::fixed(Duration::from_secs(9))).health(
+            crate::readiness::Health::tcp(9)
+                .interval(Duration::from_secs(1))
+                .failures(2),
+        ),
+    );
+    for n in 1..=2 {
+        b.advance(Duration::from_secs(1));
+        let job = b.probes.borrow_mut().pop().expect("a probe is due");
+        b.probe_reports
+            .send(probe::Report {
+                id: job.id,
+                generation: job.generation,
+                purpose: job.purpose,
+                outcome: Err(format!("refused {n}")),
+            })
+            .unwrap();
+        b.turn();
+    }
+    assert_eq!(b.status("h"), Status::Stopping, "two failures end the run");
+    assert!(b
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Unhealthy { .. })));
+    b.exit("h", RawExit::Signal(15));
+    b.drained("h", 1);
+    assert_eq!(b.status("h"), Status::Backoff);
+}
+
+#[test]
+fn a_main_process_that_left_processes_lingers_until_they_are_gone() {
+    let mut b = Bench::new();
+    b.start(crasher("d", Backoff::fixed(Duration::from_secs(1))));
+    let key = b.key("d");
+    {
+        let mut p = b.procs.borrow_mut();
+        p.leftovers = Some(Leftovers::Lingering);
+        p.lingering.insert(key);
+    }
+    b.exit("d", RawExit::Code(0));
+    b.drained("d", 1);
+    assert_eq!(
+        b.status("d"),
+        Status::Online,
+        "not over while something of it lives"
+    );
+    b.advance(Duration::from_millis(10));
+    assert_eq!(b.status("d"), Status::Online, "checked again, still there");
+    b.procs.borrow_mut().lingering.clear();
+    b.advance(Duration::from_millis(100));
+    assert_eq!(b.status("d"), Status::Backoff, "over once it is gone");
+    let runs = b.runs_recorded("d");
+    assert!(runs[0].reason().unwrap().contains("left processes running"));
+}
+
+#[test]
+fn a_manual_start_that_cannot_spawn_is_errored_with_its_error() {
+    let mut b = Bench::new();
+    b.procs.borrow_mut().fail_spawn =
+        Some(Error::new(ErrorKind::Spawn, "cannot start: no such program").with_service("x"));
+    let reply = b.start(spec("x"));
+    let err = answered(&reply).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn);
+    assert_eq!(b.status("x"), Status::Errored);
+    let runs = b.runs_recorded("x");
+    assert_eq!(runs[0].cause(), Some(crate::history::Cause::SpawnFailed));
+}
+
+#[test]
+fn a_restart_by_the_policy_that_cannot_spawn_is_retried_after_a_floor() {
+    let mut b = Bench::new();
+    b.start(crasher("x", Backoff::none()));
+    b.procs.borrow_mut().fail_spawn = Some(Error::new(ErrorKind::Spawn, "gone"));
+    b.exit("x", RawExit::Code(1));
+    assert_eq!(b.status("x"), Status::Backoff, "no spin without backoff");
+    b.advance(super::lifecycle::SPAWN_RETRY_MIN);
+    assert_eq!(b.status("x"), Status::Online, "the retry spawned");
+}
+
+#[test]
+fn a_start_waits_for_its_dependency_and_runs_once_it_is_met() {
+    let mut b = Bench::new();
+    b.start(spec("db").ready(Ready::LogLine("ready".into())));
+    let web = b.start(spec("web").after("db", Condition::Ready));
+    assert_eq!(b.status("web"), Status::Starting);
+    assert!(
+        matches!(b.engine.services[&b.id("web")].state, State::Waiting),
+        "it waits"
+    );
+    assert_eq!(
+        answered(&web).unwrap().status(),
+        Status::Starting,
+        "the start returns while it waits"
+    );
+    let id = b.id("db");
+    b.logs
+        .send(logs::Report::ReadyLine { id, generation: 1 })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("web"), Status::Online, "started once db is ready");
+}
+
+#[test]
+fn a_stop_of_all_goes_in_waves_dependents_first() {
+    let mut b = Bench::new();
+    b.start(spec("db"));
+    b.start(spec("web").after("db", Condition::Started));
+    let (db, web) = (b.key("db"), b.key("web"));
+    let reply = b.stop("all");
+    assert_eq!(
+        b.procs.borrow().signals,
+        [(web, Signal::Term)],
+        "only the dependent first"
+    );
+    b.exit("web", RawExit::Signal(15));
+    b.drained("web", 1);
+    assert_eq!(b.status("db"), Status::Stopping, "then its dependency");
+    assert!(b.procs.borrow().signals.contains(&(db, Signal::Term)));
+    unanswered(&reply, "the stop of all");
+    b.exit("db", RawExit::Signal(15));
+    b.drained("db", 1);
+    assert_eq!(answered(&reply).unwrap(), 2);
+}
+
+#[test]
+fn a_stop_without_a_run_sweeps_what_earlier_runs_left() {
+    let mut b = Bench::new();
+    b.start(spec("once").restart(RestartPolicy::never()));
+    b.exit("once", RawExit::Code(0));
+    b.drained("once", 1);
+    assert_eq!(b.status("once"), Status::Exited);
+    let id = b.id("once");
+    b.procs.borrow_mut().sweepable.insert(id);
+    let reply = b.stop("once");
+    assert_eq!(b.status("once"), Status::Stopping, "sweeping");
+    unanswered(&reply, "the stop while it sweeps");
+    b.advance(Duration::from_secs(5));
+    assert_eq!(
+        b.procs.borrow().killed,
+        [b.key("once")],
+        "SIGKILL at the stop timeout"
+    );
+    b.procs.borrow_mut().sweepable.clear();
+    b.advance(super::super::containment::KILL_GRACE);
+    assert_eq!(answered(&reply).unwrap(), 1);
+    assert_eq!(
+        b.status("once"),
+        Status::Exited,
+        "a stop leaves an exited service exited"
+    );
+}
+
+#[test]
+fn a_shutdown_stops_everything_and_refuses_later_requests() {
+    let mut b = Bench::new();
+    b.start(spec("a"));
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    b.requests.send(Request::Shutdown { reply }).unwrap();
+    b.turn();
+    assert_eq!(b.status("a"), Status::Stopping);
+    let late = b.stop("a");
+    assert_eq!(
+        answered(&late).unwrap_err().kind(),
+        ErrorKind::ShutDown,
+        "a request after the shutdown began"
+    );
+    b.exit("a", RawExit::Signal(15));
+    b.drained("a", 1);
+    assert_eq!(b.status("a"), Status::Stopped);
+    assert!(b.engine.pending.is_empty(), "the shutdown's waves are done");
+    assert!(b.engine.shutdown.is_some() && rx.try_recv().is_err());
+}
