@@ -2,10 +2,10 @@
 //! shutting down (SIGKILL, a fatal signal with no handler, the OOM killer).
 //!
 //! It is the host's own executable run again (`/proc/self/exe`), taken over before `main`
-//! by a constructor in `sys` (see `sys::hook`), in a session of its own and without a
-//! parent-death signal, so it outlives the host. It holds a pidfd of the host and the read
-//! end of a control pipe and waits in `poll`, costing no CPU; its memory does not grow with
-//! the fleet (see BENCHMARKS.md). When the host's pidfd fires, or the pipe ends without the
+//! by the constructor below (found through `sys::linux::hook`), in a session of its own and
+//! without a parent-death signal, so it outlives the host. It holds a pidfd of the host and
+//! the read end of a control pipe and waits in `poll`, costing no CPU; its memory does not
+//! grow with the fleet (see BENCHMARKS.md). When the host's pidfd fires, or the pipe ends without the
 //! "stand down" that [`Guardian::stand_down`] writes at shutdown, it:
 //!
 //! 1. takes the state directory's lock, if the lock still names the dead host (a new host
