@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     pub(crate) activity: Arc<Activity>,
     /// What `open` found left running by a dead previous host and killed: (service, pids).
     pub(crate) reclaimed: Mutex<Vec<(String, Vec<u32>)>>,
+    /// Rung at the end of each loop turn, when the turn's replies are sent: the control
+    /// socket's thread waits on it for the replies to its calls.
+    pub(crate) replied: crate::bell::Bell,
 }
 
 #[derive(Default)]
@@ -723,6 +726,7 @@ impl Engine {
             self.end_turn();
             self.publish();
             self.settle_pending();
+            self.shared.replied.ring();
             if self.shutdown.is_some()
                 && self.pending.is_empty()
                 && self.services.values().all(|s| s.run.is_none())
@@ -764,6 +768,7 @@ impl Engine {
         if let Some(reply) = self.shutdown.take() {
             let _ = reply.send(Ok(()));
         }
+        self.shared.replied.ring();
     }
 
     fn watch_guardian(&mut self) {

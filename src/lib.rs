@@ -40,6 +40,7 @@ message that says so.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bell;
 mod child;
 mod containment;
 mod duration;
