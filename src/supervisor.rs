@@ -2,10 +2,10 @@
 //! changes are sent to the supervision thread, reads come from the snapshot it publishes.
 
 use crate::containment::{Cgroups, Containment};
-use crate::engine::{Config, Engine, Request, Shared};
+use crate::engine::{Config, Engine, Request, Shared, Table};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
-use crate::fleet::{Applied, Fleet, Prune};
+use crate::fleet::{Applied, Convergence, Fleet, Prune};
 use crate::guardian::{Holder, Plan, Watch};
 use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
@@ -879,23 +879,7 @@ impl Supervisor {
     }
 
     fn plan(&self, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
-        let table = self.shared.table.lock();
-        let ids = table.resolve(target)?;
-        let nodes: Vec<crate::graph::Node<'_>> = table
-            .services
-            .values()
-            .map(|s| crate::graph::Node {
-                name: s.name(),
-                deps: s
-                    .spec()
-                    .get_after()
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect(),
-            })
-            .collect();
-        let targets = ids.iter().map(|id| table.services[id].name()).collect();
-        Ok(crate::graph::waves(&nodes, &targets, reverse))
+        plan(&self.shared.table.lock(), target, reverse)
     }
 
     /// CPU, memory, processes and threads of each service of the target (a name, an id, or
@@ -906,30 +890,11 @@ impl Supervisor {
     ///
     /// `NotFound`.
     pub fn stats(&self, target: &str) -> Result<Vec<Stats>> {
-        let targets: Vec<crate::stats::Target> = {
-            let table = self.shared.table.lock();
-            let ids = table.resolve(target)?;
-            ids.iter()
-                .map(|id| {
-                    let info = &table.services[id];
-                    crate::stats::Target {
-                        id: *id,
-                        generation: info.generation(),
-                        name: info.name().to_string(),
-                        pgid: info.pid(),
-                        started: info
-                            .started_at()
-                            .and_then(|t| t.elapsed().ok())
-                            .and_then(|d| Instant::now().checked_sub(d)),
-                        cgroup_procs: self.cgroup_root.as_ref().zip(info.cgroup).map(
-                            |(root, cgroup)| {
-                                crate::containment::Cgroups::procs_file(root, *id, cgroup)
-                            },
-                        ),
-                    }
-                })
-                .collect()
-        };
+        let targets = stats_targets(
+            &self.shared.table.lock(),
+            target,
+            self.cgroup_root.as_deref(),
+        )?;
         Ok(crate::stats::measure(targets, &mut self.cpu.lock()))
     }
 
@@ -956,63 +921,15 @@ impl Supervisor {
     /// # sup.shutdown()?; Ok(()) }
     /// ```
     pub fn apply(&self, fleet: &Fleet, prune: Prune) -> Result<Applied> {
-        let before: std::collections::HashMap<String, ServiceInfo> = self
-            .list()?
-            .into_iter()
-            .map(|i| (i.name().to_string(), i))
-            .collect();
-        let mut applied = Applied::default();
-        let mut to_start = Vec::new();
-        for spec in fleet.in_start_order() {
-            let name = spec.name().to_string();
-            let kind = match before.get(&name) {
-                None => 0,
-                Some(info) if info.spec() != spec => 1,
-                Some(info)
-                    if matches!(
-                        info.status(),
-                        Status::Stopped | Status::Exited | Status::Errored
-                    ) =>
-                {
-                    2
-                }
-                Some(_) => {
-                    applied.unchanged.push(name);
-                    continue;
-                }
-            };
-            to_start.push((name, kind, spec.clone()));
-        }
-        let results = self.start_many(to_start.iter().map(|(_, _, spec)| spec.clone()))?;
-        for ((name, kind, _), result) in to_start.into_iter().zip(results) {
-            match result {
-                Ok(_) => match kind {
-                    0 => applied.started.push(name),
-                    1 => applied.restarted.push(name),
-                    _ => applied.unchanged.push(name),
-                },
-                Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
-                    return Err(e)
-                }
-                Err(e) => applied.failed.push((name, e.to_string())),
-            }
-        }
+        let (mut convergence, specs) = Convergence::new(&self.list()?, fleet);
+        convergence.started(self.start_many(specs)?)?;
         if prune == Prune::Yes {
-            let listed: std::collections::HashSet<&str> =
-                fleet.services().iter().map(|s| s.name()).collect();
-            for wave in self.plan_stop("all")? {
-                for name in wave.into_iter().filter(|n| !listed.contains(n.as_str())) {
-                    match self.delete(&name) {
-                        Ok(_) => applied.deleted.push(name),
-                        Err(e) if e.kind() == ErrorKind::InUse => {
-                            applied.failed.push((name, e.to_string()))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+            for name in convergence.unlisted(fleet, self.plan_stop("all")?) {
+                let result = self.delete(&name);
+                convergence.deleted(name, result)?;
             }
         }
-        Ok(applied)
+        Ok(convergence.finish())
     }
 
     /// The newest `limit` runs of one service (by name or id), newest first: start, end, exit
@@ -1150,6 +1067,55 @@ impl Supervisor {
 /// assert_eq!(bound, Duration::from_millis(7500));
 /// ```
 pub const STOP_OVERHEAD: Duration = Duration::from_millis(5500);
+
+/// The waves in which `start` (or, `reverse`, `stop`) would take the target's services.
+pub(crate) fn plan(table: &Table, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
+    let ids = table.resolve(target)?;
+    let nodes: Vec<crate::graph::Node<'_>> = table
+        .services
+        .values()
+        .map(|s| crate::graph::Node {
+            name: s.name(),
+            deps: s
+                .spec()
+                .get_after()
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect(),
+        })
+        .collect();
+    let targets = ids.iter().map(|id| table.services[id].name()).collect();
+    Ok(crate::graph::waves(&nodes, &targets, reverse))
+}
+
+/// What `stats` measures for the target's services: their groups and, under cgroup
+/// containment (`cgroup_root`), their runs' cgroups.
+pub(crate) fn stats_targets(
+    table: &Table,
+    target: &str,
+    cgroup_root: Option<&Path>,
+) -> Result<Vec<crate::stats::Target>> {
+    let ids = table.resolve(target)?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let info = &table.services[id];
+            crate::stats::Target {
+                id: *id,
+                generation: info.generation(),
+                name: info.name().to_string(),
+                pgid: info.pid(),
+                started: info
+                    .started_at()
+                    .and_then(|t| t.elapsed().ok())
+                    .and_then(|d| Instant::now().checked_sub(d)),
+                cgroup_procs: cgroup_root.zip(info.cgroup).map(|(root, cgroup)| {
+                    crate::containment::Cgroups::procs_file(root, *id, cgroup)
+                }),
+            }
+        })
+        .collect())
+}
 
 /// How long `open` waits for a lock that a just-forked child may still hold.
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);
