@@ -43,6 +43,7 @@ message that says so.
 mod bell;
 mod child;
 mod containment;
+pub mod control;
 mod duration;
 mod engine;
 mod error;

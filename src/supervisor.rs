@@ -72,6 +72,9 @@ pub struct Supervisor {
     cgroup_root: Option<PathBuf>,
     /// A guardian runs (kept up to date by the supervision thread).
     guarded: Arc<std::sync::atomic::AtomicBool>,
+    /// The control socket's thread, stopped first at shutdown.
+    control: Mutex<Option<crate::control::Control>>,
+    control_socket: Option<PathBuf>,
     // Removed after the thread is joined (the thread holds the state directory's lock).
     _temp: Option<tempfile::TempDir>,
 }
@@ -98,6 +101,7 @@ pub struct Builder {
     subreaper: bool,
     guardian: Option<bool>,
     group_readable_logs: bool,
+    control_socket: Option<bool>,
 }
 
 impl Builder {
@@ -196,6 +200,27 @@ impl Builder {
         self
     }
 
+    /// Whether to serve the control socket: `control.sock` in the state directory (0600,
+    /// served only to this user and root), on one more thread for all its clients, through
+    /// which the `sheepdog` command and scripts (see [`crate::control::protocol`]) list,
+    /// inspect, start, stop and follow the services; the host also registers itself where
+    /// `sheepdog hosts` finds it ([`crate::control::hosts`]). By default, this is enabled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::Supervisor;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().control_socket(false).open()?;
+    /// assert!(sup.control_socket().is_none());
+    /// assert!(!sup.state_dir().join("control.sock").exists());
+    /// # Ok(()) }
+    /// ```
+    pub fn control_socket(mut self, yes: bool) -> Builder {
+        self.control_socket = Some(yes);
+        self
+    }
+
     /// How many ended runs of each service [`history`](Supervisor::history) keeps; older ones
     /// are pruned as new ones start (a bounded delete per start, never a sweep). 0 keeps
     /// only the runs in progress, which `open` needs to find what a dead host left. By
@@ -290,6 +315,14 @@ impl Supervisor {
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
         let state = StateDir::open(&state_dir, options.group_readable_logs)?;
+        let control_dir = if options.control_socket.unwrap_or(true) {
+            state
+                .try_clone_dir()
+                .inspect_err(|e| log::warn!("no control socket: {e}"))
+                .ok()
+        } else {
+            None
+        };
         lock_state_dir(state.lock_file(), &state_dir)?;
         // Who holds the lock: a guardian cleaning up after a dead host checks it is still
         // its host's, and the next `open` waits for such a guardian.
@@ -393,7 +426,24 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        let control = control_dir.and_then(|dir| {
+            let context = crate::control::Context {
+                state_dir: sys::fd_path(&dir).unwrap_or_else(|_| state_dir.clone()),
+                dir,
+                requests: requests.clone(),
+                engine: waker.try_clone().ok()?,
+                shared: shared.clone(),
+                logs: logs.clone(),
+                cgroup_root: cgroup_root.clone(),
+            };
+            crate::control::Control::start(context)
+                .inspect_err(|e| log::warn!("no control socket in '{}': {e}", state_dir.display()))
+                .ok()
+        });
+        let control_socket = control.as_ref().map(|c| c.socket().to_path_buf());
         Ok(Supervisor {
+            control: Mutex::new(control),
+            control_socket,
             requests,
             waker,
             shared,
@@ -412,6 +462,17 @@ impl Supervisor {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The control socket this supervisor serves (see [`Builder::control_socket`]); `None`
+    /// if it was turned off or could not be made (the log says why), and after
+    /// [`shutdown`](Supervisor::shutdown).
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control
+            .lock()
+            .is_some()
+            .then_some(self.control_socket.as_deref())
+            .flatten()
     }
 
     /// The containment in force: [`Containment::Cgroup`], [`Containment::Subreaper`] or
@@ -1039,6 +1100,11 @@ impl Supervisor {
         let Some(thread) = held.take() else {
             return Ok(());
         };
+        // Clients first: their streams end and their calls fail in words, before the
+        // services stop under them.
+        if let Some(mut control) = self.control.lock().take() {
+            control.stop();
+        }
         let result = self.call(|reply| Request::Shutdown { reply });
         let joined = thread.join();
         match (result, joined) {

@@ -8,6 +8,7 @@
 //! queue (`Drained`, `LogsForgotten`), so a slow disk never stalls supervision.
 
 mod clock;
+pub(crate) use clock::rfc3339_millis;
 pub(crate) mod reader;
 pub(crate) mod sink;
 

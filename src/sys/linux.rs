@@ -1187,6 +1187,19 @@ impl Poller {
         Ok(())
     }
 
+    /// Adds a connected stream, edge-triggered: reported once each time it becomes readable,
+    /// writable, or closed by its peer. Its owner reads and writes until `WouldBlock`.
+    pub(crate) fn add_stream(&self, fd: &impl AsFd, token: u64) -> io::Result<()> {
+        use epoll::EventFlags as F;
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(token),
+            F::IN | F::OUT | F::RDHUP | F::ET,
+        )?;
+        Ok(())
+    }
+
     pub(crate) fn remove(&self, fd: &impl AsFd) {
         // An fd that is about to be closed leaves the set anyway; ignore ENOENT.
         let _ = epoll::delete(&self.epoll, fd);
@@ -1235,6 +1248,11 @@ unsafe impl Send for Poller {}
 pub(crate) struct Waker(OwnedFd);
 
 impl Waker {
+    /// Another handle on the same poller.
+    pub(crate) fn try_clone(&self) -> io::Result<Waker> {
+        Ok(Waker(self.0.try_clone()?))
+    }
+
     pub(crate) fn wake(&self) {
         // EAGAIN means the counter is already non-zero: the poller will wake anyway.
         let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());

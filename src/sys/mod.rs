@@ -15,7 +15,10 @@
 //!   the proof that it is in the main executable (`hook_in_main_executable`).
 //! - the state directory's file operations, relative to a directory held open and never
 //!   through a symbolic link (`open_file_at`, `stat_at`, `rename_at`, `unlink_at`, …), and
-//!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced.
+//!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced;
+//! - the control socket (`socket.rs`): a listening Unix socket made in a held directory
+//!   (`listen_at`), the credentials of a connected peer (`peer_credentials`), and a
+//!   connection through a held directory (`connect_at`).
 //!
 //! This is the only module with `unsafe` code; each block says why it is sound.
 
@@ -23,6 +26,10 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+#[cfg(target_os = "linux")]
+mod socket;
+#[cfg(target_os = "linux")]
+pub(crate) use socket::*;
 #[cfg(target_os = "linux")]
 mod hook;
 #[cfg(target_os = "linux")]
