@@ -51,7 +51,7 @@ impl Client {
     pub fn connect(state_dir: impl AsRef<Path>) -> Result<Client> {
         let state_dir = state_dir.as_ref();
         let shown = state_dir.display();
-        let dir = sys::open_dir(state_dir, true).map_err(|e| match e.kind() {
+        let dir = sys::open_dir_path(state_dir).map_err(|e| match e.kind() {
             io::ErrorKind::PermissionDenied => Error::new(
                 ErrorKind::Refused,
                 format!(

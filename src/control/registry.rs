@@ -2,13 +2,15 @@
 //! runtime directory, so that `sheepdog hosts` (and a `sheepdog` without `--state`) finds
 //! them.
 //!
-//! The directory is `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog` for another user
-//! who has one (systemd makes it, private, at login), else `/tmp/sheepdog-<uid>`. It is the
+//! The directory is `$SHEEPDOG_RUNTIME_DIR` if set (for containers and tests), else
+//! `/run/sheepdog` for root, `$XDG_RUNTIME_DIR/sheepdog` for another user who has one
+//! (systemd makes it, private, at login), else `/tmp/sheepdog-<uid>`. It is the
 //! user's alone (0700, owned by them, not a symbolic link); one that is not is refused, and
 //! the host runs unregistered. Each file, `<pid>-<key>.json` (0600), names the host's pid and
 //! the start time of that process, so a file left by a host that died (its pid gone, or
 //! reused by another process) is told apart as stale, and removed by the next host that
-//! registers.
+//! registers. A pid means something only in its pid namespace: registrations made in
+//! another one (a container sharing the directory) are neither listed nor removed.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -35,6 +37,8 @@ pub struct Host {
     pid: u32,
     /// The process's start time (clock ticks since boot), to tell a reused pid.
     start_ticks: u64,
+    /// The inode of its pid namespace, in which `pid` means this process.
+    pid_ns: u64,
     state_dir: PathBuf,
     socket: PathBuf,
     version: String,
@@ -80,8 +84,8 @@ impl Host {
     }
 }
 
-/// The hosts registered by this user (root's for root), stale ones included (see
-/// [`Host::is_stale`]), oldest first.
+/// The hosts registered by this user (root's for root) in this pid namespace, stale ones
+/// included (see [`Host::is_stale`]), oldest first.
 ///
 /// # Errors
 ///
@@ -115,6 +119,9 @@ fn read_all(dir: &OwnedFd) -> Vec<(String, Host)> {
             continue;
         }
         if let Ok(mut host) = serde_json::from_str::<Host>(&text) {
+            if host.pid_ns != sys::pid_namespace() {
+                continue;
+            }
             host.check_stale();
             out.push((name.to_string(), host));
         }
@@ -124,6 +131,9 @@ fn read_all(dir: &OwnedFd) -> Vec<(String, Host)> {
 
 /// The registration directory of this user.
 fn directory() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHEEPDOG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let uid = sys::effective_uid();
     if uid == 0 {
         return PathBuf::from("/run/sheepdog");
@@ -210,6 +220,7 @@ impl Registration {
         let host = Host {
             pid,
             start_ticks: sys::proc_stat(pid).map_or(0, |st| st.start_time),
+            pid_ns: sys::pid_namespace(),
             state_dir: state_dir.to_path_buf(),
             socket: socket.to_path_buf(),
             version: env!("CARGO_PKG_VERSION").to_string(),

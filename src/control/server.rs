@@ -182,6 +182,8 @@ struct Applying {
     prune: bool,
     starts: Vec<Receiver<Result<ServiceInfo>>>,
     results: Vec<Option<Result<ServiceInfo>>>,
+    /// The starts are over (and the deletes planned).
+    started: bool,
     deletes: std::vec::IntoIter<String>,
     deleting: Option<(String, Receiver<Result<usize>>)>,
 }
@@ -662,6 +664,7 @@ impl Server {
                         prune,
                         starts,
                         results,
+                        started: false,
                         deletes: Vec::new().into_iter(),
                         deleting: None,
                     })),
@@ -868,21 +871,21 @@ impl Server {
 
     /// One step of an apply: `Some` with the answer once it is over.
     fn apply_step(&mut self, a: &mut Applying) -> Option<Response> {
-        if !a.starts.is_empty() {
+        if !a.started {
             if !collect(&a.starts, &mut a.results) {
                 return None;
             }
-            a.starts.clear();
+            a.started = true;
             let results = a.results.drain(..).flatten().collect();
             if let Err(e) = a.convergence.started(results) {
                 return Some(failure(&e));
             }
             if a.prune {
-                let waves =
-                    match crate::supervisor::plan(&self.ctx.shared.table.lock(), "all", true) {
-                        Ok(w) => w,
-                        Err(e) => return Some(failure(&e)),
-                    };
+                let table = self.ctx.shared.table.lock();
+                let waves = match crate::supervisor::plan(&table, "all", true) {
+                    Ok(w) => w,
+                    Err(e) => return Some(failure(&e)),
+                };
                 a.deletes = a.convergence.unlisted(&a.fleet, waves).into_iter();
             }
         }

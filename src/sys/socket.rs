@@ -89,3 +89,20 @@ pub(crate) fn peer_credentials(stream: &UnixStream) -> io::Result<Peer> {
 pub(crate) fn connect_at(dir: &impl AsFd, name: &str) -> io::Result<UnixStream> {
     UnixStream::connect(in_dir(dir, name))
 }
+
+/// The inode of this process's pid namespace (0 if it cannot be read): pids mean the same
+/// process only between processes that share it.
+pub(crate) fn pid_namespace() -> u64 {
+    rustix::fs::stat("/proc/self/ns/pid").map_or(0, |st| st.st_ino)
+}
+
+/// Opens the directory at `path` only to name things in it (`O_PATH`): reaching a socket in
+/// it needs the right to pass through it, not to list it.
+pub(crate) fn open_dir_path(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
