@@ -150,6 +150,15 @@ impl Host {
         }
     }
 
+    /// Kills the host process (SIGKILL), as the OOM killer would; its guardian cleans up.
+    pub fn kill(&mut self) {
+        self.stdin = None;
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
     /// Stops the host and proves that nothing it ran is left.
     pub fn finish(mut self) {
         self.stop();

@@ -53,3 +53,49 @@ fn the_only_running_host_is_found_without_state() {
     assert_eq!(ls["running"], true);
     host.finish();
 }
+
+#[test]
+fn a_dead_hosts_registration_is_stale_and_pruned() {
+    let mut host = Host::start(FLEET);
+    let dead = host.pid();
+    host.kill();
+    let hosts = json(
+        &sheepdog_command(&host.runtime())
+            .args(["--json", "hosts"])
+            .output()
+            .unwrap(),
+    );
+    let entry = &hosts.as_array().unwrap()[0];
+    assert_eq!(entry["pid"], dead);
+    assert_eq!(entry["stale"], true);
+    let text = sheepdog_command(&host.runtime())
+        .arg("hosts")
+        .output()
+        .unwrap()
+        .stdout;
+    assert!(String::from_utf8_lossy(&text).contains("stale"));
+    // A stale registration is no running host.
+    let out = sheepdog_command(&host.runtime())
+        .arg("stop")
+        .arg("all")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    host.launch(|_| {});
+    let hosts = json(
+        &sheepdog_command(&host.runtime())
+            .args(["--json", "hosts"])
+            .output()
+            .unwrap(),
+    );
+    let hosts = hosts.as_array().unwrap();
+    assert_eq!(
+        hosts.len(),
+        1,
+        "the dead host's entry was pruned: {hosts:?}"
+    );
+    assert_eq!(hosts[0]["pid"], host.pid());
+    assert_eq!(hosts[0]["stale"], false);
+    host.finish();
+}
