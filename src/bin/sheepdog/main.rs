@@ -388,11 +388,17 @@ fn ls(source: Source, json: bool, style: &Style) -> Result<(), Failure> {
         Source::Offline(r) => (false, r.list()?, Vec::new()),
     };
     if json {
-        print_json(&serde_json::json!({
-            "running": running,
-            "services": services,
-            "stats": stats,
-        }));
+        #[derive(serde::Serialize)]
+        struct Ls<'a> {
+            running: bool,
+            services: &'a [protocol::Service],
+            stats: &'a [protocol::Stats],
+        }
+        print_json(&Ls {
+            running,
+            services: &services,
+            stats: &stats,
+        });
     } else if services.is_empty() {
         say!("no services");
     } else {
