@@ -179,13 +179,6 @@ impl StateReader {
         })
     }
 
-    fn log_file(&self, name: &str, stream: Stream) -> LogFile {
-        LogFile {
-            dir: self.logs.clone(),
-            name: crate::logs::log_name(name, stream == Stream::Stderr),
-        }
-    }
-
     /// The last `n` lines of each of the service's streams, stdout's first.
     ///
     /// # Errors
@@ -193,25 +186,7 @@ impl StateReader {
     /// `NotFound`; `Io` if a log cannot be read.
     pub fn tail(&self, target: &str, streams: Streams, n: usize) -> Result<Vec<LogLine>> {
         let name = self.find(target)?.spec.name().to_string();
-        let mut out = Vec::new();
-        for stream in streams.each() {
-            let log = self.log_file(&name, stream);
-            let lines = crate::logs::reader::tail(&log, n).map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot read log '{}'", log.dir.path_of(&log.name).display()),
-                )
-                .with_service(&name)
-                .with_source(e)
-            })?;
-            out.extend(lines.into_iter().map(|text| LogLine {
-                service: name.clone(),
-                stream,
-                text,
-                cursor: None,
-            }));
-        }
-        Ok(out)
+        tail(&self.logs, &name, streams, n)
     }
 
     /// Follows one of the service's streams from its end. With no host to say when it
@@ -224,10 +199,41 @@ impl StateReader {
     pub fn follow(&self, target: &str, stream: Stream) -> Result<LogFollower> {
         let name = self.find(target)?.spec.name().to_string();
         Ok(LogFollower::at_end(
-            self.log_file(&name, stream),
+            log_file(&self.logs, &name, stream),
             Arc::new(Activity::default()),
         ))
     }
+}
+
+/// The log file of a service's stream.
+pub(super) fn log_file(logs: &LogDir, name: &str, stream: Stream) -> LogFile {
+    LogFile {
+        dir: logs.clone(),
+        name: crate::logs::log_name(name, stream == Stream::Stderr),
+    }
+}
+
+/// The last `n` lines of each of the streams of service `name`, stdout's first.
+pub(super) fn tail(logs: &LogDir, name: &str, streams: Streams, n: usize) -> Result<Vec<LogLine>> {
+    let mut out = Vec::new();
+    for stream in streams.each() {
+        let log = log_file(logs, name, stream);
+        let lines = crate::logs::reader::tail(&log, n).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read log '{}'", log.dir.path_of(&log.name).display()),
+            )
+            .with_service(name)
+            .with_source(e)
+        })?;
+        out.extend(lines.into_iter().map(|text| LogLine {
+            service: name.to_string(),
+            stream,
+            text,
+            cursor: None,
+        }));
+    }
+    Ok(out)
 }
 
 fn service(s: &StoredService) -> Service {

@@ -11,6 +11,7 @@
 //! read), lines are bounded ([`MAX_LINE`]), and the time-outs of [`protocol`] end idle,
 //! silent and stuck connections.
 
+use super::offline::{log_file, tail};
 use super::protocol::{
     self, ErrorReply, Following, LogLine, Reply, Request, Response, Subscribed, HELLO_TIMEOUT,
     IDLE_TIMEOUT, MAX_CLIENTS, MAX_LINE, SOCKET_NAME, WRITE_TIMEOUT,
@@ -574,25 +575,7 @@ impl Server {
                 lines,
             } => {
                 let name = describe(&self.ctx.shared, &target)?.name().to_string();
-                let mut out = Vec::new();
-                for stream in streams.each() {
-                    let log = self.log_file(&name, stream);
-                    let text = crate::logs::reader::tail(&log, lines).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Io,
-                            format!("cannot read log '{}'", log.dir.path_of(&log.name).display()),
-                        )
-                        .with_service(&name)
-                        .with_source(e)
-                    })?;
-                    out.extend(text.into_iter().map(|text| LogLine {
-                        service: name.clone(),
-                        stream,
-                        text,
-                        cursor: None,
-                    }));
-                }
-                ok(Reply::Tail(out))
+                ok(Reply::Tail(tail(&self.ctx.logs, &name, streams, lines)?))
             }
             Request::Follow {
                 target,
@@ -674,10 +657,7 @@ impl Server {
     }
 
     fn log_file(&self, name: &str, stream: Stream) -> LogFile {
-        LogFile {
-            dir: self.ctx.logs.clone(),
-            name: crate::logs::log_name(name, stream == Stream::Stderr),
-        }
+        log_file(&self.ctx.logs, name, stream)
     }
 
     /// Sends a request to the supervision thread; its reply comes on the returned channel.

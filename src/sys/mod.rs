@@ -17,8 +17,10 @@
 //!   through a symbolic link (`open_file_at`, `stat_at`, `rename_at`, `unlink_at`, …), and
 //!   `DirWatch`, which notices the directory or a file in it deleted, moved or replaced;
 //! - the control socket (`socket.rs`): a listening Unix socket made in a held directory
-//!   (`listen_at`), the credentials of a connected peer (`peer_credentials`), and a
-//!   connection through a held directory (`connect_at`).
+//!   (`listen_at`), the credentials of a connected peer (`peer_credentials`), a
+//!   connection through a directory opened only to reach into it (`open_dir_path`,
+//!   `connect_at`), and the pid namespace that gives a registered pid its meaning
+//!   (`pid_namespace`).
 //!
 //! This is the only module with `unsafe` code; each block says why it is sound.
 
