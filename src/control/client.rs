@@ -126,7 +126,14 @@ impl Client {
     /// it; `Io` if the connection fails or times out; `Protocol` if the host sends something
     /// that is not an answer.
     pub fn call(&mut self, request: &Request) -> Result<Reply> {
-        self.send(request)?;
+        if let Err(e) = self.send(request) {
+            // A host that refused the connection may have closed it before the request
+            // went out: its reason is waiting to be read.
+            return match self.next_message() {
+                Ok(Some(Response::Error(refusal))) => Err(refusal.to_error()),
+                _ => Err(e),
+            };
+        }
         match self.next_message()? {
             Some(Response::Ok(reply)) => Ok(reply),
             Some(Response::Error(e)) => Err(e.to_error()),
