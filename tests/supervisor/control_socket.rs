@@ -127,10 +127,16 @@ fn a_call_that_waits_holds_up_no_other_client() {
     let sup = h.sup();
     // Ignores SIGTERM: its stop waits for the stop timeout, then SIGKILL.
     sup.start(
-        h.sh("stubborn", "trap '' TERM; while :; do sleep 0.1; done")
-            .stop_timeout(Duration::from_secs(3)),
+        h.sh(
+            "stubborn",
+            "trap '' TERM; echo trapped; while :; do sleep 0.1; done",
+        )
+        .stop_timeout(Duration::from_secs(3)),
     )
     .unwrap();
+    // Only once the trap is set does the stop have to wait.
+    let log = sup.log_path("stubborn", sheepdog::Stream::Stdout).unwrap();
+    common::wait_lines(&log, 1, common::SECS_10);
     let socket = sup.control_socket().unwrap().to_path_buf();
     let mut slow = Conn::open(&socket);
     slow.call(HELLO);
@@ -165,8 +171,11 @@ fn shutdown_ends_streams_and_calls_in_words() {
     sup.start(h.sh("chatty", "while :; do echo tick; sleep 0.05; done"))
         .unwrap();
     sup.start(
-        h.sh("stubborn", "trap '' TERM; while :; do sleep 0.1; done")
-            .stop_timeout(Duration::from_secs(5)),
+        h.sh(
+            "stubborn",
+            "trap '' TERM; echo trapped; while :; do sleep 0.1; done",
+        )
+        .stop_timeout(Duration::from_secs(5)),
     )
     .unwrap();
     let socket = sup.control_socket().unwrap().to_path_buf();
@@ -180,6 +189,8 @@ fn shutdown_ends_streams_and_calls_in_words() {
     let mut subscriber = Conn::open(&socket);
     subscriber.call(HELLO);
     assert!(subscriber.call(r#"{"request":"subscribe"}"#)["ok"]["subscribe"].is_object());
+    let log = sup.log_path("stubborn", sheepdog::Stream::Stdout).unwrap();
+    common::wait_lines(&log, 1, common::SECS_10);
     let mut waiting = Conn::open(&socket);
     waiting.call(HELLO);
     waiting.send(r#"{"request":"stop","target":"stubborn"}"#);
