@@ -40,6 +40,15 @@ pub enum ErrorKind {
     /// Another service needs this one: it names it in `after`, so deleting it would leave
     /// that service waiting forever. Delete or change the dependent first, or both at once.
     InUse,
+    /// No host serves the state directory's control socket: none runs there, or it runs
+    /// with its control socket turned off.
+    NotRunning,
+    /// The host refused the connection: it comes from another user, or too many clients
+    /// are connected.
+    Refused,
+    /// A control-socket exchange broke the protocol: a line that is not a request or is too
+    /// long, a request before `hello`, a protocol version the other side does not speak.
+    Protocol,
 }
 
 /// An error from a [`Supervisor`](crate::Supervisor) operation.

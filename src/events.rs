@@ -149,6 +149,8 @@ pub(crate) struct Hub {
     preamble: Mutex<Vec<Event>>,
     /// Set by `close`: a later subscription ends at once.
     closed: std::sync::atomic::AtomicBool,
+    /// Rung after each delivery and at `close`, for the control socket's subscribers.
+    pub(crate) bell: crate::bell::Bell,
 }
 
 impl Hub {
@@ -187,6 +189,8 @@ impl Hub {
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
+        drop(subs);
+        self.bell.ring();
     }
 
     /// Ends every subscription: iterators return `None` once drained.
@@ -194,6 +198,8 @@ impl Hub {
         let mut subscribers = self.subscribers.lock();
         self.closed.store(true, Ordering::Relaxed);
         subscribers.clear();
+        drop(subscribers);
+        self.bell.ring();
     }
 }
 

@@ -77,6 +77,111 @@ pub struct Applied {
     pub failed: Vec<(String, String)>,
 }
 
+/// An [`apply`](crate::Supervisor::apply) in steps, for a caller that makes the calls
+/// itself: the supervisor's `apply` blocks on each, the control socket's thread must not.
+/// `new` says what to start (one `start_many`), `started` takes its results, `unlisted` says
+/// what a prune deletes (one `delete` each, in that order), `deleted` takes each result.
+#[derive(Default)]
+pub(crate) struct Convergence {
+    applied: Applied,
+    /// Each spec handed to `start_many`: its name and what starting it means.
+    starting: Vec<(String, Change)>,
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    New,
+    Changed,
+    /// Listed, with the same spec, but not running.
+    Again,
+}
+
+impl Convergence {
+    /// Compares the services (`before`) with the fleet; returns the specs to start, in an
+    /// order where each comes after its dependencies.
+    pub(crate) fn new(
+        before: &[crate::ServiceInfo],
+        fleet: &Fleet,
+    ) -> (Convergence, Vec<ServiceSpec>) {
+        let before: std::collections::HashMap<&str, &crate::ServiceInfo> =
+            before.iter().map(|i| (i.name(), i)).collect();
+        let mut applied = Applied::default();
+        let mut starting = Vec::new();
+        let mut specs = Vec::new();
+        for spec in fleet.in_start_order() {
+            let name = spec.name().to_string();
+            let change = match before.get(spec.name()) {
+                None => Change::New,
+                Some(info) if info.spec() != spec => Change::Changed,
+                Some(info) if info.status().is_settled() => Change::Again,
+                Some(_) => {
+                    applied.unchanged.push(name);
+                    continue;
+                }
+            };
+            starting.push((name, change));
+            specs.push(spec.clone());
+        }
+        (Convergence { applied, starting }, specs)
+    }
+
+    /// Takes the results of the `start_many`, in order.
+    ///
+    /// # Errors
+    ///
+    /// The first `ShutDown` or `Store` error: the apply stops there.
+    pub(crate) fn started(&mut self, results: Vec<Result<crate::ServiceInfo>>) -> Result<()> {
+        for ((name, change), result) in std::mem::take(&mut self.starting).into_iter().zip(results)
+        {
+            match result {
+                Ok(_) => match change {
+                    Change::New => self.applied.started.push(name),
+                    Change::Changed => self.applied.restarted.push(name),
+                    Change::Again => self.applied.unchanged.push(name),
+                },
+                Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
+                    return Err(e)
+                }
+                Err(e) => self.applied.failed.push((name, e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The services a prune deletes: those the fleet does not list, in the order of
+    /// `stop_waves` (the supervisor's `plan_stop("all")`), dependents first.
+    pub(crate) fn unlisted(&self, fleet: &Fleet, stop_waves: Vec<Vec<String>>) -> Vec<String> {
+        let listed: BTreeSet<&str> = fleet.services().iter().map(|s| s.name()).collect();
+        stop_waves
+            .into_iter()
+            .flatten()
+            .filter(|n| !listed.contains(n.as_str()))
+            .collect()
+    }
+
+    /// Takes the result of one `delete`.
+    ///
+    /// # Errors
+    ///
+    /// The delete's error, unless it is `InUse` (a listed service depends on it: reported in
+    /// [`Applied::failed`]).
+    pub(crate) fn deleted(&mut self, name: String, result: Result<usize>) -> Result<()> {
+        match result {
+            Ok(_) => self.applied.deleted.push(name),
+            Err(e) if e.kind() == ErrorKind::InUse => {
+                self.applied.failed.push((name, e.to_string()))
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// What the apply did.
+    pub(crate) fn finish(self) -> Applied {
+        self.applied
+    }
+}
+
 fn parse_error(origin: &str, line: usize, column: usize, message: &str) -> Error {
     Error::new(
         ErrorKind::InvalidSpec,

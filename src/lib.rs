@@ -40,8 +40,10 @@ message that says so.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bell;
 mod child;
 mod containment;
+pub mod control;
 mod duration;
 mod engine;
 mod error;

@@ -20,6 +20,9 @@ pub(crate) struct Shared {
     pub(crate) activity: Arc<Activity>,
     /// What `open` found left running by a dead previous host and killed: (service, pids).
     pub(crate) reclaimed: Mutex<Vec<(String, Vec<u32>)>>,
+    /// Rung at the end of each loop turn, when the turn's replies are sent: the control
+    /// socket's thread waits on it for the replies to its calls.
+    pub(crate) replied: crate::bell::Bell,
 }
 
 /// The services as last published.

@@ -219,6 +219,11 @@ impl StateDir {
         &self.logs
     }
 
+    /// Another fd of the directory held, for the control socket made in it.
+    pub(crate) fn try_clone_dir(&self) -> io::Result<OwnedFd> {
+        self.dir.try_clone()
+    }
+
     /// The registry's path, without a symbolic link.
     pub(crate) fn db_path(&self) -> PathBuf {
         self.real.join(DB_FILE)

@@ -318,6 +318,19 @@ fn has_sqlite_header(path: &Path) -> bool {
         .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
 
+/// `path` for a `file:` URI: every byte but unreserved ones and `/` percent-encoded.
+fn uri_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn store_error(path: &Path, what: &str, e: rusqlite::Error) -> Error {
     // The causes an operator can fix get their own words.
     let why = match e.sqlite_error_code() {
@@ -390,6 +403,75 @@ impl Store {
             file,
             registry: true,
         });
+        Ok(store)
+    }
+
+    /// Opens the state database at `path` to read it only, for a reader while no host runs:
+    /// nothing is written, no lock is taken, and a host that opens the directory meanwhile
+    /// goes on undisturbed. SQLite's `-wal` and `-shm` are used as they are when both exist;
+    /// without a `-wal` (a host shut down cleanly) the file is read as it is, creating
+    /// nothing (a `-shm` made by another user, root, would keep the owner's host out). With
+    /// a `-wal` but no `-shm`, `may_create` (the reader is the directory's owner) lets SQLite
+    /// make one; otherwise the file is read without the `-wal`, as of the last checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// `Store` if the file is missing, not ours, or of another schema version.
+    pub(crate) fn open_read_only(path: &Path, may_create: bool) -> Result<Store> {
+        let companion = |ext: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(ext);
+            sys::lstat(Path::new(&p)).is_ok()
+        };
+        let (wal, shm) = (companion("-wal"), companion("-shm"));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            .union(OpenFlags::SQLITE_OPEN_NOFOLLOW)
+            .union(OpenFlags::SQLITE_OPEN_NO_MUTEX);
+        let conn = if wal && (shm || may_create) {
+            Connection::open_with_flags(path, flags)
+        } else {
+            Connection::open_with_flags(
+                format!("file:{}?immutable=1", uri_escape(path)),
+                flags.union(OpenFlags::SQLITE_OPEN_URI),
+            )
+        }
+        .map_err(|e| store_error(path, "cannot open to read", e))?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+            full_sync: false,
+            queued: Vec::new(),
+            next_run_id: 0,
+            runs_kept: RUNS_KEPT as i64,
+            anchors: Vec::new(),
+            lost: None,
+        };
+        let read = |sql: &str| -> Result<i64> {
+            store
+                .conn
+                .query_row(sql, [], |r| r.get(0))
+                .map_err(|e| store.err("cannot read", e))
+        };
+        if read("PRAGMA application_id")? != i64::from(APPLICATION_ID) {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "state file '{}' is not a sheepdog state file",
+                    path.display()
+                ),
+            ));
+        }
+        let version = read("PRAGMA user_version")?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "state file '{}' has schema version {version}, not this sheepdog's {} (a host of this version must open it first)",
+                    path.display(),
+                    MIGRATIONS.len()
+                ),
+            ));
+        }
         Ok(store)
     }
 

@@ -6,13 +6,13 @@ use crate::engine::io::ProbePool;
 use crate::engine::{Config, Engine, Inbox, Request};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
-use crate::fleet::{Applied, Fleet, Prune};
+use crate::fleet::{Applied, Convergence, Fleet, Prune};
 use crate::guardian::{Holder, Plan, Watch};
 use crate::history::{Explanation, Run};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::{LogDir, Pump};
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Table};
 use crate::spec::ServiceSpec;
 use crate::state_dir::StateDir;
 use crate::stats::Stats;
@@ -74,6 +74,9 @@ pub struct Supervisor {
     cgroup_root: Option<PathBuf>,
     /// A guardian runs (kept up to date by the supervision thread).
     guarded: Arc<std::sync::atomic::AtomicBool>,
+    /// The control socket's thread, stopped first at shutdown.
+    control: Mutex<Option<crate::control::Control>>,
+    control_socket: Option<PathBuf>,
     // Removed after the thread is joined (the thread holds the state directory's lock).
     _temp: Option<tempfile::TempDir>,
 }
@@ -100,6 +103,7 @@ pub struct Builder {
     subreaper: bool,
     guardian: Option<bool>,
     group_readable_logs: bool,
+    control_socket: Option<bool>,
 }
 
 impl Builder {
@@ -198,6 +202,27 @@ impl Builder {
         self
     }
 
+    /// Whether to serve the control socket: `control.sock` in the state directory (0600,
+    /// served only to this user and root), on one more thread for all its clients, through
+    /// which the `sheepdog` command and scripts (see [`crate::control::protocol`]) list,
+    /// inspect, start, stop and follow the services; the host also registers itself where
+    /// `sheepdog hosts` finds it ([`crate::control::hosts`]). By default, this is enabled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::Supervisor;
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().control_socket(false).open()?;
+    /// assert!(sup.control_socket().is_none());
+    /// assert!(!sup.state_dir().join("control.sock").exists());
+    /// # Ok(()) }
+    /// ```
+    pub fn control_socket(mut self, yes: bool) -> Builder {
+        self.control_socket = Some(yes);
+        self
+    }
+
     /// How many ended runs of each service [`history`](Supervisor::history) keeps; older ones
     /// are pruned as new ones start (a bounded delete per start, never a sweep). 0 keeps
     /// only the runs in progress, which `open` needs to find what a dead host left. By
@@ -292,6 +317,14 @@ impl Supervisor {
         let io_error =
             |what: String, e: std::io::Error| Error::new(ErrorKind::Io, what).with_source(e);
         let state = StateDir::open(&state_dir, options.group_readable_logs)?;
+        let control_dir = if options.control_socket.unwrap_or(true) {
+            state
+                .try_clone_dir()
+                .inspect_err(|e| log::warn!("no control socket: {e}"))
+                .ok()
+        } else {
+            None
+        };
         lock_state_dir(state.lock_file(), &state_dir)?;
         // Who holds the lock: a guardian cleaning up after a dead host checks it is still
         // its host's, and the next `open` waits for such a guardian.
@@ -394,7 +427,24 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        let control = control_dir.and_then(|dir| {
+            let context = crate::control::Context {
+                state_dir: sys::fd_path(&dir).unwrap_or_else(|_| state_dir.clone()),
+                dir,
+                requests: requests.clone(),
+                engine: waker.try_clone().ok()?,
+                shared: shared.clone(),
+                logs: logs.clone(),
+                cgroup_root: cgroup_root.clone(),
+            };
+            crate::control::Control::start(context)
+                .inspect_err(|e| log::warn!("no control socket in '{}': {e}", state_dir.display()))
+                .ok()
+        });
+        let control_socket = control.as_ref().map(|c| c.socket().to_path_buf());
         Ok(Supervisor {
+            control: Mutex::new(control),
+            control_socket,
             requests,
             waker,
             shared,
@@ -413,6 +463,17 @@ impl Supervisor {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The control socket this supervisor serves (see [`Builder::control_socket`]); `None`
+    /// if it was turned off or could not be made (the log says why), and after
+    /// [`shutdown`](Supervisor::shutdown).
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control
+            .lock()
+            .is_some()
+            .then_some(self.control_socket.as_deref())
+            .flatten()
     }
 
     /// The containment in force: [`Containment::Cgroup`], [`Containment::Subreaper`] or
@@ -875,23 +936,7 @@ impl Supervisor {
     }
 
     fn plan(&self, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
-        let table = self.shared.table.lock();
-        let ids = table.resolve(target)?;
-        let nodes: Vec<crate::graph::Node<'_>> = table
-            .services
-            .values()
-            .map(|s| crate::graph::Node {
-                name: s.name(),
-                deps: s
-                    .spec()
-                    .get_after()
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect(),
-            })
-            .collect();
-        let targets = ids.iter().map(|id| table.services[id].name()).collect();
-        Ok(crate::graph::waves(&nodes, &targets, reverse))
+        plan(&self.shared.table.lock(), target, reverse)
     }
 
     /// CPU, memory, processes and threads of each service of the target (a name, an id, or
@@ -902,30 +947,11 @@ impl Supervisor {
     ///
     /// `NotFound`.
     pub fn stats(&self, target: &str) -> Result<Vec<Stats>> {
-        let targets: Vec<crate::stats::Target> = {
-            let table = self.shared.table.lock();
-            let ids = table.resolve(target)?;
-            ids.iter()
-                .map(|id| {
-                    let info = &table.services[id];
-                    crate::stats::Target {
-                        id: *id,
-                        generation: info.generation(),
-                        name: info.name().to_string(),
-                        pgid: info.pid(),
-                        started: info
-                            .started_at()
-                            .and_then(|t| t.elapsed().ok())
-                            .and_then(|d| Instant::now().checked_sub(d)),
-                        cgroup_procs: self.cgroup_root.as_ref().zip(info.cgroup).map(
-                            |(root, cgroup)| {
-                                crate::containment::Cgroups::procs_file(root, *id, cgroup)
-                            },
-                        ),
-                    }
-                })
-                .collect()
-        };
+        let targets = stats_targets(
+            &self.shared.table.lock(),
+            target,
+            self.cgroup_root.as_deref(),
+        )?;
         Ok(crate::stats::measure(targets, &mut self.cpu.lock()))
     }
 
@@ -952,63 +978,15 @@ impl Supervisor {
     /// # sup.shutdown()?; Ok(()) }
     /// ```
     pub fn apply(&self, fleet: &Fleet, prune: Prune) -> Result<Applied> {
-        let before: std::collections::HashMap<String, ServiceInfo> = self
-            .list()?
-            .into_iter()
-            .map(|i| (i.name().to_string(), i))
-            .collect();
-        let mut applied = Applied::default();
-        let mut to_start = Vec::new();
-        for spec in fleet.in_start_order() {
-            let name = spec.name().to_string();
-            let kind = match before.get(&name) {
-                None => 0,
-                Some(info) if info.spec() != spec => 1,
-                Some(info)
-                    if matches!(
-                        info.status(),
-                        Status::Stopped | Status::Exited | Status::Errored
-                    ) =>
-                {
-                    2
-                }
-                Some(_) => {
-                    applied.unchanged.push(name);
-                    continue;
-                }
-            };
-            to_start.push((name, kind, spec.clone()));
-        }
-        let results = self.start_many(to_start.iter().map(|(_, _, spec)| spec.clone()))?;
-        for ((name, kind, _), result) in to_start.into_iter().zip(results) {
-            match result {
-                Ok(_) => match kind {
-                    0 => applied.started.push(name),
-                    1 => applied.restarted.push(name),
-                    _ => applied.unchanged.push(name),
-                },
-                Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
-                    return Err(e)
-                }
-                Err(e) => applied.failed.push((name, e.to_string())),
-            }
-        }
+        let (mut convergence, specs) = Convergence::new(&self.list()?, fleet);
+        convergence.started(self.start_many(specs)?)?;
         if prune == Prune::Yes {
-            let listed: std::collections::HashSet<&str> =
-                fleet.services().iter().map(|s| s.name()).collect();
-            for wave in self.plan_stop("all")? {
-                for name in wave.into_iter().filter(|n| !listed.contains(n.as_str())) {
-                    match self.delete(&name) {
-                        Ok(_) => applied.deleted.push(name),
-                        Err(e) if e.kind() == ErrorKind::InUse => {
-                            applied.failed.push((name, e.to_string()))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+            for name in convergence.unlisted(fleet, self.plan_stop("all")?) {
+                let result = self.delete(&name);
+                convergence.deleted(name, result)?;
             }
         }
-        Ok(applied)
+        Ok(convergence.finish())
     }
 
     /// The newest `limit` runs of one service (by name or id), newest first: start, end, exit
@@ -1118,6 +1096,11 @@ impl Supervisor {
         let Some(thread) = held.take() else {
             return Ok(());
         };
+        // Clients first: their streams end and their calls fail in words, before the
+        // services stop under them.
+        if let Some(mut control) = self.control.lock().take() {
+            control.stop();
+        }
         let result = self.call(|reply| Request::Shutdown { reply });
         let joined = thread.join();
         match (result, joined) {
@@ -1146,6 +1129,55 @@ impl Supervisor {
 /// assert_eq!(bound, Duration::from_millis(7500));
 /// ```
 pub const STOP_OVERHEAD: Duration = Duration::from_millis(5500);
+
+/// The waves in which `start` (or, `reverse`, `stop`) would take the target's services.
+pub(crate) fn plan(table: &Table, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
+    let ids = table.resolve(target)?;
+    let nodes: Vec<crate::graph::Node<'_>> = table
+        .services
+        .values()
+        .map(|s| crate::graph::Node {
+            name: s.name(),
+            deps: s
+                .spec()
+                .get_after()
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect(),
+        })
+        .collect();
+    let targets = ids.iter().map(|id| table.services[id].name()).collect();
+    Ok(crate::graph::waves(&nodes, &targets, reverse))
+}
+
+/// What `stats` measures for the target's services: their groups and, under cgroup
+/// containment (`cgroup_root`), their runs' cgroups.
+pub(crate) fn stats_targets(
+    table: &Table,
+    target: &str,
+    cgroup_root: Option<&Path>,
+) -> Result<Vec<crate::stats::Target>> {
+    let ids = table.resolve(target)?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            let info = &table.services[id];
+            crate::stats::Target {
+                id: *id,
+                generation: info.generation(),
+                name: info.name().to_string(),
+                pgid: info.pid(),
+                started: info
+                    .started_at()
+                    .and_then(|t| t.elapsed().ok())
+                    .and_then(|d| Instant::now().checked_sub(d)),
+                cgroup_procs: cgroup_root.zip(info.cgroup).map(|(root, cgroup)| {
+                    crate::containment::Cgroups::procs_file(root, *id, cgroup)
+                }),
+            }
+        })
+        .collect())
+}
 
 /// How long `open` waits for a lock that a just-forked child may still hold.
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);
@@ -1218,6 +1250,8 @@ fn supervise(
 ) {
     let io_error =
         |what: &str, e: std::io::Error| Error::new(ErrorKind::Io, what.to_string()).with_source(e);
+    // The control thread hears of the last replies, sent after the engine is gone.
+    let bells = shared.clone();
     let made = (|| {
         let poller = Poller::new(crate::engine::EVENTS_PER_TURN)
             .map_err(|e| io_error("cannot create the supervision poller", e))?;
@@ -1287,6 +1321,7 @@ fn supervise(
     if let Some(reply) = reply {
         let _ = reply.send(Ok(()));
     }
+    bells.replied.ring();
 }
 
 impl Drop for Supervisor {

@@ -300,6 +300,7 @@ impl Engine {
         self.end_turn();
         self.publish();
         self.settle_pending();
+        self.shared.replied.ring();
     }
 
     /// After [`run`](Engine::run): drains the last output into the runs' records, refuses

@@ -10,6 +10,7 @@
 mod clock;
 mod dir;
 mod pump;
+pub(crate) use clock::rfc3339_millis;
 pub(crate) mod reader;
 pub(crate) mod sink;
 

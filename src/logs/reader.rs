@@ -20,6 +20,9 @@ pub(crate) struct Activity {
     written: Mutex<u64>,
     changed: Condvar,
     pub(crate) followers: AtomicUsize,
+    /// Rung with every bump, for the control socket's followers (which do not wait on
+    /// `changed`).
+    pub(crate) bell: crate::bell::Bell,
 }
 
 impl Activity {
@@ -27,6 +30,7 @@ impl Activity {
         if self.followers.load(Ordering::Relaxed) > 0 {
             *self.written.lock() += 1;
             self.changed.notify_all();
+            self.bell.ring();
         }
     }
 

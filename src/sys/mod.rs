@@ -24,6 +24,9 @@
 //!   credentials of each sender;
 //! - **fs** (`open_file_at`, `stat_at`, `rename_at`, …): the state directory's files, opened
 //!   relative to a directory held open and never through a symbolic link;
+//! - **socket** (`listen_at`, `peer_credentials`, `connect_at`, `pid_namespace`): the control
+//!   socket, made in a directory held open, the kernel's credentials of a connected peer,
+//!   and the pid namespace that gives a registered pid its meaning;
 //! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
 //!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
 //!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).

@@ -1,6 +1,6 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
 //! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
-//! directory. One file per kernel facility.
+//! directory, Unix sockets for the control socket. One file per kernel facility.
 
 mod fs;
 mod hook;
@@ -10,6 +10,7 @@ mod poll;
 mod process;
 mod procfs;
 mod signal;
+mod socket;
 mod spawn;
 
 pub(crate) use fs::*;
@@ -20,4 +21,5 @@ pub(crate) use poll::*;
 pub(crate) use process::*;
 pub(crate) use procfs::*;
 pub(crate) use signal::*;
+pub(crate) use socket::*;
 pub(crate) use spawn::*;

@@ -82,6 +82,19 @@ impl Poller {
         self.registry.add(fd, token)
     }
 
+    /// Adds a connected stream, edge-triggered: reported once each time it becomes readable,
+    /// writable, or closed by its peer. Its owner reads and writes until `WouldBlock`.
+    pub(crate) fn add_stream(&self, fd: &impl AsFd, token: u64) -> io::Result<()> {
+        use epoll::EventFlags as F;
+        epoll::add(
+            &self.registry.epoll,
+            fd,
+            epoll::EventData::new_u64(token),
+            F::IN | F::OUT | F::RDHUP | F::ET,
+        )?;
+        Ok(())
+    }
+
     /// Stops watching `fd`.
     pub(crate) fn remove(&self, fd: &impl AsFd) {
         self.registry.remove(fd)
@@ -126,6 +139,11 @@ impl Poller {
 pub(crate) struct Waker(OwnedFd);
 
 impl Waker {
+    /// Another handle on the same poller.
+    pub(crate) fn try_clone(&self) -> io::Result<Waker> {
+        Ok(Waker(self.0.try_clone()?))
+    }
+
     pub(crate) fn wake(&self) {
         // EAGAIN means the counter is already non-zero: the poller will wake anyway.
         let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
