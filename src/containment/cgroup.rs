@@ -353,6 +353,12 @@ impl Cgroups {
             .is_ok_and(is_populated)
     }
 
+    /// The run's `cgroup.events`, held open: the kernel marks it with a priority event when
+    /// it changes (Linux 4.5+), and [`events_populated`] reads it again.
+    pub(crate) fn events(&self, id: u64, generation: u64) -> io::Result<std::fs::File> {
+        self.open_in(id, generation, "cgroup.events", Access::Read)
+    }
+
     /// The pids in the run's cgroup.
     pub(crate) fn pids(&self, id: u64, generation: u64) -> Vec<u32> {
         let Ok(procs) = self.open_in(id, generation, "cgroup.procs", Access::Read) else {
@@ -617,6 +623,16 @@ fn is_populated(mut events: std::fs::File) -> bool {
     use std::io::Read;
     let mut buf = [0u8; 64];
     let Ok(n) = events.read(&mut buf) else {
+        return false;
+    };
+    buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1")
+}
+
+/// Whether a `cgroup.events` held open says "populated 1", read again from its start: the
+/// read also clears the priority event that a change raised on it.
+pub(crate) fn events_populated(events: &std::fs::File) -> bool {
+    let mut buf = [0u8; 64];
+    let Ok(n) = sys::read_at(events, &mut buf, 0) else {
         return false;
     };
     buf[..n].split(|b| *b == b'\n').any(|l| l == b"populated 1")

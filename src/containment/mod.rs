@@ -196,6 +196,9 @@ struct RunProcs {
     oom_kills_at_start: u64,
     /// Process-group tier: when its stop read /proc.
     scanned: Option<Scan>,
+    /// Cgroup tier, while the run lingers: its `cgroup.events`, watched in the poller under
+    /// the token, so that its emptying is seen at once rather than at the next check.
+    events: Option<(std::fs::File, u64)>,
 }
 
 /// The containment in force, for real.
@@ -214,9 +217,43 @@ pub(crate) struct Tier {
     dirs: Vec<PathBuf>,
     /// Names this supervisor in its runs' markers and cgroups.
     run_key: String,
+    /// The runs whose `cgroup.events` is watched, by token.
+    watched: HashMap<u64, RunKey>,
+    next_token: u64,
 }
 
+/// The first token of the cgroup watches (below the escapees' tokens).
+const FIRST_WATCH_TOKEN: u64 = 1 << 61;
+
 impl Tier {
+    /// Whether anything is in the run's cgroup (cgroup tier; `false` without one). The
+    /// first time it is, its `cgroup.events` is watched from then on, until the run ends.
+    fn cgroup_populated(&mut self, run: RunKey) -> bool {
+        let (Some(cg), Some(r)) = (&self.cgroups, self.runs.get_mut(&run)) else {
+            return false;
+        };
+        let Some(generation) = r.cgroup else {
+            return false;
+        };
+        if let Some((events, _)) = &r.events {
+            return cgroup::events_populated(events);
+        }
+        // Opened before it is read, so that a change after the read raises the event.
+        let Ok(events) = cg.events(run.id, generation) else {
+            return cg.populated(run.id, generation);
+        };
+        let populated = cgroup::events_populated(&events);
+        if populated {
+            let token = self.next_token;
+            if self.registry.add_priority(&events, token).is_ok() {
+                self.next_token += 1;
+                self.watched.insert(token, run);
+                r.events = Some((events, token));
+            }
+        }
+        populated
+    }
+
     /// The tier `cgroups` and `subreaper` make, its fds watched through `registry`, its runs'
     /// markers sealed for `session`.
     pub(crate) fn new(
@@ -237,6 +274,8 @@ impl Tier {
             escapees: Escapees::new(escapees_registry, run_key, session),
             sweeps: HashMap::new(),
             dirs: Vec::new(),
+            watched: HashMap::new(),
+            next_token: FIRST_WATCH_TOKEN,
         }
     }
 
@@ -378,6 +417,7 @@ impl Processes for Tier {
                 memory_limited,
                 oom_kills_at_start,
                 scanned: None,
+                events: None,
             },
         );
         Ok(Spawned {
@@ -496,16 +536,13 @@ impl Processes for Tier {
         if self.escapees.any(run) {
             return false;
         }
+        let cgroup_empty = !self.cgroup_populated(run);
         let Some(r) = self.runs.get(&run) else {
             return true;
         };
         let pgid = r.leader.pid();
         let group_empty =
             !r.leader.group_has_members() || sys::live_groups(&HashSet::from([pgid])).is_empty();
-        let cgroup_empty = match (&self.cgroups, r.cgroup) {
-            (Some(cg), Some(generation)) => !cg.populated(run.id, generation),
-            _ => true,
-        };
         if !(group_empty && cgroup_empty) {
             return false;
         }
@@ -519,6 +556,10 @@ impl Processes for Tier {
         let Some(r) = self.runs.remove(&run) else {
             return Ended::default();
         };
+        if let Some((events, token)) = &r.events {
+            self.registry.remove(events);
+            self.watched.remove(token);
+        }
         if r.reaped {
             // Already out of the poller.
         } else {
@@ -640,10 +681,12 @@ impl Processes for Tier {
     }
 
     fn on_ready(&mut self, token: u64) -> Option<RunKey> {
-        if token < marked::FIRST_TOKEN {
-            return None;
+        if token >= marked::FIRST_TOKEN {
+            return self.escapees.on_ready(token);
         }
-        self.escapees.on_ready(token)
+        // A lingering run's cgroup changed: the engine looks at it again (and that read
+        // clears the event).
+        self.watched.get(&token).copied()
     }
 
     fn forget(&mut self, id: u64) {

@@ -33,6 +33,18 @@ impl Registry {
         Ok(())
     }
 
+    /// Watches `fd` for priority events (`EPOLLPRI`, level-triggered): how a cgroup's
+    /// `cgroup.events` says it changed, until it is read again.
+    pub(crate) fn add_priority(&self, fd: &impl AsFd, token: u64) -> io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::PRI,
+        )?;
+        Ok(())
+    }
+
     /// Stops watching `fd`.
     pub(crate) fn remove(&self, fd: &impl AsFd) {
         // An fd that is about to be closed leaves the set anyway; ignore ENOENT.
