@@ -152,11 +152,13 @@ impl Host {
 
     /// Kills the host process (SIGKILL), as the OOM killer would; its guardian cleans up.
     pub fn kill(&mut self) {
-        self.stdin = None;
+        // SIGKILL first: a closed stdin would let the host shut down cleanly (and remove its
+        // registration) before the signal lands.
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+        self.stdin = None;
     }
 
     /// Stops the host and proves that nothing it ran is left.
