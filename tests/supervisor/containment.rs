@@ -39,43 +39,6 @@ fn cgroups_or_skip(h: &Harness) -> bool {
 }
 
 #[test]
-fn a_setsid_daemon_does_not_survive_stop() {
-    let h = Harness::new();
-    if !cgroups_or_skip(&h) {
-        return;
-    }
-    h.sup().start(h.sh("daemonizer", DAEMONIZE)).unwrap();
-    let both = wait_until(SECS_5, || {
-        (tagged_processes(&h.token).len() >= 2).then_some(())
-    });
-    assert!(
-        both.is_some(),
-        "the daemon started: {:?}",
-        tagged_processes(&h.token)
-    );
-    stop_leaves_nothing(h.sup(), &h.token, "daemonizer");
-    h.finish();
-}
-
-#[test]
-fn a_main_process_that_exits_takes_its_daemons_with_it() {
-    let h = Harness::new();
-    if !cgroups_or_skip(&h) {
-        return;
-    }
-    let spec = h
-        .sh("forker", "(setsid sleep 600 &); sleep 0.3; exit 0")
-        .restart(RestartPolicy::never());
-    h.sup().start(spec).unwrap();
-    h.sup().wait_for("forker", Status::Exited, SECS_5).unwrap();
-    assert!(
-        tagged_processes(&h.token).is_empty(),
-        "the daemon outlived its service"
-    );
-    h.finish();
-}
-
-#[test]
 fn restarts_reuse_a_clean_cgroup_and_never_one_that_was_killed() {
     let h = Harness::new();
     if !cgroups_or_skip(&h) {
@@ -127,17 +90,6 @@ fn restarts_reuse_a_clean_cgroup_and_never_one_that_was_killed() {
         "the daemon outlived its run"
     );
     h.finish();
-}
-
-#[test]
-fn explicit_process_group_containment_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::ProcessGroup)
-        .open()
-        .unwrap();
-    assert_eq!(sup.containment(), Containment::ProcessGroup);
 }
 
 const SERVICES: usize = 5;
@@ -253,80 +205,6 @@ fn without_cgroups_escaped_daemons_are_found_by_their_marker_after_reopen() {
     );
 }
 
-/// Runs in a process of its own: a subreaper host changes where every orphan of the test
-/// binary goes.
-#[test]
-fn a_subreaper_host_ends_escaped_daemons_with_their_service() {
-    if std::env::var_os("SHEEPDOG_SUBREAPER_HOST").is_none() {
-        run_alone(
-            std::process::Command::new("env"),
-            "containment::a_subreaper_host_ends_escaped_daemons_with_their_service",
-            "SHEEPDOG_SUBREAPER_HOST",
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let token = new_token();
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::ProcessGroup)
-        .subreaper(true)
-        .open()
-        .unwrap();
-    assert_eq!(
-        sup.containment(),
-        Containment::ProcessGroup,
-        "explicit wins"
-    );
-    drop(sup);
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::Subreaper)
-        .open()
-        .unwrap();
-    assert_eq!(sup.containment(), Containment::Subreaper);
-    let tagged = |name: &str, script: &str| {
-        sheepdog::ServiceSpec::new(name, "/bin/sh")
-            .args(["-c", script])
-            .env(TOKEN_VAR, &token)
-    };
-    // 1. A stop ends the daemon that left the group and session.
-    sup.start(tagged("daemonizer", DAEMONIZE)).unwrap();
-    wait_for_tagged(&token, "the main process and its daemon", |n| n == 2);
-    stop_leaves_nothing(&sup, &token, "daemonizer");
-    // 2. A main process that exits takes its daemon with it, and the exit says so.
-    sup.start(
-        tagged("forker", "(setsid sleep 600 &); sleep 0.3; exit 0").restart(RestartPolicy::never()),
-    )
-    .unwrap();
-    sup.wait_for("forker", Status::Exited, SECS_10).unwrap();
-    assert!(
-        tagged_processes(&token).is_empty(),
-        "the daemon outlived its main process: {:?}",
-        tagged_processes(&token)
-    );
-    let run = &sup.history("forker", 1).unwrap()[0];
-    assert!(
-        run.reason().unwrap().contains("left processes running"),
-        "{run:?}"
-    );
-    sup.shutdown().unwrap();
-    assert!(tagged_processes(&token).is_empty());
-    // Nothing the supervisor claimed is left a zombie.
-    let zombies: Vec<u32> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .flat_map(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert!(zombies.is_empty(), "children left: {zombies:?}");
-}
-
 #[test]
 fn a_fork_bomb_is_held_at_max_pids_and_stopped() {
     let h = Harness::new();
@@ -356,24 +234,6 @@ fn a_fork_bomb_is_held_at_max_pids_and_stopped() {
     }
     assert_eq!(status(h.sup(), "bomb"), Status::Online);
     stop_leaves_nothing(h.sup(), &h.token, "bomb");
-    h.finish();
-}
-
-#[test]
-fn fifty_grandchildren_ignoring_sigterm_are_gone_after_stop() {
-    let h = Harness::new();
-    if !cgroups_or_skip(&h) {
-        return;
-    }
-    // 25 stay in the group, 25 leave it with setsid; all ignore SIGTERM (inherited).
-    let script = "trap '' TERM; for i in $(seq 25); do sleep 600 & setsid sleep 600 & done; \
-                  exec sleep 600";
-    let spec = h
-        .sh("tree", script)
-        .stop_timeout(Duration::from_millis(200));
-    h.sup().start(spec).unwrap();
-    wait_for_tagged(&h.token, "the tree is up", |n| n == 51);
-    stop_leaves_nothing(h.sup(), &h.token, "tree");
     h.finish();
 }
 
@@ -478,46 +338,4 @@ fn a_reused_pid_is_never_signalled() {
     assert!(survived, "the process that reused pid {pid} was killed");
     assert!(reclaimed.is_empty(), "{reclaimed:?}");
     assert!(tagged_processes(&token).is_empty());
-}
-
-/// Runs `script` as a service of a supervisor with process-group containment, waits until
-/// it has two processes, then checks that a stop leaves none.
-fn without_cgroups_stop_leaves_nothing(name: &str, script: &str, stop_timeout: Duration) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = new_token();
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::ProcessGroup)
-        .open()
-        .unwrap();
-    let spec = sheepdog::ServiceSpec::new(name, "/bin/sh")
-        .args(["-c", script])
-        .env(TOKEN_VAR, &token)
-        .stop_timeout(stop_timeout);
-    sup.start(spec).unwrap();
-    wait_for_tagged(&token, "the service's two processes", |n| n == 2);
-    stop_leaves_nothing(&sup, &token, name);
-    sup.shutdown().unwrap();
-}
-
-#[test]
-fn without_cgroups_a_daemon_started_during_the_stop_is_ended_too() {
-    // The stop signal makes the main process start a daemon in a session of its own and
-    // exit: the daemon is born after the stop looked for the service's processes, and is
-    // out of the group before the group is found empty.
-    without_cgroups_stop_leaves_nothing(
-        "late",
-        "trap '(setsid sleep 600 &); exit 0' TERM; while :; do sleep 1; done",
-        Duration::from_secs(5),
-    );
-}
-
-#[test]
-fn without_cgroups_a_stop_still_ends_a_setsid_daemon() {
-    // The daemon ignores SIGTERM too: the stop's SIGKILL must reach it.
-    without_cgroups_stop_leaves_nothing(
-        "daemonizer",
-        "(trap '' TERM; setsid sleep 600 &); exec sleep 600",
-        Duration::from_millis(200),
-    );
 }
