@@ -252,7 +252,8 @@ pub fn describe_processes(pids: &[u32]) -> String {
     format!("[{}]", shown.join(", "))
 }
 
-trait WithContext<T> {
+/// Says what a step was for, where saying it costs work: only on failure.
+pub trait WithContext<T> {
     fn with_context(self, what: impl FnOnce() -> String) -> TestResult<T>;
 }
 
@@ -481,6 +482,13 @@ pub fn duplicate_runs(groups: HashMap<String, HashSet<u32>>) -> Vec<(String, Vec
             (alive.len() > 1).then_some((name, alive))
         })
         .collect()
+}
+
+/// The guardians (by pid) watching the supervisor whose state directory is `state`.
+pub fn guardians_of(state: &Path) -> Vec<u32> {
+    let state = std::fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+    let needle = format!("SHEEPDOG_GUARDIAN_STATE={}", state.display());
+    processes_where(|pid| env_has(pid, &needle))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -749,8 +757,9 @@ impl HostProcess {
     pub fn spawn(test: &str, args: &[(&str, &OsStr)]) -> TestResult<HostProcess> {
         let mut command = Command::new(std::env::current_exe().context("this test binary")?);
         command
+            // Not `--test-threads=1`: then the harness prints the test's name, without a
+            // line end, before the test runs, and the host's first line would follow it.
             .args(["--exact", test, "--include-ignored", "--nocapture"])
-            .arg("--test-threads=1")
             .env(HELPER_VAR, "1")
             .stdout(Stdio::piped());
         for (key, value) in args {
