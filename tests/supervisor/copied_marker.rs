@@ -156,9 +156,9 @@ fn the_cleanup_after_a_host_died_spares_the_innocents(tier: &Tier, guardian: boo
             ("GUARDIAN", if guardian { "1" } else { "0" }.as_ref()),
         ],
     )?;
-    let pid: u32 = host
+    let pid = host
         .said("pid ")?
-        .parse()
+        .parse::<u32>()
         .context("the helper host says its service's pid")?;
     wait_for_tagged(&token, 2, "the service and its daemon run")?;
     let innocents = Innocents::start(&marker_of(pid)?)?;

@@ -1,7 +1,7 @@
 //! Events, waits, log paths and the end of a supervisor's life.
 
 use crate::common::*;
-use sheepdog::{Backoff, ErrorKind, Event, RestartPolicy, Status, Stream};
+use sheepdog::{Backoff, ErrorKind, Event, RestartPolicy, Status};
 use std::time::Duration;
 
 #[test]
@@ -62,30 +62,6 @@ fn wait_for_times_out_with_the_current_status() {
         err.to_string(),
         "service 'up': timed out after 50ms waiting for status exited (status is online)"
     );
-    h.finish();
-}
-
-#[test]
-fn output_reaches_the_log_files_and_delete_removes_them() {
-    let h = Harness::new();
-    h.sup()
-        .start(
-            h.sh("talker", "printf 'a\\r\\n\\n\\000b'; echo oops >&2")
-                .restart(RestartPolicy::never()),
-        )
-        .unwrap();
-    h.sup().wait_for("talker", Status::Exited, SECS_5).unwrap();
-    let out = h.sup().log_path("talker", Stream::Stdout).unwrap();
-    let err = h.sup().log_path("talker", Stream::Stderr).unwrap();
-    assert_eq!(out, h.state_dir().join("logs").join("talker.out.log"));
-    assert_eq!(
-        std::fs::read(&out).unwrap(),
-        b"a\r\n\n\0b",
-        "stored byte for byte"
-    );
-    assert_eq!(std::fs::read(&err).unwrap(), b"oops\n");
-    h.sup().delete("talker").unwrap();
-    assert!(!out.exists() && !err.exists(), "delete removes the logs");
     h.finish();
 }
 

@@ -1238,27 +1238,3 @@ fn a_start_right_after_an_exit_runs_the_service_again() {
     );
     h.finish();
 }
-
-/// The logs of a service that has not run since the supervisor opened (stopped before a
-/// reopen) are removed by `delete` too, so a later service of that name starts afresh.
-#[test]
-fn delete_removes_the_logs_of_a_service_that_has_not_run_since_reopen() {
-    let mut h = Harness::new();
-    h.sup()
-        .start(h.sh("c", "echo before; exec sleep 600"))
-        .unwrap();
-    let out = h.sup().log_path("c", sheepdog::Stream::Stdout).unwrap();
-    wait_lines(&out, 1, SECS_5);
-    h.sup().stop("c").unwrap();
-    h.reopen().unwrap();
-    assert_eq!(h.sup().delete("c").unwrap(), 1);
-    let err = out.with_extension("").with_extension("err.log");
-    let left: Vec<_> = [&out, &err].into_iter().filter(|p| p.exists()).collect();
-    assert!(left.is_empty(), "delete returned, yet {left:?} remain");
-    h.sup()
-        .start(h.sh("c", "echo after; exec sleep 600"))
-        .unwrap();
-    let lines = wait_lines(&out, 1, SECS_5);
-    assert_eq!(lines, ["after"], "the new service starts with a fresh log");
-    h.finish();
-}

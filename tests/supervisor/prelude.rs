@@ -75,6 +75,12 @@ impl<T, E: std::error::Error> Context<T> for Result<T, E> {
     }
 }
 
+impl<T> Context<T> for TestResult<T> {
+    fn context(self, what: impl fmt::Display) -> TestResult<T> {
+        self.map_err(|e| Failure(format!("{what}: {}", e.0)))
+    }
+}
+
 impl<T> Context<T> for Option<T> {
     fn context(self, what: impl fmt::Display) -> TestResult<T> {
         self.ok_or_else(|| Failure(what.to_string()))
@@ -492,6 +498,76 @@ pub fn guardians_of(state: &Path) -> Vec<u32> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Filesystems
+
+/// A mount over a directory, unmounted (lazily, so a leftover open file cannot stop it) on
+/// drop. Mounting needs root (CAP_SYS_ADMIN): the error says so, for a skip.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    fn run(args: &[&str], path: &Path) -> Result<(), String> {
+        let out = Command::new("mount")
+            .args(args)
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// A private tmpfs (0700) of `size` (as `mount -o size=` takes it) on `path`.
+    pub fn tmpfs(path: &Path, size: &str) -> Result<Mount, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        Mount::run(
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=700"),
+                "tmpfs",
+            ],
+            path,
+        )?;
+        Ok(Mount(path.to_path_buf()))
+    }
+
+    /// `path` bind-mounted over itself, read-only.
+    pub fn read_only_bind(path: &Path) -> Result<Mount, String> {
+        let source = path.to_str().ok_or("a path that is not UTF-8")?;
+        Mount::run(&["--bind", source], path)?;
+        let mount = Mount(path.to_path_buf());
+        Mount::run(&["-o", "remount,bind,ro"], path)?;
+        Ok(mount)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem under `dir` with one file, to the last byte; returns the file.
+pub fn fill(dir: &Path) -> TestResult<PathBuf> {
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).context("room for an empty file")?;
+    let chunk = vec![0x5au8; 64 * 1024];
+    loop {
+        match file.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC: full
+            Err(e) => return Err(Failure(format!("filling {}: {e}", dir.display()))),
+        }
+    }
+    // Whatever single bytes still fit in the last page.
+    while file.write_all(&[0x5a]).is_ok() {}
+    Ok(filler)
+}
+
+// ---------------------------------------------------------------------------------------
 // Containment tiers
 
 /// The containment tier a scenario runs in, and the test that runs it.
@@ -664,6 +740,15 @@ macro_rules! tier_test {
 pub(crate) use in_tiers;
 pub(crate) use per_tier;
 pub(crate) use tier_test;
+
+/// The name of the test `$name` of the calling module, as `--exact` takes it.
+macro_rules! test_name {
+    ($name:literal) => {
+        $crate::prelude::without_crate(concat!(module_path!(), "::", $name))
+    };
+}
+
+pub(crate) use test_name;
 
 /// `path` without the crate's name in front.
 pub fn without_crate(path: &'static str) -> &'static str {

@@ -81,9 +81,9 @@ fn a_process_that_took_a_dead_runs_pid_is_never_signalled(tier: &Tier) -> TestRe
             ("TOKEN", token.as_ref()),
         ],
     )?;
-    let pid: u32 = host
+    let pid = host
         .said("pid ")?
-        .parse()
+        .parse::<u32>()
         .context("the helper host says its service's pid")?;
     host.kill()?;
     // Dead, and reaped by init (until then its pid is taken).
