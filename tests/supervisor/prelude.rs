@@ -318,6 +318,39 @@ pub fn expect_event(
     }
 }
 
+/// Runs `f` on a thread of its own and returns its value; fails, saying `what` hung, if it
+/// does not return within `deadline` (the thread is left behind).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    deadline: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> TestResult<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(deadline)
+        .map_err(|_| Failure(format!("{what} did not return within {deadline:?}")))
+}
+
+/// Asserts that the supervision thread still answers requests.
+pub fn answers(sup: &Supervisor) {
+    assert_eq!(
+        sup.stop("zz-no-such-service").map_err(|e| e.kind()),
+        Err(sheepdog::ErrorKind::NotFound),
+        "the supervision thread no longer answers"
+    );
+}
+
+/// The pid of a service that must be online, and alive.
+pub fn online_pid(sup: &Supervisor, name: &str) -> TestResult<u32> {
+    let info = sup.describe(name)?;
+    assert_eq!(info.status(), Status::Online, "{name} is online");
+    let pid = info.pid().context(format!("{name} has a pid"))?;
+    assert!(is_alive(pid), "{name}'s pid {pid} is alive");
+    Ok(pid)
+}
+
 /// The status of a service, for polling.
 pub fn status(sup: &Supervisor, name: &str) -> Status {
     sup.describe(name).expect("service exists").status()
