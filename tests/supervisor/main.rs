@@ -11,7 +11,6 @@ mod backoff_races;
 mod batch_faults;
 mod cgroup_reuse;
 mod clean_spawn;
-mod concurrency;
 mod containment_choice;
 mod copied_marker;
 mod delete_removes_logs;
