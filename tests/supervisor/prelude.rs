@@ -318,8 +318,8 @@ pub fn expect_event(
     }
 }
 
-/// Runs `f` on a thread of its own and returns its value; fails, saying `what` hung, if it
-/// does not return within `deadline` (the thread is left behind).
+/// Runs `f` on a thread of its own and returns its value; fails, saying `what` hung or
+/// panicked, if it does not return within `deadline` (the thread is left behind).
 pub fn within<T: Send + 'static>(
     what: &str,
     deadline: Duration,
@@ -329,8 +329,15 @@ pub fn within<T: Send + 'static>(
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(deadline)
-        .map_err(|_| Failure(format!("{what} did not return within {deadline:?}")))
+    match rx.recv_timeout(deadline) {
+        Ok(v) => Ok(v),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Failure(format!(
+            "{what} did not return within {deadline:?}"
+        ))),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            Err(Failure(format!("{what} panicked")))
+        }
+    }
 }
 
 /// Asserts that the supervision thread still answers requests.
