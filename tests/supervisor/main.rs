@@ -1,8 +1,11 @@
-//! Integration tests with real children, real SQLite files and real signals. Each test runs
-//! its children with a token in their environment and ends by proving, from /proc, that no
-//! process carrying it is left (see `common::Harness::finish`).
+//! Integration tests with real children, real SQLite files and real signals: one file per
+//! behaviour, each saying what it proves. Each test runs its children with a token in their
+//! environment and ends by proving, from /proc, that no process carrying it is left
+//! (`prelude::Harness::finish`). The behaviours that depend on the containment tier run
+//! once per tier, as tests named `cgroup`, `subreaper` and `process_group` in a module per
+//! scenario (`prelude::per_tier!`); a tier this machine cannot give is skipped, saying why.
+//! `SHEEPDOG_STRESS=1` runs the long stress runs.
 
-mod common;
 mod prelude;
 
 mod after_shutdown;

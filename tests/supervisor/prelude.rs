@@ -244,15 +244,24 @@ pub fn wait_for_tagged(token: &str, n: usize, what: &str) -> TestResult<Vec<u32>
     })
 }
 
-/// `pid (command)` for each pid, for messages.
+/// `pid (name, state, process group: command line)` for each pid, for messages (a zombie
+/// has no command line left).
 pub fn describe_processes(pids: &[u32]) -> String {
     let shown: Vec<String> = pids
         .iter()
         .map(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map_or("", |(name, _)| name);
+            let fields = stat_fields(*p).unwrap_or_default();
+            let state = fields.first().map_or("gone", String::as_str);
+            let pgrp = fields.get(2).map_or("?", String::as_str);
+            let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline"))
                 .unwrap_or_default()
                 .replace('\0', " ");
-            format!("{p} ({})", comm.trim())
+            format!("{p} ({name}, {state}, group {pgrp}: {})", cmdline.trim())
         })
         .collect();
     format!("[{}]", shown.join(", "))
@@ -806,8 +815,18 @@ pub fn running_alone(var: &str, test: &str) -> bool {
 /// Runs the test `test` alone, in a new process started by `command` (which is handed this
 /// test binary's path and arguments to exec, so it can set a limit, a signal disposition or
 /// a umask first), with `var` set to the test's name: there [`running_alone`] says so. Fails
-/// unless that run passed and left no process carrying a token it made.
-pub fn run_alone(mut command: Command, test: &str, var: &str) -> TestResult {
+/// unless that run passed within ten minutes and left no process carrying a token it made.
+pub fn run_alone(command: Command, test: &str, var: &str) -> TestResult {
+    run_alone_within(command, test, var, Duration::from_secs(600)).map(|_| ())
+}
+
+/// As [`run_alone`], within `deadline` (the run is killed then); returns what it printed.
+pub fn run_alone_within(
+    mut command: Command,
+    test: &str,
+    var: &str,
+    deadline: Duration,
+) -> TestResult<String> {
     let out = tempfile::NamedTempFile::new().context("a file for the output")?;
     // One open file for both streams, so that they share its offset.
     let file = out.reopen().context("the output file")?;
@@ -821,12 +840,19 @@ pub fn run_alone(mut command: Command, test: &str, var: &str) -> TestResult {
         .spawn()
         .context(format!("start {test} alone"))?;
     let pid = child.id();
-    let status = child.wait().context("wait for the test run alone")?;
+    let status = wait_until(deadline, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let text = std::fs::read_to_string(out.path()).unwrap_or_default();
     // A skip there is printed here too.
     for line in text.lines().filter(|l| l.starts_with("skipped ")) {
         let _ = writeln!(std::io::stderr(), "{line}");
     }
+    let status = status.with_context(|| {
+        format!("{test}, run alone, did not finish within {deadline:?}:\n{text}")
+    })?;
     if !status.success() || !text.contains("1 passed") {
         return Err(Failure(format!(
             "{test}, run alone, failed ({status}):\n{text}"
@@ -845,7 +871,8 @@ pub fn run_alone(mut command: Command, test: &str, var: &str) -> TestResult {
     });
     let left = processes_where(made_there);
     kill_all(&left);
-    gone.with_context(|| format!("{test}, run alone, left {}", describe_processes(&left)))
+    gone.with_context(|| format!("{test}, run alone, left {}", describe_processes(&left)))?;
+    Ok(text)
 }
 
 /// Set in a helper host; its arguments are `SHEEPDOG_HELPER_<KEY>` variables.
