@@ -65,6 +65,30 @@ impl Innocents {
             .count()
     }
 
+    /// Each innocent, and what became of it.
+    fn report(&mut self) -> String {
+        let token = format!("{INNOCENT_VAR}={}", self.token);
+        let what = [
+            "uid 65534 with the copied marker",
+            "the host's uid with a made-up tag",
+        ];
+        self.children
+            .iter_mut()
+            .zip(what)
+            .map(|(c, what)| {
+                let pid = c.id();
+                let state = match c.try_wait() {
+                    Ok(Some(status)) => format!("ended: {status}"),
+                    Ok(None) if env_has(pid, &token) => "alive".to_string(),
+                    Ok(None) => format!("alive, not the innocent: {}", describe_processes(&[pid])),
+                    Err(e) => format!("unknown: {e}"),
+                };
+                format!("{what} (pid {pid}): {state}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
@@ -95,7 +119,7 @@ fn a_stop_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestR
         .pid()
         .context("a started service has a pid")?;
     h.wait_for_tagged(2, "the service and its daemon run")?;
-    let innocents = Innocents::start(&marker_of(pid)?)?;
+    let mut innocents = Innocents::start(&marker_of(pid)?)?;
     h.sup().stop("d")?;
     let left = h.tagged();
     assert!(
@@ -103,10 +127,12 @@ fn a_stop_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestR
         "{tier}: the daemon outlived the stop: {}",
         describe_processes(&left)
     );
+    let alive = innocents.alive();
     assert_eq!(
-        innocents.alive(),
+        alive,
         2,
-        "{tier}: a stop killed a process that only carried a copied or made-up marker"
+        "{tier}: a stop killed a process that only carried a copied or made-up marker: {}",
+        innocents.report()
     );
     drop(innocents);
     h.finish()
@@ -161,7 +187,7 @@ fn the_cleanup_after_a_host_died_spares_the_innocents(tier: &Tier, guardian: boo
         .parse::<u32>()
         .context("the helper host says its service's pid")?;
     wait_for_tagged(&token, 2, "the service and its daemon run")?;
-    let innocents = Innocents::start(&marker_of(pid)?)?;
+    let mut innocents = Innocents::start(&marker_of(pid)?)?;
     host.kill()?;
     let sup = tier.builder().state_dir(&state).resurrect(false).open()?;
     let gone = wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(()));
@@ -170,10 +196,12 @@ fn the_cleanup_after_a_host_died_spares_the_innocents(tier: &Tier, guardian: boo
         "{what}: the dead host's daemon is left: {}",
         describe_processes(&tagged_processes(&token))
     );
+    let alive = innocents.alive();
     assert_eq!(
-        innocents.alive(),
+        alive,
         2,
-        "{what}: the cleanup after the host's death killed an innocent"
+        "{what}: the cleanup after the host's death killed an innocent: {}",
+        innocents.report()
     );
     let reclaimed: Vec<u32> = sup.reclaimed().into_iter().flat_map(|(_, p)| p).collect();
     for pid in innocents.pids() {

@@ -11,8 +11,8 @@
 //! and keeps everything else; no zombie child lingers; and the host's fds and threads come
 //! back to where they were after each shutdown. In every tier.
 //!
-//! The sequences run in a subprocess of their own, so the fd, thread and zombie counts are
-//! this test's alone. A failure prints the shrunk sequence. `SHEEPDOG_STRESS=1` runs more
+//! The sequences run in subprocesses of their own (four side by side, each with a quarter of
+//! them), so the fd, thread and zombie counts are each one's alone. A failure prints the shrunk sequence. `SHEEPDOG_STRESS=1` runs more
 //! and longer sequences; `SHEEPDOG_MODEL_CASES=n` sets the number of sequences.
 
 use crate::prelude::*;
@@ -38,6 +38,12 @@ const SECS_1: Duration = Duration::from_secs(1);
 const STEP_DEADLINE: Duration = Duration::from_secs(30);
 /// The sequences each tier runs.
 const CASES: u32 = 40;
+/// The processes that share a tier's sequences, side by side: a sequence spends most of its
+/// time waiting for its children, so they run in about a quarter of the time, each with its
+/// own fds, threads and children to count.
+const SHARDS: u32 = 4;
+/// Set, in each of those processes, to its number.
+const SHARD: &str = "SHEEPDOG_MODEL_SHARD";
 
 fn stress() -> bool {
     std::env::var_os("SHEEPDOG_STRESS").is_some_and(|v| v != "0")
@@ -1009,10 +1015,19 @@ fn run_case(ops: &[Op], baseline: Baseline, containment: Containment) -> Result<
 }
 
 fn run_model(tier: &Tier) -> TestResult {
-    let cases: u32 = std::env::var("SHEEPDOG_MODEL_CASES")
+    let all: u32 = std::env::var("SHEEPDOG_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if stress() { 300 } else { CASES });
+    let shard: u32 = std::env::var(SHARD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // This shard's part of the cases, the remainder to the first ones.
+    let cases = all / SHARDS + u32::from(shard < all % SHARDS);
+    if cases == 0 {
+        return Ok(());
+    }
     let max_len = if stress() { 60 } else { 25 };
     std::thread::spawn(|| loop {
         std::thread::sleep(Duration::from_millis(200));
@@ -1049,7 +1064,7 @@ fn run_model(tier: &Tier) -> TestResult {
     match result {
         Ok(()) => {
             println!(
-                "model: {cases} sequences of up to {} ops held in the {tier} in {:?}",
+                "model: {cases} sequences of up to {} ops held in the {tier} in {:?} (shard {shard})",
                 max_len - 1,
                 started.elapsed()
             );
@@ -1071,21 +1086,29 @@ fn run_model(tier: &Tier) -> TestResult {
     }
 }
 
-/// The sequences run in a subprocess of their own, so that the fd, thread and zombie counts
-/// are this test's alone.
+/// The sequences run in subprocesses of their own, so that the fd, thread and zombie counts
+/// are each one's alone.
 fn random_sequences_agree_with_the_model_and_the_os(tier: &Tier) -> TestResult {
     if running_alone(INNER, tier.test()) {
         return run_model(tier);
     }
     let deadline = Duration::from_secs(if stress() { 3600 } else { 600 });
-    let text = run_alone_within(
-        std::process::Command::new("env"),
-        tier.test(),
-        INNER,
-        deadline,
-    )?;
-    if let Some(line) = text.lines().find(|l| l.starts_with("model:")) {
-        println!("{line}");
+    let shards: Vec<_> = (0..SHARDS)
+        .map(|shard| {
+            let test = tier.test().to_string();
+            std::thread::spawn(move || {
+                let mut env = std::process::Command::new("env");
+                env.env(SHARD, shard.to_string());
+                run_alone_within(env, &test, INNER, deadline)
+            })
+        })
+        .collect();
+    for shard in shards {
+        let text = shard.join().expect("a shard's runner does not panic")?;
+        // The harness may print the test's name, without a line end, before it.
+        if let Some(i) = text.find("model: ") {
+            println!("{}", text[i..].lines().next().unwrap_or_default());
+        }
     }
     Ok(())
 }
