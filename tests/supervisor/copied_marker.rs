@@ -52,9 +52,26 @@ impl Innocents {
             .spawn()
             .context("start the innocent with a made-up tag")?;
         innocents.children.push(same_uid);
-        wait_until(SECS_5, || (innocents.alive() == 2).then_some(()))
-            .context("the innocents started")?;
+        // Until `setpriv` has changed its uid and both have become `sleep`, the first is a
+        // process of the host's uid holding a verbatim copy of a run's marker: one the
+        // supervisor may rightly take for the run's (see the README's threat model).
+        wait_until(SECS_5, || innocents.settled().then_some(()))
+            .context("the innocents started, as uid 65534 and the host's uid")?;
         Ok(innocents)
+    }
+
+    /// Both run `sleep`, the first as uid 65534.
+    fn settled(&self) -> bool {
+        let sleeping = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        };
+        let real_uid = |pid: u32| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uids.split_whitespace().next()?.parse::<u32>().ok()
+        };
+        let pids = self.pids();
+        self.alive() == 2 && pids.iter().all(|&p| sleeping(p)) && real_uid(pids[0]) == Some(65534)
     }
 
     fn alive(&self) -> usize {

@@ -9,17 +9,19 @@ use crate::prelude::*;
 use std::time::Duration;
 
 /// The daemon handles the stop signal by writing a file: the stop's signal, not only its
-/// SIGKILL, reaches it.
+/// SIGKILL, reaches it. It loops (rather than waiting for one child, which the same stop
+/// may end first, letting the shell end before its signal came).
 fn the_stop_signal_reaches_a_setsid_daemon(tier: &Tier) -> TestResult {
     let h = tier.harness()?;
     let note = h.dir.path().join("daemon-got-term");
     let script = format!(
-        "(setsid sh -c 'trap \"echo term > {}; exit 0\" TERM; sleep 600 & wait' &); \
+        "(setsid sh -c 'trap \"echo term > {}; exit 0\" TERM; while :; do sleep 0.1; done' &); \
          exec sleep 600",
         note.display()
     );
     h.sup().start(h.sh("daemonizer", &script))?;
-    h.wait_for_tagged(3, "the main process, the daemon and its sleep")?;
+    wait_until(SECS_10, || (h.tagged().len() >= 2).then_some(()))
+        .context("the main process and the daemon run")?;
     h.sup().stop("daemonizer")?;
     let left = h.tagged();
     assert!(
