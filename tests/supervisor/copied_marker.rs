@@ -130,11 +130,7 @@ fn a_stop_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestR
     let spec = h
         .sh("d", DAEMONIZE)
         .stop_timeout(Duration::from_millis(300));
-    let pid = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec)?;
     h.wait_for_tagged(2, "the service and its daemon run")?;
     let mut innocents = Innocents::start(&marker_of(pid)?)?;
     h.sup().stop("d")?;
@@ -160,9 +156,7 @@ per_tier!(a_stop_spares_processes_that_only_carry_a_copied_marker);
 /// The helper host: a daemonizing service under the tier `TIER`, with a guardian if
 /// `GUARDIAN` is 1, in the state directory `STATE`; says its main process's pid.
 fn helper_host() -> ! {
-    let sup = sheepdog::Supervisor::builder()
-        .containment(tier_named(&helper_arg("TIER")))
-        .state_dir(helper_arg("STATE"))
+    let sup = helper_builder()
         .guardian(helper_arg("GUARDIAN") == "1")
         .open()
         .expect("the helper host opens its supervisor");
@@ -190,15 +184,9 @@ fn the_cleanup_after_a_host_died_spares_the_innocents(tier: &Tier, guardian: boo
     let root = tempfile::tempdir()?;
     let state = root.path().join("state");
     let token = new_token();
-    let mut host = HostProcess::spawn(
-        tier.test(),
-        &[
-            ("TIER", tier.name().as_ref()),
-            ("STATE", state.as_os_str()),
-            ("TOKEN", token.as_ref()),
-            ("GUARDIAN", if guardian { "1" } else { "0" }.as_ref()),
-        ],
-    )?;
+    let guardian_arg = if guardian { "1" } else { "0" };
+    let mut host =
+        HostProcess::in_tier(tier, &state, &token, &[("GUARDIAN", guardian_arg.as_ref())])?;
     let pid = host
         .said("pid ")?
         .parse::<u32>()

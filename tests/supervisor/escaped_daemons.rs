@@ -8,6 +8,18 @@
 use crate::prelude::*;
 use std::time::Duration;
 
+/// Stops `name`, and checks that nothing of it is left: `what` names what would be.
+fn stop_leaves_nothing(tier: &Tier, h: &Harness, name: &str, what: &str) -> TestResult {
+    h.sup().stop(name)?;
+    let left = h.tagged();
+    assert!(
+        left.is_empty(),
+        "{tier}: {what} survived the stop: {}",
+        describe_processes(&left)
+    );
+    Ok(())
+}
+
 /// The daemon handles the stop signal by writing a file: the stop's signal, not only its
 /// SIGKILL, reaches it. It loops (rather than waiting for one child, which the same stop
 /// may end first, letting the shell end before its signal came).
@@ -22,13 +34,7 @@ fn the_stop_signal_reaches_a_setsid_daemon(tier: &Tier) -> TestResult {
     h.sup().start(h.sh("daemonizer", &script))?;
     wait_until(SECS_10, || (h.tagged().len() >= 2).then_some(()))
         .context("the main process and the daemon run")?;
-    h.sup().stop("daemonizer")?;
-    let left = h.tagged();
-    assert!(
-        left.is_empty(),
-        "{tier}: the daemon survived the stop: {}",
-        describe_processes(&left)
-    );
+    stop_leaves_nothing(tier, &h, "daemonizer", "the daemon")?;
     assert!(
         note.exists(),
         "{tier}: the daemon did not get the stop signal (only a SIGKILL)"
@@ -49,13 +55,7 @@ fn the_sigkill_reaches_a_setsid_daemon_that_ignores_the_stop_signal(tier: &Tier)
         .stop_timeout(Duration::from_millis(200));
     h.sup().start(spec)?;
     h.wait_for_tagged(2, "the main process and its daemon")?;
-    h.sup().stop("daemonizer")?;
-    let left = h.tagged();
-    assert!(
-        left.is_empty(),
-        "{tier}: the daemon survived the stop: {}",
-        describe_processes(&left)
-    );
+    stop_leaves_nothing(tier, &h, "daemonizer", "the daemon")?;
     h.finish()
 }
 
@@ -76,13 +76,7 @@ fn a_daemon_born_during_the_stop_is_ended_too(tier: &Tier) -> TestResult {
         .stop_timeout(Duration::from_secs(1));
     h.sup().start(spec)?;
     h.wait_for_tagged(2, "the main process and its sleep")?;
-    h.sup().stop("late")?;
-    let left = h.tagged();
-    assert!(
-        left.is_empty(),
-        "{tier}: the daemon born during the stop survived it: {}",
-        describe_processes(&left)
-    );
+    stop_leaves_nothing(tier, &h, "late", "the daemon born during the stop")?;
     h.finish()
 }
 

@@ -13,11 +13,7 @@ fn exited_while_its_output_drains(h: &Harness) -> TestResult<(ServiceSpec, u32)>
     let spec = h
         .sh("s", "setsid sleep 1 & sleep 0.1; exit 0")
         .restart(RestartPolicy::never());
-    let pid = h
-        .sup()
-        .start(spec.clone())?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec.clone())?;
     wait_until(SECS_5, || (!is_alive(pid)).then_some(())).context("the main process exits")?;
     Ok((spec, pid))
 }

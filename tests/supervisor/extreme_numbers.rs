@@ -20,15 +20,7 @@ fn an_exponential_backoff_at_the_duration_limit_does_not_panic() -> TestResult {
     let backoff = Backoff::exponential(Duration::MAX, Duration::MAX);
     let delay = std::panic::catch_unwind(|| backoff.delay(0));
     assert!(delay.is_ok(), "Backoff::delay panicked");
-    let h = Harness::new()?;
-    let spec = h
-        .sh("svc", "exit 1")
-        .restart(RestartPolicy::always().backoff(backoff));
-    h.sup().start(spec)?;
-    h.sup().wait_for("svc", Status::Backoff, SECS_5)?;
-    answers(h.sup());
-    assert_eq!(h.sup().stop("svc")?, 1, "the stop acts on the service");
-    h.finish()
+    sits_in_backoff(backoff)
 }
 
 /// A run that fails its readiness at once (it exits with 0 before any `READY=1`, and the
@@ -105,10 +97,16 @@ fn a_huge_stop_timeout_does_not_kill_the_supervision_thread() -> TestResult {
 /// A huge fixed backoff means "practically never"; the service must sit in `Backoff`.
 #[test]
 fn a_huge_backoff_does_not_kill_the_supervision_thread() -> TestResult {
+    sits_in_backoff(Backoff::fixed(Duration::MAX))
+}
+
+/// A crashing service with `backoff` sits in `Backoff`; the supervision thread answers, and
+/// a stop works.
+fn sits_in_backoff(backoff: Backoff) -> TestResult {
     let h = Harness::new()?;
     let spec = h
         .sh("svc", "exit 1")
-        .restart(RestartPolicy::always().backoff(Backoff::fixed(Duration::MAX)));
+        .restart(RestartPolicy::always().backoff(backoff));
     h.sup().start(spec)?;
     h.sup().wait_for("svc", Status::Backoff, SECS_5)?;
     answers(h.sup());

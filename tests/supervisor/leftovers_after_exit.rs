@@ -18,11 +18,7 @@ fn a_group_member_left_by_a_crashed_leader_is_killed(tier: &Tier) -> TestResult 
     let spec = h
         .sh("leaky", "sleep 600 & sleep 0.1; exit 1")
         .restart(RestartPolicy::never());
-    let pid = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec)?;
     expect_event(&events, SECS_5, "the exit", |e| {
         matches!(e, Event::Exited { .. })
     })?;

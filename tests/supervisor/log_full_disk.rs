@@ -26,11 +26,7 @@ fn a_full_disk_drops_and_counts_then_recovers_with_a_marker() -> TestResult {
     let spec = h
         .sh("writer", "i=0; while :; do i=$((i+1)); echo \"line $i of a service that keeps writing\"; sleep 0.001; done")
         .log(LogPolicy::default().max_bytes(0));
-    let pid = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec)?;
     let Event::LogError { error, .. } = expect_event(&events, SECS_10, "a log error", |e| {
         matches!(e, Event::LogError { .. })
     })?

@@ -174,6 +174,15 @@ impl Harness {
         tagged_sh(&self.token, name, script)
     }
 
+    /// Starts `spec`; returns the pid of its main process.
+    pub fn start_pid(&self, spec: ServiceSpec) -> TestResult<u32> {
+        let name = spec.name().to_string();
+        self.sup()
+            .start(spec)?
+            .pid()
+            .context(format!("{name} was started and has a pid"))
+    }
+
     /// The processes carrying this test's token.
     pub fn tagged(&self) -> Vec<u32> {
         tagged_processes(&self.token)
@@ -889,6 +898,14 @@ pub fn helper_arg(key: &str) -> String {
         .unwrap_or_else(|_| panic!("the helper host is given {key}"))
 }
 
+/// In a helper host started by [`HostProcess::in_tier`]: a builder for the tier and the state
+/// directory it was given.
+pub fn helper_builder() -> Builder {
+    Supervisor::builder()
+        .containment(tier_named(&helper_arg("TIER")))
+        .state_dir(helper_arg("STATE"))
+}
+
 /// What a helper host does once it is set up: says `ready`, then waits to be killed.
 pub fn serve_until_killed() -> ! {
     println!("ready");
@@ -929,6 +946,24 @@ impl HostProcess {
             }
         });
         Ok(HostProcess { child, lines })
+    }
+
+    /// Starts the test of `tier` as a helper host in that tier, with the state directory
+    /// `state` (see [`helper_builder`]), its children tagged with `token` (`TOKEN`), and
+    /// `more` arguments.
+    pub fn in_tier(
+        tier: &Tier,
+        state: &Path,
+        token: &str,
+        more: &[(&str, &OsStr)],
+    ) -> TestResult<HostProcess> {
+        let mut args: Vec<(&str, &OsStr)> = vec![
+            ("TIER", tier.name().as_ref()),
+            ("STATE", state.as_os_str()),
+            ("TOKEN", token.as_ref()),
+        ];
+        args.extend_from_slice(more);
+        HostProcess::spawn(tier.test(), &args)
     }
 
     pub fn pid(&self) -> u32 {

@@ -14,10 +14,7 @@ use std::collections::HashSet;
 /// A helper host: `SERVICES` services running `SCRIPT` under the tier `TIER`, without a
 /// guardian, in the state directory `STATE`, tagged with `TOKEN`.
 fn helper_host() -> ! {
-    let sup = tier_named(&helper_arg("TIER"));
-    let sup = sheepdog::Supervisor::builder()
-        .containment(sup)
-        .state_dir(helper_arg("STATE"))
+    let sup = helper_builder()
         .guardian(false)
         .open()
         .expect("the helper host opens its supervisor");
@@ -41,15 +38,11 @@ fn a_dead_host(
     let state = root.join("state");
     let token = new_token();
     let count = services.to_string();
-    let mut host = HostProcess::spawn(
-        tier.test(),
-        &[
-            ("TIER", tier.name().as_ref()),
-            ("STATE", state.as_os_str()),
-            ("TOKEN", token.as_ref()),
-            ("SCRIPT", script.as_ref()),
-            ("SERVICES", count.as_ref()),
-        ],
+    let mut host = HostProcess::in_tier(
+        tier,
+        &state,
+        &token,
+        &[("SCRIPT", script.as_ref()), ("SERVICES", count.as_ref())],
     )?;
     host.ready("")?;
     let before = wait_for_tagged(&token, 2 * services, "each service runs two processes")?;

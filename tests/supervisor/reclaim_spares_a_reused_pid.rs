@@ -11,9 +11,7 @@ use std::os::unix::process::CommandExt;
 /// `STATE`, without a guardian (the identity check of `open` is what is tested); says the
 /// service's pid.
 fn helper_host() -> ! {
-    let sup = sheepdog::Supervisor::builder()
-        .containment(tier_named(&helper_arg("TIER")))
-        .state_dir(helper_arg("STATE"))
+    let sup = helper_builder()
         .guardian(false)
         .open()
         .expect("the helper host opens its supervisor");
@@ -73,14 +71,7 @@ fn a_process_that_took_a_dead_runs_pid_is_never_signalled(tier: &Tier) -> TestRe
     let root = tempfile::tempdir()?;
     let state = root.path().join("state");
     let token = new_token();
-    let mut host = HostProcess::spawn(
-        tier.test(),
-        &[
-            ("TIER", tier.name().as_ref()),
-            ("STATE", state.as_os_str()),
-            ("TOKEN", token.as_ref()),
-        ],
-    )?;
+    let mut host = HostProcess::in_tier(tier, &state, &token, &[])?;
     let pid = host
         .said("pid ")?
         .parse::<u32>()

@@ -12,9 +12,7 @@ const SERVICES: usize = 5;
 /// A helper host: SERVICES services that each leave a `setsid` daemon, under the tier
 /// `TIER`, guarded, in the state directory `STATE`.
 fn helper_host() -> ! {
-    let sup = sheepdog::Supervisor::builder()
-        .containment(tier_named(&helper_arg("TIER")))
-        .state_dir(helper_arg("STATE"))
+    let sup = helper_builder()
         .open()
         .expect("the helper host opens its supervisor");
     let token = helper_arg("TOKEN");
@@ -37,14 +35,7 @@ fn a_host_that_opens_the_state_directory_at_once_keeps_its_services(tier: &Tier)
     let root = tempfile::tempdir()?;
     let state = root.path().join("state");
     let token = new_token();
-    let mut host = HostProcess::spawn(
-        tier.test(),
-        &[
-            ("TIER", tier.name().as_ref()),
-            ("STATE", state.as_os_str()),
-            ("TOKEN", token.as_ref()),
-        ],
-    )?;
+    let mut host = HostProcess::in_tier(tier, &state, &token, &[])?;
     host.ready("")?;
     let before: HashSet<u32> =
         wait_for_tagged(&token, 2 * SERVICES, "every service and its daemon run")?

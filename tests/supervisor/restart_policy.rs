@@ -14,11 +14,7 @@ fn a_crash_is_restarted_at_once_with_no_backoff() -> TestResult {
     let spec = h
         .sh("crasher", "sleep 0.05; exit 3")
         .restart(RestartPolicy::always().backoff(Backoff::none()));
-    let first = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let first = h.start_pid(spec)?;
     expect_event(
         &events,
         SECS_5,

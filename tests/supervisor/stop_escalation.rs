@@ -15,11 +15,7 @@ fn a_group_that_ignores_the_stop_signal_is_killed_after_the_timeout(tier: &Tier)
     let spec = h
         .sh("stubborn", script)
         .stop_timeout(Duration::from_millis(300));
-    let pid = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec)?;
     let members = wait_until(SECS_5, || {
         let m = group_members(pid);
         (m.len() >= 4).then_some(m)

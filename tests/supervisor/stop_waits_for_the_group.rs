@@ -18,11 +18,7 @@ fn a_stop_waits_for_members_that_outlive_the_leader(tier: &Tier) -> TestResult {
     let spec = h
         .sh("graceful", &script)
         .stop_timeout(Duration::from_secs(5));
-    let pid = h
-        .sup()
-        .start(spec)?
-        .pid()
-        .context("a started service has a pid")?;
+    let pid = h.start_pid(spec)?;
     wait_until(SECS_5, || (group_members(pid).len() >= 3).then_some(()))
         .context("the leader, its child and the grandchild run")?;
     h.sup().stop("graceful")?;
