@@ -7,23 +7,26 @@ use sheepdog::{Backoff, ErrorKind, Event, Events, RestartPolicy, Status};
 use std::time::{Duration, Instant};
 
 const DELAY: Duration = Duration::from_millis(600);
+/// How long past its due time a restart that was not cancelled would surely have come.
+const MARGIN: Duration = Duration::from_millis(300);
 
-fn in_backoff(h: &Harness, name: &str) -> TestResult {
+/// Starts `name` crashing into a backoff of DELAY; returns when its restart is due.
+fn in_backoff(h: &Harness, name: &str) -> TestResult<Instant> {
     let spec = h
         .sh(name, "exit 1")
         .restart(RestartPolicy::always().backoff(Backoff::fixed(DELAY)));
     h.sup().start(spec)?;
     h.sup().wait_for(name, Status::Backoff, SECS_5)?;
-    assert!(
-        h.sup().describe(name)?.next_start().is_some(),
-        "a restart is due"
-    );
-    Ok(())
+    h.sup()
+        .describe(name)?
+        .next_start()
+        .context("a restart is due")
 }
 
-/// Waits past the backoff and checks that no restart happened meanwhile.
-fn no_start_after(events: &Events, name: &str) {
-    let deadline = Instant::now() + DELAY * 2;
+/// Waits until well past the time the restart was due, and checks that no restart happened
+/// meanwhile.
+fn no_start_after(events: &Events, name: &str, due: Instant) {
+    let deadline = due + MARGIN;
     while let Some(e) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         assert!(
             !matches!(&e, Event::Started { name: n, .. } if n == name),
@@ -35,11 +38,11 @@ fn no_start_after(events: &Events, name: &str) {
 #[test]
 fn a_stop_during_backoff_is_never_undone() -> TestResult {
     let h = Harness::new()?;
-    in_backoff(&h, "s")?;
+    let due = in_backoff(&h, "s")?;
     let events = h.sup().subscribe();
     assert_eq!(h.sup().stop("s")?, 1, "the stop acts on the service");
     assert_eq!(status(h.sup(), "s"), Status::Stopped, "stopped at once");
-    no_start_after(&events, "s");
+    no_start_after(&events, "s", due);
     assert_eq!(status(h.sup(), "s"), Status::Stopped, "still stopped");
     let left = h.tagged();
     assert!(left.is_empty(), "nothing runs: {left:?}");
@@ -49,7 +52,7 @@ fn a_stop_during_backoff_is_never_undone() -> TestResult {
 #[test]
 fn a_delete_during_backoff_leaves_no_ghost() -> TestResult {
     let h = Harness::new()?;
-    in_backoff(&h, "d")?;
+    let due = in_backoff(&h, "d")?;
     let events = h.sup().subscribe();
     assert_eq!(h.sup().delete("d")?, 1, "the delete acts on the service");
     assert_eq!(
@@ -57,7 +60,7 @@ fn a_delete_during_backoff_leaves_no_ghost() -> TestResult {
         Err(ErrorKind::NotFound),
         "deleted at once"
     );
-    no_start_after(&events, "d");
+    no_start_after(&events, "d", due);
     let left = h.tagged();
     assert!(
         left.is_empty(),
@@ -69,13 +72,13 @@ fn a_delete_during_backoff_leaves_no_ghost() -> TestResult {
 #[test]
 fn a_start_during_backoff_starts_once_at_once() -> TestResult {
     let h = Harness::new()?;
-    in_backoff(&h, "a")?;
+    let due = in_backoff(&h, "a")?;
     // Same name, a spec that stays up: starts now, and the old timer must not add a copy.
     let info = h.sup().start(h.sh("a", "exec sleep 60"))?;
     let events = h.sup().subscribe();
     assert_eq!(info.status(), Status::Online, "started at once");
     let pid = info.pid().context("an online service has a pid")?;
-    no_start_after(&events, "a");
+    no_start_after(&events, "a", due);
     assert_eq!(
         h.sup().describe("a")?.pid(),
         Some(pid),
@@ -88,7 +91,7 @@ fn a_start_during_backoff_starts_once_at_once() -> TestResult {
 #[test]
 fn a_restart_during_backoff_starts_once_at_once() -> TestResult {
     let h = Harness::new()?;
-    in_backoff(&h, "r")?;
+    let due = in_backoff(&h, "r")?;
     let events = h.sup().subscribe();
     assert_eq!(h.sup().restart("r")?, 1, "the restart acts on the service");
     // It runs `exit 1` again, so it may be back in backoff; what matters is that the restart
@@ -98,6 +101,6 @@ fn a_restart_during_backoff_starts_once_at_once() -> TestResult {
     })?;
     assert_eq!(started.name(), Some("r"), "the service restarted");
     h.sup().stop("r")?;
-    no_start_after(&events, "r");
+    no_start_after(&events, "r", due);
     h.finish()
 }
