@@ -15,7 +15,12 @@ const INNOCENT_VAR: &str = "SHEEPDOG_TEST_INNOCENT";
 
 /// The `SHEEPDOG_RUN` in the environment of `pid`.
 fn marker_of(pid: u32) -> TestResult<String> {
-    env_of(pid, "SHEEPDOG_RUN").context("every run carries a marker")
+    env_of(pid, "SHEEPDOG_RUN").with_context(|| {
+        format!(
+            "every run carries a marker, yet {} has none",
+            describe_processes(&[pid])
+        )
+    })
 }
 
 /// The two innocents: uid 65534 with the copied marker, and the host's uid with the same
