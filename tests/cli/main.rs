@@ -3,7 +3,9 @@
 //! own registration directory (`SHEEPDOG_RUNTIME_DIR`), and ends by proving that the
 //! host's children are gone.
 
-#[path = "../supervisor/common.rs"]
+// The supervisor tests' prelude; its tier macros serve only those tests.
+#[path = "../supervisor/prelude.rs"]
+#[allow(unused_macros, unused_imports)]
 mod common;
 mod host;
 

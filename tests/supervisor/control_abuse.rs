@@ -3,7 +3,7 @@
 //! clients at once. The host never hangs or panics, keeps restarting the crasher, serves
 //! every well-behaved client, and closes the silent connections when their time is up.
 
-use crate::common::{self, Harness};
+use crate::prelude::{self, Harness, TestResult};
 use sheepdog::control::protocol::HELLO_TIMEOUT;
 use sheepdog::{Backoff, RestartPolicy};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -42,8 +42,8 @@ fn closed_by_host(stream: &mut UnixStream) -> bool {
 }
 
 #[test]
-fn abuse_never_stops_supervision_or_service() {
-    let h = Harness::new();
+fn abuse_never_stops_supervision_or_service() -> TestResult {
+    let h = Harness::new()?;
     let sup = h.sup();
     sup.start(
         h.sh("crasher", "exit 1")
@@ -170,13 +170,13 @@ fn abuse_never_stops_supervision_or_service() {
     );
 
     // Supervision went on meanwhile.
-    let restarted = common::wait_until(common::SECS_10, || {
+    let restarted = prelude::wait_until(prelude::SECS_10, || {
         (sup.describe("crasher").unwrap().restarts() >= restarts_before + 20).then_some(())
     });
     assert!(restarted.is_some(), "the crasher kept being restarted");
 
     // Silent connections are closed once they have had their time to say hello.
-    let closed = common::wait_until(HELLO_TIMEOUT + Duration::from_secs(10), || {
+    let closed = prelude::wait_until(HELLO_TIMEOUT + Duration::from_secs(10), || {
         silent.iter_mut().all(closed_by_host).then_some(())
     });
     assert!(closed.is_some(), "half-open connections were closed");
@@ -193,5 +193,5 @@ fn abuse_never_stops_supervision_or_service() {
     .unwrap();
     assert_eq!(answers[1]["ok"]["list"][0]["name"], "crasher");
     drop(stuck);
-    h.finish();
+    h.finish()
 }

@@ -1,7 +1,7 @@
 //! Beyond `MAX_CLIENTS` connections a new one is refused in words, and served again once
 //! others have gone.
 
-use crate::common::Harness;
+use crate::prelude::{Harness, TestResult};
 use sheepdog::control::protocol::MAX_CLIENTS;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -17,8 +17,8 @@ fn hello(socket: &std::path::Path) -> serde_json::Value {
 }
 
 #[test]
-fn clients_beyond_the_cap_are_refused_clearly() {
-    let h = Harness::new();
+fn clients_beyond_the_cap_are_refused_clearly() -> TestResult {
+    let h = Harness::new()?;
     let socket = h.sup().control_socket().unwrap().to_path_buf();
     let mut held: Vec<UnixStream> = Vec::new();
     for _ in 0..MAX_CLIENTS {
@@ -42,10 +42,10 @@ fn clients_beyond_the_cap_are_refused_clearly() {
         "{refused}"
     );
     held.truncate(MAX_CLIENTS - 1);
-    let served = crate::common::wait_until(Duration::from_secs(5), || {
+    let served = crate::prelude::wait_until(Duration::from_secs(5), || {
         let answer = hello(&socket);
         answer["ok"]["hello"].is_object().then_some(())
     });
     assert!(served.is_some(), "a place freed is taken again");
-    h.finish();
+    h.finish()
 }

@@ -2,7 +2,7 @@
 //! a call that waits does not hold up other clients, and streams and calls end in words
 //! when the host shuts down.
 
-use crate::common::{self, Harness};
+use crate::prelude::{self, Harness, TestResult};
 use sheepdog::Supervisor;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -48,8 +48,8 @@ impl Conn {
 const HELLO: &str = r#"{"request":"hello","version":1}"#;
 
 #[test]
-fn the_socket_is_private_and_goes_with_the_host() {
-    let h = Harness::new();
+fn the_socket_is_private_and_goes_with_the_host() -> TestResult {
+    let h = Harness::new()?;
     let socket = h.sup().control_socket().unwrap().to_path_buf();
     assert_eq!(
         socket,
@@ -60,7 +60,7 @@ fn the_socket_is_private_and_goes_with_the_host() {
     h.sup().shutdown().unwrap();
     assert!(!socket.exists(), "removed at shutdown");
     assert!(h.sup().control_socket().is_none());
-    h.finish();
+    h.finish()?;
 
     let dir = tempfile::tempdir().unwrap();
     let sup = Supervisor::builder()
@@ -74,12 +74,13 @@ fn the_socket_is_private_and_goes_with_the_host() {
         .err()
         .unwrap();
     assert_eq!(err.kind(), sheepdog::ErrorKind::NotRunning);
-    sup.shutdown().unwrap();
+    sup.shutdown()?;
+    Ok(())
 }
 
 #[test]
-fn hello_comes_first_and_errors_are_typed() {
-    let h = Harness::new();
+fn hello_comes_first_and_errors_are_typed() -> TestResult {
+    let h = Harness::new()?;
     let socket = h.sup().control_socket().unwrap().to_path_buf();
     let mut c = Conn::open(&socket);
     let refused = c.call(r#"{"request":"list"}"#);
@@ -118,12 +119,12 @@ fn hello_comes_first_and_errors_are_typed() {
     c.send(r#"{"request":"stats"}"#);
     assert!(c.next()["ok"]["list"].is_array());
     assert!(c.next()["ok"]["stats"].is_array());
-    h.finish();
+    h.finish()
 }
 
 #[test]
-fn a_call_that_waits_holds_up_no_other_client() {
-    let h = Harness::new();
+fn a_call_that_waits_holds_up_no_other_client() -> TestResult {
+    let h = Harness::new()?;
     let sup = h.sup();
     // Ignores SIGTERM: its stop waits for the stop timeout, then SIGKILL.
     sup.start(
@@ -136,13 +137,13 @@ fn a_call_that_waits_holds_up_no_other_client() {
     .unwrap();
     // Only once the trap is set does the stop have to wait.
     let log = sup.log_path("stubborn", sheepdog::Stream::Stdout).unwrap();
-    common::wait_lines(&log, 1, common::SECS_10);
+    prelude::wait_lines(&log, 1, prelude::SECS_10)?;
     let socket = sup.control_socket().unwrap().to_path_buf();
     let mut slow = Conn::open(&socket);
     slow.call(HELLO);
     slow.send(r#"{"request":"stop","target":"stubborn"}"#);
-    common::wait_until(common::SECS_5, || {
-        (common::status(sup, "stubborn") == sheepdog::Status::Stopping).then_some(())
+    prelude::wait_until(prelude::SECS_5, || {
+        (prelude::status(sup, "stubborn") == sheepdog::Status::Stopping).then_some(())
     })
     .expect("the stop began");
     let mut quick = Conn::open(&socket);
@@ -160,13 +161,13 @@ fn a_call_that_waits_holds_up_no_other_client() {
     slow.stream.set_nonblocking(false).unwrap();
     let stopped = slow.next();
     assert_eq!(stopped["ok"]["stop"], 1);
-    assert_eq!(common::status(sup, "stubborn"), sheepdog::Status::Stopped);
-    h.finish();
+    assert_eq!(prelude::status(sup, "stubborn"), sheepdog::Status::Stopped);
+    h.finish()
 }
 
 #[test]
-fn shutdown_ends_streams_and_calls_in_words() {
-    let h = Harness::new();
+fn shutdown_ends_streams_and_calls_in_words() -> TestResult {
+    let h = Harness::new()?;
     let sup = h.sup();
     sup.start(h.sh("chatty", "while :; do echo tick; sleep 0.05; done"))
         .unwrap();
@@ -190,12 +191,12 @@ fn shutdown_ends_streams_and_calls_in_words() {
     subscriber.call(HELLO);
     assert!(subscriber.call(r#"{"request":"subscribe"}"#)["ok"]["subscribe"].is_object());
     let log = sup.log_path("stubborn", sheepdog::Stream::Stdout).unwrap();
-    common::wait_lines(&log, 1, common::SECS_10);
+    prelude::wait_lines(&log, 1, prelude::SECS_10)?;
     let mut waiting = Conn::open(&socket);
     waiting.call(HELLO);
     waiting.send(r#"{"request":"stop","target":"stubborn"}"#);
-    common::wait_until(common::SECS_5, || {
-        (common::status(sup, "stubborn") == sheepdog::Status::Stopping).then_some(())
+    prelude::wait_until(prelude::SECS_5, || {
+        (prelude::status(sup, "stubborn") == sheepdog::Status::Stopping).then_some(())
     })
     .expect("the stop began");
 
@@ -216,5 +217,5 @@ fn shutdown_ends_streams_and_calls_in_words() {
     );
     assert_eq!(waiting.next()["error"]["kind"], "shut_down");
     assert!(follower.next().is_null() && subscriber.next().is_null());
-    h.finish();
+    h.finish()
 }

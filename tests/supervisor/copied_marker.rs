@@ -1,46 +1,41 @@
 //! A process that merely carries a copy of a run's `SHEEPDOG_RUN` marker is never signalled:
-//! not by a stop, not by the cleanup after a host's death, in any containment tier. The
-//! innocent here is a process of uid 65534 in a session of its own, started with the whole
-//! marker copied from a running service's environment, and a process of the host's uid with
-//! a marker whose tag was made up. Real escapees (a `setsid` daemon of the service) are
-//! still ended. Needs root (to start a process as another uid); skipped otherwise.
+//! not by a stop, not by the cleanup after a host's death (by its guardian, or by the next
+//! `open`), in any containment tier. The innocents here are a process of uid 65534 in a
+//! session of its own, started with the whole marker copied from a running service's
+//! environment, and a process of the host's uid with a marker whose tag was made up. Real
+//! escapees (a `setsid` daemon of the service) are still ended. Needs root (to start a
+//! process as another uid); skipped otherwise.
 
-use crate::common::*;
-use sheepdog::{Containment, ServiceSpec, Supervisor};
+use crate::prelude::*;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 const DAEMONIZE: &str = "(setsid sleep 600 &); exec sleep 600";
 const INNOCENT_VAR: &str = "SHEEPDOG_TEST_INNOCENT";
 
-fn root_or_skip() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: starting a process of uid 65534 needs root");
-    false
-}
-
 /// The `SHEEPDOG_RUN` in the environment of `pid`.
-fn marker_of(pid: u32) -> String {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    env.split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"SHEEPDOG_RUN="))
-        .map(|v| String::from_utf8(v.to_vec()).unwrap())
-        .expect("every run carries a marker")
+fn marker_of(pid: u32) -> TestResult<String> {
+    env_of(pid, "SHEEPDOG_RUN").with_context(|| {
+        format!(
+            "every run carries a marker, yet {} has none",
+            describe_processes(&[pid])
+        )
+    })
 }
 
 /// The two innocents: uid 65534 with the copied marker, and the host's uid with the same
-/// marker but a made-up tag; both `sleep 600` in sessions of their own.
+/// marker but a made-up tag; both `sleep 600` in sessions of their own. Killed on drop.
 struct Innocents {
     children: Vec<Child>,
     token: String,
 }
 
 impl Innocents {
-    fn start(marker: &str) -> Innocents {
+    fn start(marker: &str) -> TestResult<Innocents> {
         let token = new_token();
-        let (head, _tag) = marker.rsplit_once(':').unwrap();
+        let (head, _tag) = marker
+            .rsplit_once(':')
+            .context("a marker ends with its tag")?;
         let forged = format!("{head}:0123456789abcdef");
         let other_uid = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -49,33 +44,71 @@ impl Innocents {
             .env("SHEEPDOG_RUN", marker)
             .env(INNOCENT_VAR, &token)
             .spawn()
-            .unwrap();
+            .context("start the innocent of uid 65534 (setpriv)")?;
+        let mut innocents = Innocents {
+            children: vec![other_uid],
+            token,
+        };
         let same_uid = Command::new("setsid")
             .args(["sleep", "600"])
             .env_clear()
             .env("SHEEPDOG_RUN", forged)
-            .env(INNOCENT_VAR, &token)
+            .env(INNOCENT_VAR, &innocents.token)
             .spawn()
-            .unwrap();
-        let innocents = Innocents {
-            children: vec![other_uid, same_uid],
-            token,
+            .context("start the innocent with a made-up tag")?;
+        innocents.children.push(same_uid);
+        // Until `setpriv` has changed its uid and both have become `sleep`, the first is a
+        // process of the host's uid holding a verbatim copy of a run's marker: one the
+        // supervisor may rightly take for the run's (see the README's threat model).
+        wait_until(SECS_5, || innocents.settled().then_some(()))
+            .context("the innocents started, as uid 65534 and the host's uid")?;
+        Ok(innocents)
+    }
+
+    /// Both run `sleep`, the first as uid 65534.
+    fn settled(&self) -> bool {
+        let sleeping = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
         };
-        let up = wait_until(SECS_5, || (innocents.alive() == 2).then_some(()));
-        assert!(up.is_some(), "the innocents started");
-        innocents
+        let real_uid = |pid: u32| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uids.split_whitespace().next()?.parse::<u32>().ok()
+        };
+        let pids = self.pids();
+        self.alive() == 2 && pids.iter().all(|&p| sleeping(p)) && real_uid(pids[0]) == Some(65534)
     }
 
     fn alive(&self) -> usize {
         let needle = format!("{INNOCENT_VAR}={}", self.token);
         self.children
             .iter()
-            .filter(|c| {
-                is_alive(c.id())
-                    && std::fs::read(format!("/proc/{}/environ", c.id()))
-                        .is_ok_and(|e| e.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-            })
+            .filter(|c| is_alive(c.id()) && env_has(c.id(), &needle))
             .count()
+    }
+
+    /// Each innocent, and what became of it.
+    fn report(&mut self) -> String {
+        let token = format!("{INNOCENT_VAR}={}", self.token);
+        let what = [
+            "uid 65534 with the copied marker",
+            "the host's uid with a made-up tag",
+        ];
+        self.children
+            .iter_mut()
+            .zip(what)
+            .map(|(c, what)| {
+                let pid = c.id();
+                let state = match c.try_wait() {
+                    Ok(Some(status)) => format!("ended: {status}"),
+                    Ok(None) if env_has(pid, &token) => "alive".to_string(),
+                    Ok(None) => format!("alive, not the innocent: {}", describe_processes(&[pid])),
+                    Err(e) => format!("unknown: {e}"),
+                };
+                format!("{what} (pid {pid}): {state}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -92,193 +125,113 @@ impl Drop for Innocents {
     }
 }
 
-/// Starts a daemonizing service under `containment`, starts the innocents with its marker,
-/// stops it, and checks the daemon is gone and the innocents are not.
-fn stop_spares_the_innocents(sup: &Supervisor, token: &str) {
-    let spec = ServiceSpec::new("d", "/bin/sh")
-        .args(["-c", DAEMONIZE])
-        .env(TOKEN_VAR, token)
+/// Starts a daemonizing service, starts the innocents with its marker, stops it, and checks
+/// the daemon is gone and the innocents are not.
+fn a_stop_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestResult {
+    if !is_root() {
+        return skip(tier.test(), "starting a process of uid 65534 needs root");
+    }
+    let h = tier.harness()?;
+    let spec = h
+        .sh("d", DAEMONIZE)
         .stop_timeout(Duration::from_millis(300));
-    let pid = sup.start(spec).unwrap().pid().unwrap();
-    let two = wait_until(SECS_5, || {
-        (tagged_processes(token).len() == 2).then_some(())
-    });
-    assert!(two.is_some(), "the service and its daemon run");
-    let innocents = Innocents::start(&marker_of(pid));
-    sup.stop("d").unwrap();
+    let pid = h.start_pid(spec)?;
+    h.wait_for_tagged(2, "the service and its daemon run")?;
+    let mut innocents = Innocents::start(&marker_of(pid)?)?;
+    h.sup().stop("d")?;
+    let left = h.tagged();
     assert!(
-        tagged_processes(token).is_empty(),
-        "{:?}: the daemon outlived the stop: {:?}",
-        sup.containment(),
-        tagged_processes(token)
+        left.is_empty(),
+        "{tier}: the daemon outlived the stop: {}",
+        describe_processes(&left)
     );
+    let alive = innocents.alive();
     assert_eq!(
-        innocents.alive(),
+        alive,
         2,
-        "{:?}: a stop killed a process that only carried a copied or made-up marker",
-        sup.containment()
+        "{tier}: a stop killed a process that only carried a copied or made-up marker: {}",
+        innocents.report()
     );
+    drop(innocents);
+    h.finish()
 }
 
-#[test]
-fn a_stop_spares_processes_that_only_carry_a_copied_marker() {
-    if !root_or_skip() {
-        return;
-    }
-    for containment in [Containment::Cgroup, Containment::ProcessGroup] {
-        let dir = tempfile::tempdir().unwrap();
-        let Ok(sup) = Supervisor::builder()
-            .state_dir(dir.path())
-            .containment(containment)
-            .open()
-        else {
-            eprintln!("skipped {containment:?}: not available here");
-            continue;
-        };
-        let token = new_token();
-        stop_spares_the_innocents(&sup, &token);
-        sup.shutdown().unwrap();
-    }
-}
+per_tier!(a_stop_spares_processes_that_only_carry_a_copied_marker);
 
-/// In a process of its own: a subreaper host changes where every orphan of the test binary
-/// goes (and the innocents are its own children, which it must leave alone).
-#[test]
-fn a_subreaper_host_spares_processes_that_only_carry_a_copied_marker() {
-    if std::env::var_os("SHEEPDOG_SUBREAPER_HOST").is_none() {
-        if root_or_skip() {
-            run_alone(
-                Command::new("env"),
-                "copied_marker::a_subreaper_host_spares_processes_that_only_carry_a_copied_marker",
-                "SHEEPDOG_SUBREAPER_HOST",
-            );
-        }
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sup = Supervisor::builder()
-        .state_dir(dir.path())
-        .containment(Containment::Subreaper)
+/// The helper host: a daemonizing service under the tier `TIER`, with a guardian if
+/// `GUARDIAN` is 1, in the state directory `STATE`; says its main process's pid.
+fn helper_host() -> ! {
+    let sup = helper_builder()
+        .guardian(helper_arg("GUARDIAN") == "1")
         .open()
-        .unwrap();
-    let token = new_token();
-    stop_spares_the_innocents(&sup, &token);
-    sup.shutdown().unwrap();
+        .expect("the helper host opens its supervisor");
+    let spec = tagged_sh(&helper_arg("TOKEN"), "d", DAEMONIZE);
+    let pid = sup.start(spec).expect("the helper host starts its service");
+    println!("pid {}", pid.pid().expect("a started service has a pid"));
+    serve_until_killed()
 }
 
-const RECLAIM_TEST: &str =
-    "copied_marker::the_cleanup_after_a_host_died_spares_processes_that_only_carry_a_copied_marker";
-
-/// The helper host: a daemonizing service under the given containment; prints its main
-/// process's pid, then waits to be killed.
-fn helper_host(dir: &std::ffi::OsStr, token: &str, containment: &str) -> ! {
-    let containment = match containment {
-        "cgroup" => Containment::Cgroup,
-        _ => Containment::ProcessGroup,
+/// A helper host runs a daemonizing service; the innocents start with its marker; the host
+/// is killed. The cleanup (the guardian's, or else the next `open`'s) ends the daemon and
+/// spares the innocents.
+fn the_cleanup_after_a_host_died_spares_the_innocents(tier: &Tier, guardian: bool) -> TestResult {
+    if is_helper_host() {
+        helper_host();
+    }
+    if !is_root() {
+        return skip(tier.test(), "starting a process of uid 65534 needs root");
+    }
+    let what = if guardian {
+        format!("{tier}, with a guardian")
+    } else {
+        format!("{tier}, without a guardian")
     };
-    let guardian = std::env::var_os("SHEEPDOG_HELPER_GUARDIAN").is_some_and(|v| v == "1");
-    let sup = Supervisor::builder()
-        .state_dir(dir)
-        .containment(containment)
-        .guardian(guardian)
-        .open()
-        .unwrap();
-    let spec = ServiceSpec::new("d", "/bin/sh")
-        .args(["-c", DAEMONIZE])
-        .env(TOKEN_VAR, token);
-    let pid = sup.start(spec).unwrap().pid().unwrap();
-    println!("pid {pid}");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
+    let root = tempfile::tempdir()?;
+    let state = root.path().join("state");
+    let token = new_token();
+    let guardian_arg = if guardian { "1" } else { "0" };
+    let mut host =
+        HostProcess::in_tier(tier, &state, &token, &[("GUARDIAN", guardian_arg.as_ref())])?;
+    let pid = host
+        .said("pid ")?
+        .parse::<u32>()
+        .context("the helper host says its service's pid")?;
+    wait_for_tagged(&token, 2, "the service and its daemon run")?;
+    let mut innocents = Innocents::start(&marker_of(pid)?)?;
+    host.kill()?;
+    let sup = tier.builder().state_dir(&state).resurrect(false).open()?;
+    let gone = wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(()));
+    assert!(
+        gone.is_some(),
+        "{what}: the dead host's daemon is left: {}",
+        describe_processes(&tagged_processes(&token))
+    );
+    let alive = innocents.alive();
+    assert_eq!(
+        alive,
+        2,
+        "{what}: the cleanup after the host's death killed an innocent: {}",
+        innocents.report()
+    );
+    let reclaimed: Vec<u32> = sup.reclaimed().into_iter().flat_map(|(_, p)| p).collect();
+    for pid in innocents.pids() {
+        assert!(
+            !reclaimed.contains(&pid),
+            "{what}: innocent {pid} reported reclaimed"
+        );
     }
+    sup.shutdown()?;
+    Ok(())
 }
 
-#[test]
-fn the_cleanup_after_a_host_died_spares_processes_that_only_carry_a_copied_marker() {
-    if let (Some(dir), Ok(token), Ok(tier)) = (
-        std::env::var_os("SHEEPDOG_HELPER_HOST"),
-        std::env::var("SHEEPDOG_HELPER_TOKEN"),
-        std::env::var("SHEEPDOG_HELPER_TIER"),
-    ) {
-        helper_host(&dir, &token, &tier);
-    }
-    if !root_or_skip() {
-        return;
-    }
-    // With a guardian, it cleans up at the host's death; without, the next `open` does.
-    for (tier, containment, guardian) in [
-        ("cgroup", Containment::Cgroup, "1"),
-        ("cgroup, no guardian", Containment::Cgroup, "0"),
-        ("process group", Containment::ProcessGroup, "1"),
-        ("process group, no guardian", Containment::ProcessGroup, "0"),
-    ] {
-        let root = tempfile::tempdir().unwrap();
-        if containment == Containment::Cgroup
-            && Supervisor::builder()
-                .state_dir(root.path().join("probe"))
-                .containment(containment)
-                .open()
-                .is_err()
-        {
-            eprintln!("skipped {tier}: no writable cgroup v2 hierarchy here");
-            continue;
-        }
-        let state = root.path().join("state");
-        let token = new_token();
-        let mut host = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", RECLAIM_TEST, "--nocapture"])
-            .env("SHEEPDOG_HELPER_HOST", &state)
-            .env("SHEEPDOG_HELPER_TOKEN", &token)
-            .env("SHEEPDOG_HELPER_GUARDIAN", guardian)
-            .env(
-                "SHEEPDOG_HELPER_TIER",
-                if containment == Containment::Cgroup {
-                    "cgroup"
-                } else {
-                    "pg"
-                },
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines =
-            std::io::BufRead::lines(std::io::BufReader::new(host.stdout.take().unwrap()));
-        let pid: u32 = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("pid ").map(|p| p.parse().unwrap()))
-            .expect("the helper host reported its service's pid");
-        let two = wait_until(SECS_10, || {
-            (tagged_processes(&token).len() == 2).then_some(())
-        });
-        assert!(two.is_some(), "{tier}: the service and its daemon run");
-        let innocents = Innocents::start(&marker_of(pid));
-        host.kill().unwrap();
-        host.wait().unwrap();
-        let sup = Supervisor::builder()
-            .state_dir(&state)
-            .containment(containment)
-            .resurrect(false)
-            .open()
-            .unwrap();
-        let gone = wait_until(SECS_5, || tagged_processes(&token).is_empty().then_some(()));
-        assert!(
-            gone.is_some(),
-            "{tier}: the dead host's daemon is left: {:?}",
-            tagged_processes(&token)
-        );
-        assert_eq!(
-            innocents.alive(),
-            2,
-            "{tier}: the cleanup after the host's death killed an innocent"
-        );
-        let reclaimed: Vec<u32> = sup.reclaimed().into_iter().flat_map(|(_, p)| p).collect();
-        for pid in innocents.pids() {
-            assert!(
-                !reclaimed.contains(&pid),
-                "{tier}: {pid} reported reclaimed"
-            );
-        }
-        sup.shutdown().unwrap();
-    }
+fn the_guardian_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestResult {
+    the_cleanup_after_a_host_died_spares_the_innocents(tier, true)
 }
+
+per_tier!(the_guardian_spares_processes_that_only_carry_a_copied_marker);
+
+fn the_next_open_spares_processes_that_only_carry_a_copied_marker(tier: &Tier) -> TestResult {
+    the_cleanup_after_a_host_died_spares_the_innocents(tier, false)
+}
+
+per_tier!(the_next_open_spares_processes_that_only_carry_a_copied_marker);

@@ -1,63 +1,57 @@
 //! The fd budget allows what fits: with an open-file limit of 40, one service starts (it
-//! needs about six fds), and the check still refuses what cannot fit. Before, it asked for
-//! 64 fds plus 5 per service, and refused even one service under a limit below about 69.
+//! needs about six fds), and the check still refuses what cannot fit, before anything is
+//! saved. Guards a defect: the check asked for 64 fds plus 5 per service, and refused even
+//! one service under a limit below about 69.
 
-use crate::common::*;
-use sheepdog::{ErrorKind, Status};
+use crate::prelude::*;
+use sheepdog::{ErrorKind, Status, Stream, Supervisor};
+
+/// The variable that marks the run of the test under the low limit.
+const LOW_LIMIT: &str = "SHEEPDOG_TEST_LOW_FD_LIMIT";
 
 /// In a process of its own whose open-file limit, soft and hard, is 40 (set by `ulimit`,
 /// kept across exec): the supervisor cannot raise it.
 #[test]
-fn one_service_starts_under_an_fd_limit_of_40() {
-    if std::env::var_os("SHEEPDOG_LOW_FD_LIMIT").is_none() {
+fn one_service_starts_under_an_fd_limit_of_40() -> TestResult {
+    let test = test_name!("one_service_starts_under_an_fd_limit_of_40");
+    if !running_alone(LOW_LIMIT, test) {
         let mut sh = std::process::Command::new("/bin/sh");
         sh.args(["-c", "ulimit -n 40 && exec \"$@\"", "sh"]);
-        return run_alone(
-            sh,
-            "fd_limit::one_service_starts_under_an_fd_limit_of_40",
-            "SHEEPDOG_LOW_FD_LIMIT",
-        );
+        return run_alone(sh, test, LOW_LIMIT);
     }
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
-        .unwrap();
+        .context("the open-file limit in /proc/self/limits")?;
     assert_eq!(
         line.split_whitespace().collect::<Vec<_>>()[3..5],
         ["40", "40"],
-        "{line}"
+        "the soft and hard limits: {line}"
     );
     // The control socket's thread holds about ten fds of its own (socket, epoll, wakers,
     // the directory, the registration's): off here, where every fd counts.
-    let dir = tempfile::tempdir().unwrap();
-    let sup = sheepdog::Supervisor::builder()
-        .state_dir(dir.path().join("state"))
-        .control_socket(false)
-        .open()
-        .unwrap();
-    let h = Harness {
-        sup: Some(sup),
-        dir,
-        token: new_token(),
-    };
-    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() - 1;
-    println!("{open} fds open with the supervisor open");
-    let info = h
-        .sup()
-        .start(h.sh("one", "echo hi; exec sleep 600"))
-        .unwrap();
-    assert_eq!(info.status(), Status::Online);
-    let log = h.sup().log_path("one", sheepdog::Stream::Stdout).unwrap();
-    assert_eq!(wait_lines(&log, 1, SECS_5), ["hi"]);
+    let h = Harness::with(Supervisor::builder().control_socket(false))?;
+    println!("{} fds open with the supervisor open", fd_count() - 1);
+    let info = h.sup().start(h.sh("one", "echo hi; exec sleep 600"))?;
+    assert_eq!(info.status(), Status::Online, "one service fits");
+    let log = h.sup().log_path("one", Stream::Stdout)?;
+    assert_eq!(
+        wait_lines(&log, 1, SECS_5)?,
+        ["hi"],
+        "and its output is logged"
+    );
     // What cannot fit is still refused before anything is saved.
     let many = (0..10).map(|i| h.sh(&format!("more{i}"), "exec sleep 600"));
-    let results = h.sup().start_many(many).unwrap();
+    let results = h.sup().start_many(many)?;
     let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(!refused.is_empty(), "ten more services fit in 40 fds?");
     for err in &refused {
         assert_eq!(err.kind(), ErrorKind::Spawn, "{err}");
-        assert!(err.to_string().contains("file descriptors"), "{err}");
+        assert!(
+            err.to_string().contains("file descriptors"),
+            "the cause: {err}"
+        );
     }
     for (i, result) in results.iter().enumerate() {
         if result.is_err() {
@@ -65,5 +59,5 @@ fn one_service_starts_under_an_fd_limit_of_40() {
             assert!(h.sup().describe(&name).is_err(), "{name} was not saved");
         }
     }
-    h.finish();
+    h.finish()
 }

@@ -1,40 +1,74 @@
-//! Integration tests with real children, real SQLite files and real signals. Each test runs
-//! its children with a token in their environment and ends by proving, from /proc, that no
-//! process carrying it is left (see `common::Harness::finish`).
+//! Integration tests with real children, real SQLite files and real signals: one file per
+//! behaviour, each saying what it proves. Each test runs its children with a token in their
+//! environment and ends by proving, from /proc, that no process carrying it is left
+//! (`prelude::Harness::finish`). The behaviours that depend on the containment tier run
+//! once per tier, as tests named `cgroup`, `subreaper` and `process_group` in a module per
+//! scenario (`prelude::per_tier!`); a tier this machine cannot give is skipped, saying why.
+//! `SHEEPDOG_STRESS=1` runs the long stress runs.
 
-mod common;
+mod prelude;
 
 mod after_shutdown;
+mod apply;
 mod backoff_races;
 mod batch_faults;
-mod child_hygiene;
-mod concurrency;
-mod containment;
+mod cgroup_reuse;
+mod clean_spawn;
+mod containment_choice;
 mod control_abuse;
 mod control_limits;
 mod control_socket;
 mod copied_marker;
-mod delete;
-mod escaped_after_exit;
-mod events_and_logs;
+mod delete_removes_logs;
+mod delete_waves;
+mod dependencies;
+mod drop_is_a_shutdown;
+mod environment;
+mod escaped_daemons;
+mod events;
+mod exit_while_output_drains;
+mod explain;
+mod extreme_numbers;
 mod fd_limit;
-mod fleet;
-mod fuzz_inputs;
-mod guardian;
-mod history;
-mod host_death;
-mod logs;
+mod fleet_files;
+mod fleet_runner;
+mod full_state_disk;
+mod fuzzed_inputs;
+mod garbage_state_file;
+mod guardian_cleanup;
+mod guardian_replacement;
+mod health_checks;
+mod host_children;
+mod leftovers_after_exit;
+mod log_capture;
+mod log_follow;
+mod log_full_disk;
+mod log_rotation;
+mod max_memory;
+mod max_pids;
 mod model;
 mod notify_access;
 mod overtaking;
-mod persistence;
+mod parallel_stops;
 mod probe_hygiene;
+mod read_only_state_dir;
 mod readiness;
-mod restarts;
+mod reclaim;
+mod reclaim_spares_a_reused_pid;
+mod reopen;
+mod reopen_during_guardian_cleanup;
+mod restart_policy;
+mod run_history;
+mod spec_change;
+mod state_dir_lock;
 mod state_dir_loss;
 mod state_dir_security;
-mod stopping;
-mod store_faults;
+mod state_file_refused;
+mod stats;
+mod stop_escalation;
+mod stop_waits_for_the_group;
 mod storm;
+mod subreaper_reaping;
+mod thread_count;
 mod validation;
 mod wait_for;

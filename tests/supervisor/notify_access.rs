@@ -3,12 +3,10 @@
 //! `STATUS=`, `WATCHDOG=1` and `RESTART_RESET=1` change nothing, and every refused datagram
 //! is counted. Real clients keep working: the real `systemd-notify`, as root (it speaks on
 //! behalf of its parent) and as another uid (it speaks for itself, a short-lived child).
-//! Run in the cgroup tier (where available) and the process-group tier.
+//! In every tier.
 
-use crate::common::*;
-use sheepdog::{
-    Backoff, Containment, Event, Health, Ready, RestartPolicy, ServiceSpec, Status, Supervisor,
-};
+use crate::prelude::*;
+use sheepdog::{Backoff, Event, Health, Ready, RestartPolicy, ServiceSpec, Status, Supervisor};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,102 +14,81 @@ const SYSTEMD_NOTIFY: &str = "/usr/bin/systemd-notify";
 /// A python the other uid can run (the one on PATH may live under root's home).
 const PYTHON: &str = "/usr/bin/python3";
 
-fn supervisors(dir: &Path) -> Vec<(Containment, Supervisor)> {
-    [Containment::Cgroup, Containment::ProcessGroup]
-        .into_iter()
-        .filter_map(|c| {
-            let sup = Supervisor::builder()
-                .state_dir(dir.join(format!("{c:?}")))
-                .containment(c)
-                .open();
-            if sup.is_err() {
-                eprintln!("skipped {c:?}: not available here");
-            }
-            Some((c, sup.ok()?))
-        })
-        .collect()
-}
-
-fn sh(token: &str, name: &str, script: &str) -> ServiceSpec {
-    ServiceSpec::new(name, "/bin/sh")
-        .args(["-c", script])
-        .env(TOKEN_VAR, token)
-}
-
-#[test]
-fn the_real_systemd_notify_makes_a_service_online() {
+fn the_real_systemd_notify_makes_a_service_online(tier: &Tier) -> TestResult {
     if !Path::new(SYSTEMD_NOTIFY).exists() {
-        eprintln!("skipped: {SYSTEMD_NOTIFY} is not installed");
-        return;
+        return skip(tier.test(), format!("{SYSTEMD_NOTIFY} is not installed"));
     }
-    let root = rustix::process::geteuid().is_root();
-    let dir = tempfile::tempdir().unwrap();
-    for (containment, sup) in supervisors(dir.path()) {
-        let token = new_token();
-        // As the host's uid: root's systemd-notify names its parent (the shell) as sender.
-        let spec = sh(
-            &token,
+    let h = tier.harness()?;
+    // As the host's uid: root's systemd-notify names its parent (the shell) as sender.
+    let spec = h
+        .sh(
             "own-uid",
             &format!("{SYSTEMD_NOTIFY} --ready --status='up and running'; exec sleep 600"),
         )
         .ready(Ready::Notify);
-        sup.start(spec).unwrap();
-        sup.wait_for("own-uid", Status::Online, SECS_10)
-            .unwrap_or_else(|e| panic!("{containment:?}: {e}"));
-        let info = sup.describe("own-uid").unwrap();
-        assert_eq!(info.status_text(), Some("up and running"));
-        assert_eq!(info.notify_rejected(), 0);
-        if root {
-            // Unprivileged, it names itself: a child that exits once the datagram was read.
-            let spec = sh(
-                &token,
-                "other-uid",
-                &format!(
-                    "setpriv --reuid=65534 --regid=65534 --clear-groups \
-                     {SYSTEMD_NOTIFY} --ready --status=unprivileged; exec sleep 600"
-                ),
-            )
-            .ready(Ready::Notify);
-            sup.start(spec).unwrap();
-            sup.wait_for("other-uid", Status::Online, SECS_10)
-                .unwrap_or_else(|e| panic!("{containment:?}: {e}"));
-            let info = sup.describe("other-uid").unwrap();
-            assert_eq!(info.status_text(), Some("unprivileged"));
-            assert_eq!(info.notify_rejected(), 0);
-        }
-        sup.shutdown().unwrap();
-        assert!(tagged_processes(&token).is_empty());
+    h.sup().start(spec)?;
+    h.sup().wait_for("own-uid", Status::Online, SECS_10)?;
+    let info = h.sup().describe("own-uid")?;
+    assert_eq!(
+        info.status_text(),
+        Some("up and running"),
+        "{tier}: STATUS= is taken"
+    );
+    assert_eq!(info.notify_rejected(), 0, "{tier}: nothing refused");
+    if !is_root() {
+        skip(
+            tier.test(),
+            "the other uid's systemd-notify needs root to start it",
+        )?;
+        return h.finish();
     }
-}
-
-#[test]
-fn two_supervisors_in_one_process_both_run_notify_services() {
-    let token = new_token();
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let sups: Vec<Supervisor> = dirs
-        .iter()
-        .map(|d| Supervisor::open(d.path()).unwrap())
-        .collect();
-    for sup in &sups {
-        // The same id and generation in both: names that would collide if made of them.
-        let spec = sh(
-            &token,
-            "n",
-            "exec python3 -c 'import os,socket,time\n\
-             a=os.environ[\"NOTIFY_SOCKET\"]\na=\"\\0\"+a[1:]\n\
-             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)\n\
-             time.sleep(600)'",
+    // Unprivileged, it names itself: a child that exits once the datagram was read.
+    let spec = h
+        .sh(
+            "other-uid",
+            &format!(
+                "setpriv --reuid=65534 --regid=65534 --clear-groups \
+                 {SYSTEMD_NOTIFY} --ready --status=unprivileged; exec sleep 600"
+            ),
         )
         .ready(Ready::Notify);
-        assert_eq!(sup.start(spec).unwrap().id(), 1);
+    h.sup().start(spec)?;
+    h.sup().wait_for("other-uid", Status::Online, SECS_10)?;
+    let info = h.sup().describe("other-uid")?;
+    assert_eq!(
+        info.status_text(),
+        Some("unprivileged"),
+        "{tier}: STATUS= of the unprivileged sender is taken"
+    );
+    assert_eq!(info.notify_rejected(), 0, "{tier}: nothing refused");
+    h.finish()
+}
+
+per_tier!(the_real_systemd_notify_makes_a_service_online);
+
+#[test]
+fn two_supervisors_in_one_process_both_run_notify_services() -> TestResult {
+    let both = [Harness::new()?, Harness::new()?];
+    for h in &both {
+        // The same id and generation in both: names that would collide if made of them.
+        let spec = h
+            .sh(
+                "n",
+                "exec python3 -c 'import os,socket,time\n\
+                 a=os.environ[\"NOTIFY_SOCKET\"]\na=\"\\0\"+a[1:]\n\
+                 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)\n\
+                 time.sleep(600)'",
+            )
+            .ready(Ready::Notify);
+        assert_eq!(h.sup().start(spec)?.id(), 1, "the first service's id");
     }
-    for sup in &sups {
-        sup.wait_for("n", Status::Online, SECS_10).unwrap();
+    for h in &both {
+        h.sup().wait_for("n", Status::Online, SECS_10)?;
     }
-    for sup in sups {
-        sup.shutdown().unwrap();
+    for h in both {
+        h.finish()?;
     }
-    assert!(tagged_processes(&token).is_empty());
+    Ok(())
 }
 
 /// The attack: every 20 ms, for each file in `dir` named `target-*` (holding a socket name,
@@ -142,16 +119,15 @@ while not os.path.exists(os.path.join(d, "stop")) and time.time() < end:
                 pass
     time.sleep(0.02)
 for f, n in sent.items():
-    open(os.path.join(d, "sent-%s-%s" % (who, f[len("target-"):])), "w").write(str(n))
+    # Written aside, then renamed: a reader never sees the file empty.
+    final = os.path.join(d, "sent-%s-%s" % (who, f[len("target-"):]))
+    open(final + ".tmp", "w").write(str(n))
+    os.rename(final + ".tmp", final)
 "#;
 
 /// The `NOTIFY_SOCKET` of the running process of `name`, if one runs.
 fn socket_of(sup: &Supervisor, name: &str) -> Option<String> {
-    let pid = sup.describe(name).ok()?.pid()?;
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    env_of(sup.describe(name).ok()?.pid()?, "NOTIFY_SOCKET")
 }
 
 /// Keeps `dir/target-<name>` naming the current run's socket of each target, until `dir/stop`.
@@ -162,8 +138,8 @@ fn track_targets(sup: &Supervisor, dir: &Path, names: &[&str]) {
                 let file = dir.join(format!("target-{name}"));
                 if std::fs::read_to_string(&file).ok().as_deref() != Some(&sock) {
                     let tmp = dir.join(format!("tmp-{name}"));
-                    std::fs::write(&tmp, &sock).unwrap();
-                    std::fs::rename(&tmp, &file).unwrap();
+                    std::fs::write(&tmp, &sock).expect("the attack directory is writable");
+                    std::fs::rename(&tmp, &file).expect("the attack directory is writable");
                 }
             }
         }
@@ -175,55 +151,58 @@ fn sent_to(dir: &Path, target: &str) -> u64 {
     ["service", "nobody"]
         .iter()
         .filter_map(|who| std::fs::read_to_string(dir.join(format!("sent-{who}-{target}"))).ok())
-        .map(|n| n.trim().parse::<u64>().unwrap())
+        .map(|n| n.trim().parse::<u64>().expect("a count, written whole"))
         .sum()
 }
 
 /// A directory the attackers can use, in `base` (a `tempdir`, made reachable: it is private
 /// to its owner).
-fn attack_dir(base: &Path, name: &str) -> PathBuf {
+fn attack_dir(base: &Path, name: &str) -> TestResult<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let dir = base.join(name);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::write(dir.join("attack.py"), ATTACK).unwrap();
-    dir
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    std::fs::write(dir.join("attack.py"), ATTACK)?;
+    Ok(dir)
 }
 
-#[test]
-fn forged_notifications_from_another_service_or_uid_change_nothing_and_are_counted() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: the attack from another uid needs root to start it");
-        return;
+fn forged_notifications_from_another_service_or_uid_change_nothing_and_are_counted(
+    tier: &Tier,
+) -> TestResult {
+    if !is_root() {
+        return skip(
+            tier.test(),
+            "the attack from another uid needs root to start it",
+        );
     }
     if !Path::new(PYTHON).exists() {
-        eprintln!("skipped: {PYTHON} is not installed");
-        return;
+        return skip(tier.test(), format!("{PYTHON} is not installed"));
     }
-    let base = tempfile::tempdir().unwrap();
-    for (containment, sup) in supervisors(base.path()) {
-        let token = new_token();
-        let dir = attack_dir(base.path(), &format!("{containment:?}-attack"));
-        let ready_line = "exec python3 -c 'import os,socket,time\n\
-                          a=os.environ[\"NOTIFY_SOCKET\"]\na=\"\\0\"+a[1:]\n\
-                          socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)\n";
-        // Never says READY=1 itself: forged READY=1 and STATUS= must not take.
-        let silent = sh(&token, "silent", "exec sleep 600")
-            .ready(Ready::Notify)
-            .ready_timeout(Duration::from_secs(60));
-        // Ready by itself, never pings: forged WATCHDOG=1 must not keep it healthy.
-        let unpinged = sh(&token, "unpinged", &format!("{ready_line}time.sleep(600)'"))
-            .ready(Ready::Notify)
-            .health(
-                Health::notify()
-                    .interval(Duration::from_millis(300))
-                    .failures(2),
-            )
-            .restart(RestartPolicy::never());
-        // Ready, then crashes: forged RESTART_RESET=1 must not keep it from its crash limit.
-        let crashy = sh(
-            &token,
+    let h = tier.harness()?;
+    let sup = h.sup();
+    let dir = attack_dir(h.dir.path(), "attack")?;
+    let ready_line = "exec python3 -c 'import os,socket,time\n\
+                      a=os.environ[\"NOTIFY_SOCKET\"]\na=\"\\0\"+a[1:]\n\
+                      socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b\"READY=1\", a)\n";
+    // Never says READY=1 itself: forged READY=1 and STATUS= must not take.
+    let silent = h
+        .sh("silent", "exec sleep 600")
+        .ready(Ready::Notify)
+        .ready_timeout(Duration::from_secs(60));
+    // Ready by itself, never pings: forged WATCHDOG=1 must not keep it healthy.
+    let unpinged = h
+        .sh("unpinged", &format!("{ready_line}time.sleep(600)'"))
+        .ready(Ready::Notify)
+        .health(
+            Health::notify()
+                .interval(Duration::from_millis(300))
+                .failures(2),
+        )
+        .restart(RestartPolicy::never());
+    // Ready, then crashes: forged RESTART_RESET=1 must not keep it from its crash limit.
+    let crashy = h
+        .sh(
             "crashy",
             &format!("{ready_line}time.sleep(0.3)\nos._exit(1)'"),
         )
@@ -233,69 +212,81 @@ fn forged_notifications_from_another_service_or_uid_change_nothing_and_are_count
                 .backoff(Backoff::none())
                 .max_restarts(3, Duration::from_secs(60)),
         );
-        let events = sup.subscribe();
-        sup.start(silent).unwrap();
-        sup.start(unpinged).unwrap();
-        sup.start(crashy).unwrap();
-        let targets = ["silent", "unpinged", "crashy"];
-        let attacker = ServiceSpec::new("attacker", PYTHON)
-            .args([
-                dir.join("attack.py").to_str().unwrap(),
-                dir.to_str().unwrap(),
-                "service",
-            ])
-            .env(TOKEN_VAR, &token);
-        sup.start(attacker).unwrap();
-        let mut nobody = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", PYTHON])
-            .args([
-                dir.join("attack.py").to_str().unwrap(),
-                dir.to_str().unwrap(),
-                "nobody",
-            ])
-            .env(TOKEN_VAR, &token)
-            .spawn()
-            .unwrap();
-        std::thread::scope(|scope| {
-            scope.spawn(|| track_targets(&sup, &dir, &targets));
-            let unhealthy = expect_event(
-                &events,
-                SECS_10,
-                "unpinged unhealthy",
-                |e| matches!(e, Event::Unhealthy { name, .. } if name == "unpinged"),
-            );
-            let crash_limit = sup.wait_for("crashy", Status::Errored, SECS_10);
-            std::fs::write(dir.join("stop"), "").unwrap();
-            assert!(matches!(unhealthy, Event::Unhealthy { .. }));
-            crash_limit.unwrap_or_else(|e| panic!("{containment:?}: {e}"));
-        });
-        nobody.wait().unwrap();
-        let done = wait_until(SECS_10, || {
-            dir.join("sent-service-silent").exists().then_some(())
-        });
-        assert!(done.is_some(), "the attacking service reported");
-        let silent = sup.describe("silent").unwrap();
-        assert_eq!(silent.status(), Status::Starting, "{containment:?}");
-        assert_eq!(silent.status_text(), None, "{containment:?}");
-        let sent = sent_to(&dir, "silent");
-        assert!(
-            sent >= 8,
-            "{containment:?}: both attackers reached it: {sent}"
+    let events = sup.subscribe();
+    sup.start(silent)?;
+    sup.start(unpinged)?;
+    sup.start(crashy)?;
+    let targets = ["silent", "unpinged", "crashy"];
+    let script = dir.join("attack.py");
+    let (script, dir_arg) = (script.to_string_lossy(), dir.to_string_lossy());
+    let attacker = ServiceSpec::new("attacker", PYTHON)
+        .args([&*script, &*dir_arg, "service"])
+        .env(TOKEN_VAR, &h.token);
+    sup.start(attacker)?;
+    let mut nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", PYTHON])
+        .args([&*script, &*dir_arg, "nobody"])
+        .env(TOKEN_VAR, &h.token)
+        .spawn()
+        .context("start the attacker of uid 65534")?;
+    let (unhealthy, crash_limit) = std::thread::scope(|scope| {
+        scope.spawn(|| track_targets(sup, &dir, &targets));
+        let unhealthy = expect_event(
+            &events,
+            SECS_10,
+            "unpinged unhealthy",
+            |e| matches!(e, Event::Unhealthy { name, .. } if name == "unpinged"),
         );
-        let counted = wait_until(SECS_5, || {
-            (sup.describe("silent").unwrap().notify_rejected() == sent).then_some(())
-        });
+        let crash_limit = sup.wait_for("crashy", Status::Errored, SECS_10);
+        let _ = std::fs::write(dir.join("stop"), "");
+        (unhealthy, crash_limit)
+    });
+    nobody.wait()?;
+    unhealthy.context(format!("{tier}: forged WATCHDOG=1 kept it healthy"))?;
+    crash_limit.context(format!(
+        "{tier}: forged RESTART_RESET=1 kept it from its limit"
+    ))?;
+    wait_until(SECS_10, || {
+        dir.join("sent-service-silent").exists().then_some(())
+    })
+    .context("the attacking service reported what it sent")?;
+    let silent = sup.describe("silent")?;
+    assert_eq!(
+        silent.status(),
+        Status::Starting,
+        "{tier}: forged READY=1 did not make it ready"
+    );
+    assert_eq!(
+        silent.status_text(),
+        None,
+        "{tier}: forged STATUS= did not take"
+    );
+    let sent = sent_to(&dir, "silent");
+    assert!(
+        sent >= 8,
+        "{tier}: both attackers reached it: {sent} datagrams"
+    );
+    let counted = wait_until(SECS_5, || {
+        (sup.describe("silent").ok()?.notify_rejected() == sent).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{tier}: {} refusals counted, {sent} datagrams sent",
+        sup.describe("silent")?.notify_rejected()
+    );
+    for name in ["unpinged", "crashy"] {
+        let info = sup.describe(name)?;
         assert!(
-            counted.is_some(),
-            "{containment:?}: {} refusals counted, {sent} datagrams sent",
-            sup.describe("silent").unwrap().notify_rejected()
+            info.notify_rejected() > 0,
+            "{tier}: {name}'s refusals are counted"
         );
-        for name in ["unpinged", "crashy"] {
-            let info = sup.describe(name).unwrap();
-            assert!(info.notify_rejected() > 0, "{containment:?}: {name}");
-            assert_eq!(info.status_text(), None, "{containment:?}: {name}");
-        }
-        sup.shutdown().unwrap();
-        assert!(tagged_processes(&token).is_empty());
+        assert_eq!(
+            info.status_text(),
+            None,
+            "{tier}: {name}: forged STATUS= did not take"
+        );
     }
+    h.finish()
 }
+
+per_tier!(forged_notifications_from_another_service_or_uid_change_nothing_and_are_counted);

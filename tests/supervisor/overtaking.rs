@@ -6,7 +6,7 @@
 //! up a new run, and the stop's caller stayed blocked until some later call stopped the
 //! service again.
 
-use crate::common::*;
+use crate::prelude::*;
 use sheepdog::{ErrorKind, Ready, ServiceSpec, Status, Supervisor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,189 +52,210 @@ impl<T: Send + 'static> Call<T> {
         Call { what, rx }
     }
 
-    fn join(self, bound: Duration) -> T {
+    fn join(self, bound: Duration) -> TestResult<T> {
         match self.rx.recv_timeout(bound) {
-            Ok((result, _took)) => result,
-            Err(_) => panic!("{} did not return within {bound:?}", self.what),
+            Ok((result, _took)) => Ok(result),
+            Err(_) => Err(Failure::new(format!(
+                "{} did not return within {bound:?}",
+                self.what
+            ))),
         }
     }
 }
 
 /// Waits until the first call has begun the stop (the service is `Stopping`), then a
 /// little longer, so the second call overtakes it however slowly the first thread started.
-fn overtake_while_stopping(sup: &Supervisor) {
+fn overtake_while_stopping(sup: &Supervisor) -> TestResult {
     wait_until(SECS_10, || {
         (sup.describe("r").ok()?.status() == Status::Stopping).then_some(())
     })
-    .expect("the first call began the stop");
+    .context("the first call began the stop")?;
     std::thread::sleep(OVERTAKE_AFTER);
+    Ok(())
 }
 
 /// A harness with the slow stopper running, and a shared handle on its supervisor.
-fn running() -> (Harness, Arc<Supervisor>) {
-    let mut h = Harness::new();
-    let sup = Arc::new(h.sup.take().expect("open"));
-    sup.start(slow_stopper(&h, "a")).unwrap();
-    sup.wait_for("r", Status::Online, SECS_5).unwrap();
-    (h, sup)
+fn running() -> TestResult<(Harness, Arc<Supervisor>)> {
+    let mut h = Harness::new()?;
+    let sup = Arc::new(h.take());
+    sup.start(slow_stopper(&h, "a"))?;
+    sup.wait_for("r", Status::Online, SECS_5)?;
+    Ok((h, sup))
 }
 
-fn finish(mut h: Harness, sup: Arc<Supervisor>) {
-    h.sup = Some(Arc::try_unwrap(sup).ok().expect("every call returned"));
-    h.finish();
+fn finish(mut h: Harness, sup: Arc<Supervisor>) -> TestResult {
+    h.sup = Some(Arc::try_unwrap(sup).ok().context("every call returned")?);
+    h.finish()
 }
 
-fn stop_overtaken_by(second: impl FnOnce(&Harness, &Supervisor) -> Status) {
-    let (h, sup) = running();
+fn stop_overtaken_by(
+    second: impl FnOnce(&Harness, &Supervisor) -> TestResult<Status>,
+) -> TestResult {
+    let (h, sup) = running()?;
     let stopping = Call::spawn("stop", {
         let sup = sup.clone();
         move || sup.stop("r")
     });
-    overtake_while_stopping(&sup);
-    let status = second(&h, &sup);
+    overtake_while_stopping(&sup)?;
+    let status = second(&h, &sup)?;
     assert!(status.is_running(), "the later start won: {status}");
-    assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
-    sup.wait_for("r", Status::Online, SECS_10).unwrap();
+    assert_eq!(stopping.join(bound())??, 1, "the stop returned");
+    sup.wait_for("r", Status::Online, SECS_10)?;
     assert_eq!(
-        sup.describe("r").unwrap().status(),
+        sup.describe("r")?.status(),
         Status::Online,
         "the service runs, as the last call asked"
     );
-    finish(h, sup);
+    finish(h, sup)
 }
 
 #[test]
-fn a_stop_overtaken_by_a_start_returns() {
-    stop_overtaken_by(|h, sup| sup.start(slow_stopper(h, "a")).unwrap().status());
+fn a_stop_overtaken_by_a_start_returns() -> TestResult {
+    stop_overtaken_by(|h, sup| Ok(sup.start(slow_stopper(h, "a"))?.status()))
 }
 
 #[test]
-fn a_stop_overtaken_by_a_start_with_a_changed_spec_returns() {
-    stop_overtaken_by(|h, sup| sup.start(slow_stopper(h, "b")).unwrap().status());
+fn a_stop_overtaken_by_a_start_with_a_changed_spec_returns() -> TestResult {
+    stop_overtaken_by(|h, sup| Ok(sup.start(slow_stopper(h, "b"))?.status()))
 }
 
 #[test]
-fn a_stop_overtaken_by_a_restart_returns() {
+fn a_stop_overtaken_by_a_restart_returns() -> TestResult {
     stop_overtaken_by(|_, sup| {
-        assert_eq!(sup.restart("r").unwrap(), 1);
-        sup.describe("r").unwrap().status()
-    });
+        assert_eq!(sup.restart("r")?, 1, "the restart acts on the service");
+        Ok(sup.describe("r")?.status())
+    })
 }
 
 #[test]
-fn a_restart_overtaken_by_a_stop_returns() {
-    let (h, sup) = running();
+fn a_restart_overtaken_by_a_stop_returns() -> TestResult {
+    let (h, sup) = running()?;
     let restarting = Call::spawn("restart", {
         let sup = sup.clone();
         move || sup.restart("r")
     });
-    overtake_while_stopping(&sup);
-    assert_eq!(sup.stop("r").unwrap(), 1);
-    assert_eq!(restarting.join(bound()).unwrap(), 1, "the restart returned");
-    assert_eq!(sup.describe("r").unwrap().status(), Status::Stopped);
-    finish(h, sup);
+    overtake_while_stopping(&sup)?;
+    assert_eq!(sup.stop("r")?, 1, "the stop acts on the service");
+    assert_eq!(restarting.join(bound())??, 1, "the restart returned");
+    assert_eq!(
+        sup.describe("r")?.status(),
+        Status::Stopped,
+        "the service is stopped, as the last call asked"
+    );
+    finish(h, sup)
 }
 
 #[test]
-fn a_start_overtaken_by_a_delete_returns_not_found() {
-    let (h, sup) = running();
+fn a_start_overtaken_by_a_delete_returns_not_found() -> TestResult {
+    let (h, sup) = running()?;
     // A changed spec: the start first stops the running one.
     let starting = Call::spawn("start", {
         let (sup, spec) = (sup.clone(), slow_stopper(&h, "b"));
         move || sup.start(spec)
     });
-    overtake_while_stopping(&sup);
-    assert_eq!(sup.delete("r").unwrap(), 1);
-    let err = starting.join(bound()).unwrap_err();
+    overtake_while_stopping(&sup)?;
+    assert_eq!(sup.delete("r")?, 1, "the delete acts on the service");
+    let err = starting
+        .join(bound())?
+        .err()
+        .context("the start overtaken by a delete fails")?;
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    assert_eq!(sup.describe("r").unwrap_err().kind(), ErrorKind::NotFound);
-    finish(h, sup);
+    assert_eq!(
+        sup.describe("r").map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::NotFound),
+        "the service is deleted, as the last call asked"
+    );
+    finish(h, sup)
 }
 
 #[test]
-fn a_stop_overtaken_by_a_delete_returns() {
-    let (h, sup) = running();
+fn a_stop_overtaken_by_a_delete_returns() -> TestResult {
+    let (h, sup) = running()?;
     let stopping = Call::spawn("stop", {
         let sup = sup.clone();
         move || sup.stop("r")
     });
-    overtake_while_stopping(&sup);
-    assert_eq!(sup.delete("r").unwrap(), 1);
-    assert_eq!(stopping.join(bound()).unwrap(), 1, "the stop returned");
-    assert!(sup.list().unwrap().is_empty());
-    finish(h, sup);
+    overtake_while_stopping(&sup)?;
+    assert_eq!(sup.delete("r")?, 1, "the delete acts on the service");
+    assert_eq!(stopping.join(bound())??, 1, "the stop returned");
+    assert!(sup.list()?.is_empty(), "the service is deleted");
+    finish(h, sup)
 }
 
 #[test]
-fn a_wait_for_a_deleted_service_returns_not_found() {
-    let mut h = Harness::new();
-    let sup = Arc::new(h.sup.take().expect("open"));
+fn a_wait_for_a_deleted_service_returns_not_found() -> TestResult {
+    let mut h = Harness::new()?;
+    let sup = Arc::new(h.take());
     // Never ready: it stays `Starting`.
     sup.start(
         h.sh("r", "exec sleep 600")
             .ready(sheepdog::Ready::LogLine("never".into()))
             .ready_timeout(Duration::from_secs(600)),
-    )
-    .unwrap();
+    )?;
     let waiting = Call::spawn("wait_for", {
         let sup = sup.clone();
         move || sup.wait_for("r", Status::Online, Duration::from_secs(60))
     });
     std::thread::sleep(OVERTAKE_AFTER);
-    assert_eq!(sup.delete("r").unwrap(), 1);
-    let err = waiting.join(bound()).unwrap_err();
+    assert_eq!(sup.delete("r")?, 1, "the delete acts on the service");
+    let err = waiting
+        .join(bound())?
+        .err()
+        .context("the wait for a deleted service fails")?;
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    finish(h, sup);
+    finish(h, sup)
 }
 
 /// Shutdown while the first call of each pair still waits: both return.
-fn shutdown_during(first: impl FnOnce(&Harness, &Arc<Supervisor>) -> Call<Option<ErrorKind>>) {
-    let (h, sup) = running();
+fn shutdown_during(
+    first: impl FnOnce(&Harness, &Arc<Supervisor>) -> Call<Option<ErrorKind>>,
+) -> TestResult {
+    let (h, sup) = running()?;
     let pending = first(&h, &sup);
-    overtake_while_stopping(&sup);
+    overtake_while_stopping(&sup)?;
     let shutting = Call::spawn("shutdown", {
         let sup = sup.clone();
         move || sup.shutdown()
     });
-    shutting.join(bound()).unwrap();
-    if let Some(kind) = pending.join(bound()) {
+    shutting.join(bound())??;
+    if let Some(kind) = pending.join(bound())? {
         assert_eq!(
             kind,
             ErrorKind::ShutDown,
             "the pending call failed only because of the shutdown"
         );
     }
-    finish(h, sup);
+    finish(h, sup)
 }
 
 #[test]
-fn shutdown_during_a_stop_lets_it_return() {
+fn shutdown_during_a_stop_lets_it_return() -> TestResult {
     shutdown_during(|_, sup| {
         let sup = sup.clone();
         Call::spawn("stop", move || sup.stop("r").err().map(|e| e.kind()))
-    });
+    })
 }
 
 #[test]
-fn shutdown_during_a_restart_lets_it_return() {
+fn shutdown_during_a_restart_lets_it_return() -> TestResult {
     shutdown_during(|_, sup| {
         let sup = sup.clone();
         Call::spawn("restart", move || sup.restart("r").err().map(|e| e.kind()))
-    });
+    })
 }
 
 #[test]
-fn shutdown_during_a_start_with_a_changed_spec_lets_it_return() {
+fn shutdown_during_a_start_with_a_changed_spec_lets_it_return() -> TestResult {
     shutdown_during(|h, sup| {
         let (sup, spec) = (sup.clone(), slow_stopper(h, "b"));
         Call::spawn("start", move || sup.start(spec).err().map(|e| e.kind()))
-    });
+    })
 }
 
 #[test]
-fn shutdown_during_a_delete_lets_it_return() {
+fn shutdown_during_a_delete_lets_it_return() -> TestResult {
     shutdown_during(|_, sup| {
         let sup = sup.clone();
         Call::spawn("delete", move || sup.delete("r").err().map(|e| e.kind()))
-    });
+    })
 }

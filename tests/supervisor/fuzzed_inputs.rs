@@ -5,11 +5,12 @@
 //! expressions, commands, ports), health checks (loopback URLs), dependencies and numbers up
 //! to their types' limits, every call that takes a target, log cursors and `follow_from`.
 //! Any input yields a value or a typed error within a deadline; nothing panics, hangs or
-//! kills a supervisor thread, and nothing is left running. Programs run by fuzzed specs are
+//! kills a supervisor thread, and nothing is left running. (Single calls at the edge of
+//! `Duration` and `usize` are in `extreme_numbers.rs`.) Programs run by fuzzed specs are
 //! harmless (`true`, `false`, `echo`, or nothing found), and fuzzed probes reach no port
 //! that anything else listens on. `SHEEPDOG_STRESS=1` runs twenty times the cases.
 
-use crate::common::*;
+use crate::prelude::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sheepdog::{
@@ -19,7 +20,6 @@ use sheepdog::{
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -40,17 +40,8 @@ fn within<T: Send + 'static>(
     what: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, TestCaseError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(CALL_DEADLINE) {
-        Ok(v) => Ok(v),
-        Err(RecvTimeoutError::Timeout) => Err(TestCaseError::fail(format!(
-            "{what} did not return within {CALL_DEADLINE:?}"
-        ))),
-        Err(RecvTimeoutError::Disconnected) => Err(TestCaseError::fail(format!("{what} panicked"))),
-    }
+    crate::prelude::within(what, CALL_DEADLINE, f)
+        .map_err(|e| TestCaseError::fail(format!("{e:?}")))
 }
 
 /// A directory with nothing in it: the `PATH` of fuzzed specs, so that no fuzzed program
@@ -724,12 +715,9 @@ fn arbitrary_spec(extreme: bool) -> impl Strategy<Value = ServiceSpec> {
 /// Any target string, for every call that takes one: found by name or id, `"all"`, or
 /// `NotFound`; never a panic.
 #[test]
-fn arbitrary_targets_are_found_or_not_found() {
-    let h = Harness::new();
-    let info = h
-        .sup()
-        .start(h.sh("svc", "echo hi; exec sleep 600"))
-        .unwrap();
+fn arbitrary_targets_are_found_or_not_found() -> TestResult {
+    let h = Harness::new()?;
+    let info = h.sup().start(h.sh("svc", "echo hi; exec sleep 600"))?;
     let id = info.id();
     let resolves = |t: &str| {
         t == "svc"
@@ -764,7 +752,11 @@ fn arbitrary_targets_are_found_or_not_found() {
         };
         prop_assert_eq!(describe, want_describe, "describe");
         if target == "all" || found {
-            prop_assert_eq!(kind(sup.wait_for(&target, Status::Online, Duration::from_millis(1))), None);
+            prop_assert_eq!(
+                kind(sup.wait_for(&target, Status::Online, Duration::from_millis(1))),
+                None,
+                "wait_for of a service that is online"
+            );
             return Ok(());
         }
         let not_found = Some(ErrorKind::NotFound);
@@ -776,31 +768,29 @@ fn arbitrary_targets_are_found_or_not_found() {
             not_found,
             "wait_for"
         );
-        prop_assert_eq!(kind(sup.log_path(&target, Stream::Stdout).map(|_| ())), not_found);
-        prop_assert_eq!(kind(sup.tail(&target, Stream::Stderr, 3).map(|_| ())), not_found);
-        prop_assert_eq!(kind(sup.follow(&target, Stream::Stdout).map(|_| ())), not_found);
+        prop_assert_eq!(kind(sup.log_path(&target, Stream::Stdout).map(|_| ())), not_found, "log_path");
+        prop_assert_eq!(kind(sup.tail(&target, Stream::Stderr, 3).map(|_| ())), not_found, "tail");
+        prop_assert_eq!(kind(sup.follow(&target, Stream::Stdout).map(|_| ())), not_found, "follow");
     });
     assert_eq!(
-        h.sup().describe("svc").unwrap().pid(),
+        h.sup().describe("svc")?.pid(),
         info.pid(),
-        "untouched"
+        "the service is untouched"
     );
-    h.finish();
+    h.finish()
 }
 
 /// `follow_from` with any cursor, and `tail` with any count, return lines or nothing.
 #[test]
-fn following_from_an_arbitrary_cursor_never_panics() {
-    let h = Harness::new();
-    h.sup()
-        .start(h.sh(
-            "svc",
-            "for i in 1 2 3; do echo line $i; done; exec sleep 600",
-        ))
-        .unwrap();
-    let log = h.sup().log_path("svc", Stream::Stdout).unwrap();
-    wait_lines(&log, 3, SECS_5);
-    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&log).unwrap());
+fn following_from_an_arbitrary_cursor_never_panics() -> TestResult {
+    let h = Harness::new()?;
+    h.sup().start(h.sh(
+        "svc",
+        "for i in 1 2 3; do echo line $i; done; exec sleep 600",
+    ))?;
+    let log = h.sup().log_path("svc", Stream::Stdout)?;
+    wait_lines(&log, 3, SECS_5)?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&log)?);
     let config = ProptestConfig {
         cases: cases(64),
         failure_persistence: None,
@@ -808,17 +798,17 @@ fn following_from_an_arbitrary_cursor_never_panics() {
     };
     let inos = prop_oneof![Just(ino), any::<u64>()];
     proptest!(config, |(ino in inos, offset in prop_oneof![0u64..40, any::<u64>()], n in prop_oneof![0usize..10, any::<usize>()])| {
-        let cursor: LogCursor = format!("{ino}:{offset}").parse().unwrap();
-        let mut follower = h.sup().follow_from("svc", Stream::Stdout, cursor).unwrap();
+        let cursor: LogCursor = format!("{ino}:{offset}").parse()?;
+        let mut follower = h.sup().follow_from("svc", Stream::Stdout, cursor)?;
         let line = follower.recv_timeout(Duration::from_millis(5));
         if let Some(line) = line {
-            prop_assert!(!line.contains('\n'));
+            prop_assert!(!line.contains('\n'), "a line without its line end");
         }
         let _ = follower.cursor().to_string();
-        let lines = h.sup().tail("svc", Stream::Stdout, n).unwrap();
-        prop_assert_eq!(lines.len(), n.min(3));
+        let lines = h.sup().tail("svc", Stream::Stdout, n)?;
+        prop_assert_eq!(lines.len(), n.min(3), "tail gives at most the lines there are");
     });
-    h.finish();
+    h.finish()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -826,7 +816,7 @@ fn following_from_an_arbitrary_cursor_never_panics() {
 
 /// The fuzzing of `start` above, with durations and caps up to their types' limits.
 #[test]
-fn start_with_extreme_numbers_returns_ok_or_a_typed_error() {
+fn start_with_extreme_numbers_returns_ok_or_a_typed_error() -> TestResult {
     let config = ProptestConfig {
         cases: cases(64),
         failure_persistence: None,
@@ -837,172 +827,5 @@ fn start_with_extreme_numbers_returns_ok_or_a_typed_error() {
         let token = new_token();
         start_and_clean_up(spec.env(TOKEN_VAR, &token), &token)?;
     });
-}
-
-/// `Backoff::exponential(Duration::MAX, Duration::MAX)` means "practically never restart".
-/// The pure `Backoff::delay` must give its cap, and a crash must leave the service in
-/// `Backoff` with the supervision thread alive.
-#[test]
-fn an_exponential_backoff_at_the_duration_limit_does_not_panic() {
-    let backoff = Backoff::exponential(Duration::MAX, Duration::MAX);
-    let delay = std::panic::catch_unwind(|| backoff.delay(0));
-    assert!(delay.is_ok(), "Backoff::delay panicked");
-    let h = Harness::new();
-    let spec = h
-        .sh("svc", "exit 1")
-        .restart(RestartPolicy::always().backoff(backoff));
-    h.sup().start(spec).unwrap();
-    let got = h.sup().wait_for("svc", Status::Backoff, SECS_5);
-    assert!(got.is_ok(), "{got:?}");
-    answers(h.sup());
-    assert_eq!(h.sup().stop("svc").map_err(|e| e.to_string()), Ok(1));
-    h.finish();
-}
-
-/// A run that fails its readiness at once (it exits with 0 before any `READY=1`, and the
-/// ready timeout is zero) is a failed start; with no backoff it is retried at once. `start`
-/// must still return, as it does for the same spec with `exit 1` or a 1 ms timeout.
-#[test]
-fn start_returns_when_a_run_fails_its_readiness_at_once() {
-    let h = Arc::new(Harness::new());
-    let spec = h
-        .sh("svc", "exit 0")
-        .ready(Ready::Notify)
-        .ready_timeout(Duration::ZERO)
-        .restart(RestartPolicy::always().backoff(Backoff::none()));
-    let started = {
-        let h = h.clone();
-        within("start", move || h.sup().start(spec).map(|i| i.status())).map_err(|e| e.to_string())
-    };
-    let looping = h.sup().describe("svc").unwrap();
-    let stopped = {
-        let h = h.clone();
-        within("stop", move || h.sup().stop("svc")).map_err(|e| e.to_string())
-    };
-    assert!(
-        started.is_ok(),
-        "{started:?}; meanwhile the service shows {} after {} restarts",
-        looping.status(),
-        looping.restarts()
-    );
-    assert!(matches!(stopped, Ok(Ok(1))), "{stopped:?}");
-    Arc::try_unwrap(h).ok().unwrap().finish();
-}
-
-/// A notify watchdog with a "practically never" interval: the first check is due after the
-/// initial delay plus one interval, which must saturate rather than overflow.
-#[test]
-fn a_notify_health_check_with_a_huge_interval_does_not_kill_the_supervision_thread() {
-    let h = Harness::new();
-    let spec = h.sh("svc", "exec sleep 600").health(
-        Health::notify()
-            .interval(Duration::MAX)
-            .initial_delay(Duration::from_nanos(1)),
-    );
-    let started = h.sup().start(spec).map(|i| i.status());
-    assert_eq!(started.map_err(|e| e.to_string()), Ok(Status::Online));
-    answers(h.sup());
-    assert_eq!(h.sup().stop("svc").map_err(|e| e.to_string()), Ok(1));
-    h.finish();
-}
-
-/// The supervision thread still answers requests.
-fn answers(sup: &Supervisor) {
-    assert_eq!(
-        sup.stop("zz-no-such-service").map_err(|e| e.kind()),
-        Err(ErrorKind::NotFound),
-        "the supervision thread no longer answers"
-    );
-}
-
-/// A "wait forever" stop timeout is valid; stopping such a service must still work (it ends
-/// at once on SIGTERM).
-#[test]
-fn a_huge_stop_timeout_does_not_kill_the_supervision_thread() {
-    let h = Arc::new(Harness::new());
-    let spec = h.sh("svc", "exec sleep 600").stop_timeout(Duration::MAX);
-    h.sup().start(spec).unwrap();
-    let stopped = {
-        let h = h.clone();
-        within("stop", move || h.sup().stop("svc")).unwrap()
-    };
-    assert_eq!(
-        stopped.map_err(|e| e.to_string()),
-        Ok(1),
-        "stop of a service with a huge stop timeout"
-    );
-    assert_eq!(status(h.sup(), "svc"), Status::Stopped);
-    Arc::try_unwrap(h).ok().unwrap().finish();
-}
-
-/// A huge fixed backoff means "practically never"; the service must sit in `Backoff`.
-#[test]
-fn a_huge_backoff_does_not_kill_the_supervision_thread() {
-    let h = Harness::new();
-    let spec = h
-        .sh("svc", "exit 1")
-        .restart(RestartPolicy::always().backoff(Backoff::fixed(Duration::MAX)));
-    h.sup().start(spec).unwrap();
-    let got = h.sup().wait_for("svc", Status::Backoff, SECS_5);
-    assert!(got.is_ok(), "{got:?}");
-    answers(h.sup());
-    assert_eq!(h.sup().stop("svc").map_err(|e| e.to_string()), Ok(1));
-    h.finish();
-}
-
-/// `line_max` is validated only from below; the largest value means "never split".
-#[test]
-fn a_huge_line_max_does_not_kill_the_log_pump() {
-    let h = Arc::new(Harness::new());
-    let spec = h
-        .sh("svc", "echo hello; exec sleep 600")
-        .log(LogPolicy::default().line_max(usize::MAX));
-    h.sup().start(spec).unwrap();
-    let log = h.sup().log_path("svc", Stream::Stdout).unwrap();
-    let lines = wait_until(SECS_5, || {
-        let text = std::fs::read_to_string(&log).ok()?;
-        text.contains("hello").then_some(text)
-    });
-    let stopped = {
-        let h = h.clone();
-        within("stop", move || h.sup().stop("svc")).map_err(|e| e.to_string())
-    };
-    let stopped = stopped.map(|r| r.map_err(|e| e.to_string()));
-    assert!(
-        lines.is_some() && stopped == Ok(Ok(1)),
-        "output in the log: {}; stop: {stopped:?}",
-        lines.is_some()
-    );
-    Arc::try_unwrap(h).ok().unwrap().finish();
-}
-
-/// `Duration::MAX` is the natural "no timeout"; a wait for a status the service already has
-/// returns at once.
-#[test]
-fn wait_for_with_a_huge_timeout_does_not_panic() {
-    let h = Arc::new(Harness::new());
-    h.sup().start(h.sh("svc", "exec sleep 600")).unwrap();
-    let waited = {
-        let h = h.clone();
-        within("wait_for", move || {
-            h.sup()
-                .wait_for("svc", Status::Online, Duration::MAX)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())
-    };
-    assert_eq!(waited, Ok(Ok(())));
-    Arc::try_unwrap(h).ok().unwrap().finish();
-}
-
-#[test]
-fn log_follower_recv_timeout_with_a_huge_timeout_does_not_panic() {
-    let h = Harness::new();
-    h.sup()
-        .start(h.sh("svc", "echo hello; exec sleep 600"))
-        .unwrap();
-    let mut follower = h.sup().follow_from_start("svc", Stream::Stdout).unwrap();
-    let got = std::thread::spawn(move || follower.recv_timeout(Duration::MAX)).join();
-    assert_eq!(got.ok(), Some(Some("hello".to_string())));
-    h.finish();
+    Ok(())
 }
