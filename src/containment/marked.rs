@@ -77,6 +77,15 @@ pub(super) struct Escapees {
     marked: Option<(Scan, HashMap<u64, Vec<Marked>>)>,
     /// Every process on the machine, read at most once per loop turn.
     procs: Option<Vec<ProcStat>>,
+    /// The pids created during stops, read once each.
+    new_pids: Option<NewPids>,
+}
+
+/// Pids `from..=to` as read from /proc: those of this session's runs, by service id.
+struct NewPids {
+    from: u32,
+    to: u32,
+    by_id: HashMap<u64, Vec<(u32, String)>>,
 }
 
 impl Escapees {
@@ -92,6 +101,7 @@ impl Escapees {
             run_groups_order: VecDeque::new(),
             marked: None,
             procs: None,
+            new_pids: None,
         }
     }
 
@@ -325,40 +335,39 @@ impl Escapees {
     pub(super) fn find_late(&mut self, run: RunKey, before: Scan, signal: Signal) -> bool {
         let last_pid = sys::last_pid();
         // Pids are handed out in order: what was created since the stop's read has a pid
-        // after the last one then. That is a few pids to look at, or none (a stop-all of 1000
-        // would otherwise read all of /proc once per loop turn). After a wrap, or where the
-        // last pid cannot be read, every process started since then (by its start time) is.
-        let candidates: Vec<u32> = match (before.last_pid, last_pid) {
+        // after the last one then. Each new pid is read once, whatever the number of stops
+        // that ask (a stop-all of 1000 would otherwise read every pid the rest of the machine
+        // created meanwhile once per service). After a wrap, or where the last pid cannot be
+        // read, every process started since then (by its start time) is looked at.
+        let candidates: Vec<(u32, String)> = match (before.last_pid, last_pid) {
             (Some(a), Some(b)) if a == b => Vec::new(),
-            (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => (a + 1..=b).collect(),
+            (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => {
+                let late = self.read_new_pids(a + 1, b);
+                let mine = late.by_id.get(&run.id).map_or(&[][..], Vec::as_slice);
+                mine.iter().filter(|(pid, _)| *pid > a).cloned().collect()
+            }
             _ => {
                 // A process started in the tick of the read may have been missed by it.
                 let since = before.ticks.saturating_sub(1);
                 let procs = self.procs.get_or_insert_with(sys::all_processes);
+                let sessions = std::slice::from_ref(&self.session);
                 procs
                     .iter()
                     .filter(|p| p.start_time >= since)
-                    .map(|p| p.pid)
+                    .filter_map(|p| {
+                        let claimed = marker::claim(p, &self.run_key, sessions)?;
+                        (claimed.owner.id == run.id).then_some((p.pid, claimed.marker))
+                    })
                     .collect()
             }
         };
         let me = std::process::id();
         let mut found = false;
-        for pid in candidates {
+        for (pid, marker) in candidates {
             if pid == me || self.is_tracked(pid) {
                 continue;
             }
-            let Some(stat) = sys::proc_stat(pid) else {
-                continue;
-            };
-            let sessions = std::slice::from_ref(&self.session);
-            let Some(claimed) = marker::claim(&stat, &self.run_key, sessions) else {
-                continue;
-            };
-            if claimed.owner.id != run.id {
-                continue;
-            }
-            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
+            let Some(pidfd) = reclaim::pin(pid, &marker) else {
                 continue;
             };
             log::info!(
@@ -370,6 +379,44 @@ impl Escapees {
             found = true;
         }
         found
+    }
+
+    /// The processes of this session's runs among pids `from..=to`, read from /proc: only
+    /// the pids no earlier call read (a pid below the last one handed out is not handed out
+    /// again before a wrap, so what was read stays true, but for processes that died since,
+    /// which pinning tells).
+    fn read_new_pids(&mut self, from: u32, to: u32) -> &NewPids {
+        let keep = self.new_pids.as_ref().is_some_and(|n| {
+            // Not after a wrap, and never more than a few stops' worth.
+            to >= n.to && to - from.min(n.from) <= 4 * LATE_PIDS_MAX
+        });
+        if !keep {
+            self.new_pids = None;
+        }
+        let (run_key, session) = (&self.run_key, &self.session);
+        let n = self.new_pids.get_or_insert_with(|| NewPids {
+            from: to + 1,
+            to,
+            by_id: HashMap::new(),
+        });
+        let ranges = [(from, n.from.saturating_sub(1)), (n.to + 1, to)];
+        for (lo, hi) in ranges {
+            for pid in lo..=hi {
+                let Some(stat) = sys::proc_stat(pid) else {
+                    continue;
+                };
+                let sessions = std::slice::from_ref(session);
+                if let Some(claimed) = marker::claim(&stat, run_key, sessions) {
+                    n.by_id
+                        .entry(claimed.owner.id)
+                        .or_default()
+                        .push((pid, claimed.marker));
+                }
+            }
+        }
+        n.from = n.from.min(from);
+        n.to = to;
+        n
     }
 
     /// At shutdown every service is down, but an escapee of a run that was already over may

@@ -26,14 +26,17 @@ fn stop_leaves_nothing(tier: &Tier, h: &Harness, name: &str, what: &str) -> Test
 fn the_stop_signal_reaches_a_setsid_daemon(tier: &Tier) -> TestResult {
     let h = tier.harness()?;
     let note = h.dir.path().join("daemon-got-term");
+    let trapped = h.dir.path().join("daemon-trapped");
     let script = format!(
-        "(setsid sh -c 'trap \"echo term > {}; exit 0\" TERM; while :; do sleep 0.1; done' &); \
-         exec sleep 600",
-        note.display()
+        "(setsid sh -c 'trap \"echo term > {}; exit 0\" TERM; : > {}; \
+         while :; do sleep 0.1; done' &); exec sleep 600",
+        note.display(),
+        trapped.display()
     );
     h.sup().start(h.sh("daemonizer", &script))?;
-    wait_until(SECS_10, || (h.tagged().len() >= 2).then_some(()))
-        .context("the main process and the daemon run")?;
+    // Stopped before its trap is set, the daemon would die of the signal without a word.
+    wait_until(SECS_10, || trapped.exists().then_some(()))
+        .context("the daemon runs with its trap set")?;
     stop_leaves_nothing(tier, &h, "daemonizer", "the daemon")?;
     assert!(
         note.exists(),
@@ -81,3 +84,25 @@ fn a_daemon_born_during_the_stop_is_ended_too(tier: &Tier) -> TestResult {
 }
 
 per_tier!(a_daemon_born_during_the_stop_is_ended_too);
+
+/// Eight services, stopped together, each start a daemon when the stop signal comes: every
+/// daemon is ended, though the stops look for late processes among the same new pids (the
+/// process-group tier reads each new pid once for all of them, and must still give each
+/// service its own).
+fn daemons_born_during_one_stop_all_are_each_ended(tier: &Tier) -> TestResult {
+    let h = tier.harness()?;
+    for i in 0..8 {
+        let spec = h
+            .sh(
+                &format!("late{i}"),
+                "trap '(setsid sleep 600 &); exit 0' TERM; while :; do sleep 1; done",
+            )
+            .stop_timeout(Duration::from_secs(1));
+        h.sup().start(spec)?;
+    }
+    h.wait_for_tagged(16, "eight main processes and their sleeps")?;
+    stop_leaves_nothing(tier, &h, "all", "a daemon born during the stop-all")?;
+    h.finish()
+}
+
+per_tier!(daemons_born_during_one_stop_all_are_each_ended);
