@@ -255,6 +255,7 @@ pub(crate) fn spawn(
         join,
         kind: sys::ChildKind::Service,
         keep: &[],
+        setup: &sys::ChildSetup::NONE,
     };
     sys::spawn(&request).map_err(|e| explain_spawn_failure(spec, &program, e))
 }

@@ -1,6 +1,6 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
 //! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
-//! directory. One file per kernel facility.
+//! directory, NSS for users and groups. One file per kernel facility.
 
 mod fs;
 mod hook;
@@ -11,6 +11,7 @@ mod process;
 mod procfs;
 mod signal;
 mod spawn;
+mod user;
 
 pub(crate) use fs::*;
 pub(crate) use hook::*;
@@ -21,3 +22,4 @@ pub(crate) use process::*;
 pub(crate) use procfs::*;
 pub(crate) use signal::*;
 pub(crate) use spawn::*;
+pub(crate) use user::*;
