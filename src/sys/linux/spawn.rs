@@ -62,6 +62,9 @@ impl ChildSetup {
     };
 }
 
+/// Held while a child that takes other ids runs in this process's memory (see [`spawn`]).
+static ID_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The most resource limits one child sets.
 pub(crate) const MAX_LIMITS: usize = 8;
 
@@ -348,9 +351,13 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     // non-dumpable (the kernel resets the dumpability of the `mm` of a task whose
     // credentials change, and until exec that is ours): the host's /proc files would then
     // be root's, and it could no longer dump core or be traced. What it was is restored
-    // once the child has exec'd.
-    let dumpable = setup
+    // once the child has exec'd. One such spawn at a time in the process (two supervisors
+    // may run in one host), so that none reads what another's child set.
+    let switching = setup
         .ids
+        .as_ref()
+        .map(|_| ID_SWITCH.lock().unwrap_or_else(|e| e.into_inner()));
+    let dumpable = switching
         .as_ref()
         .map(|_| rustix::process::dumpable_behavior());
     // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
@@ -428,6 +435,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
             let _ = rustix::process::set_dumpable_behavior(was);
         }
     }
+    drop(switching);
     // The child has exec'd or exited; `args` is ours again.
     let (failed_step, failed_index, errno) = unsafe {
         // SAFETY: the child no longer runs in this memory; volatile reads because the compiler
@@ -792,5 +800,110 @@ pub(crate) fn exec_failure(e: &io::Error) -> ExecFailure {
         Some(libc::EAGAIN) => ExecFailure::ProcessLimit,
         Some(libc::ENOMEM) => ExecFailure::OutOfMemory,
         _ => ExecFailure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::user::{can_switch_ids, Ids};
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs `/bin/sh -c script` with `setup`, its output to /dev/null; waits for it.
+    fn run(script: &CStr, setup: &ChildSetup) -> io::Result<()> {
+        let argv = [c"sh", c"-c", script];
+        let null = devnull()?;
+        let fd = spawn(&SpawnRequest {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            env: &[],
+            cwd: None,
+            stdout: null,
+            stderr: null,
+            cgroup: None,
+            join: Vec::new(),
+            kind: ChildKind::Service,
+            keep: &[],
+            setup,
+        })?;
+        assert!(fd.wait_exit(Duration::from_secs(10))?, "the child exits");
+        fd.reap()?;
+        Ok(())
+    }
+
+    fn nobody() -> ChildSetup {
+        ChildSetup {
+            ids: Some(Ids {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+            }),
+            ..ChildSetup::NONE
+        }
+    }
+
+    #[test]
+    fn a_child_that_takes_other_ids_leaves_the_host_as_dumpable_as_it_was() {
+        if !can_switch_ids() {
+            eprintln!("skipped: this process may not switch ids");
+            return;
+        }
+        let before = rustix::process::dumpable_behavior().unwrap();
+        run(c"exit 0", &nobody()).unwrap();
+        assert_eq!(rustix::process::dumpable_behavior().unwrap(), before);
+    }
+
+    #[test]
+    fn a_step_the_kernel_refuses_comes_back_named_with_its_errno() {
+        let too_many = ChildSetup {
+            limits: vec![
+                (Resource::CoreSize, 0, 0),
+                (Resource::OpenFiles, u64::MAX - 1, u64::MAX - 1),
+            ],
+            ..ChildSetup::NONE
+        };
+        let err = run(c"exit 0", &too_many).unwrap_err();
+        let failed = failed_step(&err).expect("a step failed");
+        assert_eq!(
+            failed.step,
+            ChildStep::Limit(Resource::OpenFiles),
+            "the second"
+        );
+        assert_eq!(failed.errno, libc::EPERM);
+        assert_eq!(
+            err.to_string(),
+            "setrlimit nofile in the new process: Operation not permitted (os error 1)"
+        );
+    }
+
+    /// A host that may not switch ids, asking a child to: the child says which call failed.
+    /// As root, run again without CAP_SETUID and CAP_SETGID.
+    #[test]
+    fn a_child_that_may_not_switch_ids_says_setgroups_failed() {
+        const INNER: &str = "SHEEPDOG_TEST_SPAWN_NO_SETUID";
+        if can_switch_ids() {
+            if std::env::var_os(INNER).is_some() {
+                panic!("setpriv did not drop CAP_SETUID");
+            }
+            let out = std::process::Command::new("setpriv")
+                .arg("--bounding-set=-setuid,-setgid")
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "sys::linux::spawn::tests::a_child_that_may_not_switch_ids_says_setgroups_failed",
+                    "--test-threads=1",
+                ])
+                .env(INNER, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        let err = run(c"exit 0", &nobody()).unwrap_err();
+        let failed = failed_step(&err).expect("a step failed");
+        assert_eq!(failed.step, ChildStep::Groups);
+        assert_eq!(failed.errno, libc::EPERM);
     }
 }
