@@ -40,6 +40,9 @@ pub enum ErrorKind {
     /// Another service needs this one: it names it in `after`, so deleting it would leave
     /// that service waiting forever. Delete or change the dependent first, or both at once.
     InUse,
+    /// A new run did not become ready, and a rolling reload stopped there: the services it
+    /// had not reached keep their runs (and their specs); the message names them.
+    NotReady,
 }
 
 /// An error from a [`Supervisor`](crate::Supervisor) operation.
