@@ -646,6 +646,21 @@ mod tests {
             fleet.settings().state_dir.as_deref(),
             Some("/var/lib/myapp/services")
         );
+        assert_eq!(web.get_user(), Some("www-data"));
+        assert_eq!(
+            web.get_limit(crate::rlimit::Resource::AddressSpace),
+            Some((2 << 30, 2 << 30))
+        );
+        assert_eq!(web.get_umask(), Some(0o027));
+        // Every other TOML block of the README is a fleet too.
+        let rest = &readme[start..];
+        let mut blocks = 0;
+        for (i, part) in rest.split("```toml\n").enumerate().skip(1) {
+            let block = &part[..part.find("```").unwrap()];
+            Fleet::from_toml_str(block).unwrap_or_else(|e| panic!("block {i}: {e}"));
+            blocks += 1;
+        }
+        assert!(blocks >= 1, "the instances example");
     }
 
     proptest! {

@@ -149,3 +149,41 @@ fn instance_names_belong_to_their_service() {
     assert_eq!(sup.delete("all").unwrap(), 3);
     h.finish();
 }
+
+#[test]
+fn apply_scales_when_only_the_number_changes_and_rolls_other_changes() {
+    let h = Harness::new();
+    let fleet = |n: u32, script: &str| {
+        sheepdog::Fleet::new([h
+            .sh("api", script)
+            .ready(sheepdog::Ready::LogLine("^up$".into()))
+            .instances(n)])
+    };
+    let applied = h
+        .sup()
+        .apply(&fleet(2, "echo up; exec sleep 600"), sheepdog::Prune::Yes)
+        .unwrap();
+    assert_eq!(applied.started, ["api"]);
+    h.sup().wait_for("api", Status::Online, SECS_5).unwrap();
+    let before = pids(h.sup());
+    let applied = h
+        .sup()
+        .apply(&fleet(3, "echo up; exec sleep 600"), sheepdog::Prune::Yes)
+        .unwrap();
+    assert_eq!(applied.scaled, ["api"]);
+    assert_eq!(&pids(h.sup())[..2], &before[..], "scaled: the others kept running");
+    h.sup().wait_for("api", Status::Online, SECS_5).unwrap();
+    let applied = h
+        .sup()
+        .apply(&fleet(3, "echo up; exec sleep 601"), sheepdog::Prune::Yes)
+        .unwrap();
+    assert_eq!(applied.restarted, ["api"]);
+    for info in h.sup().list().unwrap() {
+        assert_eq!(info.status(), Status::Online, "{} rolled in and ready", info.name());
+        assert_eq!(info.spec().get_args()[1], "echo up; exec sleep 601");
+    }
+    let applied = h.sup().apply(&sheepdog::Fleet::new([]), sheepdog::Prune::Yes).unwrap();
+    assert_eq!(applied.deleted, ["api"], "pruned as one service");
+    assert!(h.sup().list().unwrap().is_empty());
+    h.finish();
+}
