@@ -171,7 +171,11 @@ fn apply_scales_when_only_the_number_changes_and_rolls_other_changes() {
         .apply(&fleet(3, "echo up; exec sleep 600"), sheepdog::Prune::Yes)
         .unwrap();
     assert_eq!(applied.scaled, ["api"]);
-    assert_eq!(&pids(h.sup())[..2], &before[..], "scaled: the others kept running");
+    assert_eq!(
+        &pids(h.sup())[..2],
+        &before[..],
+        "scaled: the others kept running"
+    );
     h.sup().wait_for("api", Status::Online, SECS_5).unwrap();
     let applied = h
         .sup()
@@ -179,11 +183,56 @@ fn apply_scales_when_only_the_number_changes_and_rolls_other_changes() {
         .unwrap();
     assert_eq!(applied.restarted, ["api"]);
     for info in h.sup().list().unwrap() {
-        assert_eq!(info.status(), Status::Online, "{} rolled in and ready", info.name());
+        assert_eq!(
+            info.status(),
+            Status::Online,
+            "{} rolled in and ready",
+            info.name()
+        );
         assert_eq!(info.spec().get_args()[1], "echo up; exec sleep 601");
     }
-    let applied = h.sup().apply(&sheepdog::Fleet::new([]), sheepdog::Prune::Yes).unwrap();
+    let applied = h
+        .sup()
+        .apply(&sheepdog::Fleet::new([]), sheepdog::Prune::Yes)
+        .unwrap();
     assert_eq!(applied.deleted, ["api"], "pruned as one service");
     assert!(h.sup().list().unwrap().is_empty());
+    h.finish();
+}
+
+#[test]
+fn the_crash_loop_limit_applies_to_each_instance_alone() {
+    let h = Harness::new();
+    let sup = h.sup();
+    let spec = h
+        .sh(
+            "pool",
+            "if [ \"$SHEEPDOG_INSTANCE\" = 1 ]; then exit 1; fi; exec sleep 600",
+        )
+        .instances(3)
+        .restart(
+            RestartPolicy::always()
+                .backoff(sheepdog::Backoff::none())
+                .max_restarts(2, std::time::Duration::from_secs(60)),
+        );
+    sup.start(spec).unwrap();
+    sup.wait_for("pool.1", Status::Errored, SECS_10).unwrap();
+    let looped = sup.describe("pool.1").unwrap();
+    assert_eq!(
+        looped.restarts(),
+        2,
+        "its own limit, reached by its own crashes"
+    );
+    assert_eq!(looped.last_exit().unwrap().code(), Some(1));
+    for name in ["pool.0", "pool.2"] {
+        let info = sup.describe(name).unwrap();
+        assert_eq!(
+            info.status(),
+            Status::Online,
+            "{name} is not in a crash loop"
+        );
+        assert_eq!(info.restarts(), 0, "{name}");
+        assert_eq!(info.generation(), 1, "{name} kept its first run");
+    }
     h.finish();
 }

@@ -106,3 +106,48 @@ fn a_changed_spec_rolls_in_and_stops_where_a_new_run_is_not_ready() {
     }
     h.finish();
 }
+
+#[test]
+fn a_reload_whose_new_run_misses_its_readiness_leaves_the_rest_running() {
+    let mut h = Harness::new();
+    let sup = Arc::new(h.sup.take().unwrap());
+    let flag = h.dir.path().join("broken");
+    // Once the flag exists, a new run starts but never says it is ready.
+    let script = format!(
+        "if [ -e {} ]; then exec sleep 600; fi; echo ready; exec sleep 600",
+        flag.display()
+    );
+    let spec = web(&h, &script).ready_timeout(Duration::from_millis(500));
+    sup.start(spec).unwrap();
+    sup.wait_for("web", Status::Online, SECS_10).unwrap();
+    let before: Vec<Option<u32>> = sup.list().unwrap().iter().map(|i| i.pid()).collect();
+    std::fs::write(&flag, "").unwrap();
+    let events = sup.subscribe();
+    let err = sup.reload("web").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert_eq!(err.service(), Some("web.0"));
+    assert!(
+        err.to_string().contains("left as they were: web.1, web.2"),
+        "{err}"
+    );
+    expect_event(
+        &events,
+        SECS_5,
+        "ReloadFailed",
+        |e| matches!(e, Event::ReloadFailed { name, .. } if name == "web.0"),
+    );
+    let after: Vec<Option<u32>> = sup.list().unwrap().iter().map(|i| i.pid()).collect();
+    assert_ne!(after[0], before[0], "web.0 was restarted");
+    assert_eq!(
+        &after[1..],
+        &before[1..],
+        "web.1 and web.2 were not touched"
+    );
+    for name in ["web.1", "web.2"] {
+        let info = sup.describe(name).unwrap();
+        assert_eq!(info.status(), Status::Online, "{name} still ready");
+        assert_eq!(info.generation(), 1, "{name}");
+    }
+    h.sup = Some(Arc::into_inner(sup).unwrap());
+    h.finish();
+}
