@@ -21,6 +21,22 @@ pub const UNLIMITED: u64 = u64::MAX;
 /// A resource whose use a service's processes are limited in (`setrlimit(2)`), set in the
 /// new process before it runs the service's program. In files, by the name systemd uses
 /// after `Limit` (`nofile`, `core`, …).
+///
+/// # Example
+///
+/// ```
+/// use sheepdog::{Fleet, Resource};
+///
+/// let fleet = Fleet::from_toml_str(
+///     "[[service]]\nname = \"db\"\nprogram = \"postgres\"\n\
+///      limits = { nofile = 4096, as = { soft = \"1GiB\", hard = \"2GiB\" } }\n",
+/// )?;
+/// let db = &fleet.services()[0];
+/// assert_eq!(db.get_limit(Resource::OpenFiles), Some((4096, 4096)));
+/// assert_eq!(db.get_limit(Resource::AddressSpace), Some((1 << 30, 2 << 30)));
+/// assert_eq!(Resource::OpenFiles.as_str(), "nofile");
+/// # Ok::<(), sheepdog::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Resource {

@@ -430,6 +430,18 @@ impl ServiceSpec {
     /// with a `Spawn` error naming it (and the line). By default, none.
     ///
     /// [`Fleet::from_procfile`]: crate::Fleet::from_procfile
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    /// use std::path::{Path, PathBuf};
+    ///
+    /// let spec = ServiceSpec::new("web", "./serve")
+    ///     .current_dir(PathBuf::from("/srv/web"))
+    ///     .env_file("web.env"); // /srv/web/web.env, read at each start
+    /// assert_eq!(spec.get_env_file(), Some(Path::new("web.env")));
+    /// ```
     pub fn env_file(mut self, path: impl AsRef<Path>) -> ServiceSpec {
         self.env_file = Some(path.as_ref().as_os_str().to_os_string());
         self
@@ -479,6 +491,19 @@ impl ServiceSpec {
 
     /// The file mode creation mask of the service's processes (`umask(2)`), such as `0o027`.
     /// In files, a string of octal digits (`umask = "027"`). By default, the host's.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let spec = ServiceSpec::new("batch", "./crunch")
+    ///     .umask(0o027)
+    ///     .nice(10)
+    ///     .oom_score_adj(500);
+    /// assert_eq!(spec.get_umask(), Some(0o027));
+    /// assert_eq!((spec.get_nice(), spec.get_oom_score_adj()), (Some(10), Some(500)));
+    /// ```
     pub fn umask(mut self, mask: u32) -> ServiceSpec {
         self.umask = Some(mask);
         self
@@ -548,6 +573,18 @@ impl ServiceSpec {
 
     /// The environment variable that holds an instance's index (PM2's `instance_var`). By
     /// default, `SHEEPDOG_INSTANCE`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let app = ServiceSpec::new("app", "node")
+    ///     .arg("app.js")
+    ///     .instances(2)
+    ///     .instance_var("NODE_APP_INSTANCE"); // 0 in app.0, 1 in app.1
+    /// assert_eq!(app.get_instance_var(), "NODE_APP_INSTANCE");
+    /// ```
     pub fn instance_var(mut self, key: impl Into<String>) -> ServiceSpec {
         self.instance_var = Some(key.into());
         self
@@ -580,6 +617,18 @@ impl ServiceSpec {
     /// ([`Supervisor::start_target`](crate::Supervisor::start_target)). A direct
     /// [`Supervisor::start`](crate::Supervisor::start) starts it anyway; see also
     /// [`Supervisor::define`](crate::Supervisor::define). By default, this is enabled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Fleet, Prune, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let fleet = Fleet::new([ServiceSpec::new("manual", "sleep").arg("30").autostart(false)]);
+    /// assert_eq!(sup.apply(&fleet, Prune::Yes)?.defined, ["manual"]);
+    /// assert!(!sup.describe("manual")?.desired_up());
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
     pub fn autostart(mut self, yes: bool) -> ServiceSpec {
         self.autostart = yes;
         self

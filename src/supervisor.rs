@@ -673,6 +673,19 @@ impl Supervisor {
     ///
     /// `NotFound`, `ShutDown`, `Store` (nothing is started), or the first `Spawn` error
     /// (after every target was tried).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Status, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.define(ServiceSpec::new("pool", "sleep").arg("30").instances(2))?;
+    /// assert_eq!(sup.start_target("pool")?, 2, "pool.0 and pool.1");
+    /// assert_eq!(sup.start_target("pool")?, 0, "both run: left alone");
+    /// assert_eq!(sup.describe("pool.1")?.status(), Status::Online);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
     pub fn start_target(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::StartTarget {
             target: target.to_string(),
