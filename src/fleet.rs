@@ -654,13 +654,18 @@ mod tests {
         assert_eq!(web.get_umask(), Some(0o027));
         // Every other TOML block of the README is a fleet too.
         let rest = &readme[start..];
-        let mut blocks = 0;
+        let mut instances_example = false;
         for (i, part) in rest.split("```toml\n").enumerate().skip(1) {
             let block = &part[..part.find("```").unwrap()];
-            Fleet::from_toml_str(block).unwrap_or_else(|e| panic!("block {i}: {e}"));
-            blocks += 1;
+            let fleet = Fleet::from_toml_str(block).unwrap_or_else(|e| panic!("block {i}: {e}"));
+            if let [api, migrate] = fleet.services() {
+                assert_eq!(api.get_instances(), Some(4));
+                assert_eq!(api.get_args()[1], "{instance+8000}");
+                assert!(migrate.is_oneshot());
+                instances_example = true;
+            }
         }
-        assert!(blocks >= 1, "the instances example");
+        assert!(instances_example, "the instances example");
     }
 
     proptest! {

@@ -39,6 +39,23 @@ fn watch(sup: Arc<Supervisor>, done: Arc<AtomicBool>) -> std::thread::JoinHandle
     })
 }
 
+/// Checks that a roll stopped at `web.0`, leaving `web.1` and `web.2` alone: the call's error
+/// says so, and so does an event.
+fn stopped_at_web0(err: sheepdog::Error, events: &sheepdog::Events) {
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert_eq!(err.service(), Some("web.0"));
+    assert!(
+        err.to_string().contains("left as they were: web.1, web.2"),
+        "{err}"
+    );
+    expect_event(
+        events,
+        SECS_5,
+        "ReloadFailed",
+        |e| matches!(e, Event::ReloadFailed { name, .. } if name == "web.0"),
+    );
+}
+
 #[test]
 fn a_reload_keeps_all_but_one_instance_ready_throughout() {
     let mut h = Harness::new();
@@ -79,19 +96,7 @@ fn a_changed_spec_rolls_in_and_stops_where_a_new_run_is_not_ready() {
     // A bad one stops at the first instance.
     let events = sup.subscribe();
     let bad = web(&h, "echo not today >&2; exit 1");
-    let err = sup.start(bad.clone()).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotReady);
-    assert_eq!(err.service(), Some("web.0"));
-    assert!(
-        err.to_string().contains("left as they were: web.1, web.2"),
-        "{err}"
-    );
-    expect_event(
-        &events,
-        SECS_5,
-        "ReloadFailed",
-        |e| matches!(e, Event::ReloadFailed { name, .. } if name == "web.0"),
-    );
+    stopped_at_web0(sup.start(bad.clone()).unwrap_err(), &events);
     for name in ["web.1", "web.2"] {
         let info = sup.describe(name).unwrap();
         assert_eq!(info.spec(), &good, "{name} keeps the spec it had");
@@ -123,19 +128,7 @@ fn a_reload_whose_new_run_misses_its_readiness_leaves_the_rest_running() {
     let before: Vec<Option<u32>> = sup.list().unwrap().iter().map(|i| i.pid()).collect();
     std::fs::write(&flag, "").unwrap();
     let events = sup.subscribe();
-    let err = sup.reload("web").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotReady);
-    assert_eq!(err.service(), Some("web.0"));
-    assert!(
-        err.to_string().contains("left as they were: web.1, web.2"),
-        "{err}"
-    );
-    expect_event(
-        &events,
-        SECS_5,
-        "ReloadFailed",
-        |e| matches!(e, Event::ReloadFailed { name, .. } if name == "web.0"),
-    );
+    stopped_at_web0(sup.reload("web").unwrap_err(), &events);
     let after: Vec<Option<u32>> = sup.list().unwrap().iter().map(|i| i.pid()).collect();
     assert_ne!(after[0], before[0], "web.0 was restarted");
     assert_eq!(
