@@ -34,12 +34,18 @@ fn status_numbers(pid: u32, field: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The environment of `pid`, from `/proc/<pid>/environ`. While a process is in `execve`
+/// (the service's shell runs `exec sleep`), between the new memory map and the new stack,
+/// the file reads empty: wait for the new one.
 fn environ(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .map(|kv| String::from_utf8_lossy(kv).into_owned())
-        .collect()
+    wait_until(SECS_5, || {
+        let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        (!bytes.is_empty()).then_some(bytes)
+    })
+    .expect("an environment")
+    .split(|b| *b == 0)
+    .map(|kv| String::from_utf8_lossy(kv).into_owned())
+    .collect()
 }
 
 /// A directory the other user may write in.
