@@ -49,6 +49,9 @@ pub enum ErrorKind {
     /// A control-socket exchange broke the protocol: a line that is not a request or is too
     /// long, a request before `hello`, a protocol version the other side does not speak.
     Protocol,
+    /// A new run did not become ready, and a rolling reload stopped there: the services it
+    /// had not reached keep their runs (and their specs); the message names them.
+    NotReady,
 }
 
 /// An error from a [`Supervisor`](crate::Supervisor) operation.

@@ -74,6 +74,15 @@ pub enum Event {
         /// The last failure, as a lowercase phrase.
         reason: String,
     },
+    /// A rolling reload stopped at this service: its new run did not become ready (or
+    /// restarting it would have left no instance ready). The services after it were left
+    /// as they were.
+    ReloadFailed {
+        /// The service.
+        name: String,
+        /// Why, and what was left as it was, as a lowercase phrase.
+        reason: String,
+    },
     /// The service was deleted.
     Deleted {
         /// The service.
@@ -129,6 +138,7 @@ impl Event {
             | Event::Deleted { name }
             | Event::Ready { name }
             | Event::Unhealthy { name, .. }
+            | Event::ReloadFailed { name, .. }
             | Event::LogError { name, .. }
             | Event::Reclaimed { name, .. } => Some(name),
             Event::Lagged { .. } | Event::StateDirLost { .. } => None,

@@ -3,6 +3,8 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph;
+use crate::policy::RestartPolicy;
+use crate::readiness::Condition;
 use crate::spec::{validate_name, ServiceSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,8 +69,15 @@ pub enum Prune {
 pub struct Applied {
     /// New services, started.
     pub started: Vec<String>,
-    /// Services whose spec changed, restarted with the new one.
+    /// Services whose spec changed, restarted with the new one (one instance at a time for
+    /// a service with instances).
     pub restarted: Vec<String>,
+    /// Services with instances whose number alone changed: instances added or removed, the
+    /// others left running.
+    pub scaled: Vec<String>,
+    /// Services with `autostart = false` that were defined (new) or updated while stopped,
+    /// and not started.
+    pub defined: Vec<String>,
     /// Services left as they were (equal spec; started if they were not running).
     pub unchanged: Vec<String>,
     /// Services not in the fleet, stopped and deleted.
@@ -77,52 +86,102 @@ pub struct Applied {
     pub failed: Vec<(String, String)>,
 }
 
+/// The Procfile entry that is Heroku's release phase.
+const RELEASE: &str = "release";
+
 /// An [`apply`](crate::Supervisor::apply) in steps, for a caller that makes the calls
 /// itself: the supervisor's `apply` blocks on each, the control socket's thread must not.
-/// `new` says what to start (one `start_many`), `started` takes its results, `unlisted` says
-/// what a prune deletes (one `delete` each, in that order), `deleted` takes each result.
+/// `new` says what to define (one `define` each, first) and what to start (one
+/// `start_many`), `defined` and `started` take their results, `unlisted` says what a prune
+/// deletes (one `delete` each, in that order), `deleted` takes each result.
 #[derive(Default)]
 pub(crate) struct Convergence {
     applied: Applied,
+    /// Each spec handed to `define`, by name.
+    defining: Vec<String>,
     /// Each spec handed to `start_many`: its name and what starting it means.
     starting: Vec<(String, Change)>,
 }
 
-#[derive(Clone, Copy)]
+/// What an apply does with the specs of one fleet entry.
+pub(crate) struct Steps {
+    /// Specs with `autostart = false`, new or changed while stopped: defined, not started.
+    pub(crate) define: Vec<ServiceSpec>,
+    /// Specs to start, each after its dependencies.
+    pub(crate) start: Vec<ServiceSpec>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
 enum Change {
     New,
+    /// A change that needs new runs (rolled one instance at a time).
     Changed,
-    /// Listed, with the same spec, but not running.
-    Again,
+    /// Only the number of instances changed.
+    Scaled,
+    /// Listed, with the same runs, but not running, or with a change that needs no new run.
+    Idle,
 }
 
 impl Convergence {
-    /// Compares the services (`before`) with the fleet; returns the specs to start, in an
-    /// order where each comes after its dependencies.
-    pub(crate) fn new(
-        before: &[crate::ServiceInfo],
-        fleet: &Fleet,
-    ) -> (Convergence, Vec<ServiceSpec>) {
-        let before: std::collections::HashMap<&str, &crate::ServiceInfo> =
-            before.iter().map(|i| (i.name(), i)).collect();
-        let mut applied = Applied::default();
-        let mut starting = Vec::new();
-        let mut specs = Vec::new();
+    /// Compares the services (`before`) with the fleet, by spec name (the instances of a
+    /// spec are one entry of the fleet).
+    pub(crate) fn new(before: &[crate::ServiceInfo], fleet: &Fleet) -> (Convergence, Steps) {
+        let mut by_spec: std::collections::HashMap<&str, Vec<&crate::ServiceInfo>> =
+            std::collections::HashMap::new();
+        for info in before {
+            by_spec.entry(info.definition()).or_default().push(info);
+        }
+        let mut c = Convergence::default();
+        let mut steps = Steps {
+            define: Vec::new(),
+            start: Vec::new(),
+        };
         for spec in fleet.in_start_order() {
             let name = spec.name().to_string();
-            let change = match before.get(spec.name()) {
-                None => Change::New,
-                Some(info) if info.spec() != spec => Change::Changed,
-                Some(info) if info.status().is_settled() => Change::Again,
-                Some(_) => {
-                    applied.unchanged.push(name);
-                    continue;
-                }
+            let infos = by_spec.get(spec.name()).map_or(&[][..], Vec::as_slice);
+            let settled = infos.iter().all(|i| i.status().is_settled());
+            let differs = infos.iter().any(|i| i.spec() != spec);
+            let change = if infos.is_empty() {
+                Change::New
+            } else if infos.iter().any(|i| !i.spec().same_run(spec)) {
+                Change::Changed
+            } else if infos
+                .iter()
+                .any(|i| i.spec().get_instances() != spec.get_instances())
+            {
+                Change::Scaled
+            } else if settled || differs {
+                Change::Idle
+            } else {
+                c.applied.unchanged.push(name);
+                continue;
             };
-            starting.push((name, change));
-            specs.push(spec.clone());
+            if !spec.get_autostart() && (change == Change::New || settled) {
+                // Defined, not started: a new one stays down, a stopped one stopped.
+                if !differs && change != Change::New {
+                    c.applied.unchanged.push(name);
+                } else {
+                    c.defining.push(name);
+                    steps.define.push(spec.clone());
+                }
+                continue;
+            }
+            c.starting.push((name, change));
+            steps.start.push(spec.clone());
         }
-        (Convergence { applied, starting }, specs)
+        (c, steps)
+    }
+
+    /// Takes the results of the `define`s, in order.
+    ///
+    /// # Errors
+    ///
+    /// The first `ShutDown` or `Store` error: the apply stops there.
+    pub(crate) fn defined(&mut self, results: Vec<Result<crate::ServiceInfo>>) -> Result<()> {
+        for (name, result) in std::mem::take(&mut self.defining).into_iter().zip(results) {
+            self.take(name, result.map(|_| ()), |a| &mut a.defined)?;
+        }
+        Ok(())
     }
 
     /// Takes the results of the `start_many`, in order.
@@ -133,17 +192,28 @@ impl Convergence {
     pub(crate) fn started(&mut self, results: Vec<Result<crate::ServiceInfo>>) -> Result<()> {
         for ((name, change), result) in std::mem::take(&mut self.starting).into_iter().zip(results)
         {
-            match result {
-                Ok(_) => match change {
-                    Change::New => self.applied.started.push(name),
-                    Change::Changed => self.applied.restarted.push(name),
-                    Change::Again => self.applied.unchanged.push(name),
-                },
-                Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => {
-                    return Err(e)
-                }
-                Err(e) => self.applied.failed.push((name, e.to_string())),
-            }
+            self.take(name, result.map(|_| ()), |a| match change {
+                Change::New => &mut a.started,
+                Change::Changed => &mut a.restarted,
+                Change::Scaled => &mut a.scaled,
+                Change::Idle => &mut a.unchanged,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Files one result under `list` when it succeeded, under `failed` when it failed for
+    /// that service alone.
+    fn take(
+        &mut self,
+        name: String,
+        result: Result<()>,
+        list: impl FnOnce(&mut Applied) -> &mut Vec<String>,
+    ) -> Result<()> {
+        match result {
+            Ok(()) => list(&mut self.applied).push(name),
+            Err(e) if matches!(e.kind(), ErrorKind::ShutDown | ErrorKind::Store) => return Err(e),
+            Err(e) => self.applied.failed.push((name, e.to_string())),
         }
         Ok(())
     }
@@ -235,7 +305,20 @@ impl Fleet {
     /// As [`from_toml_str`](Fleet::from_toml_str); `Io` if the file cannot be read.
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Fleet> {
         let path = path.as_ref();
-        Fleet::parse_toml(&read(path)?, &path.display().to_string())
+        let fleet = Fleet::parse_toml(&read(path)?, &path.display().to_string())?;
+        Ok(fleet.beside(path))
+    }
+
+    /// The fleet with every relative `env_file` taken from the directory of the fleet file
+    /// at `path`.
+    fn beside(mut self, path: &Path) -> Fleet {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for spec in &mut self.services {
+            if let Some(file) = spec.get_env_file().filter(|f| f.is_relative()) {
+                *spec = spec.clone().env_file(dir.join(file));
+            }
+        }
+        self
     }
 
     fn parse_toml(text: &str, origin: &str) -> Result<Fleet> {
@@ -263,7 +346,8 @@ impl Fleet {
     /// As [`from_toml_str`](Fleet::from_toml_str); `Io` if the file cannot be read.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Fleet> {
         let path = path.as_ref();
-        Fleet::parse_json(&read(path)?, &path.display().to_string())
+        let fleet = Fleet::parse_json(&read(path)?, &path.display().to_string())?;
+        Ok(fleet.beside(path))
     }
 
     fn parse_json(text: &str, origin: &str) -> Result<Fleet> {
@@ -282,6 +366,24 @@ impl Fleet {
     /// Reads a Procfile (`name: command` per line, run with `sh -c`), with the variables of
     /// a `.env` file beside it (`KEY=value` lines, `#` comments, optional `export` and quotes),
     /// as foreman and honcho do.
+    ///
+    /// A `release:` entry is Heroku's release phase: a [one-shot task](ServiceSpec::oneshot)
+    /// that is not restarted, and that every other entry waits for (they start once it has
+    /// exited 0; if it fails, they do not start).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Condition, Fleet};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("Procfile");
+    /// std::fs::write(&path, "release: ./migrate\nweb: ./serve\n").unwrap();
+    /// let fleet = Fleet::from_procfile(&path)?;
+    /// assert!(fleet.services()[0].is_oneshot());
+    /// assert_eq!(fleet.services()[1].get_after()[0].condition, Condition::Exited0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -343,10 +445,20 @@ impl Fleet {
                     .envs(env.clone()),
             );
         }
+        if services.iter().any(|s| s.name() == RELEASE) {
+            services = services
+                .into_iter()
+                .map(|s| match s.name() {
+                    RELEASE => s.oneshot(true).restart(RestartPolicy::never()),
+                    _ => s.after(RELEASE, Condition::Exited0),
+                })
+                .collect();
+        }
         Ok(Fleet::new(services))
     }
 
-    /// Every spec is valid, names are unique, dependencies exist and form no cycle.
+    /// Every spec is valid, names (and the names of instances) are unique, dependencies
+    /// exist and form no cycle.
     fn check(&self, origin: &str) -> Result<()> {
         let invalid = |msg: String| {
             Error::new(
@@ -357,16 +469,27 @@ impl Fleet {
         let mut names = BTreeSet::new();
         for spec in &self.services {
             spec.validate()?;
-            if !names.insert(spec.name()) {
+            if !names.insert(spec.name().to_string()) {
                 return Err(invalid(format!(
                     "service '{}' is defined twice",
                     spec.name()
                 )));
             }
         }
+        for spec in self.services.iter().filter(|s| s.get_instances().is_some()) {
+            for index in spec.instance_indexes() {
+                let name = spec.instance_name(index);
+                if !names.insert(name.clone()) {
+                    return Err(invalid(format!(
+                        "service '{name}' is also the name of an instance of '{}'",
+                        spec.name()
+                    )));
+                }
+            }
+        }
         for spec in &self.services {
             for dep in spec.get_after() {
-                if !names.contains(dep.name.as_str()) {
+                if !names.contains(&dep.name) {
                     return Err(invalid(format!(
                         "service '{}' depends on unknown service '{}'",
                         spec.name(),
@@ -381,12 +504,32 @@ impl Fleet {
         Ok(())
     }
 
+    /// The dependency graph by service name (a dependency on an instance is one on its
+    /// service).
     fn nodes(&self) -> Vec<graph::Node<'_>> {
+        let owner = |dep: &'_ str| -> Option<&str> {
+            let names = || self.services.iter().map(|s| s.name());
+            names().find(|n| *n == dep).or_else(|| {
+                self.services
+                    .iter()
+                    .filter(|s| s.get_instances().is_some())
+                    .find(|s| {
+                        s.instance_indexes()
+                            .into_iter()
+                            .any(|i| s.instance_name(i) == dep)
+                    })
+                    .map(|s| s.name())
+            })
+        };
         self.services
             .iter()
             .map(|s| graph::Node {
                 name: s.name(),
-                deps: s.get_after().iter().map(|d| d.name.as_str()).collect(),
+                deps: s
+                    .get_after()
+                    .iter()
+                    .map(|d| owner(&d.name).unwrap_or(&d.name))
+                    .collect(),
             })
             .collect()
     }
@@ -429,21 +572,7 @@ fn read(path: &Path) -> Result<String> {
 /// The text of a line-based file, or a parse error naming the first line (and column) whose
 /// bytes are not UTF-8.
 fn utf8_lines(bytes: &[u8], origin: &str) -> Result<String> {
-    match String::from_utf8(bytes.to_vec()) {
-        Ok(text) => Ok(text),
-        Err(e) => {
-            let valid = &bytes[..e.utf8_error().valid_up_to()];
-            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-            let start = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let column = String::from_utf8_lossy(&valid[start..]).chars().count() + 1;
-            Err(parse_error(
-                origin,
-                line,
-                column,
-                "the line is not valid UTF-8",
-            ))
-        }
-    }
+    crate::dotenv::utf8_text(bytes).map_err(|p| parse_error(origin, p.line, p.column, &p.message))
 }
 
 /// serde_json appends " at line L column C"; the position is reported separately.
@@ -454,49 +583,9 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// `KEY=value` lines; `#` comments; optional `export `; single or double quotes.
+/// The variables of a dotenv text (see [`crate::dotenv`]).
 fn parse_dotenv(text: &str, origin: &str) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(parse_error(origin, i + 1, 1, "expected KEY=value"));
-        };
-        let key = key.trim();
-        if key.is_empty() || key.contains(|c: char| c.is_whitespace()) {
-            return Err(parse_error(
-                origin,
-                i + 1,
-                1,
-                &format!("'{key}' is not a variable name"),
-            ));
-        }
-        let value = value.trim();
-        let value = if value.len() >= 2
-            && ((value.starts_with('"') && value.ends_with('"'))
-                || (value.starts_with('\'') && value.ends_with('\'')))
-        {
-            let inner = &value[1..value.len() - 1];
-            if value.starts_with('"') {
-                inner.replace("\\n", "\n").replace("\\\"", "\"")
-            } else {
-                inner.to_string()
-            }
-        } else {
-            value
-                .split(" #")
-                .next()
-                .unwrap_or("")
-                .trim_end()
-                .to_string()
-        };
-        out.insert(key.to_string(), value);
-    }
-    Ok(out)
+    crate::dotenv::parse(text).map_err(|p| parse_error(origin, p.line, p.column, &p.message))
 }
 
 #[cfg(test)]
@@ -609,6 +698,90 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_units_and_env_files_are_found_beside_the_fleet_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.toml");
+        std::fs::write(
+            &path,
+            "[[service]]\nname = \"web\"\nprogram = \"true\"\nmax_memory = \"300M\"\n\
+             env_file = \"web.env\"\nlog = { max_bytes = \"1.5GiB\", line_max = \"4K\" }\n\
+             [[service]]\nname = \"abs\"\nprogram = \"true\"\nenv_file = \"/etc/abs.env\"\n",
+        )
+        .unwrap();
+        let fleet = Fleet::from_toml_file(&path).unwrap();
+        let web = &fleet.services()[0];
+        assert_eq!(web.get_max_memory(), Some(300 << 20));
+        assert_eq!(web.log_policy().get_max_bytes(), 3 << 29);
+        assert_eq!(web.log_policy().get_line_max(), 4096);
+        assert_eq!(
+            web.get_env_file(),
+            Some(dir.path().join("web.env").as_path())
+        );
+        assert_eq!(
+            fleet.services()[1].get_env_file(),
+            Some(Path::new("/etc/abs.env"))
+        );
+        let err = Fleet::from_toml_str(
+            "[[service]]\nname = \"a\"\nprogram = \"true\"\nmax_memory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 4"), "{err}");
+        assert!(err.to_string().contains("size 'lots'"), "{err}");
+    }
+
+    #[test]
+    fn instances_name_services_that_may_be_depended_on_but_not_taken() {
+        let fleet = Fleet::from_toml_str(
+            "[[service]]\nname = \"web\"\nprogram = \"true\"\ninstances = 2\n\
+             [[service]]\nname = \"probe\"\nprogram = \"true\"\n\
+             after = [{ name = \"web.1\", condition = \"started\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(fleet.services()[0].get_instances(), Some(2));
+        let order: Vec<&str> = fleet.in_start_order().iter().map(|s| s.name()).collect();
+        assert_eq!(order, ["web", "probe"]);
+        let err = Fleet::from_toml_str(
+            "[[service]]\nname = \"web\"\nprogram = \"true\"\ninstances = 2\n\
+             [[service]]\nname = \"web.1\"\nprogram = \"true\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("service 'web.1' is also the name of an instance of 'web'"),
+            "{err}"
+        );
+        let err = Fleet::from_toml_str(
+            "[[service]]\nname = \"web\"\nprogram = \"true\"\ninstances = 2\n\
+             after = [{ name = \"web.0\", condition = \"started\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+    }
+
+    #[test]
+    fn a_procfile_release_entry_is_a_one_shot_task_the_others_wait_for() {
+        let fleet = Fleet::parse_procfile(
+            "web: ./serve\nrelease: ./migrate\nworker: ./work\n",
+            "Procfile",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let [web, release, worker] = fleet.services() else {
+            panic!("three entries")
+        };
+        assert!(release.is_oneshot() && !web.is_oneshot());
+        assert_eq!(release.restart_policy(), &RestartPolicy::never());
+        for s in [web, worker] {
+            assert_eq!(s.get_after()[0].name, "release");
+            assert_eq!(s.get_after()[0].condition, Condition::Exited0);
+        }
+        let order: Vec<&str> = fleet.in_start_order().iter().map(|s| s.name()).collect();
+        assert_eq!(order[0], "release");
+        let plain = Fleet::parse_procfile("web: ./serve\n", "Procfile", &BTreeMap::new()).unwrap();
+        assert!(plain.services()[0].get_after().is_empty());
+    }
+
+    #[test]
     fn the_readme_example_is_a_valid_fleet_with_every_section() {
         let readme = include_str!("../README.md");
         let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
@@ -636,6 +809,26 @@ mod tests {
             fleet.settings().state_dir.as_deref(),
             Some("/var/lib/myapp/services")
         );
+        assert_eq!(web.get_user(), Some("www-data"));
+        assert_eq!(
+            web.get_limit(crate::rlimit::Resource::AddressSpace),
+            Some((2 << 30, 2 << 30))
+        );
+        assert_eq!(web.get_umask(), Some(0o027));
+        // Every other TOML block of the README is a fleet too.
+        let rest = &readme[start..];
+        let mut instances_example = false;
+        for (i, part) in rest.split("```toml\n").enumerate().skip(1) {
+            let block = &part[..part.find("```").unwrap()];
+            let fleet = Fleet::from_toml_str(block).unwrap_or_else(|e| panic!("block {i}: {e}"));
+            if let [api, migrate] = fleet.services() {
+                assert_eq!(api.get_instances(), Some(4));
+                assert_eq!(api.get_args()[1], "{instance+8000}");
+                assert!(migrate.is_oneshot());
+                instances_example = true;
+            }
+        }
+        assert!(instances_example, "the instances example");
     }
 
     proptest! {

@@ -183,6 +183,7 @@ fn spawn(plan: &Plan, host: &OwnedFd) -> io::Result<Guardian> {
     let env: Vec<&std::ffi::CStr> = plan.env.iter().map(CString::as_c_str).collect();
     let keep = [host.as_fd(), read.as_fd()];
     let request = sys::SpawnRequest {
+        setup: &sys::ChildSetup::NONE,
         program: Path::new("/proc/self/exe"),
         argv: &[argv0],
         env: &env,

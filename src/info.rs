@@ -168,6 +168,9 @@ impl fmt::Display for Exit {
 #[derive(Clone, Debug)]
 pub struct ServiceInfo {
     pub(crate) id: u64,
+    pub(crate) name: Arc<str>,
+    pub(crate) instance: Option<u32>,
+    pub(crate) desired_up: bool,
     pub(crate) spec: Arc<ServiceSpec>,
     pub(crate) status: Status,
     pub(crate) pid: Option<u32>,
@@ -189,9 +192,40 @@ impl ServiceInfo {
         self.id
     }
 
-    /// The service's name.
+    /// The service's name: its spec's, or `<name>.<k>` for instance `k` of a spec with
+    /// [`instances`](ServiceSpec::instances).
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its index among the instances of its spec, if the spec has instances.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("nap", "sleep").arg("30").instances(2))?;
+    /// let second = sup.describe("nap.1")?;
+    /// assert_eq!((second.name(), second.instance(), second.definition()), ("nap.1", Some(1), "nap"));
+    /// assert_eq!(sup.list()?.len(), 2);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn instance(&self) -> Option<u32> {
+        self.instance
+    }
+
+    /// The name of its spec: the name that addresses all its instances (the service's own
+    /// name when it has none).
+    pub fn definition(&self) -> &str {
         self.spec.name()
+    }
+
+    /// Whether it is meant to run: started and not since stopped (`open` starts it again).
+    /// False for a service only [defined](crate::Supervisor::define).
+    pub fn desired_up(&self) -> bool {
+        self.desired_up
     }
 
     /// The current status.

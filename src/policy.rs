@@ -120,6 +120,11 @@ impl RestartPolicy {
         self
     }
 
+    /// Whether `code` is among the [`success_codes`](RestartPolicy::success_codes).
+    pub(crate) fn is_success(&self, code: i32) -> bool {
+        self.success_codes.contains(&code)
+    }
+
     /// The exit codes that [`on_failure`](RestartPolicy::on_failure) treats as success.
     /// By default, `[0]`.
     pub fn success_codes(mut self, codes: impl IntoIterator<Item = i32>) -> RestartPolicy {

@@ -247,6 +247,7 @@ fn command(
     };
     let spawned = sys::devnull().and_then(|null| {
         sys::spawn(&sys::SpawnRequest {
+            setup: &sys::ChildSetup::NONE,
             program: &program,
             argv: &args,
             env: &env,

@@ -36,28 +36,81 @@ pub(crate) struct Table {
 impl Table {
     /// Resolves a target (a name, a numeric id, or `all`) to ids.
     pub(crate) fn resolve(&self, target: &str) -> Result<Vec<u64>> {
-        resolve(target, self.services.iter().map(|(id, s)| (*id, s.name())))
+        resolve(
+            target,
+            self.services
+                .iter()
+                .map(|(id, s)| (*id, s.name(), s.definition())),
+        )
+    }
+
+    /// Resolves a target that must be one service.
+    pub(crate) fn resolve_one(&self, target: &str, what: &str) -> Result<u64> {
+        resolve_one(
+            target,
+            what,
+            self.services
+                .iter()
+                .map(|(id, s)| (*id, s.name(), s.definition())),
+        )
     }
 }
 
-/// Resolves a target among `services` (id, name): `all` is every one; a number is an id;
-/// anything else a name.
+/// Resolves a target among `services` (id, name, the name of its spec): `all` is every one;
+/// a number is an id; anything else a name, or the name of a spec with instances (all of
+/// them).
 pub(crate) fn resolve<'a>(
     target: &str,
-    services: impl Iterator<Item = (u64, &'a str)>,
+    services: impl Iterator<Item = (u64, &'a str, &'a str)>,
 ) -> Result<Vec<u64>> {
     if target == "all" {
-        return Ok(services.map(|(id, _)| id).collect());
+        return Ok(services.map(|(id, _, _)| id).collect());
     }
     let by_id = (!target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()))
         .then(|| target.parse::<u64>().ok())
         .flatten();
-    for (id, name) in services {
-        if Some(id) == by_id || (by_id.is_none() && name == target) {
-            return Ok(vec![id]);
+    let ids: Vec<u64> = services
+        .filter(|&(id, name, definition)| match by_id {
+            Some(want) => id == want,
+            None => name == target || definition == target,
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    if ids.is_empty() {
+        return Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target));
+    }
+    Ok(ids)
+}
+
+/// Resolves a target that must be one service: not `all`, and not the name of a spec with
+/// several instances.
+pub(crate) fn resolve_one<'a>(
+    target: &str,
+    what: &str,
+    services: impl Iterator<Item = (u64, &'a str, &'a str)>,
+) -> Result<u64> {
+    one_service(target, what)?;
+    let services: Vec<_> = services.collect();
+    let ids = resolve(target, services.iter().copied())?;
+    match ids[..] {
+        [id] => Ok(id),
+        _ => {
+            let names: Vec<&str> = services
+                .iter()
+                .filter(|(id, _, _)| ids.contains(id))
+                .map(|(_, name, _)| *name)
+                .collect();
+            Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{what} takes one service, and '{target}' has {} instances: name one ({})",
+                    names.len(),
+                    names.join(", ")
+                ),
+            )
+            .with_service(target))
         }
     }
-    Err(Error::new(ErrorKind::NotFound, "no such service").with_service(target))
 }
 
 /// Refuses `all` where one service is meant.
@@ -77,10 +130,32 @@ mod tests {
 
     #[test]
     fn targets_resolve_by_name_id_or_all() {
-        let services = || [(3, "web"), (7, "12")].into_iter();
+        let services = || {
+            [
+                (3, "web", "web"),
+                (7, "12", "12"),
+                (8, "api.0", "api"),
+                (9, "api.1", "api"),
+            ]
+            .into_iter()
+        };
         assert_eq!(resolve("web", services()).unwrap(), [3]);
         assert_eq!(resolve("7", services()).unwrap(), [7]);
-        assert_eq!(resolve("all", services()).unwrap(), [3, 7]);
+        assert_eq!(resolve("all", services()).unwrap(), [3, 7, 8, 9]);
+        assert_eq!(
+            resolve("api", services()).unwrap(),
+            [8, 9],
+            "every instance"
+        );
+        assert_eq!(resolve("api.1", services()).unwrap(), [9], "one instance");
+        assert_eq!(resolve_one("api.0", "describe", services()).unwrap(), 8);
+        let err = resolve_one("api", "describe", services()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            err.to_string()
+                .contains("has 2 instances: name one (api.0, api.1)"),
+            "{err}"
+        );
         // A name made of digits is found by id only: "12" is no id here.
         assert_eq!(
             resolve("12", services()).unwrap_err().kind(),

@@ -3,9 +3,13 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::RestartPolicy;
 use crate::readiness::{Check, Condition, Dependency, Health, Ready};
+use crate::rlimit::{Limit, Resource};
 use crate::signal::Signal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 use std::time::Duration;
 
 /// The shortest health-check interval: a check is a probe (a connection, a process), and
@@ -14,6 +18,12 @@ const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The longest service name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
+
+/// The most instances of one service.
+pub(crate) const MAX_INSTANCES: u32 = 1000;
+
+/// The variable that holds an instance's index, unless the spec names another.
+pub(crate) const DEFAULT_INSTANCE_VAR: &str = "SHEEPDOG_INSTANCE";
 
 /// The largest `pids.max` the kernel takes (`PID_MAX_LIMIT` on 64-bit Linux): no more
 /// processes than that can exist at once anyway.
@@ -45,17 +55,64 @@ const MAX_PIDS_LIMIT: u64 = 4 << 20;
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     name: String,
-    program: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    args: Vec<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    env_remove: BTreeSet<String>,
+    #[serde(with = "crate::os_value::one")]
+    program: OsString,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::os_value::list"
+    )]
+    args: Vec<OsString>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::os_value::env"
+    )]
+    env: BTreeMap<OsString, OsString>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeSet::is_empty",
+        with = "crate::os_value::keys"
+    )]
+    env_remove: BTreeSet<OsString>,
     #[serde(default, skip_serializing_if = "is_false")]
     env_clear: bool,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::os_value::opt"
+    )]
+    env_file: Option<OsString>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::os_value::opt"
+    )]
+    current_dir: Option<OsString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    current_dir: Option<String>,
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rlimit::umask"
+    )]
+    umask: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    limits: BTreeMap<Resource, Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nice: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oom_score_adj: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance_var: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    oneshot: bool,
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    autostart: bool,
     #[serde(default)]
     restart: RestartPolicy,
     #[serde(default = "default_stop_signal")]
@@ -74,7 +131,11 @@ pub struct ServiceSpec {
     after: Vec<Dependency>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     restart_with: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::size::opt_bytes"
+    )]
     max_memory: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_pids: Option<u64>,
@@ -107,12 +168,15 @@ fn default_ready_timeout() -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogPolicy {
+    #[serde(deserialize_with = "crate::size::bytes")]
     max_bytes: u64,
     keep: u32,
     timestamps: bool,
     merge_stderr: bool,
+    #[serde(deserialize_with = "crate::size::bytes_usize")]
     line_max: usize,
     tail_lines: usize,
+    #[serde(deserialize_with = "crate::size::bytes_usize")]
     tail_bytes: usize,
 }
 
@@ -219,6 +283,14 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
+}
+
 fn default_stop_signal() -> Signal {
     Signal::Term
 }
@@ -230,15 +302,47 @@ fn default_stop_timeout() -> Duration {
 impl ServiceSpec {
     /// A service called `name` that runs `program`. A program without a `/` is looked up on
     /// `PATH` (the spec's own `PATH` if it sets one) when the service starts.
-    pub fn new(name: impl Into<String>, program: impl Into<String>) -> ServiceSpec {
+    ///
+    /// Like [`std::process::Command`], the program, arguments, environment and working
+    /// directory are OS strings: any bytes but NUL, UTF-8 or not. A spec is stored as JSON,
+    /// so a value that is not UTF-8 is written as `{ "hex": "…" }` (its bytes in hex) and an
+    /// environment key that is not UTF-8 as `"=hex:…"`; UTF-8 values are plain strings.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    /// use std::ffi::OsString;
+    /// use std::os::unix::ffi::OsStringExt;
+    /// use std::path::PathBuf;
+    ///
+    /// let name = OsString::from_vec(b"caf\xe9.txt".to_vec()); // Latin-1, not UTF-8
+    /// let spec = ServiceSpec::new("touch", PathBuf::from("/usr/bin/touch"))
+    ///     .arg(&name)
+    ///     .current_dir(PathBuf::from("/tmp"));
+    /// assert_eq!(spec.get_args(), [name]);
+    /// assert_eq!(spec.get_current_dir(), Some(std::path::Path::new("/tmp")));
+    /// ```
+    pub fn new(name: impl Into<String>, program: impl AsRef<OsStr>) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
-            program: program.into(),
+            program: program.as_ref().to_os_string(),
             args: Vec::new(),
             env: BTreeMap::new(),
             env_remove: BTreeSet::new(),
             env_clear: false,
+            env_file: None,
             current_dir: None,
+            user: None,
+            group: None,
+            umask: None,
+            limits: BTreeMap::new(),
+            nice: None,
+            oom_score_adj: None,
+            instances: None,
+            instance_var: None,
+            oneshot: false,
+            autostart: true,
             restart: RestartPolicy::default(),
             stop_signal: default_stop_signal(),
             stop_timeout: default_stop_timeout(),
@@ -253,9 +357,11 @@ impl ServiceSpec {
         }
     }
 
-    /// Adds an argument.
-    pub fn arg(mut self, arg: impl Into<String>) -> ServiceSpec {
-        self.args.push(arg.into());
+    /// Adds an argument. With [`instances`](Self::instances), `{instance}` in it becomes the
+    /// instance's index and `{instance+N}` the index plus `N` (a port per instance:
+    /// `"--port={instance+8000}"`).
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> ServiceSpec {
+        self.args.push(arg.as_ref().to_os_string());
         self
     }
 
@@ -263,22 +369,26 @@ impl ServiceSpec {
     pub fn args<I, S>(mut self, args: I) -> ServiceSpec
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(Into::into));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
-    /// Sets an environment variable. The service's environment is the host's, with these
-    /// changes applied, and `SHEEPDOG_RUN` set to the run's marker (containment finds a
-    /// service's processes by it; a value set here is replaced).
+    /// Sets an environment variable. The service's environment is the host's, with the
+    /// variables of its [`env_file`](Self::env_file) and then these applied, and
+    /// `SHEEPDOG_RUN` set to the run's marker (containment finds a service's processes by it;
+    /// a value set here is replaced). With [`instances`](Self::instances), `{instance}` in a
+    /// value becomes the instance's index, as in [`arg`](Self::arg).
     ///
-    /// The host's environment is read when a call starts the service (`start`, `restart`);
-    /// restarts by the restart policy reuse what that call read.
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ServiceSpec {
-        let key = key.into();
+    /// The host's environment (and the env file) is read when a call starts the service
+    /// (`start`, `restart`, `reload`); restarts by the restart policy reuse what that call
+    /// read.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> ServiceSpec {
+        let key = key.as_ref().to_os_string();
         self.env_remove.remove(&key);
-        self.env.insert(key, value.into());
+        self.env.insert(key, value.as_ref().to_os_string());
         self
     }
 
@@ -286,8 +396,8 @@ impl ServiceSpec {
     pub fn envs<I, K, V>(mut self, vars: I) -> ServiceSpec
     where
         I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
     {
         for (k, v) in vars {
             self = self.env(k, v);
@@ -296,8 +406,8 @@ impl ServiceSpec {
     }
 
     /// Removes a variable from the inherited environment (and any set by [`env`](Self::env)).
-    pub fn env_remove(mut self, key: impl Into<String>) -> ServiceSpec {
-        let key = key.into();
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> ServiceSpec {
+        let key = key.as_ref().to_os_string();
         self.env.remove(&key);
         self.env_remove.insert(key);
         self
@@ -311,9 +421,216 @@ impl ServiceSpec {
         self
     }
 
-    /// The working directory of the service. By default, the host's.
-    pub fn current_dir(mut self, dir: impl Into<String>) -> ServiceSpec {
-        self.current_dir = Some(dir.into());
+    /// Reads variables from a dotenv file (`KEY=value` lines, `#` comments, an optional
+    /// `export`, single or double quotes; the parser of [`Fleet::from_procfile`]'s `.env`)
+    /// whenever a call starts the service. They come over the host's environment and under
+    /// the variables set with [`env`](Self::env). A relative path is taken from the
+    /// service's [`current_dir`](Self::current_dir), else the host's; a fleet file's is
+    /// taken from the file's directory. A file that cannot be read or parsed fails the start
+    /// with a `Spawn` error naming it (and the line). By default, none.
+    ///
+    /// [`Fleet::from_procfile`]: crate::Fleet::from_procfile
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    /// use std::path::{Path, PathBuf};
+    ///
+    /// let spec = ServiceSpec::new("web", "./serve")
+    ///     .current_dir(PathBuf::from("/srv/web"))
+    ///     .env_file("web.env"); // /srv/web/web.env, read at each start
+    /// assert_eq!(spec.get_env_file(), Some(Path::new("web.env")));
+    /// ```
+    pub fn env_file(mut self, path: impl AsRef<Path>) -> ServiceSpec {
+        self.env_file = Some(path.as_ref().as_os_str().to_os_string());
+        self
+    }
+
+    /// The working directory of the service. By default, the host's. With
+    /// [`user`](Self::user), it is entered as that user.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> ServiceSpec {
+        self.current_dir = Some(dir.as_ref().as_os_str().to_os_string());
+        self
+    }
+
+    /// Runs the service as `user`: a name, or a numeric uid. The new process takes the
+    /// user's uid, its primary group (unless [`group`](Self::group) is set) and its
+    /// supplementary groups (as `initgroups` finds them), and `HOME`, `USER`, `LOGNAME` and
+    /// `SHELL` from its passwd entry, unless the spec sets them. A numeric uid without a
+    /// passwd entry needs [`group`](Self::group) and gets no supplementary groups.
+    ///
+    /// Switching needs a privileged host: root, or `CAP_SETUID` and `CAP_SETGID`. A host
+    /// without them gets a `Spawn` error that says so; a user or group that does not exist,
+    /// a `Spawn` error naming it. The user is looked up (through NSS) when a call starts the
+    /// service, not at each restart. The service's log files stay the supervisor's: the
+    /// service writes into pipes the supervisor reads. By default, the service runs as the
+    /// host does.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let spec = ServiceSpec::new("cache", "memcached").user("nobody").group("nogroup");
+    /// assert_eq!(spec.get_user(), Some("nobody"));
+    /// ```
+    pub fn user(mut self, user: impl Into<String>) -> ServiceSpec {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the service with `group` (a name or a numeric gid) as its primary group; with
+    /// [`user`](Self::user), its supplementary groups are the user's. Without `user`, the
+    /// service keeps the host's uid and has no supplementary groups. Needs the privileges
+    /// [`user`](Self::user) needs. By default, the user's primary group (or the host's).
+    pub fn group(mut self, group: impl Into<String>) -> ServiceSpec {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// The file mode creation mask of the service's processes (`umask(2)`), such as `0o027`.
+    /// In files, a string of octal digits (`umask = "027"`). By default, the host's.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let spec = ServiceSpec::new("batch", "./crunch")
+    ///     .umask(0o027)
+    ///     .nice(10)
+    ///     .oom_score_adj(500);
+    /// assert_eq!(spec.get_umask(), Some(0o027));
+    /// assert_eq!((spec.get_nice(), spec.get_oom_score_adj()), (Some(10), Some(500)));
+    /// ```
+    pub fn umask(mut self, mask: u32) -> ServiceSpec {
+        self.umask = Some(mask);
+        self
+    }
+
+    /// Limits `resource` for the service's processes: `soft` is what they get, `hard` how
+    /// far they may raise it themselves ([`UNLIMITED`](crate::UNLIMITED) for no limit).
+    /// Raising a hard limit above the host's needs root (`CAP_SYS_RESOURCE`); a limit the
+    /// kernel refuses fails the start with a `Spawn` error naming the resource. By default,
+    /// the host's limits are inherited.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Resource, ServiceSpec, UNLIMITED};
+    ///
+    /// let spec = ServiceSpec::new("db", "postgres")
+    ///     .limit(Resource::OpenFiles, 4096, 8192)
+    ///     .limit(Resource::CoreSize, 0, UNLIMITED);
+    /// assert_eq!(spec.get_limit(Resource::OpenFiles), Some((4096, 8192)));
+    /// ```
+    pub fn limit(mut self, resource: Resource, soft: u64, hard: u64) -> ServiceSpec {
+        self.limits.insert(resource, Limit { soft, hard });
+        self
+    }
+
+    /// The scheduling priority of the service's processes, from -20 (highest) to 19
+    /// (lowest). A value below the host's own needs root (`CAP_SYS_NICE`). By default, the
+    /// host's.
+    pub fn nice(mut self, nice: i32) -> ServiceSpec {
+        self.nice = Some(nice);
+        self
+    }
+
+    /// How eagerly the kernel's OOM killer picks the service's processes, from -1000
+    /// (never) to 1000 (first). A value below the host's own needs root
+    /// (`CAP_SYS_RESOURCE`). By default, the host's.
+    pub fn oom_score_adj(mut self, adj: i32) -> ServiceSpec {
+        self.oom_score_adj = Some(adj);
+        self
+    }
+
+    /// Runs `n` instances of the service (PM2's `instances`, supervisord's `numprocs`), named
+    /// `<name>.0` to `<name>.<n-1>`. Each is a service of its own in `list`, `describe`,
+    /// `history` and the logs (`<name>.<k>.out.log`), with its own run, restart policy and
+    /// crash-loop limit; the service's name addresses all of them, `<name>.<k>` one. Each
+    /// gets its index in [`instance_var`](Self::instance_var), and `{instance}` in its
+    /// arguments and environment values becomes its index (see [`arg`](Self::arg)).
+    /// [`Supervisor::scale`](crate::Supervisor::scale) changes `n` while they run;
+    /// [`Supervisor::reload`](crate::Supervisor::reload) restarts them one at a time. `n` is
+    /// from 1 to 1000. By default, one service named `<name>`, without an index.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let web = ServiceSpec::new("web", "python3")
+    ///     .args(["-m", "http.server", "{instance+8000}"])
+    ///     .instances(4);
+    /// assert_eq!(web.get_instances(), Some(4));
+    /// ```
+    pub fn instances(mut self, n: u32) -> ServiceSpec {
+        self.instances = Some(n);
+        self
+    }
+
+    /// The environment variable that holds an instance's index (PM2's `instance_var`). By
+    /// default, `SHEEPDOG_INSTANCE`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::ServiceSpec;
+    ///
+    /// let app = ServiceSpec::new("app", "node")
+    ///     .arg("app.js")
+    ///     .instances(2)
+    ///     .instance_var("NODE_APP_INSTANCE"); // 0 in app.0, 1 in app.1
+    /// assert_eq!(app.get_instance_var(), "NODE_APP_INSTANCE");
+    /// ```
+    pub fn instance_var(mut self, key: impl Into<String>) -> ServiceSpec {
+        self.instance_var = Some(key.into());
+        self
+    }
+
+    /// Makes the service a one-shot task: an exit with a success code (0, or the policy's
+    /// [`success_codes`](RestartPolicy::success_codes)) means it is done (`Exited`, never
+    /// restarted, whatever its policy); any other end is handled by its restart policy. It
+    /// is `Starting` while it runs and never `Online`; dependents wait for it with
+    /// [`Condition::Exited0`]. A one-shot task takes no [`ready`](Self::ready) condition and
+    /// no [`health`](Self::health) check. By default, a service is long-running.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Condition, ServiceSpec};
+    ///
+    /// let migrate = ServiceSpec::new("migrate", "./manage.py").arg("migrate").oneshot(true);
+    /// let web = ServiceSpec::new("web", "./serve").after("migrate", Condition::Exited0);
+    /// assert!(migrate.is_oneshot());
+    /// ```
+    pub fn oneshot(mut self, yes: bool) -> ServiceSpec {
+        self.oneshot = yes;
+        self
+    }
+
+    /// Whether [`Supervisor::apply`](crate::Supervisor::apply) starts the service when it
+    /// defines it (supervisord's `autostart`). With `false`, a new service is only defined:
+    /// stopped, with its desired state down, until started by name
+    /// ([`Supervisor::start_target`](crate::Supervisor::start_target)). A direct
+    /// [`Supervisor::start`](crate::Supervisor::start) starts it anyway; see also
+    /// [`Supervisor::define`](crate::Supervisor::define). By default, this is enabled.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Fleet, Prune, ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let fleet = Fleet::new([ServiceSpec::new("manual", "sleep").arg("30").autostart(false)]);
+    /// assert_eq!(sup.apply(&fleet, Prune::Yes)?.defined, ["manual"]);
+    /// assert!(!sup.describe("manual")?.desired_up());
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn autostart(mut self, yes: bool) -> ServiceSpec {
+        self.autostart = yes;
         self
     }
 
@@ -462,23 +779,23 @@ impl ServiceSpec {
     }
 
     /// The program, as given.
-    pub fn program(&self) -> &str {
+    pub fn program(&self) -> &OsStr {
         &self.program
     }
 
     /// The arguments.
-    pub fn get_args(&self) -> &[String] {
+    pub fn get_args(&self) -> &[OsString] {
         &self.args
     }
 
     /// The environment variables set by the spec.
-    pub fn get_envs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn get_envs(&self) -> impl Iterator<Item = (&OsStr, &OsStr)> {
+        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str()))
     }
 
     /// The variables removed from the inherited environment.
-    pub fn get_env_removed(&self) -> impl Iterator<Item = &str> {
-        self.env_remove.iter().map(String::as_str)
+    pub fn get_env_removed(&self) -> impl Iterator<Item = &OsStr> {
+        self.env_remove.iter().map(OsString::as_os_str)
     }
 
     /// Whether the inherited environment is cleared.
@@ -486,9 +803,105 @@ impl ServiceSpec {
         self.env_clear
     }
 
+    /// The env file, if set.
+    pub fn get_env_file(&self) -> Option<&Path> {
+        self.env_file.as_deref().map(Path::new)
+    }
+
     /// The working directory, if set.
-    pub fn get_current_dir(&self) -> Option<&str> {
-        self.current_dir.as_deref()
+    pub fn get_current_dir(&self) -> Option<&Path> {
+        self.current_dir.as_deref().map(Path::new)
+    }
+
+    /// The user the service runs as, if set.
+    pub fn get_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// The group the service runs with, if set.
+    pub fn get_group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// The file mode creation mask, if set.
+    pub fn get_umask(&self) -> Option<u32> {
+        self.umask
+    }
+
+    /// The soft and hard limit of `resource`, if set.
+    pub fn get_limit(&self, resource: Resource) -> Option<(u64, u64)> {
+        self.limits.get(&resource).map(|l| (l.soft, l.hard))
+    }
+
+    /// Every resource limit set: (resource, soft, hard).
+    pub fn get_limits(&self) -> impl Iterator<Item = (Resource, u64, u64)> + '_ {
+        self.limits.iter().map(|(r, l)| (*r, l.soft, l.hard))
+    }
+
+    /// The nice value, if set.
+    pub fn get_nice(&self) -> Option<i32> {
+        self.nice
+    }
+
+    /// The OOM score adjustment, if set.
+    pub fn get_oom_score_adj(&self) -> Option<i32> {
+        self.oom_score_adj
+    }
+
+    /// The number of instances, if set (`None`: one service, without an index).
+    pub fn get_instances(&self) -> Option<u32> {
+        self.instances
+    }
+
+    /// The variable that holds an instance's index.
+    pub fn get_instance_var(&self) -> &str {
+        self.instance_var.as_deref().unwrap_or(DEFAULT_INSTANCE_VAR)
+    }
+
+    /// Whether the service is a one-shot task.
+    pub fn is_oneshot(&self) -> bool {
+        self.oneshot
+    }
+
+    /// Whether `apply` starts the service when it defines it.
+    pub fn get_autostart(&self) -> bool {
+        self.autostart
+    }
+
+    /// The name of instance `k` of this service: `<name>.<k>` when it has instances, else
+    /// the name itself.
+    pub(crate) fn instance_name(&self, instance: Option<u32>) -> String {
+        match instance {
+            Some(k) => format!("{}.{k}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The indexes of its instances: `[None]` for a service without instances.
+    pub(crate) fn instance_indexes(&self) -> Vec<Option<u32>> {
+        match self.instances {
+            Some(n) => (0..n).map(Some).collect(),
+            None => vec![None],
+        }
+    }
+
+    /// Whether a run of `other` is the same as a run of this spec: equal but for the
+    /// number of instances and `autostart`, which change what exists, not what runs.
+    pub(crate) fn same_run(&self, other: &ServiceSpec) -> bool {
+        let strip = |s: &ServiceSpec| ServiceSpec {
+            instances: s.instances.map(|_| 1),
+            autostart: true,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// This spec with `n` instances.
+    pub(crate) fn with_instances(&self, n: u32) -> ServiceSpec {
+        ServiceSpec {
+            instances: Some(n),
+            ..self.clone()
+        }
     }
 
     /// The restart policy.
@@ -514,10 +927,10 @@ impl ServiceSpec {
         if self.program.is_empty() {
             return invalid("invalid spec: the program is empty".into());
         }
-        if self.program.contains('\0') {
+        if has_nul(&self.program) {
             return invalid("invalid spec: the program contains a NUL byte".into());
         }
-        if let Some(i) = self.args.iter().position(|a| a.contains('\0')) {
+        if let Some(i) = self.args.iter().position(|a| has_nul(a)) {
             return invalid(format!(
                 "invalid spec: argument {} contains a NUL byte",
                 i + 1
@@ -527,12 +940,13 @@ impl ServiceSpec {
             if let Some(why) = env_key_problem(key) {
                 return invalid(format!(
                     "invalid spec: environment key '{}' {why}",
-                    key.escape_debug()
+                    key.to_string_lossy().escape_debug()
                 ));
             }
-            if value.contains('\0') {
+            if has_nul(value) {
                 return invalid(format!(
-                    "invalid spec: the value of environment variable '{key}' contains a NUL byte"
+                    "invalid spec: the value of environment variable '{}' contains a NUL byte",
+                    key.to_string_lossy()
                 ));
             }
         }
@@ -540,16 +954,70 @@ impl ServiceSpec {
             if let Some(why) = env_key_problem(key) {
                 return invalid(format!(
                     "invalid spec: environment key '{}' {why}",
-                    key.escape_debug()
+                    key.to_string_lossy().escape_debug()
                 ));
             }
         }
         if let Some(dir) = &self.current_dir {
-            if dir.is_empty() || dir.contains('\0') {
+            if dir.is_empty() || has_nul(dir) {
                 return invalid(
                     "invalid spec: the working directory is empty or contains a NUL byte".into(),
                 );
             }
+        }
+        if let Some(file) = &self.env_file {
+            if file.is_empty() || has_nul(file) {
+                return invalid(
+                    "invalid spec: the env file is empty or contains a NUL byte".into(),
+                );
+            }
+        }
+        for (what, value) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(v) = value {
+                if v.is_empty() || v.contains(['\0', ':', '/']) {
+                    return invalid(format!(
+                        "invalid spec: {what} '{}' is not a name or a number",
+                        v.escape_debug()
+                    ));
+                }
+            }
+        }
+        if let Some(mask) = self.umask.filter(|m| *m > 0o777) {
+            return invalid(format!("invalid spec: umask {mask:o} (octal) is above 777"));
+        }
+        for (resource, limit) in &self.limits {
+            if limit.soft > limit.hard {
+                return invalid(format!(
+                    "invalid spec: the soft limit of {resource} ({}) is above its hard limit ({})",
+                    limit.soft, limit.hard
+                ));
+            }
+        }
+        if let Some(n) = self.nice.filter(|n| !(-20..=19).contains(n)) {
+            return invalid(format!("invalid spec: nice {n} is outside -20 to 19"));
+        }
+        if let Some(n) = self.oom_score_adj.filter(|n| !(-1000..=1000).contains(n)) {
+            return invalid(format!(
+                "invalid spec: oom_score_adj {n} is outside -1000 to 1000"
+            ));
+        }
+        if let Some(n) = self.instances.filter(|n| !(1..=MAX_INSTANCES).contains(n)) {
+            return invalid(format!(
+                "invalid spec: instances {n} is outside 1 to {MAX_INSTANCES}"
+            ));
+        }
+        if let Some(key) = &self.instance_var {
+            if let Some(why) = env_key_problem(OsStr::new(key)) {
+                return invalid(format!(
+                    "invalid spec: instance_var '{}' {why}",
+                    key.escape_debug()
+                ));
+            }
+        }
+        if self.oneshot && (self.ready != Ready::Immediately || self.health.is_some()) {
+            return invalid(
+                "invalid spec: a one-shot task is done when it exits 0: it takes no ready condition and no health check".into(),
+            );
         }
         if self.log.line_max < 64 {
             return invalid(format!(
@@ -649,16 +1117,57 @@ impl ServiceSpec {
     }
 }
 
-fn env_key_problem(key: &str) -> Option<&'static str> {
+fn env_key_problem(key: &OsStr) -> Option<&'static str> {
     if key.is_empty() {
         Some("is empty")
-    } else if key.contains('=') {
+    } else if key.as_bytes().contains(&b'=') {
         Some("contains '='")
-    } else if key.contains('\0') {
+    } else if has_nul(key) {
         Some("contains a NUL byte")
     } else {
         None
     }
+}
+
+fn has_nul(s: &OsStr) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+/// `{instance}` in `value` replaced by `k`, and `{instance+N}` by `k + N`: an argument or an
+/// environment value of instance `k`.
+pub(crate) fn expand_instance(value: &OsStr, k: u32) -> OsString {
+    const OPEN: &[u8] = b"{instance";
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(OPEN.len()).position(|w| w == OPEN) {
+        out.extend_from_slice(&rest[..at]);
+        let after = &rest[at + OPEN.len()..];
+        let offset = match after.first() {
+            Some(b'}') => Some((0u64, 1)),
+            Some(b'+') => after.iter().position(|&b| b == b'}').and_then(|end| {
+                let digits = std::str::from_utf8(&after[1..end]).ok()?;
+                let n = digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| digits.parse::<u64>().ok())??;
+                Some((n, end + 1))
+            }),
+            _ => None,
+        };
+        match offset {
+            Some((n, used)) => {
+                out.extend_from_slice((u64::from(k) + n).to_string().as_bytes());
+                rest = &after[used..];
+            }
+            None => {
+                out.extend_from_slice(OPEN);
+                rest = after;
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    OsString::from_vec(out)
 }
 
 /// Checks a service name: 1 to 64 bytes of `[A-Za-z0-9._-]`, not starting with `.`, not all
@@ -701,6 +1210,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 pub(crate) mod tests {
     use super::*;
     use crate::policy::Backoff;
+    use crate::readiness::Health;
     use proptest::prelude::*;
 
     #[test]
@@ -800,6 +1310,100 @@ pub(crate) mod tests {
             .restart_with("db")
             .max_memory(256 << 20)
             .max_pids(64)
+            .arg(OsString::from_vec(b"caf\xe9".to_vec()))
+            .env(OsString::from_vec(b"K\xff".to_vec()), "v")
+            .env_file(".env.web")
+            .user("nobody")
+            .group("nogroup")
+            .umask(0o027)
+            .limit(Resource::OpenFiles, 1024, 4096)
+            .limit(
+                Resource::CoreSize,
+                crate::rlimit::UNLIMITED,
+                crate::rlimit::UNLIMITED,
+            )
+            .nice(5)
+            .oom_score_adj(300)
+            .instances(3)
+            .instance_var("NODE_APP_INSTANCE")
+            .autostart(false)
+    }
+
+    #[test]
+    fn new_rules_are_invalid_spec() {
+        let base = ServiceSpec::new("svc", "true");
+        for (spec, needle) in [
+            (base.clone().nice(20), "nice 20 is outside"),
+            (base.clone().oom_score_adj(-1001), "oom_score_adj -1001"),
+            (base.clone().instances(0), "instances 0 is outside"),
+            (base.clone().instances(MAX_INSTANCES + 1), "instances 1001"),
+            (
+                base.clone().instance_var("A=B"),
+                "instance_var 'A=B' contains '='",
+            ),
+            (base.clone().user(""), "user '' is not"),
+            (base.clone().group("a:b"), "group 'a:b' is not"),
+            (base.clone().umask(0o1000), "umask 1000"),
+            (
+                base.clone().limit(Resource::OpenFiles, 10, 5),
+                "soft limit of nofile (10)",
+            ),
+            (base.clone().env_file(""), "env file is empty"),
+            (
+                base.clone().oneshot(true).ready(Ready::Tcp(1)),
+                "a one-shot task",
+            ),
+            (
+                base.clone().oneshot(true).health(Health::tcp(1)),
+                "a one-shot task",
+            ),
+            (
+                base.clone().arg(OsString::from_vec(b"a\0".to_vec())),
+                "argument 1",
+            ),
+        ] {
+            let err = spec.validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+        assert!(base
+            .clone()
+            .nice(-20)
+            .oom_score_adj(1000)
+            .instances(1000)
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn the_instance_placeholder_takes_the_index_and_an_offset() {
+        let e = |v: &str, k| expand_instance(OsStr::new(v), k).into_string().unwrap();
+        assert_eq!(e("--port={instance+8000}", 3), "--port=8003");
+        assert_eq!(e("w{instance}-{instance}", 2), "w2-2");
+        assert_eq!(
+            e("{instance+}", 1),
+            "{instance+}",
+            "no number: left as written"
+        );
+        assert_eq!(e("{instance+x}", 1), "{instance+x}");
+        assert_eq!(e("{instance", 1), "{instance");
+        assert_eq!(e("{{instance}}", 4), "{4}");
+        assert_eq!(e("none", 4), "none");
+        let bytes = expand_instance(&OsString::from_vec(b"\xff{instance}".to_vec()), 7);
+        assert_eq!(bytes.as_bytes(), b"\xff7", "bytes that are not UTF-8 stay");
+    }
+
+    #[test]
+    fn same_run_ignores_the_number_of_instances_and_autostart() {
+        let a = ServiceSpec::new("w", "true").instances(2);
+        assert!(a.same_run(&a.clone().instances(5).autostart(false)));
+        assert!(!a.same_run(&a.clone().arg("x")));
+        assert!(
+            !a.same_run(&ServiceSpec::new("w", "true")),
+            "instances or none"
+        );
+        assert_eq!(a.instance_name(Some(1)), "w.1");
+        assert_eq!(ServiceSpec::new("w", "true").instance_indexes(), [None]);
     }
 
     #[test]

@@ -79,6 +79,12 @@ CREATE TABLE session (
     cgroup        INTEGER NOT NULL
 );
 "#,
+    // Instances: a row per instance, named `<spec name>.<instance>` (NULL: a service
+    // without instances). The uid a run has, when it is not the host's.
+    r#"
+ALTER TABLE service ADD COLUMN instance INTEGER;
+ALTER TABLE run ADD COLUMN uid INTEGER;
+"#,
 ];
 
 /// Sessions kept: a dead host's leftovers are verified with its session's key, and the next
@@ -107,6 +113,8 @@ pub(crate) struct NewRun<'a> {
     pub(crate) started_at: SystemTime,
     /// Ready at once (`Ready::Immediately`).
     pub(crate) ready: bool,
+    /// The uid it runs as, when it is not the host's.
+    pub(crate) uid: Option<u32>,
 }
 
 /// How a run ended and what followed.
@@ -126,6 +134,8 @@ pub(crate) struct RunEnding<'a> {
 #[derive(Debug)]
 pub(crate) struct StoredService {
     pub(crate) id: u64,
+    /// Its index among its spec's instances, if the spec has instances.
+    pub(crate) instance: Option<u32>,
     pub(crate) spec: ServiceSpec,
     pub(crate) desired_up: bool,
     pub(crate) status: Status,
@@ -147,6 +157,8 @@ pub(crate) struct StoredSession {
 pub(crate) struct OpenRun {
     pub(crate) service_id: u64,
     pub(crate) pid: u32,
+    /// The uid it ran as, when it was not the host's.
+    pub(crate) uid: Option<u32>,
     pub(crate) boot_id: String,
     pub(crate) start_ticks: Option<u64>,
     pub(crate) pidfd_ino: Option<u64>,
@@ -249,6 +261,7 @@ enum Queued {
         pidfd_ino: Option<u64>,
         started_at: SystemTime,
         ready: bool,
+        uid: Option<u32>,
     },
     /// A start that failed before there was a process: a run with pid 0.
     FailedRun {
@@ -736,7 +749,7 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, name, spec, desired_up, status, restarts, exit_code, exit_signal, exit_at_ms, exit_uptime_ms,
-                 exit_reason FROM service ORDER BY id",
+                 exit_reason, instance FROM service ORDER BY id",
             )
             .map_err(|e| self.err("cannot read services", e))?;
         let rows = stmt
@@ -753,13 +766,26 @@ impl Store {
                     r.get::<_, Option<i64>>(8)?,
                     r.get::<_, Option<i64>>(9)?,
                     r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
                 ))
             })
             .map_err(|e| self.err("cannot read services", e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, name, spec, desired_up, status, restarts, code, signal, at, uptime, reason) =
-                row.map_err(|e| self.err("cannot read services", e))?;
+            let (
+                id,
+                name,
+                spec,
+                desired_up,
+                status,
+                restarts,
+                code,
+                signal,
+                at,
+                uptime,
+                reason,
+                instance,
+            ) = row.map_err(|e| self.err("cannot read services", e))?;
             let spec: ServiceSpec = serde_json::from_str(&spec).map_err(|e| {
                 Error::new(
                     ErrorKind::Store,
@@ -788,8 +814,23 @@ impl Store {
                 uptime: Duration::from_millis(uptime.unwrap_or(0).max(0) as u64),
                 reason: reason.clone(),
             });
+            let instance = match instance.map(u32::try_from) {
+                None => None,
+                Some(Ok(k)) if spec.get_instances().is_some() => Some(k),
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Store,
+                        format!(
+                            "state file '{}': the stored instance does not fit the stored spec",
+                            self.path.display()
+                        ),
+                    )
+                    .with_service(&name))
+                }
+            };
             out.push(StoredService {
                 id: id as u64,
+                instance,
                 spec,
                 desired_up,
                 status,
@@ -820,6 +861,7 @@ impl Store {
             pidfd_ino: run.pidfd_ino,
             started_at: run.started_at,
             ready: run.ready,
+            uid: run.uid,
         });
         id
     }
@@ -957,7 +999,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT service_id, pid, boot_id, start_ticks, pidfd_ino FROM run
+                "SELECT service_id, pid, boot_id, start_ticks, pidfd_ino, uid FROM run
                  WHERE ended_at_ms IS NULL AND pid != 0",
             )
             .map_err(|e| self.err("cannot read runs", e))?;
@@ -969,6 +1011,7 @@ impl Store {
                     boot_id: r.get(2)?,
                     start_ticks: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
                     pidfd_ino: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+                    uid: r.get::<_, Option<i64>>(5)?.map(|u| u as u32),
                 })
             })
             .map_err(|e| self.err("cannot read runs", e))?;
@@ -1052,20 +1095,23 @@ impl Transaction<'_> {
         store_error(self.path, what, e)
     }
 
-    /// Adds a service and returns its id; ids are never reused, even after a delete.
+    /// Adds a service (instance `instance` of `spec`, if the spec has instances) and returns
+    /// its id; ids are never reused, even after a delete.
     pub(crate) fn insert_service(
         &mut self,
         spec: &ServiceSpec,
+        instance: Option<u32>,
         desired_up: bool,
         status: Status,
     ) -> Result<u64> {
         let json = serde_json::to_string(spec).expect("a ServiceSpec always serializes");
+        let name = spec.instance_name(instance);
         self.tx
             .execute(
-                "INSERT INTO service (name, spec, desired_up, status, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![spec.name(), json, desired_up, status.as_str(), ms(SystemTime::now())],
+                "INSERT INTO service (name, spec, desired_up, status, created_at_ms, instance) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, json, desired_up, status.as_str(), ms(SystemTime::now()), instance],
             )
-            .map_err(|e| self.err("cannot save the service", e).with_service(spec.name()))?;
+            .map_err(|e| self.err("cannot save the service", e).with_service(name))?;
         Ok(self.tx.last_insert_rowid() as u64)
     }
 
@@ -1140,12 +1186,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
             pidfd_ino,
             started_at,
             ready,
+            uid,
         } => {
             let started = ms(*started_at);
             tx.prepare_cached(
                 "INSERT INTO run (id, service_id, generation, pid, boot_id, start_ticks,
-                                  started_at_ms, ready_at_ms, pidfd_ino)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                  started_at_ms, ready_at_ms, pidfd_ino, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 id,
@@ -1157,6 +1204,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
                 started,
                 ready.then_some(started),
                 pidfd_ino.map(|i| i as i64),
+                uid.map(i64::from),
             ])?;
         }
         Queued::FailedRun {
@@ -1275,7 +1323,7 @@ mod tests {
     /// Adds a service in a transaction of its own.
     fn add(s: &mut Store, spec: &ServiceSpec, up: bool, status: Status) -> Result<u64> {
         let mut tx = s.transaction()?;
-        let id = tx.insert_service(spec, up, status)?;
+        let id = tx.insert_service(spec, None, up, status)?;
         tx.commit()?;
         Ok(id)
     }
@@ -1360,11 +1408,11 @@ mod tests {
             let mut s = Store::open(&path)?;
             let a = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
             let mut tx = s.transaction()?;
-            tx.insert_service(&ServiceSpec::new("b", "true"), true, Status::Online)?;
+            tx.insert_service(&ServiceSpec::new("b", "true"), None, true, Status::Online)?;
             tx.set_desired(a, false)?;
             // A failure in the middle of a batch: the name is taken.
             let err = tx
-                .insert_service(&ServiceSpec::new("a", "true"), true, Status::Online)
+                .insert_service(&ServiceSpec::new("a", "true"), None, true, Status::Online)
                 .unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Store);
             drop(tx);
@@ -1457,6 +1505,7 @@ mod tests {
             pidfd_ino: Some(7),
             started_at: SystemTime::now(),
             ready: true,
+            uid: None,
         }
     }
 

@@ -562,6 +562,13 @@ impl Supervisor {
     /// process is spawned (or nothing needed doing, or the service waits for its
     /// dependencies: then it is `Starting`).
     ///
+    /// A spec with [`instances`](ServiceSpec::instances) defines a service per instance, all
+    /// started; the info returned is the first instance's. Changing the number of instances
+    /// adds or removes instances as [`scale`](Supervisor::scale) does (without waiting for
+    /// the removed ones); changing anything else of a spec with two or more instances rolls
+    /// them into it one at a time, as [`reload`](Supervisor::reload) does, and returns once
+    /// the last is ready (`NotReady` if one is not: the rest keep the old spec).
+    ///
     /// If a `stop` or `shutdown` overtakes the start while it waits for the old run to end, it
     /// returns the service as that left it (`Stopped`).
     ///
@@ -681,6 +688,150 @@ impl Supervisor {
         })
     }
 
+    /// Stores a service's definition without starting it (supervisord's `autostart=false`):
+    /// a new service is `Stopped`, with its desired state down (so `open` does not start it
+    /// either), until [`start_target`](Supervisor::start_target),
+    /// [`restart`](Supervisor::restart) or [`start`](Supervisor::start) starts it. A service
+    /// that exists and does not run gets the new spec, and stays as it is; one that runs (or
+    /// waits to restart) with a different spec is refused: start it with the new spec, or
+    /// stop it first. Returns at once.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidSpec`; `InvalidInput` for a running service whose spec would change; `Store`;
+    /// `ShutDown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Status, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// let info = sup.define(ServiceSpec::new("nap", "sleep").arg("30"))?;
+    /// assert_eq!(info.status(), Status::Stopped);
+    /// assert!(!info.desired_up());
+    /// assert_eq!(sup.start_target("nap")?, 1);
+    /// assert_eq!(sup.describe("nap")?.status(), Status::Online);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn define(&self, spec: ServiceSpec) -> Result<ServiceInfo> {
+        self.call(|reply| Request::Define {
+            spec: Box::new(spec),
+            reply,
+        })
+    }
+
+    /// Starts the target's services (a name, an id, the name of a spec with instances, or
+    /// `"all"`) that do not run, with the specs they have: stopped, exited and errored ones
+    /// (and ones stopping, once stopped). Those that run, start or wait to restart are left
+    /// alone. Their desired states are stored first (up). Returns how many it started, once
+    /// each is spawned (or waits for its dependencies).
+    ///
+    /// Bounded at once, or for a service still stopping, like [`stop`](Supervisor::stop) of
+    /// it, plus the spawns.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`, `Store` (nothing is started), or the first `Spawn` error
+    /// (after every target was tried).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Status, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.define(ServiceSpec::new("pool", "sleep").arg("30").instances(2))?;
+    /// assert_eq!(sup.start_target("pool")?, 2, "pool.0 and pool.1");
+    /// assert_eq!(sup.start_target("pool")?, 0, "both run: left alone");
+    /// assert_eq!(sup.describe("pool.1")?.status(), Status::Online);
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn start_target(&self, target: &str) -> Result<usize> {
+        self.call(|reply| Request::StartTarget {
+            target: target.to_string(),
+            reply,
+        })
+    }
+
+    /// Changes the number of instances of a service started with
+    /// [`ServiceSpec::instances`] to `n` (1 to 1000). New instances take the spec of the
+    /// lowest-numbered one, and start if the service is meant to run; the highest-numbered
+    /// go (stopped, then deleted with their logs). The instances that stay keep running.
+    /// Returns how many instances were added or removed: once the new ones are spawned, or
+    /// the removed ones are gone.
+    ///
+    /// Bounded at once for new instances; for removed ones, like
+    /// [`delete`](Supervisor::delete) of them.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`; `InvalidInput` for a service without instances or the name of an
+    /// instance; `InvalidSpec` for `n` out of range; `Store` (nothing changes); `ShutDown`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("worker", "sleep").arg("30").instances(2))?;
+    /// assert_eq!(sup.scale("worker", 4)?, 2);
+    /// assert_eq!(sup.list()?.len(), 4);
+    /// assert_eq!(sup.scale("worker", 1)?, 3);
+    /// assert_eq!(sup.list()?[0].name(), "worker.0");
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn scale(&self, name: &str, n: u32) -> Result<usize> {
+        self.call(|reply| Request::Scale {
+            name: name.to_string(),
+            instances: n,
+            reply,
+        })
+    }
+
+    /// Restarts the target (a name, an id, the name of a spec with instances, or `"all"`)
+    /// one service at a time: each is stopped and started again, and the next is touched
+    /// only once the new run is ready (`Online`; for a one-shot task, exited 0), so that a
+    /// service with two or more instances always has one ready. Instances that are not
+    /// ready go first; before it restarts a ready instance, the reload checks that another
+    /// instance of the same service is ready, and stops rather than leave none. Like
+    /// [`restart`](Supervisor::restart), it starts what is stopped, re-reads the host's
+    /// environment and does not count as a crash. A [`start`](Supervisor::start) with a
+    /// changed spec for a service with two or more instances rolls the same way.
+    ///
+    /// Returns how many services it restarted. A run that does not become ready stops the
+    /// reload there: the services after it keep their runs, and the call fails with
+    /// `NotReady`, naming them ([`Event::ReloadFailed`](crate::Event::ReloadFailed) says the
+    /// same).
+    ///
+    /// Bounded, per service, by its [`stop_timeout`](crate::ServiceSpec::stop_timeout) and
+    /// [`ready_timeout`](crate::ServiceSpec::ready_timeout) plus [`STOP_OVERHEAD`] and
+    /// half a second.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `ShutDown`, `Store`; `NotReady` as above (also when a later reload or
+    /// start of the same service overtakes it).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{ServiceSpec, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::temporary()?;
+    /// sup.start(ServiceSpec::new("web", "sleep").arg("30").instances(3))?;
+    /// assert_eq!(sup.reload("web")?, 3);
+    /// assert!(sup.list()?.iter().all(|s| s.generation() == 2));
+    /// # sup.shutdown()?; Ok(()) }
+    /// ```
+    pub fn reload(&self, target: &str) -> Result<usize> {
+        self.call(|reply| Request::Reload {
+            target: target.to_string(),
+            reply,
+        })
+    }
+
     /// Stops and removes the target (a name, an id, or `"all"`), with its log files. Ids are
     /// never reused; a later service with the same name starts afresh. Returns how many
     /// services it removed. The whole target leaves the registry first, in one transaction;
@@ -716,16 +867,17 @@ impl Supervisor {
         })
     }
 
-    /// The current state of one service, by name or id.
+    /// The current state of one service, by name or id (an instance by its own name,
+    /// `web.2`).
     ///
     /// # Errors
     ///
-    /// `NotFound`; `InvalidInput` for `"all"` (use [`list`](Supervisor::list)).
+    /// `NotFound`; `InvalidInput` for `"all"` (use [`list`](Supervisor::list)) and for the
+    /// name of a spec with several instances (name one).
     pub fn describe(&self, target: &str) -> Result<ServiceInfo> {
-        crate::snapshot::one_service(target, "describe (use list for all)")?;
         let table = self.shared.table.lock();
-        let ids = table.resolve(target)?;
-        Ok(table.services[&ids[0]].clone())
+        let id = table.resolve_one(target, "describe (use list for all)")?;
+        Ok(table.services[&id].clone())
     }
 
     /// Every service, by id.
@@ -904,7 +1056,8 @@ impl Supervisor {
 
     /// The order in which `start` would bring up the target (a name, an id, or `"all"`): waves
     /// of names, each depending only on earlier waves (dependencies outside the target are
-    /// not included). Nothing is started.
+    /// not included). A spec with instances is named once: its instances start together.
+    /// Nothing is started.
     ///
     /// # Errors
     ///
@@ -978,8 +1131,10 @@ impl Supervisor {
     /// # sup.shutdown()?; Ok(()) }
     /// ```
     pub fn apply(&self, fleet: &Fleet, prune: Prune) -> Result<Applied> {
-        let (mut convergence, specs) = Convergence::new(&self.list()?, fleet);
-        convergence.started(self.start_many(specs)?)?;
+        let (mut convergence, steps) = Convergence::new(&self.list()?, fleet);
+        let defined = steps.define.into_iter().map(|spec| self.define(spec));
+        convergence.defined(defined.collect())?;
+        convergence.started(self.start_many(steps.start)?)?;
         if prune == Prune::Yes {
             for name in convergence.unlisted(fleet, self.plan_stop("all")?) {
                 let result = self.delete(&name);
@@ -1130,23 +1285,34 @@ impl Supervisor {
 /// ```
 pub const STOP_OVERHEAD: Duration = Duration::from_millis(5500);
 
-/// The waves in which `start` (or, `reverse`, `stop`) would take the target's services.
+/// The waves in which `start` (or, `reverse`, `stop`) would take the target's services, by
+/// spec name: the instances of a spec start and stop together.
 pub(crate) fn plan(table: &Table, target: &str, reverse: bool) -> Result<Vec<Vec<String>>> {
     let ids = table.resolve(target)?;
+    let owner: std::collections::HashMap<&str, &str> = table
+        .services
+        .values()
+        .map(|s| (s.name(), s.definition()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
     let nodes: Vec<crate::graph::Node<'_>> = table
         .services
         .values()
+        .filter(|s| seen.insert(s.definition()))
         .map(|s| crate::graph::Node {
-            name: s.name(),
+            name: s.definition(),
             deps: s
                 .spec()
                 .get_after()
                 .iter()
-                .map(|d| d.name.as_str())
+                .map(|d| owner.get(d.name.as_str()).copied().unwrap_or(&d.name))
                 .collect(),
         })
         .collect();
-    let targets = ids.iter().map(|id| table.services[id].name()).collect();
+    let targets = ids
+        .iter()
+        .map(|id| table.services[id].definition())
+        .collect();
     Ok(crate::graph::waves(&nodes, &targets, reverse))
 }
 

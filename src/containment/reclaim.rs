@@ -102,9 +102,11 @@ pub(crate) fn reclaim(
             }
         }
         // The leader is gone (or a zombie): members of its group may live on. Only those
-        // with the host's uid are signalled: a process of another user never joins a group
-        // of ours by accident. When they are all of them, the group is killed at once (a
-        // member forking meanwhile cannot slip through).
+        // with the run's uid (the host's, unless it ran as another user) are signalled: a
+        // process of another user never joins a group of ours by accident. When they are
+        // all of them, the group is killed at once (a member forking meanwhile cannot slip
+        // through).
+        let uid = run.uid.unwrap_or(uid);
         let procs = all.get_or_insert_with(sys::all_processes);
         let in_group: Vec<u32> = procs
             .iter()

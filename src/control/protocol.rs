@@ -335,11 +335,12 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::NotRunning => "not_running",
         ErrorKind::Refused => "refused",
         ErrorKind::Protocol => "protocol",
+        ErrorKind::NotReady => "not_ready",
     }
 }
 
 fn kind_from_name(name: &str) -> Option<ErrorKind> {
-    const KINDS: [ErrorKind; 14] = [
+    const KINDS: [ErrorKind; 15] = [
         ErrorKind::NotFound,
         ErrorKind::InvalidSpec,
         ErrorKind::Spawn,
@@ -354,6 +355,7 @@ fn kind_from_name(name: &str) -> Option<ErrorKind> {
         ErrorKind::NotRunning,
         ErrorKind::Refused,
         ErrorKind::Protocol,
+        ErrorKind::NotReady,
     ];
     KINDS.into_iter().find(|k| kind_name(*k) == name)
 }
@@ -612,6 +614,12 @@ pub struct Applied {
     pub started: Vec<String>,
     /// Services whose spec changed, restarted.
     pub restarted: Vec<String>,
+    /// Services with instances whose number alone changed.
+    #[serde(default)]
+    pub scaled: Vec<String>,
+    /// Services with `autostart = false`, defined or updated and not started.
+    #[serde(default)]
+    pub defined: Vec<String>,
     /// Services left as they were (started if they did not run).
     pub unchanged: Vec<String>,
     /// Services the fleet does not list, deleted (with `prune`).
@@ -634,6 +642,8 @@ impl Applied {
         Applied {
             started: a.started,
             restarted: a.restarted,
+            scaled: a.scaled,
+            defined: a.defined,
             unchanged: a.unchanged,
             deleted: a.deleted,
             failed: a
@@ -759,6 +769,14 @@ pub enum Event {
         /// The last failure.
         reason: String,
     },
+    /// A rolling reload stopped at this service: its new run did not become ready; the
+    /// services after it were left as they were.
+    ReloadFailed {
+        /// The service.
+        service: String,
+        /// Why, and what was left as it was.
+        reason: String,
+    },
     /// The service was deleted.
     Deleted {
         /// The service.
@@ -823,6 +841,10 @@ impl Event {
                 service: name,
                 reason,
             },
+            E::ReloadFailed { name, reason } => Event::ReloadFailed {
+                service: name,
+                reason,
+            },
             E::Deleted { name } => Event::Deleted { service: name },
             E::LogError { name, error } => Event::LogError {
                 service: name,
@@ -848,6 +870,7 @@ impl Event {
             | Event::Errored { service, .. }
             | Event::Ready { service }
             | Event::Unhealthy { service, .. }
+            | Event::ReloadFailed { service, .. }
             | Event::Deleted { service }
             | Event::LogError { service, .. }
             | Event::Reclaimed { service, .. } => Some(service),

@@ -174,6 +174,9 @@ struct Applying {
     convergence: Convergence,
     fleet: crate::Fleet,
     prune: bool,
+    /// The `define`s, sent before the `start_many`.
+    defines: Vec<Receiver<Result<ServiceInfo>>>,
+    defined: Vec<Option<Result<ServiceInfo>>>,
     starts: Vec<Receiver<Result<ServiceInfo>>>,
     results: Vec<Option<Result<ServiceInfo>>>,
     /// The starts are over (and the deletes planned).
@@ -666,8 +669,15 @@ impl Server {
                 let text = serde_json::to_string(&fleet).expect("a fleet always serializes");
                 let fleet = crate::Fleet::from_json_str(&text)?;
                 let list: Vec<ServiceInfo> = table.lock().services.values().cloned().collect();
-                let (convergence, specs) = Convergence::new(&list, &fleet);
-                let starts = self.start_many(specs);
+                let (convergence, steps) = Convergence::new(&list, &fleet);
+                let defined = steps.define.iter().map(|_| None).collect();
+                let defines = (steps.define.into_iter())
+                    .map(|spec| {
+                        let spec = Box::new(spec);
+                        self.call(|reply| Call::Define { spec, reply })
+                    })
+                    .collect();
+                let starts = self.start_many(steps.start);
                 let results = starts.iter().map(|_| None).collect();
                 Ok((
                     None,
@@ -675,6 +685,8 @@ impl Server {
                         convergence,
                         fleet,
                         prune,
+                        defines,
+                        defined,
                         starts,
                         results,
                         started: false,
@@ -727,8 +739,12 @@ impl Server {
                 // The stored specs, dependencies first.
                 let table = self.ctx.shared.table.lock();
                 let waves = crate::supervisor::plan(&table, &target, false)?;
-                let by_name: HashMap<&str, &ServiceInfo> =
-                    table.services.values().map(|s| (s.name(), s)).collect();
+                // By spec name: one spec starts all the instances of a spec.
+                let by_name: HashMap<&str, &ServiceInfo> = table
+                    .services
+                    .values()
+                    .map(|s| (s.definition(), s))
+                    .collect();
                 waves
                     .iter()
                     .flatten()
@@ -882,10 +898,14 @@ impl Server {
     /// One step of an apply: `Some` with the answer once it is over.
     fn apply_step(&mut self, a: &mut Applying) -> Option<Response> {
         if !a.started {
-            if !collect(&a.starts, &mut a.results) {
+            if !(collect(&a.defines, &mut a.defined) && collect(&a.starts, &mut a.results)) {
                 return None;
             }
             a.started = true;
+            let defined = a.defined.drain(..).flatten().collect();
+            if let Err(e) = a.convergence.defined(defined) {
+                return Some(failure(&e));
+            }
             let results = a.results.drain(..).flatten().collect();
             if let Err(e) = a.convergence.started(results) {
                 return Some(failure(&e));

@@ -27,6 +27,10 @@ fn timer(svc: &Service, io: &mut Io, at: Instant, kind: TimerKind) {
 /// Sets up what makes a new run ready, and the deadline for it.
 pub(super) fn arm_readiness(svc: &mut Service, io: &mut Io, now: Instant) {
     let spec = svc.spec.clone();
+    if spec.is_oneshot() {
+        // Done when it exits 0, not ready before: `Starting` while it runs.
+        return;
+    }
     let after = |d: Duration| crate::duration::deadline(now, d);
     match spec.get_ready() {
         Ready::Immediately => return mark_ready(svc, io, now),
@@ -63,7 +67,7 @@ pub(super) fn mark_ready(svc: &mut Service, io: &mut Io, now: Instant) {
     }
     io.changes.save(svc.id);
     io.changes.emit(Event::Ready {
-        name: svc.spec.name().to_string(),
+        name: svc.name.to_string(),
     });
     if let Some(h) = health {
         let first = h
@@ -91,7 +95,7 @@ pub(super) fn on_timer(svc: &mut Service, io: &mut Io, kind: TimerKind, now: Ins
                 "not ready within {}",
                 crate::duration::format(svc.spec.get_ready_timeout())
             );
-            log::warn!("service '{}': {reason}", svc.spec.name());
+            log::warn!("service '{}': {reason}", &*svc.name);
             return lifecycle::fail_run(svc, io, Cause::NotReady, reason, now);
         }
         TimerKind::ReadyProbe if awaits_readiness(svc) => {
@@ -184,7 +188,7 @@ fn health_outcome(svc: &mut Service, io: &mut Io, outcome: probe::Outcome, now: 
         Err(reason) => {
             run.checks.health_failures += 1;
             if run.checks.health_failures >= h.get_failures() {
-                let name = svc.spec.name().to_string();
+                let name = svc.name.to_string();
                 log::warn!("service '{name}': unhealthy: {reason}");
                 io.changes.emit(Event::Unhealthy {
                     name,
@@ -220,7 +224,7 @@ pub(super) fn on_ready_line(svc: &mut Service, io: &mut Io, generation: u64, now
 /// count, the others are refused and counted.
 pub(super) fn on_notify(svc: &mut Service, io: &mut Io, now: Instant) {
     let key = svc.key();
-    let name = svc.spec.name().to_string();
+    let name = svc.name.to_string();
     let mut buf = [0u8; 4096];
     let mut ready = false;
     let mut reset = false;
@@ -296,7 +300,7 @@ pub(super) fn over_memory<'a>(
     let mut over = Vec::new();
     for ((svc, limit), used) in limited.iter_mut().zip(used) {
         let key = svc.key();
-        let name = svc.spec.name().to_string();
+        let name = svc.name.to_string();
         let run = svc.run_mut().expect("filtered above");
         if used > *limit {
             run.checks.memory_strikes += 1;

@@ -11,19 +11,22 @@ use std::time::{Duration, Instant};
 
 /// Whether `dep` is met by the services as they are: `Started` by a run that is up (its main
 /// process runs and no stop was asked for), `Ready` by an online service, `Exited0` by one
-/// that exited with code 0.
+/// that exited with code 0. A dependency on a spec with instances is met when every
+/// instance meets it.
 pub(super) fn dependency_met(dep: &Dependency, services: &BTreeMap<u64, Service>) -> bool {
-    let Some(d) = services.values().find(|s| s.spec.name() == dep.name) else {
-        return false;
-    };
-    match dep.condition {
-        Condition::Started => d.is_up(),
-        Condition::Ready => d.status() == Status::Online,
-        Condition::Exited0 => {
-            d.status() == Status::Exited
-                && d.last_exit.as_ref().is_some_and(|e| e.code() == Some(0))
-        }
-    }
+    let mut named = services
+        .values()
+        .filter(|s| *s.name == dep.name || s.spec.name() == dep.name)
+        .peekable();
+    named.peek().is_some()
+        && named.all(|d| match dep.condition {
+            Condition::Started => d.is_up(),
+            Condition::Ready => d.status() == Status::Online,
+            Condition::Exited0 => {
+                d.status() == Status::Exited
+                    && d.last_exit.as_ref().is_some_and(|e| e.code() == Some(0))
+            }
+        })
 }
 
 /// Whether every dependency of `svc` is met.
@@ -55,6 +58,11 @@ pub(super) fn explain(
                 .collect();
             format!("waiting for {}", unmet.join(", "))
         }
+        State::Running(run) if status == Status::Starting && svc.spec.is_oneshot() => format!(
+            "one-shot task running (pid {}, up {}); done once it exits 0",
+            run.pid,
+            secs(run.started_at.elapsed().unwrap_or_default())
+        ),
         State::Running(_) if status == Status::Starting => format!(
             "running, not ready yet ({:?}; gives up after {})",
             svc.spec.get_ready(),
@@ -95,6 +103,11 @@ pub(super) fn explain(
         State::Stopped => {
             "stopped by the operator (or shutdown); restart or start it to run it again".to_string()
         }
+        State::Exited if svc.spec.is_oneshot() => match &svc.last_exit {
+            Some(e) if e.success() => format!("done: the one-shot task ended with {e}"),
+            Some(e) => format!("{e}; its restart policy does not restart that"),
+            None => "ended".to_string(),
+        },
         State::Exited => match &svc.last_exit {
             Some(e) => format!("{e}; its restart policy does not restart that"),
             None => "ended; its restart policy does not restart that".to_string(),

@@ -17,6 +17,23 @@ pub(crate) enum Request {
     StartMany {
         items: Vec<(ServiceSpec, Sender<Result<ServiceInfo>>)>,
     },
+    Define {
+        spec: Box<ServiceSpec>,
+        reply: Sender<Result<ServiceInfo>>,
+    },
+    StartTarget {
+        target: String,
+        reply: Sender<Result<usize>>,
+    },
+    Scale {
+        name: String,
+        instances: u32,
+        reply: Sender<Result<usize>>,
+    },
+    Reload {
+        target: String,
+        reply: Sender<Result<usize>>,
+    },
     History {
         target: String,
         limit: usize,
@@ -48,7 +65,9 @@ impl Request {
     /// is told it is done).
     pub(super) fn refuse(self) {
         match self {
-            Request::Start { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+            Request::Start { reply, .. } | Request::Define { reply, .. } => {
+                drop(reply.send(Err(Error::shut_down())))
+            }
             Request::History { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
             Request::Explain { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
             Request::StartMany { items } => {
@@ -58,7 +77,10 @@ impl Request {
             }
             Request::Stop { reply, .. }
             | Request::Restart { reply, .. }
-            | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
+            | Request::Delete { reply, .. }
+            | Request::StartTarget { reply, .. }
+            | Request::Scale { reply, .. }
+            | Request::Reload { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
             Request::Shutdown { reply } => drop(reply.send(Ok(()))),
         }
     }

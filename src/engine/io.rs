@@ -230,9 +230,14 @@ impl Io {
         self.host_env.get_or_insert_with(crate::child::host_env)
     }
 
-    /// The launch a start makes: the spec's argv and environment over the host's.
-    pub(super) fn launch(&mut self, spec: &crate::spec::ServiceSpec) -> crate::Result<Launch> {
-        Launch::new(spec, &self.host_env().clone())
+    /// The launch a start makes: the spec's argv and environment over the host's (as its
+    /// instance `instance`), and who it runs as.
+    pub(super) fn launch(
+        &mut self,
+        spec: &crate::spec::ServiceSpec,
+        instance: Option<u32>,
+    ) -> crate::Result<Launch> {
+        Launch::new(spec, instance, &self.host_env().clone())
     }
 
     /// What a loop turn ends with, before it publishes or replies: the statuses and run

@@ -99,23 +99,34 @@ fn outcome(raw: RawExit) -> Outcome {
 pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) -> Result<()> {
     svc.generation += 1;
     let spec = svc.spec.clone();
+    let name = svc.name.clone();
     let setup_failed = |what: &str, e: std::io::Error| {
         Error::new(
             ErrorKind::Spawn,
             format!("cannot start: cannot create its {what}"),
         )
-        .with_service(spec.name())
+        .with_service(&*name)
         .with_source(e)
     };
     let pipes = match logs::make_pipes(spec.log_policy().get_merge_stderr()) {
         Ok(p) => p,
         Err(e) => return spawn_failed(svc, io, auto, setup_failed("output pipes", e), now),
     };
+    let launch = match svc.launch.clone().filter(|_| auto) {
+        Some(launch) => launch,
+        None => match io.launch(&spec, svc.instance) {
+            Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
+            Err(e) => return spawn_failed(svc, io, auto, e, now),
+        },
+    };
     let key = svc.key();
     let id = &io.identity;
+    // Sealed with the uid the run has: a process is claimed by its marker only if its real
+    // uid is the marker's.
+    let uid = launch.uid().unwrap_or(id.uid);
     let mut env = vec![(
         crate::containment::marker::RUN_VAR.to_string(),
-        id.session.seal(&id.run_key, key.id, key.generation, id.uid),
+        id.session.seal(&id.run_key, key.id, key.generation, uid),
     )];
     let wants_notify = *spec.get_ready() == Ready::Notify
         || spec
@@ -137,13 +148,6 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
         }
     } else {
         None
-    };
-    let launch = match svc.launch.clone().filter(|_| auto) {
-        Some(launch) => launch,
-        None => match io.launch(&spec) {
-            Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
-            Err(e) => return spawn_failed(svc, io, auto, e, now),
-        },
     };
     let token = io.token();
     let err_write = pipes.err.as_ref().map_or(&pipes.out_write, |(_, w)| w);
@@ -175,12 +179,13 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
         pidfd_ino: spawned.pidfd_ino,
         started_at: wall,
         ready: immediately,
+        uid: launch.uid(),
     });
     let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
     io.outputs.attach(RunOutput {
         id: svc.id,
         generation: key.generation,
-        name: Arc::from(spec.name()),
+        name: name.clone(),
         policy: spec.log_policy().clone(),
         stdout: out_read,
         stderr: err.map(|(read, _)| read),
@@ -203,10 +208,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
                 })
             }
             Err(e) => {
-                log::error!(
-                    "service '{}': cannot watch its notify socket: {e}",
-                    spec.name()
-                );
+                log::error!("service '{}': cannot watch its notify socket: {e}", &*name);
                 None
             }
         }
@@ -234,7 +236,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
     }
     io.changes.save(svc.id);
     io.changes.emit(Event::Started {
-        name: spec.name().to_string(),
+        name: name.to_string(),
         pid: spawned.pid,
     });
     checks::arm_readiness(svc, io, now);
@@ -292,7 +294,7 @@ fn spawn_failed(svc: &mut Service, io: &mut Io, auto: bool, e: Error, now: Insta
             svc.state = State::Errored(Some(e.clone()));
             io.changes.save(svc.id);
             io.changes.emit(Event::Errored {
-                name: svc.spec.name().to_string(),
+                name: svc.name.to_string(),
                 reason: e.to_string(),
             });
         }
@@ -300,8 +302,14 @@ fn spawn_failed(svc: &mut Service, io: &mut Io, auto: bool, e: Error, now: Insta
     Err(e)
 }
 
-/// Asks the policy about a run that ended by itself, and keeps the history it returns.
+/// Asks the policy about a run that ended by itself, and keeps the history it returns. A
+/// one-shot task that succeeded is done, whatever its policy.
 fn decide(svc: &mut Service, io: &mut Io, end: RunEnd) -> Decision {
+    let policy = svc.spec.restart_policy();
+    if svc.spec.is_oneshot() && matches!(end.outcome, Outcome::Code(c) if policy.is_success(c)) {
+        svc.history = Default::default();
+        return Decision::Exited;
+    }
     let jitter = io.random_unit();
     let (decision, history) = svc.spec.restart_policy().decide(&svc.history, &end, jitter);
     svc.history = history;
@@ -342,7 +350,7 @@ pub(super) fn describe_decision(
 /// Carries out a decision of the restart policy for a service without a run: restart now or
 /// after a backoff, or leave it exited or errored.
 fn act(svc: &mut Service, io: &mut Io, decision: Decision, min_delay: Duration, now: Instant) {
-    let name = svc.spec.name().to_string();
+    let name = svc.name.to_string();
     match decision {
         Decision::Restart { delay, .. } => {
             let delay = delay.max(min_delay);
@@ -498,7 +506,7 @@ fn after_stop(svc: &mut Service, io: &mut Io, then: Then, active: bool) -> Step 
                 svc.generation += 1;
                 io.changes.save(svc.id);
                 io.changes.emit(Event::Stopped {
-                    name: svc.spec.name().to_string(),
+                    name: svc.name.to_string(),
                 });
             }
             Step::Done
@@ -530,7 +538,7 @@ pub(super) fn fail_run(
 pub(super) fn on_stop_deadline(svc: &mut Service, io: &mut Io, at: Instant, now: Instant) {
     let key = svc.key();
     let timeout = svc.spec.get_stop_timeout();
-    let name = svc.spec.name().to_string();
+    let name = svc.name.to_string();
     let Some(stop) = svc.run_mut().and_then(|r| r.stop.as_mut()) else {
         return;
     };
@@ -635,7 +643,7 @@ pub(super) fn on_give_up(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
     }
     log::error!(
         "service '{}': members of its process group survived SIGKILL for {}s; giving up on them",
-        svc.spec.name(),
+        &*svc.name,
         KILL_GRACE.as_secs()
     );
     over(svc, io, now)
@@ -741,12 +749,15 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
     };
     svc.last_exit = Some(exit.clone());
     io.changes.emit(Event::Exited {
-        name: svc.spec.name().to_string(),
+        name: svc.name.to_string(),
         pid: run.pid,
         exit: exit.clone(),
     });
     io.changes.save(svc.id);
     let (decision, delay) = match next {
+        Next::Policy(Decision::Exited) if svc.spec.is_oneshot() && cause == Cause::Exited => {
+            (Some("done: the one-shot task succeeded".to_string()), None)
+        }
         Next::Policy(d) => {
             let (text, delay) = describe_decision(&d, Duration::ZERO);
             (Some(text), delay)
@@ -785,7 +796,7 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
 pub(super) fn on_sweep_deadline(svc: &mut Service, io: &mut Io, at: Instant, now: Instant) {
     let key = svc.key();
     let timeout = svc.spec.get_stop_timeout();
-    let name = svc.spec.name().to_string();
+    let name = svc.name.to_string();
     let State::Sweeping(sweep) = &mut svc.state else {
         return;
     };
@@ -822,7 +833,7 @@ pub(super) fn check_sweep(svc: &mut Service, io: &mut Io, give_up: bool) -> Step
     if give_up {
         log::error!(
             "service '{}': processes of earlier runs survived SIGKILL for {}s; giving up on them",
-            svc.spec.name(),
+            &*svc.name,
             KILL_GRACE.as_secs()
         );
     } else if !io.procs.sweep_done(key, signal) {

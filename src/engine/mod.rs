@@ -30,6 +30,7 @@ mod inbox;
 pub(crate) mod io;
 mod lifecycle;
 mod pending;
+mod roll;
 mod service;
 mod timers;
 
@@ -49,6 +50,7 @@ pub(crate) use crate::snapshot::Shared;
 use crate::state_dir::StateDir;
 use crate::sys::{self, DirWatch, Poller, WAKER_TOKEN};
 use crossbeam_channel::{Receiver, Sender};
+use define::Mode;
 use io::{Io, Owner};
 use lifecycle::Step;
 use pending::{Pending, Reply, Want};
@@ -108,6 +110,8 @@ pub(crate) struct Engine {
     inbox: Inbox,
     shared: Arc<Shared>,
     pending: Vec<Pending>,
+    /// Rolling reloads under way.
+    rolls: Vec<roll::Roll>,
     shutdown: Option<Sender<Result<()>>>,
     /// Deleted services whose logs the pump has not yet removed.
     forgetting: HashSet<u64>,
@@ -177,6 +181,7 @@ impl Engine {
             inbox,
             shared,
             pending: Vec::new(),
+            rolls: Vec::new(),
             shutdown: None,
             forgetting: HashSet::new(),
             fd_limit: u64::MAX,
@@ -212,7 +217,13 @@ impl Engine {
                 _ => State::Stopped,
             };
             let id = stored.id;
-            let mut svc = Service::new(id, stored.spec, stored.desired_up, state);
+            let mut svc = Service::new(
+                id,
+                stored.instance,
+                Arc::new(stored.spec),
+                stored.desired_up,
+                state,
+            );
             svc.restarts = stored.restarts;
             svc.last_exit = stored.last_exit;
             if svc.status() != stored.status {
@@ -228,7 +239,7 @@ impl Engine {
                 let name = self
                     .services
                     .get(&id)
-                    .map_or_else(|| format!("#{id}"), |s| s.spec.name().to_string());
+                    .map_or_else(|| format!("#{id}"), |s| s.name.to_string());
                 log::warn!(
                     "service '{name}': killed {} processes left running by a previous host",
                     pids.len()
@@ -276,6 +287,7 @@ impl Engine {
             self.turn(&ready, Instant::now());
             if self.shutdown.is_some()
                 && self.pending.is_empty()
+                && self.rolls.is_empty()
                 && self.services.values().all(|s| s.run().is_none())
             {
                 break;
@@ -296,10 +308,12 @@ impl Engine {
         self.read_inbox(now);
         self.fire_timers(budget, now);
         self.start_waiting(now);
+        self.advance_rolls(now);
         self.advance_waves(now);
         self.end_turn();
         self.publish();
         self.settle_pending();
+        self.settle_rolls();
         self.shared.replied.ring();
     }
 
@@ -436,13 +450,13 @@ impl Engine {
             return;
         };
         self.io.procs.forget(id);
-        self.io.outputs.forget(id, Arc::from(svc.spec.name()));
+        self.io.outputs.forget(id, svc.name.clone());
         self.forgetting.insert(id);
         self.io.changes.dirty.remove(&id);
         self.io.changes.unsaved.remove(&id);
         self.io.changes.removed.push(id);
         self.io.changes.emit(Event::Deleted {
-            name: svc.spec.name().to_string(),
+            name: svc.name.to_string(),
         });
     }
 
@@ -490,8 +504,26 @@ impl Engine {
 
     fn handle(&mut self, request: Request, now: Instant) {
         match request {
-            Request::Start { spec, reply } => self.start_many(vec![(*spec, reply)], now),
-            Request::StartMany { items } => self.start_many(items, now),
+            Request::Start { spec, reply } => {
+                self.start_many(vec![(*spec, reply)], Mode::Start, now)
+            }
+            Request::StartMany { items } => self.start_many(items, Mode::Start, now),
+            Request::Define { spec, reply } => {
+                self.start_many(vec![(*spec, reply)], Mode::Define, now)
+            }
+            Request::StartTarget { target, reply } => match self.resolve(&target) {
+                Ok(ids) => self.start_target(ids, reply, now),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            Request::Scale {
+                name,
+                instances,
+                reply,
+            } => self.scale(&name, instances, reply, now),
+            Request::Reload { target, reply } => match self.resolve(&target) {
+                Ok(ids) => self.reload(ids, reply, now),
+                Err(e) => drop(reply.send(Err(e))),
+            },
             Request::History {
                 target,
                 limit,
@@ -548,7 +580,7 @@ impl Engine {
             },
             Request::Delete { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
-                    if let Err(e) = self.check_no_dependents(&ids) {
+                    if let Err(e) = self.check_deletable(&ids) {
                         let _ = reply.send(Err(e));
                         return;
                     }
@@ -571,17 +603,26 @@ impl Engine {
         }
     }
 
+    /// The services a target (a name, an id, the name of a spec with instances, `all`)
+    /// names.
     fn resolve(&self, target: &str) -> Result<Vec<u64>> {
         snapshot::resolve(
             target,
-            self.services.iter().map(|(id, s)| (*id, s.spec.name())),
+            self.services
+                .iter()
+                .map(|(id, s)| (*id, &*s.name, s.spec.name())),
         )
     }
 
-    /// One service by name or id (not `all`).
+    /// One service by name or id (not `all`, not a spec with several instances).
     fn resolve_one(&self, target: &str, what: &str) -> Result<u64> {
-        snapshot::one_service(target, what)?;
-        Ok(self.resolve(target)?[0])
+        snapshot::resolve_one(
+            target,
+            what,
+            self.services
+                .iter()
+                .map(|(id, s)| (*id, &*s.name, s.spec.name())),
+        )
     }
 
     /// (id, generation) of each of `ids`, for a pending reply to wait on.
@@ -629,13 +670,30 @@ impl Engine {
         }
     }
 
-    /// The services' dependency graph, by name.
-    fn graph_nodes(&self) -> Vec<graph::Node<'_>> {
+    /// The name of the spec of the service called `name` (an instance's), or `name`: what a
+    /// dependency on `name` is in the graph.
+    fn definition_of<'a>(&'a self, name: &'a str) -> &'a str {
         self.services
             .values()
+            .find(|s| &*s.name == name)
+            .map_or(name, |s| s.spec.name())
+    }
+
+    /// The services' dependency graph, by the names of their specs (the instances of a
+    /// spec are one node).
+    fn graph_nodes(&self) -> Vec<graph::Node<'_>> {
+        let mut seen = HashSet::new();
+        self.services
+            .values()
+            .filter(|s| seen.insert(s.spec.name()))
             .map(|s| graph::Node {
                 name: s.spec.name(),
-                deps: s.spec.get_after().iter().map(|d| d.name.as_str()).collect(),
+                deps: s
+                    .spec
+                    .get_after()
+                    .iter()
+                    .map(|d| self.definition_of(&d.name))
+                    .collect(),
             })
             .collect()
     }
@@ -655,16 +713,19 @@ impl Engine {
             .filter_map(|id| self.services.get(id))
             .map(|s| s.spec.name())
             .collect();
-        let by_name: HashMap<&str, u64> = self
-            .services
-            .values()
-            .map(|s| (s.spec.name(), s.id))
-            .collect();
+        let mut by_name: HashMap<&str, Vec<u64>> = HashMap::new();
+        for id in ids {
+            if let Some(s) = self.services.get(id) {
+                by_name.entry(s.spec.name()).or_default().push(*id);
+            }
+        }
         graph::waves(&nodes, &targets, true)
             .into_iter()
             .map(|wave| {
                 wave.iter()
-                    .filter_map(|n| by_name.get(n.as_str()).copied())
+                    .filter_map(|n| by_name.get(n.as_str()))
+                    .flatten()
+                    .copied()
                     .collect()
             })
             .collect()
@@ -718,6 +779,8 @@ impl Engine {
                     self.sample_memory(now);
                     continue;
                 }
+                // Only a wake-up: the rolls look at their deadlines each turn.
+                TimerKind::Roll => continue,
                 _ => {}
             }
             let Some(svc) = self.services.get_mut(&timer.id) else {
@@ -747,7 +810,9 @@ impl Engine {
                 | TimerKind::ReadyTimeout
                 | TimerKind::ReadyProbe
                 | TimerKind::HealthProbe => checks::on_timer(svc, io, timer.kind, now),
-                TimerKind::MemorySample | TimerKind::Relock => unreachable!("handled above"),
+                TimerKind::MemorySample | TimerKind::Relock | TimerKind::Roll => {
+                    unreachable!("handled above")
+                }
             };
             self.follow(timer.id, step, now);
         }

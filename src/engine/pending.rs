@@ -25,7 +25,8 @@ pub(super) enum Want {
 
 pub(super) enum Reply {
     Count(Sender<Result<usize>>, usize),
-    Info(Sender<Result<ServiceInfo>>),
+    /// The info of this service.
+    Info(Sender<Result<ServiceInfo>>, u64),
     /// Shutdown's waves: nobody waits on this one.
     Nobody,
 }
@@ -87,8 +88,7 @@ impl Pending {
                 };
                 let _ = reply.send(error.map_or(Ok(n), Err));
             }
-            Reply::Info(reply) => {
-                let (id, _) = self.targets[0];
+            Reply::Info(reply, id) => {
                 let result = match services.get(&id) {
                     None => Err(Error::new(
                         ErrorKind::NotFound,

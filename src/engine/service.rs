@@ -17,6 +17,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub(super) struct Service {
     pub(super) id: u64,
+    /// Its name: the spec's, or `<spec's name>.<instance>` for an instance.
+    pub(super) name: Arc<str>,
+    /// Its index among the instances of its spec, if the spec has instances.
+    pub(super) instance: Option<u32>,
+    /// The spec it runs: its definition's, as it stood when this service last took it (a
+    /// rolling reload changes the instances of one definition one at a time).
     pub(super) spec: Arc<ServiceSpec>,
     pub(super) desired_up: bool,
     /// Counts the runs begun (and each settling of a stop): a timer, a report or a pending
@@ -164,10 +170,18 @@ pub(super) struct Notify {
 }
 
 impl Service {
-    pub(super) fn new(id: u64, spec: ServiceSpec, desired_up: bool, state: State) -> Service {
+    pub(super) fn new(
+        id: u64,
+        instance: Option<u32>,
+        spec: Arc<ServiceSpec>,
+        desired_up: bool,
+        state: State,
+    ) -> Service {
         Service {
             id,
-            spec: Arc::new(spec),
+            name: Arc::from(spec.instance_name(instance)),
+            instance,
+            spec,
             desired_up,
             generation: 0,
             state,
@@ -236,6 +250,9 @@ impl Service {
         let run = self.run();
         ServiceInfo {
             id: self.id,
+            name: self.name.clone(),
+            instance: self.instance,
+            desired_up: self.desired_up,
             spec: self.spec.clone(),
             status: self.status(),
             pid: run

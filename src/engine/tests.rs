@@ -246,7 +246,7 @@ impl Bench {
         self.engine
             .services
             .values()
-            .find(|s| s.spec.name() == name)
+            .find(|s| *s.name == *name)
             .unwrap_or_else(|| panic!("no service {name}"))
             .id
     }
@@ -298,6 +298,76 @@ impl Bench {
     fn delete(&mut self, target: &str) -> Receiver<Result<usize>> {
         let target = target.to_string();
         self.call(|reply| Request::Delete { target, reply })
+    }
+
+    fn reload(&mut self, target: &str) -> Receiver<Result<usize>> {
+        let target = target.to_string();
+        self.call(|reply| Request::Reload { target, reply })
+    }
+
+    fn scale(&mut self, name: &str, instances: u32) -> Receiver<Result<usize>> {
+        let name = name.to_string();
+        self.call(|reply| Request::Scale {
+            name,
+            instances,
+            reply,
+        })
+    }
+
+    fn start_target(&mut self, target: &str) -> Receiver<Result<usize>> {
+        let target = target.to_string();
+        self.call(|reply| Request::StartTarget { target, reply })
+    }
+
+    fn define(&mut self, spec: ServiceSpec) -> Receiver<Result<ServiceInfo>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(Request::Define {
+                spec: Box::new(spec),
+                reply,
+            })
+            .unwrap();
+        self.turn();
+        rx
+    }
+
+    /// The run of `name` says its readiness line.
+    fn ready_line(&mut self, name: &str) {
+        let id = self.id(name);
+        let generation = self.generation(name);
+        self.logs
+            .send(logs::Report::ReadyLine { id, generation })
+            .unwrap();
+        self.turn();
+    }
+
+    /// The run of `name` exits with `exit` and its output is drained: it is over.
+    fn ends(&mut self, name: &str, exit: RawExit) {
+        let generation = self.generation(name);
+        self.exit(name, exit);
+        self.drained(name, generation);
+    }
+
+    /// The names of the services, in id order.
+    fn names(&self) -> Vec<String> {
+        self.engine
+            .services
+            .values()
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+
+    /// The specs as the registry holds them, by name.
+    fn stored_specs(&mut self) -> BTreeMap<String, ServiceSpec> {
+        self.engine.io.store.flush();
+        self.engine
+            .io
+            .store
+            .load_services()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.spec.instance_name(s.instance), s.spec))
+            .collect()
     }
 
     /// The run's main process exits with `exit`; its pidfd fires.
@@ -771,4 +841,329 @@ fn a_shutdown_stops_everything_and_refuses_later_requests() {
     assert_eq!(b.status("a"), Status::Stopped);
     assert!(b.engine.pending.is_empty(), "the shutdown's waves are done");
     assert!(b.engine.shutdown.is_some() && rx.try_recv().is_err());
+}
+
+fn web(ready: Ready) -> ServiceSpec {
+    crasher("w", Backoff::fixed(Duration::from_secs(1)))
+        .ready(ready)
+        .ready_timeout(Duration::from_secs(3))
+        .instances(3)
+}
+
+#[test]
+fn instances_are_services_of_their_own_with_their_own_policy() {
+    let mut b = Bench::new();
+    let info = answered(&b.start(web(Ready::Immediately))).unwrap();
+    assert_eq!(
+        (info.name(), info.instance()),
+        ("w.0", Some(0)),
+        "the first's info"
+    );
+    assert_eq!(b.names(), ["w.0", "w.1", "w.2"]);
+    assert!(b.procs.borrow().live.len() == 3, "three runs");
+    b.ends("w.1", RawExit::Code(1));
+    assert_eq!(b.status("w.1"), Status::Backoff, "its own policy");
+    assert_eq!(b.status("w.0"), Status::Online);
+    assert_eq!(b.status("w.2"), Status::Online);
+    b.advance(Duration::from_secs(1));
+    assert_eq!(b.engine.services[&b.id("w.1")].restarts, 1);
+    assert_eq!(b.engine.services[&b.id("w.0")].restarts, 0, "its own count");
+    // A target names one instance, or all of them.
+    let stopping = b.stop("w.2");
+    b.ends("w.2", RawExit::Signal(15));
+    assert_eq!(answered(&stopping).unwrap(), 1);
+    assert_eq!(b.status("w.2"), Status::Stopped);
+    assert_eq!(b.status("w.0"), Status::Online, "one instance alone");
+    let stopping = b.stop("w");
+    b.ends("w.0", RawExit::Signal(15));
+    b.ends("w.1", RawExit::Signal(15));
+    assert_eq!(
+        answered(&stopping).unwrap(),
+        3,
+        "the name of the spec names all three"
+    );
+}
+
+#[test]
+fn a_crash_loop_limit_counts_the_crashes_of_one_instance() {
+    let mut b = Bench::new();
+    b.start(
+        spec("w")
+            .restart(
+                RestartPolicy::always()
+                    .backoff(Backoff::none())
+                    .max_restarts(1, Duration::from_secs(60)),
+            )
+            .instances(2),
+    );
+    b.exit("w.0", RawExit::Code(1));
+    b.exit("w.1", RawExit::Code(1));
+    assert_eq!(b.status("w.0"), Status::Online, "one crash each: restarted");
+    assert_eq!(b.status("w.1"), Status::Online);
+    b.exit("w.0", RawExit::Code(1));
+    b.drained("w.0", 2);
+    assert_eq!(b.status("w.0"), Status::Errored, "its second crash");
+    assert_eq!(
+        b.status("w.1"),
+        Status::Online,
+        "the other's count is its own"
+    );
+}
+
+#[test]
+fn scale_adds_instances_and_removes_the_highest() {
+    let mut b = Bench::new();
+    b.start(web(Ready::Immediately));
+    let up = b.scale("w", 5);
+    assert_eq!(answered(&up).unwrap(), 2);
+    assert_eq!(b.names(), ["w.0", "w.1", "w.2", "w.3", "w.4"]);
+    assert_eq!(
+        b.status("w.4"),
+        Status::Online,
+        "started: the service is up"
+    );
+    assert_eq!(b.stored_specs()["w.0"].get_instances(), Some(5), "stored");
+    let gen0 = b.generation("w.0");
+    let down = b.scale("w", 2);
+    for gone in ["w.2", "w.3", "w.4"] {
+        assert_eq!(b.status(gone), Status::Stopping, "{gone}");
+    }
+    for gone in ["w.2", "w.3", "w.4"] {
+        let id = b.id(gone);
+        b.ends(gone, RawExit::Signal(15));
+        b.logs.send(logs::Report::Forgotten { id }).unwrap();
+    }
+    b.turn();
+    assert_eq!(answered(&down).unwrap(), 3);
+    assert_eq!(b.names(), ["w.0", "w.1"]);
+    assert_eq!(
+        b.generation("w.0"),
+        gen0,
+        "the instances that stay keep running"
+    );
+    assert_eq!(b.stored_specs().len(), 2);
+    let err = answered(&b.scale("w.1", 3)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    b.start(spec("plain"));
+    let err = answered(&b.scale("plain", 3)).unwrap_err();
+    assert!(err.to_string().contains("no instances"), "{err}");
+    let err = answered(&b.delete("w.1")).unwrap_err();
+    assert!(err.to_string().contains("scale it down"), "{err}");
+}
+
+#[test]
+fn a_reload_restarts_one_instance_at_a_time_each_once_ready() {
+    let mut b = Bench::new();
+    b.start(web(Ready::LogLine("up".into())));
+    for n in ["w.0", "w.1", "w.2"] {
+        b.ready_line(n);
+    }
+    let reply = b.reload("w");
+    assert_eq!(b.status("w.0"), Status::Stopping, "the first");
+    assert_eq!(b.status("w.1"), Status::Online, "the others wait");
+    assert_eq!(b.status("w.2"), Status::Online);
+    b.ends("w.0", RawExit::Signal(15));
+    assert_eq!(b.status("w.0"), Status::Starting, "its new run");
+    assert_eq!(
+        b.status("w.1"),
+        Status::Online,
+        "not touched before w.0 is ready"
+    );
+    b.ready_line("w.0");
+    assert_eq!(b.status("w.1"), Status::Stopping, "then the next");
+    b.ends("w.1", RawExit::Signal(15));
+    b.ready_line("w.1");
+    b.ends("w.2", RawExit::Signal(15));
+    unanswered(&reply, "the reload before the last is ready");
+    b.ready_line("w.2");
+    assert_eq!(answered(&reply).unwrap(), 3);
+    for n in ["w.0", "w.1", "w.2"] {
+        assert_eq!(b.generation(n), 2, "{n}");
+        assert_eq!(b.engine.services[&b.id(n)].restarts, 0, "not a crash");
+    }
+}
+
+#[test]
+fn a_reload_stops_at_a_run_that_is_not_ready_and_leaves_the_rest_alone() {
+    let mut b = Bench::new();
+    b.start(web(Ready::LogLine("up".into())));
+    for n in ["w.0", "w.1", "w.2"] {
+        b.ready_line(n);
+    }
+    let reply = b.reload("w");
+    b.ends("w.0", RawExit::Signal(15));
+    b.advance(Duration::from_secs(3));
+    assert_eq!(b.status("w.0"), Status::Stopping, "not ready in time");
+    let err = answered(&reply).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert_eq!(err.service(), Some("w.0"));
+    assert!(
+        err.to_string().contains("left as they were: w.1, w.2"),
+        "{err}"
+    );
+    assert!(b
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::ReloadFailed { name, .. } if name == "w.0")));
+    assert_eq!(b.generation("w.1"), 1, "untouched");
+    assert_eq!(b.generation("w.2"), 1);
+    assert_eq!(b.status("w.1"), Status::Online);
+}
+
+#[test]
+fn a_reload_will_not_restart_the_last_ready_instance() {
+    let mut b = Bench::new();
+    b.start(web(Ready::Immediately).instances(2));
+    let stopping = b.stop("w.1");
+    b.ends("w.1", RawExit::Signal(15));
+    answered(&stopping).unwrap();
+    let reply = b.reload("w.0");
+    let err = answered(&reply).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert!(
+        err.to_string()
+            .contains("no other instance of 'w' is ready"),
+        "{err}"
+    );
+    assert_eq!(b.status("w.0"), Status::Online, "left running");
+    // Reloading both: the stopped one goes first, so the ready one is touched last.
+    let reply = b.reload("w");
+    assert_eq!(
+        b.status("w.1"),
+        Status::Online,
+        "started first (ready at once)"
+    );
+    assert_eq!(b.status("w.0"), Status::Stopping, "then the other");
+    b.ends("w.0", RawExit::Signal(15));
+    assert_eq!(answered(&reply).unwrap(), 2);
+}
+
+#[test]
+fn a_changed_spec_rolls_and_what_it_did_not_reach_keeps_the_old_spec_on_disk() {
+    let mut b = Bench::new();
+    let old = web(Ready::LogLine("up".into()));
+    b.start(old.clone());
+    for n in ["w.0", "w.1", "w.2"] {
+        b.ready_line(n);
+    }
+    let new = old.clone().arg("--new");
+    let reply = b.start(new.clone());
+    assert_eq!(b.status("w.0"), Status::Stopping, "one at a time");
+    assert_eq!(
+        b.stored_specs()["w.0"],
+        new,
+        "the one being restarted has the new spec"
+    );
+    assert_eq!(
+        b.stored_specs()["w.1"],
+        old,
+        "the others keep theirs until reached"
+    );
+    b.ends("w.0", RawExit::Signal(15));
+    b.ready_line("w.0");
+    b.ends("w.1", RawExit::Signal(15));
+    // w.1's new run crashes before it is ready.
+    b.ends("w.1", RawExit::Code(1));
+    let err = answered(&reply).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReady);
+    assert!(err.to_string().contains("left as they were: w.2"), "{err}");
+    let stored = b.stored_specs();
+    assert_eq!((&stored["w.0"], &stored["w.1"]), (&new, &new));
+    assert_eq!(stored["w.2"], old, "w.2 stays on the old spec, on disk too");
+    assert_eq!(b.status("w.1"), Status::Backoff, "its policy handles it");
+    // Starting the new spec again finishes the job.
+    let reply = b.start(new.clone());
+    b.ends("w.2", RawExit::Signal(15));
+    b.ready_line("w.2");
+    assert_eq!(answered(&reply).unwrap().name(), "w.0");
+    assert_eq!(b.stored_specs()["w.2"], new);
+}
+
+#[test]
+fn a_changed_spec_of_a_service_without_instances_restarts_at_once() {
+    let mut b = Bench::new();
+    b.start(spec("p").ready(Ready::LogLine("up".into())));
+    let reply = b.start(spec("p").ready(Ready::LogLine("up".into())).arg("x"));
+    b.ends("p", RawExit::Signal(15));
+    assert_eq!(
+        answered(&reply).unwrap().status(),
+        Status::Starting,
+        "answered once spawned, as before"
+    );
+}
+
+#[test]
+fn a_defined_service_stays_down_until_started_by_name() {
+    let mut b = Bench::new();
+    let info = answered(&b.define(spec("d").instances(2))).unwrap();
+    assert_eq!(info.status(), Status::Stopped);
+    assert!(!info.desired_up());
+    assert!(b.procs.borrow().live.is_empty(), "nothing spawned");
+    assert!(b.stored_specs().contains_key("d.1"), "stored");
+    let reply = b.start_target("d.1");
+    assert_eq!(answered(&reply).unwrap(), 1);
+    assert_eq!(b.status("d.1"), Status::Online);
+    assert_eq!(b.status("d.0"), Status::Stopped);
+    let reply = b.start_target("d");
+    assert_eq!(
+        answered(&reply).unwrap(),
+        1,
+        "the one that ran is left alone"
+    );
+    let gen = b.generation("d.1");
+    assert_eq!(gen, 1);
+    let err = answered(&b.define(spec("d").instances(2).arg("x"))).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::InvalidInput,
+        "a running spec is not redefined"
+    );
+}
+
+#[test]
+fn a_one_shot_task_that_exits_0_is_done_and_its_dependents_start() {
+    let mut b = Bench::new();
+    b.start(crasher("setup", Backoff::fixed(Duration::from_secs(1))).oneshot(true));
+    b.start(spec("app").after("setup", Condition::Exited0));
+    assert_eq!(b.status("setup"), Status::Starting, "running: not done yet");
+    assert!(matches!(
+        b.engine.services[&b.id("app")].state,
+        State::Waiting
+    ));
+    b.ends("setup", RawExit::Code(3));
+    assert_eq!(
+        b.status("setup"),
+        Status::Backoff,
+        "a failure: its policy restarts it"
+    );
+    b.advance(Duration::from_secs(1));
+    b.ends("setup", RawExit::Code(0));
+    assert_eq!(
+        b.status("setup"),
+        Status::Exited,
+        "done, although its policy is always"
+    );
+    assert_eq!(b.status("app"), Status::Online, "its dependent starts");
+    let runs = b.runs_recorded("setup");
+    assert_eq!(
+        runs[0].decision(),
+        Some("done: the one-shot task succeeded")
+    );
+    b.advance(Duration::from_secs(10));
+    assert_eq!(b.status("setup"), Status::Exited, "never restarted");
+}
+
+#[test]
+fn a_reload_of_a_one_shot_task_waits_for_it_to_exit_0() {
+    let mut b = Bench::new();
+    b.start(spec("t").oneshot(true).restart(RestartPolicy::never()));
+    b.ends("t", RawExit::Code(0));
+    let reply = b.reload("t");
+    assert_eq!(b.status("t"), Status::Starting, "run again");
+    unanswered(&reply, "the reload while it runs");
+    b.ends("t", RawExit::Code(0));
+    assert_eq!(answered(&reply).unwrap(), 1);
+    let reply = b.reload("t");
+    b.ends("t", RawExit::Code(2));
+    assert_eq!(answered(&reply).unwrap_err().kind(), ErrorKind::NotReady);
 }

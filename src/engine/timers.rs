@@ -32,6 +32,8 @@ pub(super) enum TimerKind {
     MemorySample,
     /// Take the lock of the state directory's path again (no service: id 0).
     Relock,
+    /// A rolling reload's step may be overdue (no service: id 0).
+    Roll,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

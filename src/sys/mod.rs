@@ -9,7 +9,10 @@
 //! - **spawn** (`spawn`, `SpawnRequest`, `ChildKind`, `pipe`): start a child in its own
 //!   process group (or session) with stdin, signal dispositions and the fd table made clean,
 //!   straight into a cgroup where asked, dying with the spawning thread (PDEATHSIG) where the
-//!   platform can, and return it as a `PidFd`;
+//!   platform can, and return it as a `PidFd`; before exec the child sets what a
+//!   `ChildSetup` asks (umask, resource limits, nice, OOM score, then its uid, gid and
+//!   groups), each with one raw system call, and a step that fails comes back as a
+//!   `StepFailed` naming it;
 //! - **pidfd** (`PidFd`): signal a process or the group it leads, tell whether it lives, and
 //!   reap it, and only it: never `waitpid(-1)`, which would take the host's own children;
 //! - **poll** (`Poller`, `Waker`, `DirWatch`): one readiness wait over pidfds, sockets and a
@@ -27,6 +30,8 @@
 //! - **socket** (`listen_at`, `peer_credentials`, `connect_at`, `pid_namespace`): the control
 //!   socket, made in a directory held open, the kernel's credentials of a connected peer,
 //!   and the pid namespace that gives a registered pid its meaning;
+//! - **user** (`passwd_by_name`, `group_list`, `can_switch_ids`, …): the passwd and group
+//!   databases, and whether this process may give a child other ids;
 //! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
 //!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
 //!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).

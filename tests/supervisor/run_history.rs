@@ -204,7 +204,7 @@ fn a_failed_restart_is_recorded_with_its_errno() -> TestResult {
         &program,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let spec = sheepdog::ServiceSpec::new("vanish", program.to_string_lossy())
+    let spec = sheepdog::ServiceSpec::new("vanish", &program)
         .env(TOKEN_VAR, &h.token)
         .restart(
             RestartPolicy::always()

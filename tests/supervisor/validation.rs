@@ -69,19 +69,13 @@ fn spawn_errors_say_which_and_leave_the_service_errored() -> TestResult {
             ServiceSpec::new("nopath", "no-such-program-xyz"),
             "not found on PATH",
         ),
-        (
-            ServiceSpec::new("noexec", script.to_string_lossy()),
-            "is not executable",
-        ),
+        (ServiceSpec::new("noexec", &script), "is not executable"),
         (ServiceSpec::new("dir", "/tmp"), "is a directory"),
         (
             ServiceSpec::new("badcwd", "true").current_dir("/no/such/dir"),
             "working directory '/no/such/dir'",
         ),
-        (
-            ServiceSpec::new("interp", badshebang.to_string_lossy()),
-            "interpreter",
-        ),
+        (ServiceSpec::new("interp", &badshebang), "interpreter"),
     ];
     for (spec, needle) in cases {
         let name = spec.name().to_string();

@@ -450,9 +450,9 @@ fn describe(s: &protocol::Service, style: &Style) -> String {
     if s.notify_rejected > 0 {
         field("notify refused", s.notify_rejected.to_string());
     }
-    let command = std::iter::once(spec.program().to_string())
-        .chain(spec.get_args().iter().cloned())
-        .map(|a| shell_word(&a))
+    let command = std::iter::once(spec.program())
+        .chain(spec.get_args().iter().map(|a| a.as_os_str()))
+        .map(|a| shell_word(&a.to_string_lossy()))
         .collect::<Vec<_>>()
         .join(" ");
     field("command", command);
@@ -695,6 +695,8 @@ fn change(client: &mut Client, command: Command, json: bool, style: &Style) -> R
                         for (what, names) in [
                             ("started", &applied.started),
                             ("restarted", &applied.restarted),
+                            ("scaled", &applied.scaled),
+                            ("defined", &applied.defined),
                             ("unchanged", &applied.unchanged),
                             ("deleted", &applied.deleted),
                         ] {

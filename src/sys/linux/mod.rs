@@ -1,6 +1,7 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
 //! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
-//! directory, Unix sockets for the control socket. One file per kernel facility.
+//! directory, Unix sockets for the control socket, NSS for users and groups. One file per
+//! kernel facility.
 
 mod fs;
 mod hook;
@@ -12,6 +13,7 @@ mod procfs;
 mod signal;
 mod socket;
 mod spawn;
+mod user;
 
 pub(crate) use fs::*;
 pub(crate) use hook::*;
@@ -23,3 +25,4 @@ pub(crate) use procfs::*;
 pub(crate) use signal::*;
 pub(crate) use socket::*;
 pub(crate) use spawn::*;
+pub(crate) use user::*;

@@ -2,6 +2,7 @@
 //! `posix_spawn` does, straight into its cgroup, with the child's side made clean before exec.
 
 use super::pidfd::PidFd;
+use crate::rlimit::Resource;
 use libc::{c_char, c_int, c_void};
 use rustix::process::WaitIdOptions;
 use std::ffi::{CStr, CString, OsStr};
@@ -33,6 +34,114 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) kind: ChildKind,
     /// Fds the child keeps across exec, as 3, 4, … in this order. At most four.
     pub(crate) keep: &'a [BorrowedFd<'a>],
+    /// What the child sets about itself before exec: umask, limits, priority, identity.
+    pub(crate) setup: &'a ChildSetup,
+}
+
+/// What a child sets about itself between clone and exec, each with one raw system call.
+/// The default sets nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChildSetup {
+    pub(crate) umask: Option<u32>,
+    /// (resource, soft, hard). At most [`MAX_LIMITS`].
+    pub(crate) limits: Vec<(Resource, u64, u64)>,
+    pub(crate) nice: Option<i32>,
+    pub(crate) oom_score_adj: Option<i32>,
+    /// The ids to take, last (the steps before may need the host's privileges).
+    pub(crate) ids: Option<super::user::Ids>,
+}
+
+impl ChildSetup {
+    /// Sets nothing: the child keeps what the host has.
+    pub(crate) const NONE: ChildSetup = ChildSetup {
+        umask: None,
+        limits: Vec::new(),
+        nice: None,
+        oom_score_adj: None,
+        ids: None,
+    };
+}
+
+/// Held while a child that takes other ids runs in this process's memory (see [`spawn`]).
+static ID_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The most resource limits one child sets.
+pub(crate) const MAX_LIMITS: usize = 8;
+
+/// A step of a child's setup that failed, and the error number it failed with: what
+/// [`spawn`] returns (inside an `io::Error` of the same errno's kind) when the child could
+/// not get as far as exec.
+#[derive(Debug)]
+pub(crate) struct StepFailed {
+    pub(crate) step: ChildStep,
+    pub(crate) errno: i32,
+}
+
+/// See [`StepFailed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChildStep {
+    ProcessGroup,
+    Stdio,
+    Cgroup,
+    KeepFds,
+    Limit(Resource),
+    Nice,
+    OomScoreAdj,
+    Groups,
+    Gid,
+    Uid,
+    Chdir,
+    ParentDeathSignal,
+}
+
+impl std::fmt::Display for ChildStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildStep::ProcessGroup => f.write_str("setpgid"),
+            ChildStep::Stdio => f.write_str("dup2"),
+            ChildStep::Cgroup => f.write_str("joining its cgroup"),
+            ChildStep::KeepFds => f.write_str("passing fds"),
+            ChildStep::Limit(r) => write!(f, "setrlimit {r}"),
+            ChildStep::Nice => f.write_str("setpriority"),
+            ChildStep::OomScoreAdj => f.write_str("writing oom_score_adj"),
+            ChildStep::Groups => f.write_str("setgroups"),
+            ChildStep::Gid => f.write_str("setresgid"),
+            ChildStep::Uid => f.write_str("setresuid"),
+            ChildStep::Chdir => f.write_str("chdir"),
+            ChildStep::ParentDeathSignal => f.write_str("prctl"),
+        }
+    }
+}
+
+impl std::fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} in the new process: {}",
+            self.step,
+            io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
+/// The step a failed spawn stopped at, if it stopped before exec.
+pub(crate) fn failed_step(e: &io::Error) -> Option<&StepFailed> {
+    e.get_ref()?.downcast_ref::<StepFailed>()
+}
+
+fn rlimit_resource(r: Resource) -> c_int {
+    (match r {
+        Resource::OpenFiles => libc::RLIMIT_NOFILE,
+        Resource::CoreSize => libc::RLIMIT_CORE,
+        Resource::Processes => libc::RLIMIT_NPROC,
+        Resource::AddressSpace => libc::RLIMIT_AS,
+        Resource::Stack => libc::RLIMIT_STACK,
+        Resource::LockedMemory => libc::RLIMIT_MEMLOCK,
+        Resource::CpuTime => libc::RLIMIT_CPU,
+        Resource::FileSize => libc::RLIMIT_FSIZE,
+    }) as c_int
 }
 
 /// See [`SpawnRequest::kind`].
@@ -61,8 +170,25 @@ struct ChildArgs {
     detached: c_int,
     keep: [c_int; 4],
     keep_len: c_int,
-    /// The step that failed and its errno; 0 while all goes well.
+    /// -1: leave it.
+    umask: c_int,
+    /// (resource, soft, hard), `limits_len` of them.
+    limits: [(c_int, u64, u64); MAX_LIMITS],
+    limits_len: c_int,
+    set_nice: c_int,
+    nice: c_int,
+    /// The value to write to /proc/self/oom_score_adj, `oom_len` bytes; 0: leave it.
+    oom: [u8; 8],
+    oom_len: c_int,
+    switch_ids: c_int,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: *const libc::gid_t,
+    groups_len: usize,
+    /// The step that failed and its errno; 0 while all goes well. For a limit, which one
+    /// (its index in `limits`).
     failed_step: c_int,
+    failed_index: c_int,
     errno: c_int,
 }
 
@@ -73,6 +199,15 @@ const STEP_PDEATHSIG: c_int = 4;
 const STEP_EXEC: c_int = 5;
 const STEP_CGROUP: c_int = 6;
 const STEP_KEEP: c_int = 7;
+const STEP_RLIMIT: c_int = 8;
+const STEP_NICE: c_int = 9;
+const STEP_OOM: c_int = 10;
+const STEP_SETGROUPS: c_int = 11;
+const STEP_SETGID: c_int = 12;
+const STEP_SETUID: c_int = 13;
+
+/// Where a child adjusts its OOM score.
+const OOM_SCORE_ADJ: &CStr = c"/proc/self/oom_score_adj";
 
 thread_local! {
     /// The spawning thread's child stack, between spawns.
@@ -155,6 +290,31 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         *slot = fd.as_raw_fd();
     }
 
+    let setup = req.setup;
+    if setup.limits.len() > MAX_LIMITS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more resource limits than one child sets",
+        ));
+    }
+    let mut limits = [(0, 0, 0); MAX_LIMITS];
+    for (slot, &(r, soft, hard)) in limits.iter_mut().zip(&setup.limits) {
+        *slot = (rlimit_resource(r), soft, hard);
+    }
+    let mut oom = [0u8; 8];
+    let oom_len = match setup.oom_score_adj {
+        Some(adj) => {
+            let text = adj.to_string();
+            oom[..text.len()].copy_from_slice(text.as_bytes());
+            text.len()
+        }
+        None => 0,
+    };
+    let no_groups: [libc::gid_t; 0] = [];
+    let (uid, gid, groups) = match &setup.ids {
+        Some(ids) => (ids.uid, ids.gid, &ids.groups[..]),
+        None => (0, 0, &no_groups[..]),
+    };
     let mut args = ChildArgs {
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -171,9 +331,35 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         detached: c_int::from(req.kind == ChildKind::Detached),
         keep,
         keep_len: req.keep.len() as c_int,
+        umask: setup.umask.map_or(-1, |m| (m & 0o777) as c_int),
+        limits,
+        limits_len: setup.limits.len() as c_int,
+        set_nice: c_int::from(setup.nice.is_some()),
+        nice: setup.nice.unwrap_or(0),
+        oom,
+        oom_len: oom_len as c_int,
+        switch_ids: c_int::from(setup.ids.is_some()),
+        uid,
+        gid,
+        groups: groups.as_ptr(),
+        groups_len: groups.len(),
         failed_step: 0,
+        failed_index: 0,
         errno: 0,
     };
+    // A child that takes other ids makes the memory it shares with this process
+    // non-dumpable (the kernel resets the dumpability of the `mm` of a task whose
+    // credentials change, and until exec that is ours): the host's /proc files would then
+    // be root's, and it could no longer dump core or be traced. What it was is restored
+    // once the child has exec'd. One such spawn at a time in the process (two supervisors
+    // may run in one host), so that none reads what another's child set.
+    let switching = setup
+        .ids
+        .as_ref()
+        .map(|_| ID_SWITCH.lock().unwrap_or_else(|e| e.into_inner()));
+    let dumpable = switching
+        .as_ref()
+        .map(|_| rustix::process::dumpable_behavior());
     // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
     let mut stack = CHILD_STACKS
         .with(|s| s.take())
@@ -244,12 +430,19 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     };
     // SAFETY: CLONE_PIDFD stored a new fd (O_CLOEXEC) that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if let Some(Ok(was)) = dumpable {
+        if rustix::process::dumpable_behavior().ok() != Some(was) {
+            let _ = rustix::process::set_dumpable_behavior(was);
+        }
+    }
+    drop(switching);
     // The child has exec'd or exited; `args` is ours again.
-    let (failed_step, errno) = unsafe {
+    let (failed_step, failed_index, errno) = unsafe {
         // SAFETY: the child no longer runs in this memory; volatile reads because the compiler
         // cannot see the child's writes.
         (
             std::ptr::read_volatile(&args.failed_step),
+            std::ptr::read_volatile(&args.failed_index),
             std::ptr::read_volatile(&args.errno),
         )
     };
@@ -260,19 +453,25 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
             WaitIdOptions::EXITED,
         );
         let err = io::Error::from_raw_os_error(errno);
-        let what = match failed_step {
-            STEP_SETPGID => "setpgid",
-            STEP_DUP2 => "dup2",
-            STEP_CHDIR => "chdir",
-            STEP_PDEATHSIG => "prctl",
-            STEP_CGROUP => "joining its cgroup",
-            STEP_KEEP => "passing fds",
+        let step = match failed_step {
+            STEP_SETPGID => ChildStep::ProcessGroup,
+            STEP_DUP2 => ChildStep::Stdio,
+            STEP_CHDIR => ChildStep::Chdir,
+            STEP_PDEATHSIG => ChildStep::ParentDeathSignal,
+            STEP_CGROUP => ChildStep::Cgroup,
+            STEP_KEEP => ChildStep::KeepFds,
+            STEP_RLIMIT => match setup.limits.get(failed_index as usize) {
+                Some(&(r, _, _)) => ChildStep::Limit(r),
+                None => return Err(err),
+            },
+            STEP_NICE => ChildStep::Nice,
+            STEP_OOM => ChildStep::OomScoreAdj,
+            STEP_SETGROUPS => ChildStep::Groups,
+            STEP_SETGID => ChildStep::Gid,
+            STEP_SETUID => ChildStep::Uid,
             _ => return Err(err),
         };
-        return Err(io::Error::new(
-            err.kind(),
-            format!("{what} in the new process: {err}"),
-        ));
+        return Err(io::Error::new(err.kind(), StepFailed { step, errno }));
     }
     CHILD_STACKS.with(|s| s.set(Some(stack)));
     Ok(PidFd::from_child(pidfd, pid as u32))
@@ -419,6 +618,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             a.failed_step = step;
             libc::_exit(127)
         };
+        // Every call below is a plain system call, made through `syscall` where the libc
+        // wrapper does more: glibc's setuid family signals every thread of the process to
+        // change theirs too, and until exec the threads it would find are the host's.
         if a.detached != 0 {
             if libc::setsid() < 0 {
                 fail(a, STEP_SETPGID);
@@ -448,9 +650,6 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 fail(a, STEP_DUP2);
             }
         }
-        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
-            fail(a, STEP_CHDIR);
-        }
         // Ignore failure: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC; the child then keeps
         // what the host leaked, as with std alone.
         libc::syscall(
@@ -474,10 +673,68 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 fail(a, STEP_KEEP);
             }
         }
+        // What needs the host's privileges (raising a hard limit, a lower nice value or OOM
+        // score) comes before the ids change; the fds are in place before a limit on open
+        // files could get in their way.
+        if a.umask >= 0 {
+            libc::syscall(libc::SYS_umask, a.umask as libc::c_uint);
+        }
+        for i in 0..a.limits_len as usize {
+            let (resource, soft, hard) = a.limits[i];
+            let limit = libc::rlimit64 {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                resource,
+                &limit as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            ) != 0
+            {
+                a.failed_index = i as c_int;
+                fail(a, STEP_RLIMIT);
+            }
+        }
+        if a.set_nice != 0
+            && libc::syscall(libc::SYS_setpriority, libc::PRIO_PROCESS, 0, a.nice) != 0
+        {
+            fail(a, STEP_NICE);
+        }
+        if a.oom_len > 0 {
+            // This child was made with CLONE_VFORK, so the kernel changes its score only,
+            // not that of the host whose memory it shares.
+            let fd = libc::open(OOM_SCORE_ADJ.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fail(a, STEP_OOM);
+            }
+            let len = a.oom_len as usize;
+            if libc::write(fd, a.oom.as_ptr().cast(), len) != len as isize {
+                fail(a, STEP_OOM);
+            }
+            libc::close(fd);
+        }
+        if a.switch_ids != 0 {
+            if libc::syscall(libc::SYS_setgroups, a.groups_len, a.groups) != 0 {
+                fail(a, STEP_SETGROUPS);
+            }
+            if libc::syscall(libc::SYS_setresgid, a.gid, a.gid, a.gid) != 0 {
+                fail(a, STEP_SETGID);
+            }
+            if libc::syscall(libc::SYS_setresuid, a.uid, a.uid, a.uid) != 0 {
+                fail(a, STEP_SETUID);
+            }
+        }
+        // As the service's user: a directory it may not enter is its error, not ours.
+        if !a.cwd.is_null() && libc::chdir(a.cwd) != 0 {
+            fail(a, STEP_CHDIR);
+        }
         if a.detached != 0 {
             libc::execve(a.path, a.argv, a.envp);
             fail(a, STEP_EXEC)
         }
+        // After the ids change, which clears the parent-death signal.
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -543,5 +800,110 @@ pub(crate) fn exec_failure(e: &io::Error) -> ExecFailure {
         Some(libc::EAGAIN) => ExecFailure::ProcessLimit,
         Some(libc::ENOMEM) => ExecFailure::OutOfMemory,
         _ => ExecFailure::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::user::{can_switch_ids, Ids};
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs `/bin/sh -c script` with `setup`, its output to /dev/null; waits for it.
+    fn run(script: &CStr, setup: &ChildSetup) -> io::Result<()> {
+        let argv = [c"sh", c"-c", script];
+        let null = devnull()?;
+        let fd = spawn(&SpawnRequest {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            env: &[],
+            cwd: None,
+            stdout: null,
+            stderr: null,
+            cgroup: None,
+            join: Vec::new(),
+            kind: ChildKind::Service,
+            keep: &[],
+            setup,
+        })?;
+        assert!(fd.wait_exit(Duration::from_secs(10))?, "the child exits");
+        fd.reap()?;
+        Ok(())
+    }
+
+    fn nobody() -> ChildSetup {
+        ChildSetup {
+            ids: Some(Ids {
+                uid: 65534,
+                gid: 65534,
+                groups: vec![65534],
+            }),
+            ..ChildSetup::NONE
+        }
+    }
+
+    #[test]
+    fn a_child_that_takes_other_ids_leaves_the_host_as_dumpable_as_it_was() {
+        if !can_switch_ids() {
+            eprintln!("skipped: this process may not switch ids");
+            return;
+        }
+        let before = rustix::process::dumpable_behavior().unwrap();
+        run(c"exit 0", &nobody()).unwrap();
+        assert_eq!(rustix::process::dumpable_behavior().unwrap(), before);
+    }
+
+    #[test]
+    fn a_step_the_kernel_refuses_comes_back_named_with_its_errno() {
+        let too_many = ChildSetup {
+            limits: vec![
+                (Resource::CoreSize, 0, 0),
+                (Resource::OpenFiles, u64::MAX - 1, u64::MAX - 1),
+            ],
+            ..ChildSetup::NONE
+        };
+        let err = run(c"exit 0", &too_many).unwrap_err();
+        let failed = failed_step(&err).expect("a step failed");
+        assert_eq!(
+            failed.step,
+            ChildStep::Limit(Resource::OpenFiles),
+            "the second"
+        );
+        assert_eq!(failed.errno, libc::EPERM);
+        assert_eq!(
+            err.to_string(),
+            "setrlimit nofile in the new process: Operation not permitted (os error 1)"
+        );
+    }
+
+    /// A host that may not switch ids, asking a child to: the child says which call failed.
+    /// As root, run again without CAP_SETUID and CAP_SETGID.
+    #[test]
+    fn a_child_that_may_not_switch_ids_says_setgroups_failed() {
+        const INNER: &str = "SHEEPDOG_TEST_SPAWN_NO_SETUID";
+        if can_switch_ids() {
+            if std::env::var_os(INNER).is_some() {
+                panic!("setpriv did not drop CAP_SETUID");
+            }
+            let out = std::process::Command::new("setpriv")
+                .arg("--bounding-set=-setuid,-setgid")
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "sys::linux::spawn::tests::a_child_that_may_not_switch_ids_says_setgroups_failed",
+                    "--test-threads=1",
+                ])
+                .env(INNER, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            return;
+        }
+        let err = run(c"exit 0", &nobody()).unwrap_err();
+        let failed = failed_step(&err).expect("a step failed");
+        assert_eq!(failed.step, ChildStep::Groups);
+        assert_eq!(failed.errno, libc::EPERM);
     }
 }
