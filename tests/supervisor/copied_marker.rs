@@ -13,9 +13,10 @@ use std::time::Duration;
 const DAEMONIZE: &str = "(setsid sleep 600 &); exec sleep 600";
 const INNOCENT_VAR: &str = "SHEEPDOG_TEST_INNOCENT";
 
-/// The `SHEEPDOG_RUN` in the environment of `pid`.
+/// The `SHEEPDOG_RUN` in the environment of `pid`. Read while the process is in the middle
+/// of an exec, its environment reads empty: it is read again until it is through.
 fn marker_of(pid: u32) -> TestResult<String> {
-    env_of(pid, "SHEEPDOG_RUN").with_context(|| {
+    wait_until(SECS_5, || env_of(pid, "SHEEPDOG_RUN")).with_context(|| {
         format!(
             "every run carries a marker, yet {} has none",
             describe_processes(&[pid])
