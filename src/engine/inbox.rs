@@ -38,9 +38,14 @@ pub(crate) enum Request {
         target: String,
         reply: Sender<Result<usize>>,
     },
+    /// Stops every service; with `by`, no stop that begins from now waits past it for its
+    /// group to end (SIGKILL at `by` at the latest).
     Shutdown {
         reply: Sender<Result<()>>,
+        by: Option<std::time::Instant>,
     },
+    /// Answered at the next turn: the supervision thread is alive and turning.
+    Ping { reply: Sender<Result<()>> },
 }
 
 impl Request {
@@ -59,7 +64,8 @@ impl Request {
             Request::Stop { reply, .. }
             | Request::Restart { reply, .. }
             | Request::Delete { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
-            Request::Shutdown { reply } => drop(reply.send(Ok(()))),
+            Request::Shutdown { reply, .. } => drop(reply.send(Ok(()))),
+            Request::Ping { reply } => drop(reply.send(Err(Error::shut_down()))),
         }
     }
 }
