@@ -48,6 +48,7 @@ mod duration;
 mod engine;
 mod error;
 mod events;
+pub mod export;
 mod fleet;
 mod graph;
 mod guardian;
