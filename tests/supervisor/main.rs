@@ -48,6 +48,7 @@ mod max_memory;
 mod max_pids;
 mod model;
 mod notify_access;
+mod orphan_reaping;
 mod overtaking;
 mod parallel_stops;
 mod probe_hygiene;

@@ -192,7 +192,8 @@ fn run_fleet(options: Options, what: &str) -> sheepdog::Result<u8> {
     }
     if let Some(name) = &options.logs {
         for (stream, label) in [(Stream::Stdout, "out"), (Stream::Stderr, "err")] {
-            let mut lines = sup.follow(name, stream)?;
+            // From the start of the current file: what it wrote while the fleet started counts.
+            let mut lines = sup.follow_from_start(name, stream)?;
             let tx = tx.clone();
             std::thread::spawn(move || loop {
                 if let Some(line) = lines.recv_timeout(Duration::from_secs(3600)) {
@@ -257,7 +258,7 @@ fn run_fleet(options: Options, what: &str) -> sheepdog::Result<u8> {
             eprintln!("{what}: critical service failed: {why}: stopping the fleet")
         }
         Ending::Asked if options.once => {}
-        Ending::Asked => eprintln!(
+        Ending::Asked => println!(
             "{what}: stopping the fleet within {} (again to kill at once)",
             render::span(grace)
         ),
