@@ -58,8 +58,13 @@ impl Init {
             token,
             port,
         };
-        // Up once its endpoints answer: its signal handlers are in place before.
-        if wait_until(Duration::from_secs(20), || init.get("/livez").ok()).is_none() {
+        // Up once its endpoints answer (its signal handlers are in place before), or over
+        // already (a critical failure may end it first).
+        let up = wait_until(Duration::from_secs(20), || {
+            let over = matches!(init.unshare.try_wait(), Ok(Some(_)));
+            (over || init.get("/livez").is_ok()).then_some(())
+        });
+        if up.is_none() {
             let output = init.output();
             init.kill();
             return Err(Failure::new(format!(
@@ -167,6 +172,13 @@ impl Init {
         }
     }
 
+    /// Waits for the runner to exit with `code`; returns what it printed on stderr.
+    fn exits_with(&mut self, code: i32, why: &str) -> TestResult<String> {
+        let status = self.wait_exit(Duration::from_secs(20))?;
+        assert_eq!(status.code(), Some(code), "{why}: {}", self.output());
+        Ok(std::fs::read_to_string(self.dir.path().join("err"))?)
+    }
+
     fn output(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
         format!("stdout:\n{}\nstderr:\n{}", read("out"), read("err"))
@@ -246,8 +258,7 @@ ready_timeout = "120s"
     eprintln!("{n} orphans in {took:?}: at most {most} zombies at once");
     init.signal(rustix::process::Signal::TERM)?;
     let mut init = init;
-    let status = init.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(0), "{}", init.output());
+    init.exits_with(0, "a clean stop")?;
     init.finish()
 }
 
@@ -270,8 +281,7 @@ after = [{ name = "db", condition = "started" }]
     };
     init.wait_answer("/readyz", 200, Duration::from_secs(10))?;
     init.signal(rustix::process::Signal::TERM)?;
-    let status = init.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(0), "a clean stop: {}", init.output());
+    init.exits_with(0, "a clean stop")?;
     let out = std::fs::read_to_string(init.dir.path().join("out"))?;
     assert!(out.contains("stopping the fleet"), "{out}");
     init.finish()
@@ -369,9 +379,7 @@ restart = { policy = "never" }
     else {
         return Ok(());
     };
-    let status = init.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(4), "{}", init.output());
-    let err = std::fs::read_to_string(init.dir.path().join("err"))?;
+    let err = init.exits_with(4, "a critical failure")?;
     assert!(
         err.contains("critical service failed: migrate exited: exit code 3"),
         "{err}"
@@ -396,9 +404,7 @@ restart = { policy = "always", backoff = { kind = "none" }, max_restarts = { cou
     else {
         return Ok(());
     };
-    let status = init.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(4), "{}", init.output());
-    let err = std::fs::read_to_string(init.dir.path().join("err"))?;
+    let err = init.exits_with(4, "a critical failure")?;
     assert!(err.contains("crasher errored"), "{err}");
     init.finish()
 }
@@ -484,7 +490,6 @@ restart = { policy = "never" }
     );
     drop(silent);
     init.signal(rustix::process::Signal::TERM)?;
-    let status = init.wait_exit(Duration::from_secs(20))?;
-    assert_eq!(status.code(), Some(0), "{}", init.output());
+    init.exits_with(0, "a clean stop")?;
     init.finish()
 }
