@@ -318,13 +318,13 @@ impl Server {
                 Ok(0) => break false,
                 Ok(n) => {
                     conn.request.extend_from_slice(&buf[..n]);
+                    if conn.request.len() > MAX_REQUEST {
+                        return self.answer(token, 431, "request too large\n");
+                    }
                     if conn.request.windows(4).any(|w| w == b"\r\n\r\n")
                         || conn.request.windows(2).any(|w| w == b"\n\n")
                     {
                         break true;
-                    }
-                    if conn.request.len() > MAX_REQUEST {
-                        return self.answer(token, 431, "request too large\n");
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -611,4 +611,88 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener whose supervision thread never answers (its requests are never read), as
+    /// when the loop is stuck; the requests it was sent come back for the test to inspect.
+    fn stuck() -> (
+        Listener,
+        crossbeam_channel::Receiver<Request>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (requests, inbox) = crossbeam_channel::unbounded();
+        let poller = Poller::new(1).unwrap();
+        let ctx = Context {
+            requests,
+            engine: poller.waker().unwrap(),
+            shared: Arc::new(Shared::default()),
+            cgroup_root: None,
+            logs: LogDir::open(dir.path()),
+        };
+        let listener = Listener::start(&Endpoints::new("127.0.0.1:0"), ctx).unwrap();
+        (listener, inbox, dir)
+    }
+
+    fn get(address: SocketAddr, request: &[u8]) -> String {
+        let mut http = TcpStream::connect(address).unwrap();
+        http.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        http.write_all(request).unwrap();
+        let mut answer = String::new();
+        let _ = http.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn livez_fails_when_the_supervision_thread_does_not_answer() {
+        let (mut listener, inbox, _dir) = stuck();
+        let begun = Instant::now();
+        let answer = get(listener.address(), b"GET /livez HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.0 503 "), "{answer}");
+        assert!(
+            answer.ends_with("the supervision thread did not answer within 500ms\n"),
+            "{answer}"
+        );
+        assert!(begun.elapsed() >= LIVENESS_BOUND, "it waited for the bound");
+        assert!(
+            matches!(inbox.try_recv(), Ok(Request::Ping { .. })),
+            "it asked the supervision thread"
+        );
+        listener.stop();
+    }
+
+    #[test]
+    fn requests_are_bounded_and_checked() {
+        let (mut listener, _inbox, _dir) = stuck();
+        let address = listener.address();
+        let big = format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(MAX_REQUEST));
+        let answer = get(address, big.as_bytes());
+        assert!(answer.starts_with("HTTP/1.0 431 "), "{answer}");
+        assert!(get(address, b"POST /livez HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 405 "));
+        assert!(get(address, b"GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.0 404 "));
+        // /readyz reads the snapshot alone: answered though the loop is stuck.
+        let ready = get(address, b"GET /readyz HTTP/1.1\r\n\r\n");
+        assert!(
+            ready.starts_with("HTTP/1.0 200 "),
+            "no service required: {ready}"
+        );
+        // A silent client is told off after READ_TIMEOUT, and holds up no one meanwhile.
+        let mut silent = TcpStream::connect(address).unwrap();
+        let begun = Instant::now();
+        assert!(get(address, b"GET /metrics HTTP/1.1\r\n\r\n").contains("sheepdog_services 0"));
+        assert!(
+            begun.elapsed() < READ_TIMEOUT,
+            "not held up by the silent client"
+        );
+        silent.set_read_timeout(Some(READ_TIMEOUT * 3)).unwrap();
+        let mut answer = String::new();
+        let _ = silent.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.0 408 "), "{answer}");
+        listener.stop();
+    }
 }

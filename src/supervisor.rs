@@ -1262,11 +1262,13 @@ impl Supervisor {
         if let Some(mut control) = self.control.lock().take() {
             control.stop();
         }
+        let result = self.call(|reply| Request::Shutdown { reply, by });
+        let joined = thread.join();
+        // Last: an orchestrator's probes are answered while the fleet stops (/livez alive,
+        // /readyz not ready).
         if let Some(mut http) = self.http.lock().take() {
             http.stop();
         }
-        let result = self.call(|reply| Request::Shutdown { reply, by });
-        let joined = thread.join();
         match (result, joined) {
             (_, Err(_)) => Err(Error::new(ErrorKind::Io, "the supervision thread panicked")),
             (Err(e), _) if e.kind() != ErrorKind::ShutDown => Err(e),

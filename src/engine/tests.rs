@@ -826,11 +826,26 @@ fn a_shutdown_with_a_deadline_kills_at_it_whatever_the_stop_timeouts() {
 }
 
 #[test]
-fn a_ping_is_answered_at_the_next_turn() {
+fn a_ping_is_answered_at_the_next_turn_even_during_a_shutdown() {
     let mut b = Bench::new();
     let (reply, rx) = crossbeam_channel::bounded(1);
     b.requests.send(Request::Ping { reply }).unwrap();
     assert!(rx.try_recv().is_err(), "not before a turn");
     b.turn();
     assert!(rx.try_recv().unwrap().is_ok());
+    // While a shutdown stops the fleet, the loop still turns: alive.
+    b.start(spec("slow"));
+    let (reply, _done) = crossbeam_channel::bounded(1);
+    b.requests
+        .send(Request::Shutdown { reply, by: None })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("slow"), Status::Stopping);
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    b.requests.send(Request::Ping { reply }).unwrap();
+    b.turn();
+    assert!(
+        rx.try_recv().unwrap().is_ok(),
+        "answered during the shutdown"
+    );
 }
