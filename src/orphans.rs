@@ -20,7 +20,10 @@
 ///   `std::process::Command` leaves the children a host spawns there, so their
 ///   `Child::wait` still gets their statuses. A host that puts a child of its own in another
 ///   process group (`CommandExt::process_group`, `setsid`) must reap it itself before SIGCHLD
-///   reaches the supervisor, or use [`Orphans::Keep`];
+///   reaches the supervisor, or use [`Orphans::Keep`]. Where the host's process group lies
+///   outside its pid namespace (a host started by `unshare --pid --fork` from a shell), every
+///   child whose group lies outside too is spared, since the kernel shows them all as group
+///   0: an orphan that kept such a group is left a zombie (use [`Orphans::ReapAll`]);
 /// - with [`Orphans::ReapAll`], every exited child not held is reaped: for a host that waits
 ///   for no child of its own, as `sheepdog run` does.
 ///

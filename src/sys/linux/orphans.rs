@@ -10,7 +10,8 @@
 //!   and the probe workers still collect their children's statuses through their pidfds;
 //! - with [`OrphanReaper::new`]'s `spare_group`, a zombie in that process group (the host's
 //!   own, where `std::process::Command` leaves the children it spawns) is left for the host's
-//!   `Child::wait`.
+//!   `Child::wait`. A group outside the pid namespace shows as 0: a host whose own group is
+//!   outside spares every child whose group is outside too, since they cannot be told apart.
 //!
 //! The lock is held through a whole pass, so no pid becomes held between the check and the
 //! reap; a zombie's pid cannot be reused before it is reaped.
@@ -148,9 +149,19 @@ pub(crate) fn is_pid_one() -> bool {
     rustix::process::getpid().as_raw_nonzero().get() == 1
 }
 
-/// The process group of this process.
+/// The process group of this process; 0 when it lies outside this pid namespace (a runner
+/// started by `unshare --pid --fork` from a shell keeps the shell's group).
 pub(crate) fn own_process_group() -> u32 {
-    rustix::process::getpgrp().as_raw_nonzero().get() as u32
+    // SAFETY: getpgrp has no arguments and cannot fail. (Not rustix's: it asserts a group
+    // inside the namespace.)
+    unsafe { libc::getpgrp() }.max(0) as u32
+}
+
+/// The process group of `pid` (0 when it lies outside this pid namespace), if it exists.
+fn process_group_of(pid: u32) -> Option<u32> {
+    // SAFETY: getpgid only reads the kernel's table; -1 means no such process.
+    let pgid = unsafe { libc::getpgid(pid as libc::pid_t) };
+    (pgid >= 0).then_some(pgid as u32)
 }
 
 /// Reaps orphans when SIGCHLD says a child exited: see the module's doc.
@@ -192,10 +203,9 @@ impl OrphanReaper {
         let table = held();
         let spared = |pid: u32| {
             table.contains_key(&pid)
-                || self.spare_group.is_some_and(|g| {
-                    rustix::process::getpgid(rustix::process::Pid::from_raw(pid as i32))
-                        .is_ok_and(|p| p.as_raw_nonzero().get() as u32 == g)
-                })
+                || self
+                    .spare_group
+                    .is_some_and(|g| process_group_of(pid) == Some(g))
         };
         let mut reaped = 0;
         // The kernel names the first exited child; while it is an orphan, reap it and ask
