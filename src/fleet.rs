@@ -46,6 +46,24 @@ pub struct Settings {
     /// The state directory (default: a temporary one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
+    /// Services whose failure (`errored`, or a one-shot that exited with failure) stops the
+    /// fleet and makes `sheepdog run` exit non-zero, so that an orchestrator restarts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub critical: Vec<String>,
+    /// The services `/readyz` requires (default: every service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Vec<String>>,
+    /// The address of the HTTP endpoints `sheepdog run` serves (`/livez`, `/readyz`,
+    /// `/metrics`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<String>,
+    /// One deadline for stopping the whole fleet (default: [`Fleet::grace`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::serde_opt"
+    )]
+    pub grace: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -498,6 +516,16 @@ impl Fleet {
                 }
             }
         }
+        let settings = &self.supervisor;
+        let listed = settings
+            .critical
+            .iter()
+            .chain(settings.ready.iter().flatten());
+        if let Some(name) = listed.into_iter().find(|n| !names.contains(n.as_str())) {
+            return Err(invalid(format!(
+                "[supervisor] names unknown service '{name}'"
+            )));
+        }
         if let Some(cycle) = graph::find_cycle(&self.nodes()) {
             return Err(invalid(format!("dependency cycle: {}", cycle.join(" -> "))));
         }
@@ -506,7 +534,7 @@ impl Fleet {
 
     /// The dependency graph by service name (a dependency on an instance is one on its
     /// service).
-    fn nodes(&self) -> Vec<graph::Node<'_>> {
+    pub(crate) fn nodes(&self) -> Vec<graph::Node<'_>> {
         let owner = |dep: &'_ str| -> Option<&str> {
             let names = || self.services.iter().map(|s| s.name());
             names().find(|n| *n == dep).or_else(|| {

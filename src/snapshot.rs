@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     /// Rung at the end of each loop turn, when the turn's replies are sent: the control
     /// socket's thread waits on it for the replies to its calls.
     pub(crate) replied: crate::bell::Bell,
+    /// Orphans reaped (see [`crate::Orphans`]).
+    pub(crate) orphans_reaped: std::sync::atomic::AtomicU64,
 }
 
 /// The services as last published.

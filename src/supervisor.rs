@@ -9,9 +9,11 @@ use crate::events::Events;
 use crate::fleet::{Applied, Convergence, Fleet, Prune};
 use crate::guardian::{Holder, Plan, Watch};
 use crate::history::{Explanation, Run};
+use crate::http::Endpoints;
 use crate::info::{ServiceInfo, Status};
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::{LogDir, Pump};
+use crate::orphans::Orphans;
 use crate::snapshot::{Shared, Table};
 use crate::spec::ServiceSpec;
 use crate::state_dir::StateDir;
@@ -68,6 +70,9 @@ pub struct Supervisor {
     logs: LogDir,
     cpu: Mutex<crate::stats::CpuHistory>,
     containment: Containment,
+    orphans: Orphans,
+    http: Mutex<Option<crate::http::Listener>>,
+    endpoints_address: Option<std::net::SocketAddr>,
     /// Whether the kernel enforces `max_pids` and `max_memory` (cgroup controllers).
     kernel_limits: (bool, bool),
     /// The supervisor's cgroup, under cgroup containment: `stats` reads its runs' members.
@@ -104,6 +109,8 @@ pub struct Builder {
     guardian: Option<bool>,
     group_readable_logs: bool,
     control_socket: Option<bool>,
+    orphans: Option<Orphans>,
+    endpoints: Option<Endpoints>,
 }
 
 impl Builder {
@@ -229,6 +236,45 @@ impl Builder {
     /// default, 100.
     pub fn runs_kept(mut self, n: usize) -> Builder {
         self.runs_kept = Some(n);
+        self
+    }
+
+    /// Which exited children, besides the processes it spawned, the supervisor reaps: what
+    /// an init does for the orphans re-parented to it. By default, [`Orphans::Reap`] when
+    /// the host is PID 1 of its pid namespace (a container's entrypoint), else
+    /// [`Orphans::Keep`]. See [`Orphans`] for how the host's own children keep their exit
+    /// statuses.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Orphans, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder().orphans(Orphans::Keep).open()?;
+    /// assert_eq!(sup.orphans(), Orphans::Keep);
+    /// # Ok(()) }
+    /// ```
+    pub fn orphans(mut self, orphans: Orphans) -> Builder {
+        self.orphans = Some(orphans);
+        self
+    }
+
+    /// Serves `/livez`, `/readyz` and `/metrics` over HTTP for an orchestrator (see
+    /// [`Endpoints`]), on one more thread that never blocks supervision. Off by default.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use sheepdog::{Endpoints, Supervisor};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = Supervisor::builder()
+    ///     .endpoints(Endpoints::new("127.0.0.1:0").readiness(["web"]))
+    ///     .open()?;
+    /// assert!(sup.endpoints_address().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn endpoints(mut self, endpoints: Endpoints) -> Builder {
+        self.endpoints = Some(endpoints);
         self
     }
 
@@ -368,6 +414,20 @@ impl Supervisor {
         } else {
             Containment::ProcessGroup
         };
+        let orphans = options.orphans.unwrap_or(if sys::is_pid_one() {
+            Orphans::Reap
+        } else {
+            Orphans::Keep
+        });
+        let reaper = match orphans {
+            Orphans::Keep => None,
+            Orphans::Reap => Some(sys::own_process_group()),
+            Orphans::ReapAll => None,
+        };
+        let reaper = (orphans != Orphans::Keep)
+            .then(|| sys::OrphanReaper::new(reaper))
+            .transpose()
+            .map_err(|e| io_error("cannot make the host a reaper of orphans".into(), e))?;
         let session =
             crate::containment::marker::Session::begin(containment == Containment::Cgroup)
                 .map_err(|e| io_error("cannot make a session key".into(), e))?;
@@ -408,6 +468,7 @@ impl Supervisor {
             run_key,
             session,
             guardian,
+            reaper,
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -442,15 +503,46 @@ impl Supervisor {
                 .ok()
         });
         let control_socket = control.as_ref().map(|c| c.socket().to_path_buf());
+        let http = match &options.endpoints {
+            None => None,
+            Some(endpoints) => {
+                let context = crate::http::Context {
+                    requests: requests.clone(),
+                    engine: waker
+                        .try_clone()
+                        .map_err(|e| io_error("cannot set up the HTTP endpoints".into(), e))?,
+                    shared: shared.clone(),
+                    cgroup_root: cgroup_root.clone(),
+                    logs: logs.clone(),
+                };
+                match crate::http::Listener::start(endpoints, context) {
+                    Ok(listener) => Some(listener),
+                    Err(e) => {
+                        // Nothing is left running: the services this open resurrected stop.
+                        let _ = requests.send(Request::Shutdown {
+                            reply: crossbeam_channel::bounded(1).0,
+                            by: None,
+                        });
+                        waker.wake();
+                        let _ = thread.join();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let endpoints_address = http.as_ref().map(|h| h.address());
         Ok(Supervisor {
             control: Mutex::new(control),
             control_socket,
+            http: Mutex::new(http),
+            endpoints_address,
             requests,
             waker,
             shared,
             thread: Mutex::new(Some(thread)),
             cpu: Mutex::default(),
             containment,
+            orphans,
             kernel_limits,
             cgroup_root,
             guarded,
@@ -474,6 +566,24 @@ impl Supervisor {
             .is_some()
             .then_some(self.control_socket.as_deref())
             .flatten()
+    }
+
+    /// The address the HTTP endpoints listen on, if asked for (see [`Builder::endpoints`]).
+    pub fn endpoints_address(&self) -> Option<std::net::SocketAddr> {
+        self.endpoints_address
+    }
+
+    /// Which exited children besides its own the supervisor reaps (see
+    /// [`Builder::orphans`]).
+    pub fn orphans(&self) -> Orphans {
+        self.orphans
+    }
+
+    /// How many orphans the supervisor has reaped (see [`Orphans`]).
+    pub fn orphans_reaped(&self) -> u64 {
+        self.shared
+            .orphans_reaped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The containment in force: [`Containment::Cgroup`], [`Containment::Subreaper`] or
@@ -1246,6 +1356,57 @@ impl Supervisor {
     /// # Ok(()) }
     /// ```
     pub fn shutdown(&self) -> Result<()> {
+        self.shutdown_by(None)
+    }
+
+    /// Like [`shutdown`](Supervisor::shutdown), within one deadline for the whole fleet: each
+    /// stop waits for its group to end until its [`stop_timeout`](crate::ServiceSpec::stop_timeout)
+    /// or until `grace` from now has passed, whichever comes first, then SIGKILLs what is
+    /// left. A dependency wave that begins after the deadline is SIGKILLed at once (after its
+    /// stop signal). Returns within `grace` plus [`STOP_OVERHEAD`] per dependency wave.
+    ///
+    /// # Errors
+    ///
+    /// As [`shutdown`](Supervisor::shutdown).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = sheepdog::Supervisor::temporary()?;
+    /// let stubborn = sheepdog::ServiceSpec::new("stubborn", "sh")
+    ///     .args(["-c", "trap '' TERM; while :; do sleep 0.1; done"])
+    ///     .stop_timeout(Duration::from_secs(60));
+    /// sup.start(stubborn)?;
+    /// let begun = Instant::now();
+    /// sup.shutdown_within(Duration::from_millis(300))?;
+    /// assert!(begun.elapsed() < Duration::from_secs(30));
+    /// # Ok(()) }
+    /// ```
+    pub fn shutdown_within(&self, grace: Duration) -> Result<()> {
+        self.shutdown_by(Some(crate::duration::deadline(Instant::now(), grace)))
+    }
+
+    /// Whether the supervision thread answers within `bound`: it is alive and its loop turns.
+    ///
+    /// # Errors
+    ///
+    /// `Timeout` if it did not answer within `bound`; `ShutDown` after a shutdown.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> sheepdog::Result<()> {
+    /// let sup = sheepdog::Supervisor::temporary()?;
+    /// sup.ping(std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ping(&self, bound: Duration) -> Result<()> {
+        crate::http::ping(&self.requests, &self.waker, bound)
+    }
+
+    fn shutdown_by(&self, by: Option<Instant>) -> Result<()> {
         // Held until the thread is joined, so that a second caller returns only then.
         let mut held = self.thread.lock();
         let Some(thread) = held.take() else {
@@ -1256,8 +1417,13 @@ impl Supervisor {
         if let Some(mut control) = self.control.lock().take() {
             control.stop();
         }
-        let result = self.call(|reply| Request::Shutdown { reply });
+        let result = self.call(|reply| Request::Shutdown { reply, by });
         let joined = thread.join();
+        // Last: an orchestrator's probes are answered while the fleet stops (/livez alive,
+        // /readyz not ready).
+        if let Some(mut http) = self.http.lock().take() {
+            http.stop();
+        }
         match (result, joined) {
             (_, Err(_)) => Err(Error::new(ErrorKind::Io, "the supervision thread panicked")),
             (Err(e), _) if e.kind() != ErrorKind::ShutDown => Err(e),
@@ -1402,6 +1568,7 @@ struct Setup {
     run_key: String,
     session: crate::containment::marker::Session,
     guardian: Option<Watch>,
+    reaper: Option<sys::OrphanReaper>,
 }
 
 /// The supervision thread's body: it makes what must live on this thread (the poller, and
@@ -1464,6 +1631,7 @@ fn supervise(
             run_key: setup.run_key,
             session: setup.session,
             guardian: setup.guardian,
+            reaper: setup.reaper,
         };
         let inbox = Inbox {
             requests,

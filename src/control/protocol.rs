@@ -432,6 +432,18 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+impl From<&crate::ServiceInfo> for Service {
+    fn from(info: &crate::ServiceInfo) -> Service {
+        Service::from_info(info)
+    }
+}
+
+impl From<&crate::Stats> for Stats {
+    fn from(stats: &crate::Stats) -> Stats {
+        Stats::from_stats(stats)
+    }
+}
+
 impl Service {
     pub(crate) fn from_info(info: &crate::ServiceInfo) -> Service {
         let now = std::time::Instant::now();

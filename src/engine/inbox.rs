@@ -55,9 +55,14 @@ pub(crate) enum Request {
         target: String,
         reply: Sender<Result<usize>>,
     },
+    /// Stops every service; with `by`, no stop that begins from now waits past it for its
+    /// group to end (SIGKILL at `by` at the latest).
     Shutdown {
         reply: Sender<Result<()>>,
+        by: Option<std::time::Instant>,
     },
+    /// Answered at the next turn: the supervision thread is alive and turning.
+    Ping { reply: Sender<Result<()>> },
 }
 
 impl Request {
@@ -81,7 +86,10 @@ impl Request {
             | Request::StartTarget { reply, .. }
             | Request::Scale { reply, .. }
             | Request::Reload { reply, .. } => drop(reply.send(Err(Error::shut_down()))),
-            Request::Shutdown { reply } => drop(reply.send(Ok(()))),
+            Request::Shutdown { reply, .. } => drop(reply.send(Ok(()))),
+            // Refused by a loop that still turns: alive, as a liveness probe during a long
+            // graceful stop must hear.
+            Request::Ping { reply } => drop(reply.send(Ok(()))),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::ffi::CString;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The log pump, as the lifecycle uses it.
 pub(crate) trait Outputs {
@@ -168,6 +168,8 @@ pub(super) struct Io {
     /// How often memory limits are checked, and whether a check is scheduled.
     pub(super) memory_sample: Duration,
     pub(super) memory_sampling: bool,
+    /// No stop that begins waits past this for its group to end (a shutdown's deadline).
+    pub(super) stop_by: Option<Instant>,
     /// Poll tokens for runs and notify sockets, counted from 1, and what each stands for.
     next_token: u64,
     pub(super) tokens: HashMap<u64, Owner>,
@@ -203,6 +205,7 @@ impl Io {
             identity,
             memory_sample,
             memory_sampling: false,
+            stop_by: None,
             next_token: 1,
             tokens: HashMap::new(),
             unrecorded: HashMap::new(),

@@ -414,6 +414,7 @@ pub(super) fn begin_stop(
     let key = svc.key();
     let signal = svc.spec.get_stop_signal();
     let deadline = crate::duration::deadline(now, svc.spec.get_stop_timeout());
+    let deadline = io.stop_by.map_or(deadline, |by| deadline.min(by));
     match &mut svc.state {
         State::Running(run) => {
             if let Some(stop) = run.stop.as_mut() {

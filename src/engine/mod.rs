@@ -64,6 +64,8 @@ use timers::TimerKind;
 /// waker's; those of runs count up from 1 (and the containment tier's from 2^62).
 const STATE_TOKEN: u64 = WAKER_TOKEN - 1;
 const GUARDIAN_TOKEN: u64 = WAKER_TOKEN - 2;
+/// The poll token of the orphan reaper's SIGCHLD pipe.
+const ORPHANS_TOKEN: u64 = WAKER_TOKEN - 3;
 /// How long the lock file may be missing from a state directory that is still there before
 /// it is made again: long enough for an `rm -rf` of the directory to finish first (making
 /// the lock inside would leave it unable to remove the directory).
@@ -94,6 +96,8 @@ pub(crate) struct Config {
     pub(crate) session: crate::containment::marker::Session,
     /// The guardian that cleans up if the host dies, when there is one.
     pub(crate) guardian: Option<crate::guardian::Watch>,
+    /// Reaps the orphans re-parented to the host, when it is an init.
+    pub(crate) reaper: Option<sys::OrphanReaper>,
 }
 
 /// Where the supervision thread hears from: the API, the log pump, the probe workers.
@@ -131,6 +135,7 @@ pub(crate) struct Engine {
     /// The guardian, watched through its pidfd: replaced if it dies while the host lives,
     /// stood down at shutdown.
     guardian: Option<crate::guardian::Watch>,
+    reaper: Option<sys::OrphanReaper>,
 }
 
 impl Engine {
@@ -162,6 +167,7 @@ impl Engine {
         engine.limits_pids = config.limits_pids;
         engine.resurrect = config.resurrect;
         engine.guardian = config.guardian;
+        engine.reaper = config.reaper;
         engine
     }
 
@@ -192,6 +198,7 @@ impl Engine {
             state_lost: false,
             relock_due: false,
             guardian: None,
+            reaper: None,
         }
     }
 
@@ -201,6 +208,7 @@ impl Engine {
         let resurrect = self.resurrect;
         self.watch_guardian();
         self.watch_state_dir();
+        self.watch_orphans();
         let reclaimed = self.io.procs.reclaim(&mut self.io.store)?;
         let s = &self.io.identity.session;
         let session =
@@ -353,6 +361,7 @@ impl Engine {
         // What escaped and is still dying is reaped; the (empty) cgroups go; then the
         // guardian: it has nothing left to clean up.
         self.io.procs.finish();
+        self.reap_orphans();
         if let Some(guardian) = self.guardian.as_mut() {
             guardian.stand_down();
         }
@@ -364,6 +373,7 @@ impl Engine {
             WAKER_TOKEN => {}
             STATE_TOKEN => self.on_state_dir_event(),
             GUARDIAN_TOKEN => self.on_guardian_exit(),
+            ORPHANS_TOKEN => self.reap_orphans(),
             _ => match self.io.tokens.get(&token).copied() {
                 Some(Owner::Leader(id)) => {
                     self.with_service(id, now, |svc, io| lifecycle::on_exit(svc, io, now))
@@ -381,6 +391,27 @@ impl Engine {
                     }
                 }
             },
+        }
+    }
+
+    /// Registers the orphan reaper's SIGCHLD pipe, and reaps what exited before it was set.
+    fn watch_orphans(&mut self) {
+        let Some(fd) = self.reaper.as_ref().and_then(|r| r.fd()) else {
+            return;
+        };
+        if let Err(e) = self.poller.add(&fd, ORPHANS_TOKEN) {
+            log::warn!("cannot watch for orphans: {e}");
+        }
+        self.reap_orphans();
+    }
+
+    /// Reaps the orphans that exited (an init's duty; see [`crate::Orphans`]).
+    fn reap_orphans(&mut self) {
+        if let Some(reaper) = &self.reaper {
+            let n = reaper.reap();
+            self.shared
+                .orphans_reaped
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -595,8 +626,10 @@ impl Engine {
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
-            Request::Shutdown { reply } => {
+            Request::Ping { reply } => drop(reply.send(Ok(()))),
+            Request::Shutdown { reply, by } => {
                 self.shutdown = Some(reply);
+                self.io.stop_by = by;
                 let ids: Vec<u64> = self.services.keys().copied().collect();
                 self.begin_staged(ids, Then::Settle, Want::Down, Reply::Nobody, now);
             }

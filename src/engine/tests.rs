@@ -827,7 +827,9 @@ fn a_shutdown_stops_everything_and_refuses_later_requests() {
     let mut b = Bench::new();
     b.start(spec("a"));
     let (reply, rx) = crossbeam_channel::bounded(1);
-    b.requests.send(Request::Shutdown { reply }).unwrap();
+    b.requests
+        .send(Request::Shutdown { reply, by: None })
+        .unwrap();
     b.turn();
     assert_eq!(b.status("a"), Status::Stopping);
     let late = b.stop("a");
@@ -1166,4 +1168,79 @@ fn a_reload_of_a_one_shot_task_waits_for_it_to_exit_0() {
     let reply = b.reload("t");
     b.ends("t", RawExit::Code(2));
     assert_eq!(answered(&reply).unwrap_err().kind(), ErrorKind::NotReady);
+}
+
+#[test]
+fn a_shutdown_with_a_deadline_kills_at_it_whatever_the_stop_timeouts() {
+    let mut b = Bench::new();
+    let long = Duration::from_secs(60);
+    b.start(spec("db").stop_timeout(long));
+    b.start(
+        spec("web")
+            .after("db", Condition::Started)
+            .stop_timeout(long),
+    );
+    let (db, web) = (b.key("db"), b.key("web"));
+    let (reply, _rx) = crossbeam_channel::bounded(1);
+    let by = b.now + Duration::from_secs(2);
+    b.requests
+        .send(Request::Shutdown {
+            reply,
+            by: Some(by),
+        })
+        .unwrap();
+    b.turn();
+    assert_eq!(
+        b.procs.borrow().signals,
+        [(web, Signal::Term)],
+        "dependents first"
+    );
+    b.advance(Duration::from_secs(1));
+    assert!(
+        b.procs.borrow().killed.is_empty(),
+        "not before the deadline"
+    );
+    b.advance(Duration::from_secs(1));
+    assert_eq!(
+        b.procs.borrow().killed,
+        [web],
+        "SIGKILL at the fleet's deadline, not at the 60 s stop timeout"
+    );
+    b.exit("web", RawExit::Signal(9));
+    b.drained("web", 1);
+    assert!(
+        b.procs.borrow().signals.contains(&(db, Signal::Term)),
+        "the next wave gets its stop signal"
+    );
+    b.advance(Duration::ZERO);
+    assert_eq!(
+        b.procs.borrow().killed,
+        [web, db],
+        "a wave that begins after the deadline is SIGKILLed at once"
+    );
+}
+
+#[test]
+fn a_ping_is_answered_at_the_next_turn_even_during_a_shutdown() {
+    let mut b = Bench::new();
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    b.requests.send(Request::Ping { reply }).unwrap();
+    assert!(rx.try_recv().is_err(), "not before a turn");
+    b.turn();
+    assert!(rx.try_recv().unwrap().is_ok());
+    // While a shutdown stops the fleet, the loop still turns: alive.
+    b.start(spec("slow"));
+    let (reply, _done) = crossbeam_channel::bounded(1);
+    b.requests
+        .send(Request::Shutdown { reply, by: None })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("slow"), Status::Stopping);
+    let (reply, rx) = crossbeam_channel::bounded(1);
+    b.requests.send(Request::Ping { reply }).unwrap();
+    b.turn();
+    assert!(
+        rx.try_recv().unwrap().is_ok(),
+        "answered during the shutdown"
+    );
 }

@@ -32,6 +32,9 @@
 //!   and the pid namespace that gives a registered pid its meaning;
 //! - **user** (`passwd_by_name`, `group_list`, `can_switch_ids`, …): the passwd and group
 //!   databases, and whether this process may give a child other ids;
+//! - **orphans** (`OrphanReaper`, `is_pid_one`, `own_process_group`): reaping the orphans
+//!   re-parented to a host that is PID 1 or a subreaper, when SIGCHLD says a child exited,
+//!   never a child the crate holds a pidfd for (held from before its `clone`);
 //! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
 //!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
 //!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).

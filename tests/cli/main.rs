@@ -10,7 +10,10 @@ mod common;
 mod host;
 
 mod every_command;
+mod export;
 mod follow;
 mod no_host;
 mod one_host;
 mod other_uid;
+mod run_as_init;
+mod run_foreground;

@@ -77,7 +77,7 @@ fn the_runner_stops_its_fleet_on_sigterm_and_leaves_nothing() -> TestResult {
     assert!(
         output
             .iter()
-            .any(|l| l.starts_with("two") && l.contains("stopped")),
+            .any(|l| l.split_whitespace().nth(1) == Some("two") && l.contains("stopped")),
         "the table shows the stop: {output:?}"
     );
     no_tagged_left(&token, "after the runner exited")

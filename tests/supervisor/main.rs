@@ -53,6 +53,7 @@ mod model;
 mod non_utf8_values;
 mod notify_access;
 mod oneshot;
+mod orphan_reaping;
 mod overtaking;
 mod parallel_stops;
 mod probe_hygiene;

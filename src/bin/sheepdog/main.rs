@@ -5,6 +5,7 @@
 //! 3 no host is running (for a command that changes something, or when none can be found).
 
 mod render;
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use render::Style;
@@ -120,6 +121,120 @@ enum Command {
     },
     /// List the hosts running on this machine (for this user).
     Hosts,
+    /// Run a fleet file in the foreground: a host of its own, with a live table on a
+    /// terminal; a container's entrypoint (as PID 1 it reaps every orphan).
+    ///
+    /// SIGTERM, SIGINT or SIGHUP stops the fleet, dependents first, within --grace, then
+    /// SIGKILLs what is left; a second signal kills at once. Exit codes: 0 stopped cleanly,
+    /// 1 error, 2 usage, 4 a critical service failed, 5 the grace period ran out, 6 killed
+    /// at once by a second signal.
+    Run {
+        /// The fleet file: TOML, JSON, or a Procfile (Procfile, Procfile.dev, *.procfile).
+        file: PathBuf,
+        /// Start, print the table once, stop.
+        #[arg(long)]
+        once: bool,
+        /// Stop after this long ("10s", "5m").
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration)]
+        run_for: Option<Duration>,
+        /// Follow this service's output (both streams, labelled) instead of the table.
+        #[arg(long, value_name = "NAME")]
+        logs: Option<String>,
+        /// One deadline for stopping the whole fleet (default: the fleet's [supervisor]
+        /// grace, else the longest stop timeout of each dependency wave, summed).
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        grace: Option<Duration>,
+        /// Serve /livez, /readyz and /metrics over HTTP on this address ("127.0.0.1:9090").
+        #[arg(long, value_name = "ADDRESS")]
+        endpoints: Option<String>,
+        /// A service whose failure stops the fleet with exit code 4 (repeatable).
+        #[arg(long, value_name = "NAME")]
+        critical: Vec<String>,
+        /// A service /readyz requires (repeatable; default: every service).
+        #[arg(long, value_name = "NAME")]
+        ready: Vec<String>,
+    },
+    /// Write what runs a fleet file under an orchestrator, on stdout.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportTarget {
+    /// A Kubernetes manifest (JSON): a ConfigMap with the fleet and a Deployment running
+    /// `sheepdog run` with probes on /livez and /readyz.
+    Kubernetes {
+        /// The fleet file.
+        file: PathBuf,
+        /// The container image (it must hold the sheepdog command and the programs).
+        #[arg(long)]
+        image: String,
+        /// The Deployment's name (default: the fleet file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The HTTP endpoints' port.
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+        /// One container per service instead of the runner.
+        #[arg(long)]
+        per_service: bool,
+    },
+    /// A systemd unit that runs `sheepdog run` at boot.
+    Systemd {
+        /// The fleet file.
+        file: PathBuf,
+        /// The unit's name (default: the fleet file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The sheepdog command's path.
+        #[arg(long, default_value = "/usr/local/bin/sheepdog")]
+        command: String,
+        /// The user to run as.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        text.split_at(text.find(|c: char| c.is_alphabetic()).unwrap_or(text.len()));
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (\"500ms\", \"10s\", \"5m\")"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{text}' is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A name for what a fleet file becomes: its file name without extension, or `sheepdog`.
+fn fleet_name(file: &Path) -> String {
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() || name == "procfile" {
+        "sheepdog".into()
+    } else {
+        name
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +306,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = Style::detect();
     let json = cli.json;
+    if let Command::Run { .. } = cli.command {
+        return ExitCode::from(foreground(cli));
+    }
+    if let Command::Export { target } = cli.command {
+        return match export(target) {
+            Ok(text) => {
+                put!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sheepdog: {}", style_error(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli, &style) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(e)) => {
@@ -213,13 +343,74 @@ fn main() -> ExitCode {
 }
 
 fn style_error(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text += &format!(": {s}");
-        source = s.source();
+    run::describe_error(e)
+}
+
+/// `sheepdog run`.
+fn foreground(cli: Cli) -> u8 {
+    let Command::Run {
+        file,
+        once,
+        run_for,
+        logs,
+        grace,
+        endpoints,
+        critical,
+        ready,
+    } = cli.command
+    else {
+        unreachable!("called for run only");
+    };
+    let options = run::Options {
+        file,
+        once,
+        run_for,
+        state: cli.state,
+        logs,
+        grace,
+        endpoints,
+        critical,
+        ready,
+    };
+    run::run(options, "sheepdog")
+}
+
+/// `sheepdog export`: the text to print.
+fn export(target: ExportTarget) -> Result<String, Error> {
+    match target {
+        ExportTarget::Kubernetes {
+            file,
+            image,
+            name,
+            port,
+            per_service,
+        } => {
+            let fleet = run::load(&file)?;
+            let options =
+                sheepdog::export::Kubernetes::new(name.unwrap_or_else(|| fleet_name(&file)), image)
+                    .port(port)
+                    .per_service(per_service);
+            fleet.to_kubernetes(&options)
+        }
+        ExportTarget::Systemd {
+            file,
+            name,
+            command,
+            user,
+        } => {
+            let fleet = run::load(&file)?;
+            let path = std::fs::canonicalize(&file).unwrap_or(file.clone());
+            let mut options = sheepdog::export::Systemd::new(
+                name.unwrap_or_else(|| fleet_name(&file)),
+                path.display().to_string(),
+            )
+            .command(command);
+            if let Some(user) = user {
+                options = options.user(user);
+            }
+            Ok(fleet.to_systemd(&options))
+        }
     }
-    text
 }
 
 /// Where the command's answers come from.
@@ -754,7 +945,9 @@ fn change(client: &mut Client, command: Command, json: bool, style: &Style) -> R
         | Command::Logs { .. }
         | Command::History { .. }
         | Command::Explain { .. }
-        | Command::Hosts => unreachable!("handled by run"),
+        | Command::Hosts
+        | Command::Run { .. }
+        | Command::Export { .. } => unreachable!("handled by run and main"),
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod fs;
 mod hook;
 mod notify;
+mod orphans;
 mod pidfd;
 mod poll;
 mod process;
@@ -18,6 +19,7 @@ mod user;
 pub(crate) use fs::*;
 pub(crate) use hook::*;
 pub(crate) use notify::*;
+pub(crate) use orphans::{is_pid_one, own_process_group, OrphanReaper};
 pub(crate) use pidfd::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;

@@ -43,6 +43,13 @@ pub(crate) struct PidFd {
 impl PidFd {
     /// Wraps a pidfd the kernel handed us for process `pid` (`CLONE_PIDFD`, `SCM_PIDFD`).
     pub(super) fn from_child(fd: OwnedFd, pid: u32) -> PidFd {
+        super::orphans::hold(&mut super::orphans::held(), pid);
+        PidFd { fd, pid }
+    }
+
+    /// As [`from_child`](PidFd::from_child), for a pid the caller already marked held (in
+    /// `table`, under the lock it took before the `clone`).
+    pub(super) fn from_held(fd: OwnedFd, pid: u32) -> PidFd {
         PidFd { fd, pid }
     }
 
@@ -53,7 +60,7 @@ impl PidFd {
         let raw = Pid::from_raw(pid as i32)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = rustix::process::pidfd_open(raw, PidfdFlags::empty())?;
-        Ok(PidFd { fd, pid })
+        Ok(PidFd::from_child(fd, pid))
     }
 
     /// The process's pid (for a group leader, also its process group's id).
@@ -269,6 +276,13 @@ pub(crate) fn signal_pid(pid: u32, signal: Signal) -> io::Result<()> {
         Pid::from_raw(pid as i32).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     let sig = rustix::process::Signal::from_named_raw(raw_signal(signal)).expect("a named signal");
     rustix::process::kill_process(pid, sig).map_err(io::Error::from)
+}
+
+impl Drop for PidFd {
+    /// Lets go of the pid: an orphan reaper may reap it from now on (see `orphans.rs`).
+    fn drop(&mut self) {
+        super::orphans::release(self.pid);
+    }
 }
 
 /// Sends `signal` to a process group by number. Only for leftovers of a previous host whose

@@ -373,6 +373,9 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     // aligned) end. Every signal is blocked around the clone, so no host signal handler runs on
     // the child's stack before the child resets the dispositions; the old mask is restored
     // right after.
+    // Held across the clone until the pid is marked held: an orphan reaper never sees this
+    // child exited and not yet held (orphans.rs).
+    let mut held = super::orphans::held();
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -474,7 +477,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         return Err(io::Error::new(err.kind(), StepFailed { step, errno }));
     }
     CHILD_STACKS.with(|s| s.set(Some(stack)));
-    Ok(PidFd::from_child(pidfd, pid as u32))
+    super::orphans::hold(&mut held, pid as u32);
+    Ok(PidFd::from_held(pidfd, pid as u32))
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
