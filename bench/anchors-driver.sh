@@ -13,6 +13,10 @@
 # SHEEPDOG_BIN overrides the binary itself (e.g. a copy that a rebuild cannot replace).
 # SHEEPDOG_CONTAINMENT (auto, cgroup or process-group; default auto) picks the containment;
 # anchors-driver-pg.sh is this driver with process-group containment, as its own tool.
+# SHEEPDOG_WARM=1 (anchors-driver-warm.sh, anchors-driver-pg-warm.sh) is the warm path:
+#   prepare  also launches bench_driver --warm $BENCH_DIR/go (a FIFO) and waits until its
+#            Supervisor is open (untimed)
+#   start    writes to the FIFO: the running supervisor starts the fleet (start_many)
 . "${BENCH_HOME:?run me from bench.py, which sets BENCH_HOME}/drivers/lib.sh"
 SHEEPDOG_ROOT=${SHEEPDOG_ROOT:-$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)}
 BIN=${SHEEPDOG_BIN:-$SHEEPDOG_ROOT/target/release/examples/bench_driver}
@@ -25,10 +29,26 @@ prepare)
     line="$n	$policy	$TICK	$scenario	$TICK_FILE"
     [ -n "$arg" ] && line="$line	$arg"
     printf '%s\n' "$line" > "$BENCH_DIR/services.tsv"
+    if [ "${SHEEPDOG_WARM:-0}" = 1 ]; then
+        mkfifo -m 600 "$BENCH_DIR/go"
+        launch_bg sheepdog "$BIN" --services "$BENCH_DIR/services.tsv" --state "$BENCH_DIR/state" \
+            --containment "${SHEEPDOG_CONTAINMENT:-auto}" --warm "$BENCH_DIR/go"
+        for _ in $(seq 1 400); do
+            grep -q '^bench_driver: open$' "$BENCH_DIR/sheepdog.out" 2>/dev/null && exit 0
+            alive "$(cat "$BENCH_DIR/sheepdog.pid")" || break
+            sleep 0.05
+        done
+        echo "sheepdog: bench_driver did not open its supervisor within 20 s" >&2
+        exit 1
+    fi
     ;;
 start)
-    launch_bg sheepdog "$BIN" --services "$BENCH_DIR/services.tsv" --state "$BENCH_DIR/state" \
-        --containment "${SHEEPDOG_CONTAINMENT:-auto}"
+    if [ "${SHEEPDOG_WARM:-0}" = 1 ]; then
+        printf 'go\n' > "$BENCH_DIR/go"
+    else
+        launch_bg sheepdog "$BIN" --services "$BENCH_DIR/services.tsv" --state "$BENCH_DIR/state" \
+            --containment "${SHEEPDOG_CONTAINMENT:-auto}"
+    fi
     ;;
 pids)
     cat "$BENCH_DIR/sheepdog.pid" 2>/dev/null

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release --example bench_driver
 //! target/release/examples/bench_driver --services FILE --state DIR [--pid-file FILE]
-//!     [--containment auto|cgroup|process-group]
+//!     [--containment auto|cgroup|process-group] [--warm FIFO]
 //! ```
 //!
 //! The services file is one line of tab-separated fields:
@@ -17,11 +17,17 @@
 //! `restart` restarts every exit at once (`RestartPolicy::always()` with `Backoff::none()`);
 //! `never` does not restart (`RestartPolicy::never()`). Log rotation is off. State and logs
 //! live in the state directory: the output of `t0000` goes to `DIR/logs/t0000.out.log`.
+//!
+//! With `--warm FIFO` (a named pipe that exists) the fleet is added to a supervisor that is
+//! already running: the supervisor opens, `bench_driver: open` goes to stderr, and the fleet
+//! starts once a writer has opened the FIFO and closed it (`printf go > FIFO`), as the
+//! harness's warm drivers (`drivers/pm2-warm.sh`) measure an API call to a running daemon.
 
 use sheepdog::{
     Backoff, Containment, LogPolicy, RestartPolicy, ServiceSpec, Supervisor, TerminationSignals,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type Error = Box<dyn std::error::Error>;
@@ -54,8 +60,34 @@ fn read_fleet(path: &Path) -> Result<Fleet, Error> {
     })
 }
 
+/// Starts the fleet: one request and one transaction for all of it, as `apply` does.
+/// Returns whether every service started.
+fn start_fleet(sup: &Supervisor, fleet: &Fleet) -> Result<bool, Error> {
+    let t0 = Instant::now();
+    let specs = (0..fleet.n).map(|i| {
+        ServiceSpec::new(format!("t{i:04}"), fleet.program.as_str())
+            .args(&fleet.args)
+            .restart(fleet.restart.clone())
+            .log(LogPolicy::default().max_bytes(0))
+    });
+    let mut ok = true;
+    for result in sup.start_many(specs)? {
+        if let Err(e) = result {
+            eprintln!("bench_driver: {e}");
+            ok = false;
+        }
+    }
+    eprintln!(
+        "bench_driver: started {} services in {:?}",
+        fleet.n,
+        t0.elapsed()
+    );
+    Ok(ok)
+}
+
 fn main() -> Result<(), Error> {
     let (mut services, mut state, mut pid_file, mut containment) = (None, None, None, None);
+    let mut warm = None;
     let mut it = std::env::args_os().skip(1);
     while let Some(flag) = it.next() {
         let slot = match flag.to_str() {
@@ -63,13 +95,14 @@ fn main() -> Result<(), Error> {
             Some("--state") => &mut state,
             Some("--pid-file") => &mut pid_file,
             Some("--containment") => &mut containment,
+            Some("--warm") => &mut warm,
             _ => return Err(format!("unknown argument {flag:?}").into()),
         };
         let value = it.next().ok_or(format!("{flag:?} needs a value"))?;
         *slot = Some(PathBuf::from(value));
     }
     let usage = "usage: bench_driver --services FILE --state DIR [--pid-file FILE] \
-                 [--containment auto|cgroup|process-group]";
+                 [--containment auto|cgroup|process-group] [--warm FIFO]";
     let containment = match containment.as_deref().map(|c| c.to_str()) {
         None | Some(Some("auto")) => Containment::Auto,
         Some(Some("cgroup")) => Containment::Cgroup,
@@ -83,30 +116,34 @@ fn main() -> Result<(), Error> {
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))?;
     }
-    let sup = Supervisor::builder()
-        .state_dir(state.ok_or(usage)?)
-        .containment(containment)
-        .open()?;
-    let t0 = Instant::now();
-    // One request and one transaction for the whole fleet, as `apply` does.
-    let specs = (0..fleet.n).map(|i| {
-        ServiceSpec::new(format!("t{i:04}"), fleet.program.as_str())
-            .args(&fleet.args)
-            .restart(fleet.restart.clone())
-            .log(LogPolicy::default().max_bytes(0))
-    });
-    for result in sup.start_many(specs)? {
-        if let Err(e) = result {
-            eprintln!("bench_driver: {e}");
-            sup.shutdown()?;
-            return Err(e.into());
+    let sup = Arc::new(
+        Supervisor::builder()
+            .state_dir(state.ok_or(usage)?)
+            .containment(containment)
+            .open()?,
+    );
+    match warm {
+        None => {
+            if !start_fleet(&sup, &fleet)? {
+                sup.shutdown()?;
+                return Err("a service did not start".into());
+            }
+        }
+        Some(fifo) => {
+            eprintln!("bench_driver: open");
+            let sup = sup.clone();
+            // Blocks in the FIFO's open until the driver's `start` writes to it. Not joined:
+            // a SIGTERM before that ends the process with this thread still waiting.
+            std::thread::spawn(move || {
+                let started = std::fs::read(&fifo)
+                    .map_err(|e| format!("cannot read '{}': {e}", fifo.display()).into())
+                    .and_then(|_| start_fleet(&sup, &fleet));
+                if !matches!(started, Ok(true)) {
+                    eprintln!("bench_driver: the fleet did not start: {started:?}");
+                }
+            });
         }
     }
-    eprintln!(
-        "bench_driver: started {} services in {:?}",
-        fleet.n,
-        t0.elapsed()
-    );
 
     while signals.wait_timeout(Duration::from_secs(3600)).is_none() {}
     let t1 = Instant::now();

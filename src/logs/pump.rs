@@ -140,7 +140,9 @@ pub(super) struct PumpThread {
     pub(super) rx: Receiver<Message>,
     pub(super) log_dir: LogDir,
     pub(super) reports: Reports,
-    pub(super) services: HashMap<u64, ServiceLogs>,
+    /// Boxed: a table sized for thousands of services then holds pointers, not the
+    /// services' state (a few hundred bytes each) times the table's spare capacity.
+    pub(super) services: HashMap<u64, Box<ServiceLogs>>,
     /// Services with a run being drained (a deadline set): the only ones the loop looks at
     /// for deadlines, so a wake costs nothing per idle service.
     pub(super) draining: std::collections::HashSet<u64>,
@@ -213,20 +215,24 @@ impl PumpThread {
                     }
                 }
                 let log_dir = &self.log_dir;
-                let svc = self.services.entry(id).or_insert_with(|| ServiceLogs {
-                    name: name.clone(),
-                    policy: policy.clone(),
-                    out: Sink::new(
-                        log_dir.clone(),
-                        super::log_name(&name, false),
-                        dropped.clone(),
-                    ),
-                    err: Sink::new(
-                        log_dir.clone(),
-                        super::log_name(&name, true),
-                        dropped.clone(),
-                    ),
-                    runs: Vec::new(),
+                let svc = self.services.entry(id).or_insert_with(|| {
+                    Box::new(ServiceLogs {
+                        name: name.clone(),
+                        policy: policy.clone(),
+                        out: Sink::new(
+                            log_dir.clone(),
+                            super::log_name(&name, false),
+                            dropped.clone(),
+                        ),
+                        err: Sink::new(
+                            log_dir.clone(),
+                            super::log_name(&name, true),
+                            dropped.clone(),
+                        ),
+                        // Room for the one run a service has most of the time (a push would
+                        // make room for four).
+                        runs: Vec::with_capacity(1),
+                    })
                 });
                 svc.policy = policy;
                 let mut tokens = Vec::new();
