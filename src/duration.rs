@@ -90,6 +90,27 @@ pub(crate) mod serde_str {
     }
 }
 
+/// `#[serde(with = "crate::duration::serde_opt")]` for an `Option<Duration>` field (with
+/// `default`, so that a missing key is `None`).
+pub(crate) mod serde_opt {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map(Some).map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,6 +67,7 @@ mod store;
 mod supervisor;
 mod sys;
 mod termination;
+mod trigger;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
@@ -87,3 +88,4 @@ pub use crate::spec::{LogPolicy, ServiceSpec, MAX_NAME_LEN};
 pub use crate::stats::Stats;
 pub use crate::supervisor::{Builder, Stream, Supervisor, STOP_OVERHEAD};
 pub use crate::termination::TerminationSignals;
+pub use crate::trigger::{Overlap, Schedule, Watch, Watchdog};
