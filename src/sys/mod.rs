@@ -27,6 +27,10 @@
 //! - **socket** (`listen_at`, `peer_credentials`, `connect_at`, `pid_namespace`): the control
 //!   socket, made in a directory held open, the kernel's credentials of a connected peer,
 //!   and the pid namespace that gives a registered pid its meaning;
+//! - **inotify** (`Inotify`, `FsEvent`): one instance for every directory watched for
+//!   changes, readable in the epoll;
+//! - **timerfd** (`WallTimer`): a timer on the wall clock that fires after a suspend and
+//!   says when the clock was set, for schedules;
 //! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
 //!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
 //!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).

@@ -1,9 +1,11 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
 //! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
-//! directory, Unix sockets for the control socket. One file per kernel facility.
+//! directory and watched trees, a realtime timerfd for schedules, Unix sockets for the
+//! control socket. One file per kernel facility.
 
 mod fs;
 mod hook;
+mod inotify;
 mod notify;
 mod pidfd;
 mod poll;
@@ -12,9 +14,11 @@ mod procfs;
 mod signal;
 mod socket;
 mod spawn;
+mod timerfd;
 
 pub(crate) use fs::*;
 pub(crate) use hook::*;
+pub(crate) use inotify::*;
 pub(crate) use notify::*;
 pub(crate) use pidfd::*;
 pub(crate) use poll::*;
@@ -23,3 +27,4 @@ pub(crate) use procfs::*;
 pub(crate) use signal::*;
 pub(crate) use socket::*;
 pub(crate) use spawn::*;
+pub(crate) use timerfd::*;
