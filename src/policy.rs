@@ -134,6 +134,12 @@ impl RestartPolicy {
         self.stable_after
     }
 
+    /// Whether exit code `code` counts as a success (see
+    /// [`success_codes`](RestartPolicy::success_codes)).
+    pub(crate) fn is_success(&self, code: i32) -> bool {
+        self.success_codes.contains(&code)
+    }
+
     /// The configured backoff.
     pub fn backoff_config(&self) -> &Backoff {
         &self.backoff

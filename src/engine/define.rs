@@ -6,6 +6,7 @@
 use super::lifecycle;
 use super::pending::{Pending, Reply, Want};
 use super::service::{Service, State, Then};
+use super::triggers;
 use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph;
@@ -119,7 +120,9 @@ impl Engine {
                 svc.launch = None;
                 svc.history = Default::default();
             }
-            self.services.get_mut(&id).expect("present").desired_up = true;
+            let svc = self.services.get_mut(&id).expect("present");
+            svc.desired_up = true;
+            triggers::arm(svc, &mut self.io, None);
             self.io.changes.touch(id);
             accepted.push((id, existed && !d.changed, d.replies));
         }
@@ -284,6 +287,15 @@ impl Engine {
                 .desired_up = up;
         }
         Ok(())
+    }
+
+    /// Disarms the triggers of services the operator no longer wants up.
+    pub(super) fn disarm_triggers(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(svc) = self.services.get_mut(id) {
+                triggers::disarm(svc, &mut self.io);
+            }
+        }
     }
 
     /// Removes services from the registry, all in one transaction; in memory they stay until

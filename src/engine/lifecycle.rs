@@ -176,6 +176,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
         started_at: wall,
         ready: immediately,
     });
+    let (last_output, alarms) = super::triggers::arm_watchdog(svc, io, now);
     let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
     io.outputs.attach(RunOutput {
         id: svc.id,
@@ -190,6 +191,8 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
             _ => None,
         },
         keep_tail: true,
+        last_output,
+        alarms,
     });
     let notify = notify.and_then(|sock| {
         let token = io.token();
@@ -305,7 +308,7 @@ fn decide(svc: &mut Service, io: &mut Io, end: RunEnd) -> Decision {
     let jitter = io.random_unit();
     let (decision, history) = svc.spec.restart_policy().decide(&svc.history, &end, jitter);
     svc.history = history;
-    decision
+    super::triggers::job_decision(svc, &end, decision)
 }
 
 /// A decision of the restart policy in words, and its delay if it restarts.
@@ -367,7 +370,7 @@ fn act(svc: &mut Service, io: &mut Io, decision: Decision, min_delay: Duration, 
             }
         }
         Decision::Exited => {
-            svc.state = State::Exited;
+            svc.state = super::triggers::exited_state(svc);
             io.changes.save(svc.id);
         }
         Decision::Errored { crashes, window } => {
@@ -480,7 +483,10 @@ pub(super) fn begin_stop(
                     .push(deadline, svc.id, svc.generation, TimerKind::SweepDeadline);
                 return Step::Done;
             }
-            let active = matches!(svc.state, State::Waiting | State::Backoff { .. });
+            let active = matches!(
+                svc.state,
+                State::Waiting | State::Backoff { .. } | State::Scheduled
+            );
             after_stop(svc, io, then, active)
         }
     }
@@ -833,7 +839,10 @@ pub(super) fn check_sweep(svc: &mut Service, io: &mut Io, give_up: bool) -> Step
     };
     svc.state = *sweep.was;
     io.changes.save(svc.id);
-    let active = matches!(svc.state, State::Waiting | State::Backoff { .. });
+    let active = matches!(
+        svc.state,
+        State::Waiting | State::Backoff { .. } | State::Scheduled
+    );
     after_stop(svc, io, sweep.then, active)
 }
 

@@ -32,6 +32,7 @@ mod lifecycle;
 mod pending;
 mod service;
 mod timers;
+mod triggers;
 
 #[cfg(test)]
 mod tests;
@@ -241,6 +242,9 @@ impl Engine {
             }
             self.shared.hub.set_preamble(events);
         }
+        if let Some(dir) = self.state.db_path().parent() {
+            self.io.triggers.exclude(dir);
+        }
         if resurrect {
             let up: Vec<u64> = self
                 .services
@@ -249,7 +253,10 @@ impl Engine {
                 .map(|s| s.id)
                 .collect();
             let now = Instant::now();
+            let ticks = triggers::stored_ticks(&mut self.io);
             for id in up {
+                let svc = self.services.get_mut(&id).expect("listed above");
+                triggers::arm(svc, &mut self.io, Some(ticks.get(&id).copied()));
                 self.start_service(id, now);
             }
         }
@@ -295,6 +302,7 @@ impl Engine {
         }
         self.read_inbox(now);
         self.fire_timers(budget, now);
+        self.fire_ticks(now);
         self.start_waiting(now);
         self.advance_waves(now);
         self.end_turn();
@@ -350,6 +358,8 @@ impl Engine {
             WAKER_TOKEN => {}
             STATE_TOKEN => self.on_state_dir_event(),
             GUARDIAN_TOKEN => self.on_guardian_exit(),
+            triggers::ALARM_TOKEN => self.on_alarm(),
+            triggers::INOTIFY_TOKEN => self.on_fs_events(now),
             _ => match self.io.tokens.get(&token).copied() {
                 Some(Owner::Leader(id)) => {
                     self.with_service(id, now, |svc, io| lifecycle::on_exit(svc, io, now))
@@ -410,6 +420,9 @@ impl Engine {
             return;
         }
         let svc = self.services.get_mut(&id).expect("present above");
+        if triggers::holds_back(svc, &mut self.io) {
+            return;
+        }
         if let Err(e) = lifecycle::spawn(svc, &mut self.io, false, now) {
             log::warn!("{e}");
         }
@@ -473,6 +486,14 @@ impl Engine {
                         checks::on_ready_line(svc, &mut self.io, generation, now);
                     }
                 }
+                logs::Report::OutputMatched {
+                    id,
+                    generation,
+                    pattern,
+                    line,
+                } => self.with_service(id, now, |svc, io| {
+                    triggers::on_output_matched(svc, io, generation, pattern, &line, now)
+                }),
             }
         }
         while let Ok(report) = self.inbox.probes.try_recv() {
@@ -503,9 +524,14 @@ impl Engine {
                 let _ = reply.send(result);
             }
             Request::Explain { target, reply } => {
-                let result = self
-                    .resolve_one(&target, "explain")
-                    .map(|id| explain::explain(&self.services[&id], &self.services, now));
+                let result = self.resolve_one(&target, "explain").map(|id| {
+                    let svc = &self.services[&id];
+                    let mut e = explain::explain(svc, &self.services, now);
+                    for line in triggers::explain(svc, now) {
+                        e.text += &format!("; {line}");
+                    }
+                    e
+                });
                 let _ = reply.send(result);
             }
             Request::Stop { target, reply } => match self.resolve(&target) {
@@ -515,6 +541,7 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
+                    self.disarm_triggers(&ids);
                     let n = ids.len();
                     let reply = Reply::Count(reply, n);
                     self.begin_staged(ids, Then::Settle, Want::Down, reply, now);
@@ -533,6 +560,8 @@ impl Engine {
                         // A manual restart is not a crash: the backoff starts afresh.
                         self.with_service(id, now, |svc, io| {
                             svc.history = Default::default();
+                            triggers::arm(svc, io, None);
+                            triggers::restart_asked(svc);
                             lifecycle::begin_stop(svc, io, Then::Start, false, now)
                         });
                     }
@@ -557,6 +586,7 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
+                    self.disarm_triggers(&ids);
                     let n = ids.len();
                     let reply = Reply::Count(reply, n);
                     self.begin_staged(ids, Then::Delete, Want::Gone, reply, now);
@@ -718,6 +748,12 @@ impl Engine {
                     self.sample_memory(now);
                     continue;
                 }
+                TimerKind::WatchSettle => {
+                    self.with_service(timer.id, now, |svc, io| {
+                        triggers::on_watch_settle(svc, io, timer.at, now)
+                    });
+                    continue;
+                }
                 _ => {}
             }
             let Some(svc) = self.services.get_mut(&timer.id) else {
@@ -747,7 +783,10 @@ impl Engine {
                 | TimerKind::ReadyTimeout
                 | TimerKind::ReadyProbe
                 | TimerKind::HealthProbe => checks::on_timer(svc, io, timer.kind, now),
-                TimerKind::MemorySample | TimerKind::Relock => unreachable!("handled above"),
+                TimerKind::Silence => triggers::on_silence_check(svc, io, now),
+                TimerKind::MemorySample | TimerKind::Relock | TimerKind::WatchSettle => {
+                    unreachable!("handled above")
+                }
             };
             self.follow(timer.id, step, now);
         }

@@ -32,6 +32,10 @@ pub(super) enum TimerKind {
     MemorySample,
     /// Take the lock of the state directory's path again (no service: id 0).
     Relock,
+    /// A watched change may have settled: restart, or wait on (any generation).
+    WatchSettle,
+    /// Time to look whether the run's output went silent (its watchdog).
+    Silence,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
