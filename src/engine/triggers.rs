@@ -193,6 +193,12 @@ impl Triggers {
         }
     }
 
+    /// How many directories are watched, for every service.
+    #[cfg(test)]
+    pub(super) fn watched_dirs(&self) -> usize {
+        self.dirs.len()
+    }
+
     fn excluded(&self, path: &Path) -> bool {
         self.exclude.as_ref().is_some_and(|x| path.starts_with(x))
     }
