@@ -441,6 +441,12 @@ impl ServiceSpec {
         self.max_pids
     }
 
+    /// The same spec under another name (an importer names a spec once it built it).
+    pub(crate) fn renamed(mut self, name: String) -> ServiceSpec {
+        self.name = name;
+        self
+    }
+
     /// Restarts the service, or runs it as a job, on a cron schedule (see [`Schedule`]). By
     /// default, none.
     pub fn schedule(mut self, schedule: Schedule) -> ServiceSpec {
