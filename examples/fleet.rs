@@ -65,14 +65,11 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn load(file: &Path) -> sheepdog::Result<Fleet> {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if name == "Procfile" || name.ends_with(".procfile") {
-        Fleet::from_procfile(file)
-    } else if name.ends_with(".json") {
-        Fleet::from_json_file(file)
-    } else {
-        Fleet::from_toml_file(file)
+    let fleet = Fleet::load(file, None, None)?;
+    for warning in fleet.warnings() {
+        eprintln!("warning: {warning}");
     }
+    Ok(fleet)
 }
 
 fn ago(t: SystemTime) -> String {

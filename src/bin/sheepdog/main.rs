@@ -758,14 +758,11 @@ fn change(client: &mut Client, command: Command, json: bool, style: &Style) -> R
 }
 
 fn load_fleet(file: &Path) -> Result<Fleet, Failure> {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    Ok(if name == "Procfile" || name.ends_with(".procfile") {
-        Fleet::from_procfile(file)?
-    } else if name.ends_with(".json") {
-        Fleet::from_json_file(file)?
-    } else {
-        Fleet::from_toml_file(file)?
-    })
+    let fleet = Fleet::load(file, None, None)?;
+    for warning in fleet.warnings() {
+        eprintln!("sheepdog: warning: {warning}");
+    }
+    Ok(fleet)
 }
 
 fn event_line(event: &protocol::Event, style: &Style) -> String {
