@@ -880,3 +880,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod trigger_keys {
+    use super::*;
+
+    /// The README's TOML example of triggers is a fleet that parses into what it says.
+    #[test]
+    fn the_readme_trigger_example_parses() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("### Schedules, watches and output watchdogs")
+            .nth(1)
+            .expect("the section");
+        let toml = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a TOML block");
+        let fleet = Fleet::from_toml_str(toml).unwrap();
+        let backup = fleet.services()[0].get_schedule().unwrap();
+        assert!(backup.is_job() && backup.get_catch_up());
+        assert_eq!(backup.get_time_zone(), Some("Europe/Paris"));
+        let api = &fleet.services()[1];
+        assert_eq!(api.get_schedule().unwrap().cron(), "0 4 * * *");
+        assert_eq!(api.get_watch().unwrap().get_ignore(), ["*.log", "node_modules"]);
+        assert_eq!(
+            api.get_watchdog().unwrap().get_silence(),
+            Some(std::time::Duration::from_secs(120))
+        );
+    }
+}
