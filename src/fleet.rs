@@ -904,7 +904,10 @@ mod trigger_keys {
         assert_eq!(backup.get_time_zone(), Some("Europe/Paris"));
         let api = &fleet.services()[1];
         assert_eq!(api.get_schedule().unwrap().cron(), "0 4 * * *");
-        assert_eq!(api.get_watch().unwrap().get_ignore(), ["*.log", "node_modules"]);
+        assert_eq!(
+            api.get_watch().unwrap().get_ignore(),
+            ["*.log", "node_modules"]
+        );
         assert_eq!(
             api.get_watchdog().unwrap().get_silence(),
             Some(std::time::Duration::from_secs(120))

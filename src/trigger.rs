@@ -552,7 +552,13 @@ mod tests {
 
     #[test]
     fn bad_schedules_watches_and_watchdogs_are_named() {
-        let cases: [(Option<Schedule>, Option<Watch>, Option<Watchdog>, &str); 9] = [
+        type Case = (
+            Option<Schedule>,
+            Option<Watch>,
+            Option<Watchdog>,
+            &'static str,
+        );
+        let cases: [Case; 9] = [
             (
                 Some(Schedule::restart("61 * * * *")),
                 None,
