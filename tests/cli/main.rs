@@ -9,6 +9,7 @@ mod host;
 
 mod every_command;
 mod follow;
+mod import;
 mod no_host;
 mod one_host;
 mod other_uid;
