@@ -9,6 +9,15 @@ fn policy() -> RestartPolicy {
     RestartPolicy::always().backoff(Backoff::fixed(Duration::from_secs(60)))
 }
 
+/// The first run of `name` that ended (waited for).
+fn first_ended(h: &Harness, name: &str) -> sheepdog::Run {
+    wait_until(SECS_10, || {
+        let runs = h.sup().history(name, 10).ok()?;
+        runs.into_iter().find(|r| r.ended_at().is_some())
+    })
+    .unwrap_or_else(|| panic!("no run of {name} ended"))
+}
+
 #[test]
 fn a_run_silent_for_its_watchdog_period_is_ended_and_a_talking_one_is_not() {
     let h = Harness::new();
@@ -27,14 +36,7 @@ fn a_run_silent_for_its_watchdog_period_is_ended_and_a_talking_one_is_not() {
                 .restart(policy()),
         )
         .unwrap();
-    let run = wait_until(SECS_10, || {
-        h.sup()
-            .history("quiet", 10)
-            .ok()?
-            .into_iter()
-            .find(|r| r.ended_at().is_some())
-    })
-    .expect("the quiet run is ended");
+    let run = first_ended(&h, "quiet");
     assert_eq!(run.cause(), Some(Cause::Silent));
     assert_eq!(run.reason(), Some("watchdog: no output for 800ms"));
     assert_eq!(run.signal(), Some(15));
@@ -61,14 +63,7 @@ fn a_line_matching_the_watchdog_pattern_ends_the_run_with_the_line_recorded() {
             .restart(policy()),
         )
         .unwrap();
-    let run = wait_until(SECS_10, || {
-        h.sup()
-            .history("db", 10)
-            .ok()?
-            .into_iter()
-            .find(|r| r.ended_at().is_some())
-    })
-    .expect("the run is ended");
+    let run = first_ended(&h, "db");
     assert_eq!(run.cause(), Some(Cause::OutputMatched));
     assert_eq!(
         run.reason(),
