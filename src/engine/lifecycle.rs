@@ -754,7 +754,10 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
     io.changes.save(svc.id);
     let (decision, delay) = match next {
         Next::Policy(d) => {
-            let (text, delay) = describe_decision(&d, Duration::ZERO);
+            let (mut text, delay) = describe_decision(&d, Duration::ZERO);
+            if matches!(d, Decision::Exited) && super::triggers::waits_for_tick(svc) {
+                text = "a scheduled job: it waits for its next tick".to_string();
+            }
             (Some(text), delay)
         }
         Next::Then(_) => (None, None),

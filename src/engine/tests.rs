@@ -932,6 +932,10 @@ fn a_job_waits_for_its_tick_runs_and_waits_again_after_a_success() {
         Status::Scheduled,
         "a success waits for the next tick"
     );
+    assert_eq!(
+        b.runs_recorded("job")[0].decision(),
+        Some("a scheduled job: it waits for its next tick")
+    );
     assert_eq!(b.generation("job"), 1);
     wall.set(jan1(20));
     b.turn();

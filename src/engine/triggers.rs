@@ -443,10 +443,16 @@ pub(super) fn job_decision(svc: &Service, end: &RunEnd, decision: Decision) -> D
     }
 }
 
+/// Whether a run that the policy does not restart leaves the service waiting for its next
+/// tick: an armed job.
+pub(super) fn waits_for_tick(svc: &Service) -> bool {
+    is_job(svc) && svc.triggers.spec.is_some()
+}
+
 /// The state a run that the policy does not restart leaves: an armed job waits for its
 /// next tick, anything else has exited.
 pub(super) fn exited_state(svc: &Service) -> State {
-    if is_job(svc) && svc.triggers.spec.is_some() {
+    if waits_for_tick(svc) {
         State::Scheduled
     } else {
         State::Exited
