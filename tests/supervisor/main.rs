@@ -40,6 +40,7 @@ mod state_dir_security;
 mod stopping;
 mod store_faults;
 mod storm;
+mod trigger_threads;
 mod validation;
 mod wait_for;
 mod watch;
