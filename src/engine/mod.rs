@@ -596,6 +596,9 @@ impl Engine {
             Request::Shutdown { reply } => {
                 self.shutdown = Some(reply);
                 let ids: Vec<u64> = self.services.keys().copied().collect();
+                // No tick or change starts anything while the waves stop the fleet; the
+                // next `open` arms the triggers again.
+                self.disarm_triggers(&ids);
                 self.begin_staged(ids, Then::Settle, Want::Down, Reply::Nobody, now);
             }
         }

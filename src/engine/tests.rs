@@ -1143,3 +1143,28 @@ fn a_line_matching_the_watchdog_pattern_ends_the_run() {
     b.turn();
     assert_eq!(b.status("db"), Status::Online, "a stale report is dropped");
 }
+
+#[test]
+fn a_tick_during_a_shutdown_starts_nothing() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    b.start(
+        crasher("db", Backoff::fixed(Duration::from_secs(60)))
+            .schedule(Schedule::restart("*/10 * * * * *").time_zone("UTC")),
+    );
+    b.start(spec("web").after("db", Condition::Started));
+    b.exit("db", RawExit::Code(1));
+    b.drained("db", 1);
+    assert_eq!(b.status("db"), Status::Backoff);
+    let (reply, _rx) = crossbeam_channel::bounded(1);
+    b.requests.send(Request::Shutdown { reply }).unwrap();
+    b.turn();
+    assert_eq!(b.status("web"), Status::Stopping, "the first wave");
+    assert_eq!(b.status("db"), Status::Backoff, "waits for the second");
+    wall.set(jan1(10));
+    b.turn();
+    assert_eq!(b.generation("db"), 1, "the tick started nothing");
+    assert_eq!(b.engine.services[&b.id("db")].info().next_scheduled(), None);
+    b.obeys_stop("web");
+    assert_eq!(b.status("db"), Status::Stopped);
+}
