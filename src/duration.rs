@@ -90,7 +90,8 @@ pub(crate) mod serde_str {
     }
 }
 
-/// `#[serde(with = "crate::duration::serde_opt")]` for an `Option<Duration>` field.
+/// `#[serde(with = "crate::duration::serde_opt")]` for an `Option<Duration>` field (with
+/// `default`, so that a missing key is `None`).
 pub(crate) mod serde_opt {
     use serde::{de, Deserialize, Deserializer, Serializer};
     use std::time::Duration;

@@ -39,6 +39,15 @@ pub enum Cause {
     SpawnFailed,
     /// The host died while it ran; a later `open` ended whatever was left of it.
     HostDied,
+    /// Its schedule restarted it, or a job's tick found it still running and restarted it
+    /// ([`Schedule`](crate::Schedule)).
+    Scheduled,
+    /// Files it watches changed ([`Watch`](crate::Watch)); [`Run::reason`] names them.
+    FilesChanged,
+    /// It wrote nothing for its watchdog's silence ([`Watchdog`](crate::Watchdog)).
+    Silent,
+    /// It wrote a line its watchdog's pattern matches; [`Run::reason`] has the line.
+    OutputMatched,
 }
 
 impl Cause {
@@ -54,6 +63,10 @@ impl Cause {
             Cause::OutOfMemory => "out of memory",
             Cause::SpawnFailed => "spawn failed",
             Cause::HostDied => "host died",
+            Cause::Scheduled => "scheduled",
+            Cause::FilesChanged => "files changed",
+            Cause::Silent => "silent",
+            Cause::OutputMatched => "output matched",
         }
     }
 }
@@ -68,7 +81,7 @@ impl FromStr for Cause {
     type Err = crate::Error;
 
     fn from_str(s: &str) -> crate::Result<Cause> {
-        const ALL: [Cause; 10] = [
+        const ALL: [Cause; 14] = [
             Cause::Exited,
             Cause::Crashed,
             Cause::Stopped,
@@ -79,6 +92,10 @@ impl FromStr for Cause {
             Cause::OutOfMemory,
             Cause::SpawnFailed,
             Cause::HostDied,
+            Cause::Scheduled,
+            Cause::FilesChanged,
+            Cause::Silent,
+            Cause::OutputMatched,
         ];
         ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
             crate::Error::new(

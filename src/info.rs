@@ -26,6 +26,9 @@ pub enum Status {
     Exited,
     /// Hit its crash-loop limit, or could not be started.
     Errored,
+    /// A scheduled job ([`Schedule::run`](crate::Schedule::run)) waiting for its next tick;
+    /// [`ServiceInfo::next_scheduled`] says when.
+    Scheduled,
 }
 
 impl Status {
@@ -39,6 +42,7 @@ impl Status {
             Status::Stopped => "stopped",
             Status::Exited => "exited",
             Status::Errored => "errored",
+            Status::Scheduled => "scheduled",
         }
     }
 
@@ -51,6 +55,7 @@ impl Status {
             "stopped" => Status::Stopped,
             "exited" => Status::Exited,
             "errored" => Status::Errored,
+            "scheduled" => Status::Scheduled,
             _ => return None,
         })
     }
@@ -184,6 +189,7 @@ pub struct ServiceInfo {
     pub(crate) log_dropped: Arc<AtomicU64>,
     pub(crate) status_text: Option<String>,
     pub(crate) notify_rejected: u64,
+    pub(crate) next_scheduled: Option<SystemTime>,
 }
 
 impl ServiceInfo {
@@ -292,6 +298,12 @@ impl ServiceInfo {
     /// ```
     pub fn notify_rejected(&self) -> u64 {
         self.notify_rejected
+    }
+
+    /// When its [`Schedule`](crate::Schedule) next restarts or runs it, while the schedule
+    /// is armed (the service started and not stopped since).
+    pub fn next_scheduled(&self) -> Option<SystemTime> {
+        self.next_scheduled
     }
 
     /// The spec the service runs with.

@@ -55,6 +55,7 @@ mod graph;
 mod guardian;
 mod history;
 pub mod http;
+mod import;
 mod info;
 mod logs;
 mod notify;
@@ -74,6 +75,7 @@ mod store;
 mod supervisor;
 mod sys;
 mod termination;
+mod trigger;
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]
@@ -83,7 +85,7 @@ pub struct ReadmeDoctests;
 pub use crate::containment::Containment;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::events::{Event, Events};
-pub use crate::fleet::{Applied, Fleet, Prune, Settings};
+pub use crate::fleet::{Applied, Fleet, Format, Prune, Settings};
 pub use crate::history::{Cause, Explanation, Run, Usage};
 pub use crate::http::Endpoints;
 pub use crate::info::{Exit, ServiceInfo, Status};
@@ -97,3 +99,4 @@ pub use crate::spec::{LogPolicy, ServiceSpec, MAX_NAME_LEN};
 pub use crate::stats::Stats;
 pub use crate::supervisor::{Builder, Stream, Supervisor, STOP_OVERHEAD};
 pub use crate::termination::TerminationSignals;
+pub use crate::trigger::{Overlap, Schedule, Watch, Watchdog};

@@ -5,6 +5,7 @@ use crate::policy::RestartPolicy;
 use crate::readiness::{Check, Condition, Dependency, Health, Ready};
 use crate::rlimit::{Limit, Resource};
 use crate::signal::Signal;
+use crate::trigger::{Schedule, Watch, Watchdog};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
@@ -139,6 +140,12 @@ pub struct ServiceSpec {
     max_memory: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_pids: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch: Option<Watch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watchdog: Option<Watchdog>,
 }
 
 fn is_immediately(r: &Ready) -> bool {
@@ -354,6 +361,9 @@ impl ServiceSpec {
             restart_with: Vec::new(),
             max_memory: None,
             max_pids: None,
+            schedule: None,
+            watch: None,
+            watchdog: None,
         }
     }
 
@@ -748,6 +758,47 @@ impl ServiceSpec {
         self.max_pids
     }
 
+    /// The same spec under another name (an importer names a spec once it built it).
+    pub(crate) fn renamed(mut self, name: String) -> ServiceSpec {
+        self.name = name;
+        self
+    }
+
+    /// Restarts the service, or runs it as a job, on a cron schedule (see [`Schedule`]). By
+    /// default, none.
+    pub fn schedule(mut self, schedule: Schedule) -> ServiceSpec {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// The schedule, if any.
+    pub fn get_schedule(&self) -> Option<&Schedule> {
+        self.schedule.as_ref()
+    }
+
+    /// Restarts the service when files change (see [`Watch`]). By default, none.
+    pub fn watch(mut self, watch: Watch) -> ServiceSpec {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// The watch, if any.
+    pub fn get_watch(&self) -> Option<&Watch> {
+        self.watch.as_ref()
+    }
+
+    /// Restarts the service when its output stops or matches a pattern (see [`Watchdog`]).
+    /// By default, none.
+    pub fn watchdog(mut self, watchdog: Watchdog) -> ServiceSpec {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// The output watchdog, if any.
+    pub fn get_watchdog(&self) -> Option<&Watchdog> {
+        self.watchdog.as_ref()
+    }
+
     /// The readiness condition.
     pub fn get_ready(&self) -> &Ready {
         &self.ready
@@ -1113,6 +1164,13 @@ impl ServiceSpec {
         if let Err(why) = self.restart.backoff_config().check() {
             return invalid(format!("invalid spec: {why}"));
         }
+        if let Some(why) = crate::trigger::problem(
+            self.schedule.as_ref(),
+            self.watch.as_ref(),
+            self.watchdog.as_ref(),
+        ) {
+            return invalid(format!("invalid spec: {why}"));
+        }
         Ok(())
     }
 }
@@ -1327,6 +1385,17 @@ pub(crate) mod tests {
             .instances(3)
             .instance_var("NODE_APP_INSTANCE")
             .autostart(false)
+            .schedule(Schedule::restart("0 4 * * *").time_zone("UTC"))
+            .watch(
+                Watch::new(["src"])
+                    .ignore("*.log")
+                    .debounce(Duration::from_secs(1)),
+            )
+            .watchdog(
+                Watchdog::new()
+                    .silence(Duration::from_secs(60))
+                    .pattern("deadlock detected"),
+            )
     }
 
     #[test]

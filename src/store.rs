@@ -85,6 +85,14 @@ CREATE TABLE session (
 ALTER TABLE service ADD COLUMN instance INTEGER;
 ALTER TABLE run ADD COLUMN uid INTEGER;
 "#,
+    // The last tick of each schedule a host handled (or when it was armed): the next host
+    // counts the ticks missed while none ran.
+    r#"
+CREATE TABLE tick (
+    service_id  INTEGER PRIMARY KEY REFERENCES service(id) ON DELETE CASCADE,
+    at_ms       INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Sessions kept: a dead host's leftovers are verified with its session's key, and the next
@@ -298,6 +306,10 @@ enum Queued {
         last_exit: Option<Exit>,
     },
     CloseOpenRuns {
+        at: SystemTime,
+    },
+    Tick {
+        service_id: u64,
         at: SystemTime,
     },
 }
@@ -1063,6 +1075,24 @@ impl Store {
         Ok(id)
     }
 
+    /// Queues the last tick a schedule handled (or when it was armed).
+    pub(crate) fn set_tick(&mut self, service_id: u64, at: SystemTime) {
+        self.queued.push(Queued::Tick { service_id, at });
+    }
+
+    /// The last tick of every schedule, by service id.
+    pub(crate) fn load_ticks(&self) -> Result<std::collections::HashMap<u64, SystemTime>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT service_id, at_ms FROM tick")
+            .map_err(|e| self.err("cannot read the schedules' ticks", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, from_ms(r.get(1)?))))
+            .map_err(|e| self.err("cannot read the schedules' ticks", e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err("cannot read the schedules' ticks", e))
+    }
+
     /// The stored sessions, newest first.
     pub(crate) fn sessions(&self) -> Result<Vec<StoredSession>> {
         let mut stmt = self
@@ -1177,6 +1207,7 @@ impl Queued {
             Queued::Ready { .. } => "cannot record the run's readiness",
             Queued::State { .. } => "cannot save the status",
             Queued::CloseOpenRuns { .. } => "cannot close runs",
+            Queued::Tick { .. } => "cannot record the schedule's last tick",
         }
     }
 }
@@ -1307,6 +1338,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
                 last_exit.map(|e| e.uptime.as_millis() as i64),
                 last_exit.and_then(|e| e.reason.as_deref()),
             ])?;
+        }
+        Queued::Tick { service_id, at } => {
+            // A service deleted in the same turn has no row left to refer to.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO tick (service_id, at_ms)
+                 SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM service WHERE id = ?1)",
+            )?
+            .execute(params![*service_id as i64, ms(*at)])?;
         }
         Queued::CloseOpenRuns { at } => {
             tx.execute(

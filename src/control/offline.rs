@@ -250,6 +250,7 @@ fn service(s: &StoredService) -> Service {
         log_dropped_bytes: 0,
         status_text: None,
         notify_rejected: 0,
+        next_scheduled_ms: None,
         desired_up: Some(s.desired_up),
         spec: s.spec.clone(),
     }

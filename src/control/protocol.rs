@@ -380,7 +380,8 @@ pub struct Service {
     pub id: u64,
     /// The name.
     pub name: String,
-    /// The status: `starting`, `online`, `backoff`, `stopping`, `stopped`, `exited`, `errored`.
+    /// The status: `starting`, `online`, `backoff`, `stopping`, `stopped`, `exited`, `errored`,
+    /// `scheduled`.
     #[serde(with = "status")]
     pub status: crate::Status,
     /// The pid of the running process (its group's leader).
@@ -401,6 +402,10 @@ pub struct Service {
     pub status_text: Option<String>,
     /// `NOTIFY_SOCKET` datagrams refused.
     pub notify_rejected: u64,
+    /// When its schedule next restarts or runs it (milliseconds since the epoch), while the
+    /// schedule is armed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_ms: Option<u64>,
     /// Whether the service is to be up: started and not since stopped. Only known from the
     /// registry (the host not running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -462,6 +467,7 @@ impl Service {
             log_dropped_bytes: info.log_dropped_bytes(),
             status_text: info.status_text().map(str::to_string),
             notify_rejected: info.notify_rejected(),
+            next_scheduled_ms: info.next_scheduled().map(millis),
             desired_up: None,
             spec: info.spec().clone(),
         }

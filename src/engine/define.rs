@@ -11,6 +11,7 @@ use super::lifecycle;
 use super::pending::{Pending, Reply, Want};
 use super::roll::{Roll, RollReply};
 use super::service::{Service, State, Then};
+use super::triggers;
 use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph;
@@ -275,10 +276,11 @@ impl Engine {
         let up = mode == Mode::Start;
         let spec = Arc::new(d.spec);
         for (&index, &id) in change.add.iter().zip(&change.added) {
-            self.services.insert(
-                id,
-                Service::new(id, index, spec.clone(), up, State::Stopped),
-            );
+            let mut svc = Service::new(id, index, spec.clone(), up, State::Stopped);
+            if up {
+                triggers::arm(&mut svc, &mut self.io, None);
+            }
+            self.services.insert(id, svc);
             self.io.changes.save(id);
         }
         let mut rolled = Vec::new();
@@ -310,6 +312,8 @@ impl Engine {
                 if !running_as_asked && !rolled.contains(&k.id) && !to_start.contains(&k.id) {
                     to_start.push(k.id);
                 }
+                // Its schedule, watch and watchdog, as its spec (or the roll's) says.
+                triggers::arm(svc, &mut self.io, None);
             }
             self.io.changes.touch(k.id);
         }
@@ -614,6 +618,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Disarms the triggers of services the operator no longer wants up.
+    pub(super) fn disarm_triggers(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(svc) = self.services.get_mut(id) {
+                triggers::disarm(svc, &mut self.io);
+            }
+        }
+    }
+
     /// Removes services from the registry, all in one transaction; in memory they stay until
     /// their stop is over. On failure nothing changes.
     pub(super) fn delete_rows(&mut self, ids: &[u64]) -> Result<()> {
@@ -753,12 +766,18 @@ impl Engine {
         for id in &keep {
             let svc = self.services.get_mut(id).expect("kept");
             svc.spec = Arc::new(svc.spec.with_instances(n));
+            if svc.desired_up {
+                triggers::arm(svc, &mut self.io, None);
+            }
             self.io.changes.touch(*id);
         }
         let new = Arc::new(new);
         for (&index, &id) in add.iter().zip(&added) {
-            self.services
-                .insert(id, Service::new(id, index, new.clone(), up, State::Stopped));
+            let mut svc = Service::new(id, index, new.clone(), up, State::Stopped);
+            if up {
+                triggers::arm(&mut svc, &mut self.io, None);
+            }
+            self.services.insert(id, svc);
             self.io.changes.save(id);
         }
         if !remove.is_empty() {

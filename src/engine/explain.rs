@@ -100,6 +100,10 @@ pub(super) fn explain(
                 fmt(policy.get_stable_after())
             )
         }
+        State::Scheduled => match &svc.last_exit {
+            Some(e) => format!("a scheduled job between runs; the last: {e}"),
+            None => "a scheduled job waiting for its first run".to_string(),
+        },
         State::Stopped => {
             "stopped by the operator (or shutdown); restart or start it to run it again".to_string()
         }

@@ -180,6 +180,8 @@ pub(super) struct Io {
     /// The host's environment, read at most once per loop turn when a start needs it: a
     /// `start_many` of 1000 services shares one copy.
     host_env: Option<Arc<[CString]>>,
+    /// The wall clock and the ticks of schedules, the inotify instance of watches.
+    pub(super) triggers: super::triggers::Triggers,
 }
 
 impl Io {
@@ -199,7 +201,7 @@ impl Io {
             outputs,
             probes,
             store,
-            registry,
+            registry: registry.clone(),
             timers: Timers::default(),
             changes: Changes::default(),
             identity,
@@ -211,6 +213,7 @@ impl Io {
             unrecorded: HashMap::new(),
             rng: seed | 1,
             host_env: None,
+            triggers: super::triggers::Triggers::new(registry.clone()),
         }
     }
 

@@ -181,6 +181,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
         ready: immediately,
         uid: launch.uid(),
     });
+    let (last_output, alarms) = super::triggers::arm_watchdog(svc, io, now);
     let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
     io.outputs.attach(RunOutput {
         id: svc.id,
@@ -195,6 +196,8 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
             _ => None,
         },
         keep_tail: true,
+        last_output,
+        alarms,
     });
     let notify = notify.and_then(|sock| {
         let token = io.token();
@@ -313,7 +316,7 @@ fn decide(svc: &mut Service, io: &mut Io, end: RunEnd) -> Decision {
     let jitter = io.random_unit();
     let (decision, history) = svc.spec.restart_policy().decide(&svc.history, &end, jitter);
     svc.history = history;
-    decision
+    super::triggers::job_decision(svc, &end, decision)
 }
 
 /// A decision of the restart policy in words, and its delay if it restarts.
@@ -375,7 +378,7 @@ fn act(svc: &mut Service, io: &mut Io, decision: Decision, min_delay: Duration, 
             }
         }
         Decision::Exited => {
-            svc.state = State::Exited;
+            svc.state = super::triggers::exited_state(svc);
             io.changes.save(svc.id);
         }
         Decision::Errored { crashes, window } => {
@@ -489,7 +492,10 @@ pub(super) fn begin_stop(
                     .push(deadline, svc.id, svc.generation, TimerKind::SweepDeadline);
                 return Step::Done;
             }
-            let active = matches!(svc.state, State::Waiting | State::Backoff { .. });
+            let active = matches!(
+                svc.state,
+                State::Waiting | State::Backoff { .. } | State::Scheduled
+            );
             after_stop(svc, io, then, active)
         }
     }
@@ -760,7 +766,10 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
             (Some("done: the one-shot task succeeded".to_string()), None)
         }
         Next::Policy(d) => {
-            let (text, delay) = describe_decision(&d, Duration::ZERO);
+            let (mut text, delay) = describe_decision(&d, Duration::ZERO);
+            if matches!(d, Decision::Exited) && super::triggers::waits_for_tick(svc) {
+                text = "a scheduled job: it waits for its next tick".to_string();
+            }
             (Some(text), delay)
         }
         Next::Then(_) => (None, None),
@@ -845,7 +854,10 @@ pub(super) fn check_sweep(svc: &mut Service, io: &mut Io, give_up: bool) -> Step
     };
     svc.state = *sweep.was;
     io.changes.save(svc.id);
-    let active = matches!(svc.state, State::Waiting | State::Backoff { .. });
+    let active = matches!(
+        svc.state,
+        State::Waiting | State::Backoff { .. } | State::Scheduled
+    );
     after_stop(svc, io, sweep.then, active)
 }
 

@@ -33,6 +33,7 @@ mod pending;
 mod roll;
 mod service;
 mod timers;
+mod triggers;
 
 #[cfg(test)]
 mod tests;
@@ -60,12 +61,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use timers::TimerKind;
 
-/// The poll tokens of the state directory's watch and of the guardian's pidfd, below the
-/// waker's; those of runs count up from 1 (and the containment tier's from 2^62).
+/// The poll tokens of what the supervision thread watches besides runs, all here so that
+/// none is given twice, below the waker's: the state directory's watch, the guardian's
+/// pidfd, the triggers' wall-clock alarm and inotify instance, the orphan reaper's SIGCHLD
+/// pipe. Those of runs count up from 1 (the containment tier's from 2^61 and 2^62).
 const STATE_TOKEN: u64 = WAKER_TOKEN - 1;
 const GUARDIAN_TOKEN: u64 = WAKER_TOKEN - 2;
-/// The poll token of the orphan reaper's SIGCHLD pipe.
-const ORPHANS_TOKEN: u64 = WAKER_TOKEN - 3;
+const ALARM_TOKEN: u64 = WAKER_TOKEN - 3;
+const INOTIFY_TOKEN: u64 = WAKER_TOKEN - 4;
+const ORPHANS_TOKEN: u64 = WAKER_TOKEN - 5;
 /// How long the lock file may be missing from a state directory that is still there before
 /// it is made again: long enough for an `rm -rf` of the directory to finish first (making
 /// the lock inside would leave it unable to remove the directory).
@@ -260,6 +264,9 @@ impl Engine {
             }
             self.shared.hub.set_preamble(events);
         }
+        if let Some(dir) = self.state.db_path().parent() {
+            self.io.triggers.exclude(dir);
+        }
         if resurrect {
             let up: Vec<u64> = self
                 .services
@@ -268,7 +275,10 @@ impl Engine {
                 .map(|s| s.id)
                 .collect();
             let now = Instant::now();
+            let ticks = triggers::stored_ticks(&mut self.io);
             for id in up {
+                let svc = self.services.get_mut(&id).expect("listed above");
+                triggers::arm(svc, &mut self.io, Some(ticks.get(&id).copied()));
                 self.start_service(id, now);
             }
         }
@@ -315,6 +325,7 @@ impl Engine {
         }
         self.read_inbox(now);
         self.fire_timers(budget, now);
+        self.fire_ticks(now);
         self.start_waiting(now);
         self.advance_rolls(now);
         self.advance_waves(now);
@@ -374,6 +385,8 @@ impl Engine {
             STATE_TOKEN => self.on_state_dir_event(),
             GUARDIAN_TOKEN => self.on_guardian_exit(),
             ORPHANS_TOKEN => self.reap_orphans(),
+            ALARM_TOKEN => self.on_alarm(),
+            INOTIFY_TOKEN => self.on_fs_events(now),
             _ => match self.io.tokens.get(&token).copied() {
                 Some(Owner::Leader(id)) => {
                     self.with_service(id, now, |svc, io| lifecycle::on_exit(svc, io, now))
@@ -455,6 +468,9 @@ impl Engine {
             return;
         }
         let svc = self.services.get_mut(&id).expect("present above");
+        if triggers::holds_back(svc, &mut self.io) {
+            return;
+        }
         if let Err(e) = lifecycle::spawn(svc, &mut self.io, false, now) {
             log::warn!("{e}");
         }
@@ -518,6 +534,14 @@ impl Engine {
                         checks::on_ready_line(svc, &mut self.io, generation, now);
                     }
                 }
+                logs::Report::OutputMatched {
+                    id,
+                    generation,
+                    pattern,
+                    line,
+                } => self.with_service(id, now, |svc, io| {
+                    triggers::on_output_matched(svc, io, generation, pattern, &line, now)
+                }),
             }
         }
         while let Ok(report) = self.inbox.probes.try_recv() {
@@ -566,9 +590,14 @@ impl Engine {
                 let _ = reply.send(result);
             }
             Request::Explain { target, reply } => {
-                let result = self
-                    .resolve_one(&target, "explain")
-                    .map(|id| explain::explain(&self.services[&id], &self.services, now));
+                let result = self.resolve_one(&target, "explain").map(|id| {
+                    let svc = &self.services[&id];
+                    let mut e = explain::explain(svc, &self.services, now);
+                    for line in triggers::explain(svc, now) {
+                        e.text += &format!("; {line}");
+                    }
+                    e
+                });
                 let _ = reply.send(result);
             }
             Request::Stop { target, reply } => match self.resolve(&target) {
@@ -578,6 +607,7 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
+                    self.disarm_triggers(&ids);
                     let n = ids.len();
                     let reply = Reply::Count(reply, n);
                     self.begin_staged(ids, Then::Settle, Want::Down, reply, now);
@@ -596,6 +626,8 @@ impl Engine {
                         // A manual restart is not a crash: the backoff starts afresh.
                         self.with_service(id, now, |svc, io| {
                             svc.history = Default::default();
+                            triggers::arm(svc, io, None);
+                            triggers::restart_asked(svc);
                             lifecycle::begin_stop(svc, io, Then::Start, false, now)
                         });
                     }
@@ -620,6 +652,7 @@ impl Engine {
                         let _ = reply.send(Err(e));
                         return;
                     }
+                    self.disarm_triggers(&ids);
                     let n = ids.len();
                     let reply = Reply::Count(reply, n);
                     self.begin_staged(ids, Then::Delete, Want::Gone, reply, now);
@@ -631,6 +664,9 @@ impl Engine {
                 self.shutdown = Some(reply);
                 self.io.stop_by = by;
                 let ids: Vec<u64> = self.services.keys().copied().collect();
+                // No tick or change starts anything while the waves stop the fleet; the
+                // next `open` arms the triggers again.
+                self.disarm_triggers(&ids);
                 self.begin_staged(ids, Then::Settle, Want::Down, Reply::Nobody, now);
             }
         }
@@ -814,6 +850,12 @@ impl Engine {
                 }
                 // Only a wake-up: the rolls look at their deadlines each turn.
                 TimerKind::Roll => continue,
+                TimerKind::WatchSettle => {
+                    self.with_service(timer.id, now, |svc, io| {
+                        triggers::on_watch_settle(svc, io, timer.at, now)
+                    });
+                    continue;
+                }
                 _ => {}
             }
             let Some(svc) = self.services.get_mut(&timer.id) else {
@@ -843,7 +885,11 @@ impl Engine {
                 | TimerKind::ReadyTimeout
                 | TimerKind::ReadyProbe
                 | TimerKind::HealthProbe => checks::on_timer(svc, io, timer.kind, now),
-                TimerKind::MemorySample | TimerKind::Relock | TimerKind::Roll => {
+                TimerKind::Silence => triggers::on_silence_check(svc, io, now),
+                TimerKind::MemorySample
+                | TimerKind::Relock
+                | TimerKind::Roll
+                | TimerKind::WatchSettle => {
                     unreachable!("handled above")
                 }
             };

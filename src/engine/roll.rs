@@ -279,6 +279,9 @@ impl Engine {
                 let svc = self.services.get_mut(&id).expect("checked above");
                 svc.spec = spec;
                 svc.launch = None;
+                if svc.desired_up {
+                    super::triggers::arm(svc, &mut self.io, None);
+                }
                 self.io.changes.touch(id);
             }
         }

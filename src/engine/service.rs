@@ -40,6 +40,8 @@ pub(super) struct Service {
     pub(super) notify_rejected: u64,
     /// The argv and environment an operator's start made, reused by the policy's restarts.
     pub(super) launch: Option<Arc<Launch>>,
+    /// Its schedule, watch and watchdog, as armed.
+    pub(super) triggers: super::triggers::Armed,
 }
 
 /// Where a service is in its life.
@@ -59,6 +61,8 @@ pub(super) enum State {
     Running(Box<Run>),
     /// No run, but a stop is ending what earlier runs left (process-group tier).
     Sweeping(Sweep),
+    /// A scheduled job between runs, waiting for its next tick.
+    Scheduled,
 }
 
 /// One run of a service.
@@ -191,6 +195,7 @@ impl Service {
             log_dropped: Arc::default(),
             notify_rejected: 0,
             launch: None,
+            triggers: Default::default(),
         }
     }
 
@@ -240,6 +245,7 @@ impl Service {
             State::Waiting => Status::Starting,
             State::Backoff { .. } => Status::Backoff,
             State::Sweeping(_) => Status::Stopping,
+            State::Scheduled => Status::Scheduled,
             State::Running(run) if run.stop.is_some() => Status::Stopping,
             State::Running(run) if run.ready => Status::Online,
             State::Running(_) => Status::Starting,
@@ -270,6 +276,7 @@ impl Service {
             log_dropped: self.log_dropped.clone(),
             status_text: run.and_then(|r| r.checks.status_text.clone()),
             notify_rejected: self.notify_rejected,
+            next_scheduled: self.triggers.next_tick,
         }
     }
 }

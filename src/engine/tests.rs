@@ -6,13 +6,15 @@
 
 use super::io::{Identity, Io, Outputs, Owner, Probes};
 use super::service::State;
+use super::triggers::Clock;
 use super::{Engine, Inbox, Request};
 use crate::containment::marker::Session;
 use crate::containment::{Ended, Leftovers, Plan, Processes, RunKey, Spawned};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
+use crate::history::Cause;
 use crate::info::{ServiceInfo, Status};
-use crate::logs::{self, RunOutput};
+use crate::logs::{self, LastOutput, RunOutput};
 use crate::policy::{Backoff, RestartPolicy};
 use crate::probe;
 use crate::readiness::{Condition, Ready};
@@ -20,14 +22,16 @@ use crate::signal::Signal;
 use crate::snapshot::Shared;
 use crate::spec::ServiceSpec;
 use crate::store::Store;
+use crate::sys::Fired;
 use crate::sys::{Credentials, Poller, RawExit, Reaped};
+use crate::trigger::{Overlap, Schedule, Watch, Watchdog};
 use crossbeam_channel::{Receiver, Sender};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the fake tier was asked, and what its processes do.
 #[derive(Default)]
@@ -141,13 +145,17 @@ enum Asked {
     Forget(u64),
 }
 
-struct FakeOutputs(Rc<RefCell<Vec<Asked>>>);
+struct FakeOutputs(
+    Rc<RefCell<Vec<Asked>>>,
+    Rc<RefCell<Option<Arc<LastOutput>>>>,
+);
 
 impl Outputs for FakeOutputs {
     fn attach(&mut self, output: RunOutput) {
         self.0
             .borrow_mut()
             .push(Asked::Attach(output.id, output.generation));
+        *self.1.borrow_mut() = output.last_output;
     }
     fn detach(&mut self, id: u64, generation: u64) {
         self.0.borrow_mut().push(Asked::Detach(id, generation));
@@ -173,6 +181,8 @@ struct Bench {
     engine: Engine,
     procs: Rc<RefCell<Procs>>,
     outputs: Rc<RefCell<Vec<Asked>>>,
+    /// The watchdog clock of the last run attached to the pump.
+    last_output: Rc<RefCell<Option<Arc<LastOutput>>>>,
     probes: Rc<RefCell<Vec<probe::Job>>>,
     requests: Sender<Request>,
     logs: Sender<logs::Report>,
@@ -189,6 +199,7 @@ impl Bench {
         let poller = Poller::new(16).unwrap();
         let procs = Rc::new(RefCell::new(Procs::default()));
         let outputs = Rc::new(RefCell::new(Vec::new()));
+        let last_output = Rc::new(RefCell::new(None));
         let probes = Rc::new(RefCell::new(Vec::new()));
         let identity = Identity {
             run_key: "key".into(),
@@ -198,7 +209,7 @@ impl Bench {
         };
         let io = Io::new(
             Box::new(FakeProcs(procs.clone())),
-            Box::new(FakeOutputs(outputs.clone())),
+            Box::new(FakeOutputs(outputs.clone(), last_output.clone())),
             Box::new(FakeProbes(probes.clone())),
             Store::open_in_memory().unwrap(),
             poller.registry(),
@@ -222,6 +233,7 @@ impl Bench {
             engine,
             procs,
             outputs,
+            last_output,
             probes,
             requests,
             logs,
@@ -402,6 +414,33 @@ impl Bench {
         self.turn();
     }
 
+    /// Puts the schedules on a wall clock of the test's own, at `start`; the test moves it.
+    fn fake_wall_clock(&mut self, start: SystemTime) -> Rc<Cell<SystemTime>> {
+        let wall = Rc::new(Cell::new(start));
+        self.engine.io.triggers.clock = Box::new(FakeClock(wall.clone()));
+        wall
+    }
+
+    /// What `explain` says of `name`.
+    fn explain(&mut self, name: &str) -> String {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(Request::Explain {
+                target: name.to_string(),
+                reply,
+            })
+            .unwrap();
+        self.turn();
+        answered(&rx).expect("explained").text
+    }
+
+    /// The run of `name` is stopped by a signal it obeys, and its output is drained.
+    fn obeys_stop(&mut self, name: &str) {
+        let generation = self.generation(name);
+        self.exit(name, RawExit::Signal(15));
+        self.drained(name, generation);
+    }
+
     fn events(&self) -> Vec<Event> {
         std::iter::from_fn(|| self.events.try_recv()).collect()
     }
@@ -411,6 +450,24 @@ impl Bench {
         self.engine.io.store.flush();
         self.engine.io.store.runs(id, 100).unwrap()
     }
+}
+
+/// A wall clock moved by hand; its alarm is not needed, as every turn fires the due ticks.
+struct FakeClock(Rc<Cell<SystemTime>>);
+
+impl Clock for FakeClock {
+    fn wall(&self) -> SystemTime {
+        self.0.get()
+    }
+    fn set_alarm(&mut self, _: Option<SystemTime>) {}
+    fn on_alarm(&mut self) -> Fired {
+        Fired::Expired
+    }
+}
+
+/// 2024-01-01T00:00:00Z plus `secs`.
+fn jan1(secs: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(1_704_067_200 + secs)
 }
 
 fn spec(name: &str) -> ServiceSpec {
@@ -1243,4 +1300,366 @@ fn a_ping_is_answered_at_the_next_turn_even_during_a_shutdown() {
         rx.try_recv().unwrap().is_ok(),
         "answered during the shutdown"
     );
+}
+
+#[test]
+fn a_restart_schedule_restarts_at_each_tick_and_shows_the_next() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    let info = answered(
+        &b.start(spec("web").schedule(Schedule::restart("*/10 * * * * *").time_zone("UTC"))),
+    )
+    .unwrap();
+    assert_eq!(
+        info.next_scheduled(),
+        Some(jan1(10)),
+        "describe shows the next tick"
+    );
+    assert!(b
+        .explain("web")
+        .contains("next scheduled restart at 2024-01-01 00:00:10 +00:00 (UTC)"));
+    b.turn();
+    assert_eq!(b.status("web"), Status::Online, "not before its tick");
+    wall.set(jan1(10));
+    b.turn();
+    assert_eq!(b.status("web"), Status::Stopping, "the tick stops the run");
+    b.obeys_stop("web");
+    assert_eq!(b.status("web"), Status::Online);
+    assert_eq!(b.generation("web"), 2, "and starts a new one");
+    let runs = b.runs_recorded("web");
+    assert_eq!(runs.last().unwrap().cause(), Some(Cause::Scheduled));
+    assert_eq!(
+        b.engine.services[&b.id("web")].info().next_scheduled(),
+        Some(jan1(20))
+    );
+}
+
+#[test]
+fn ticks_passed_over_by_a_clock_jump_give_one_restart_and_are_counted() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    b.start(spec("web").schedule(Schedule::restart("*/10 * * * * *").time_zone("UTC")));
+    wall.set(jan1(65));
+    b.turn();
+    b.obeys_stop("web");
+    b.turn();
+    assert_eq!(b.generation("web"), 2, "one restart for the ticks 10 to 60");
+    assert!(
+        b.explain("web").contains("5 ticks missed"),
+        "{}",
+        b.explain("web")
+    );
+    assert_eq!(
+        b.engine.services[&b.id("web")].info().next_scheduled(),
+        Some(jan1(70))
+    );
+}
+
+#[test]
+fn a_stopped_service_is_not_started_by_its_schedule() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    b.start(spec("web").schedule(Schedule::restart("*/10 * * * * *").time_zone("UTC")));
+    b.stop("web");
+    b.obeys_stop("web");
+    assert_eq!(b.status("web"), Status::Stopped);
+    assert_eq!(
+        b.engine.services[&b.id("web")].info().next_scheduled(),
+        None
+    );
+    wall.set(jan1(30));
+    b.turn();
+    assert_eq!(
+        b.status("web"),
+        Status::Stopped,
+        "the schedule was disarmed"
+    );
+    assert!(b.procs.borrow().live.is_empty(), "nothing spawned");
+}
+
+#[test]
+fn a_job_waits_for_its_tick_runs_and_waits_again_after_a_success() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    let info =
+        answered(&b.start(spec("job").schedule(Schedule::run("*/10 * * * * *").time_zone("UTC"))))
+            .unwrap();
+    assert_eq!(
+        info.status(),
+        Status::Scheduled,
+        "the start answers at once"
+    );
+    assert!(
+        b.procs.borrow().live.is_empty(),
+        "nothing runs before the tick"
+    );
+    assert!(b.explain("job").contains("waiting for its first run"));
+    wall.set(jan1(10));
+    b.turn();
+    assert_eq!(b.status("job"), Status::Online, "the tick runs it");
+    b.exit("job", RawExit::Code(0));
+    b.drained("job", 1);
+    assert_eq!(
+        b.status("job"),
+        Status::Scheduled,
+        "a success waits for the next tick"
+    );
+    assert_eq!(
+        b.runs_recorded("job")[0].decision(),
+        Some("a scheduled job: it waits for its next tick")
+    );
+    assert_eq!(b.generation("job"), 1);
+    wall.set(jan1(20));
+    b.turn();
+    assert_eq!(b.generation("job"), 2, "the next tick runs it again");
+    let r = b.restart("job");
+    b.obeys_stop("job");
+    answered(&r).unwrap();
+    assert_eq!(b.generation("job"), 3, "a restart by hand runs it now");
+}
+
+#[test]
+fn a_tick_skips_a_job_still_running_or_restarts_it_as_the_schedule_says() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    let every_10s = |name: &str, overlap| {
+        spec(name).schedule(
+            Schedule::run("*/10 * * * * *")
+                .time_zone("UTC")
+                .run_on_start(true)
+                .if_running(overlap),
+        )
+    };
+    b.start(every_10s("skip", Overlap::Skip));
+    b.start(every_10s("restart", Overlap::Restart));
+    assert_eq!(b.status("skip"), Status::Online, "run_on_start");
+    wall.set(jan1(10));
+    b.turn();
+    assert_eq!(b.status("skip"), Status::Online);
+    assert_eq!(b.generation("skip"), 1, "the tick was skipped");
+    assert!(b.explain("skip").contains("1 ticks skipped"));
+    assert_eq!(b.status("restart"), Status::Stopping);
+    b.obeys_stop("restart");
+    assert_eq!(
+        b.generation("restart"),
+        2,
+        "the old run stopped, a new one ran"
+    );
+    assert_eq!(
+        b.runs_recorded("restart").last().unwrap().cause(),
+        Some(Cause::Scheduled)
+    );
+}
+
+#[test]
+fn a_resurrected_job_with_catch_up_runs_once_for_the_ticks_it_missed() {
+    let mut b = Bench::new();
+    b.fake_wall_clock(jan1(3600));
+    b.start(spec("late").schedule(Schedule::run("0 * * * *").time_zone("UTC").catch_up(true)));
+    b.start(spec("waits").schedule(Schedule::run("0 * * * *").time_zone("UTC")));
+    for name in ["late", "waits"] {
+        let id = b.id(name);
+        let svc = b.engine.services.get_mut(&id).unwrap();
+        super::triggers::disarm(svc, &mut b.engine.io);
+        // The previous host handled the tick of 22:00 the day before.
+        super::triggers::arm(
+            svc,
+            &mut b.engine.io,
+            Some(Some(jan1(0) - Duration::from_secs(7200))),
+        );
+        b.engine.start_service(id, b.now);
+    }
+    b.turn();
+    assert_eq!(b.status("late"), Status::Online, "catch_up: one run now");
+    assert_eq!(
+        b.status("waits"),
+        Status::Scheduled,
+        "no catch_up: the next tick"
+    );
+    for name in ["late", "waits"] {
+        assert!(
+            b.explain(name).contains("3 ticks missed"),
+            "{}",
+            b.explain(name)
+        );
+    }
+}
+
+#[test]
+fn a_burst_of_changes_gives_one_restart_once_quiet_and_none_once_stopped() {
+    let mut b = Bench::new();
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tree.path().join("src")).unwrap();
+    let watch = Watch::new([tree.path().to_str().unwrap()])
+        .ignore("*.log")
+        .debounce(Duration::from_secs(1));
+    b.start(spec("dev").watch(watch));
+    let changed = |b: &mut Bench, file: &str| {
+        std::fs::write(tree.path().join(file), "x").unwrap();
+        b.engine.turn(&[super::INOTIFY_TOKEN], b.now);
+    };
+    changed(&mut b, "debug.log");
+    b.advance(Duration::from_secs(2));
+    assert_eq!(
+        b.status("dev"),
+        Status::Online,
+        "an ignored file changes nothing"
+    );
+    changed(&mut b, "src/a.js");
+    b.advance(Duration::from_millis(600));
+    changed(&mut b, "src/b.js");
+    b.advance(Duration::from_millis(600));
+    assert_eq!(
+        b.status("dev"),
+        Status::Online,
+        "not while the changes go on"
+    );
+    assert!(b
+        .explain("dev")
+        .contains("files changed (src/a.js, src/b.js)"));
+    b.advance(Duration::from_millis(400));
+    assert_eq!(
+        b.status("dev"),
+        Status::Stopping,
+        "quiet for the debounce: the restart"
+    );
+    b.obeys_stop("dev");
+    assert_eq!(b.generation("dev"), 2, "one restart for the burst");
+    let run = &b.runs_recorded("dev").last().unwrap().clone();
+    assert_eq!(run.cause(), Some(Cause::FilesChanged));
+    assert!(
+        run.reason().unwrap().contains("src/a.js, src/b.js"),
+        "{run:?}"
+    );
+    b.advance(Duration::from_secs(3));
+    assert_eq!(b.generation("dev"), 2, "and no other");
+
+    b.stop("dev");
+    b.obeys_stop("dev");
+    changed(&mut b, "src/c.js");
+    b.advance(Duration::from_secs(3));
+    assert_eq!(
+        b.status("dev"),
+        Status::Stopped,
+        "a stopped service stays stopped"
+    );
+    assert!(
+        b.engine.io.triggers.watched_dirs() == 0,
+        "and its directories are no longer watched"
+    );
+}
+
+#[test]
+fn a_silent_run_is_ended_by_its_watchdog_and_output_puts_it_off() {
+    let mut b = Bench::new();
+    b.start(
+        crasher("quiet", Backoff::fixed(Duration::from_secs(5)))
+            .watchdog(Watchdog::new().silence(Duration::from_secs(2))),
+    );
+    b.advance(Duration::from_millis(1500));
+    let last = b
+        .last_output
+        .borrow()
+        .clone()
+        .expect("the pump has the clock");
+    last.set(b.now);
+    b.advance(Duration::from_millis(1000));
+    assert_eq!(b.status("quiet"), Status::Online, "it wrote 1 s ago");
+    b.advance(Duration::from_millis(1000));
+    assert_eq!(b.status("quiet"), Status::Stopping, "2 s without a byte");
+    b.obeys_stop("quiet");
+    assert_eq!(b.status("quiet"), Status::Backoff, "the policy decides");
+    let run = &b.runs_recorded("quiet")[0];
+    assert_eq!(run.cause(), Some(Cause::Silent));
+    assert_eq!(run.reason(), Some("watchdog: no output for 2s"));
+    assert!(b.explain("quiet").contains("ended by a trigger (silent)"));
+}
+
+#[test]
+fn a_line_matching_the_watchdog_pattern_ends_the_run() {
+    let mut b = Bench::new();
+    b.start(
+        crasher("db", Backoff::none()).watchdog(
+            Watchdog::new()
+                .pattern("nothing")
+                .pattern("deadlock detected"),
+        ),
+    );
+    let id = b.id("db");
+    b.logs
+        .send(logs::Report::OutputMatched {
+            id,
+            generation: 1,
+            pattern: 1,
+            line: "ERROR: deadlock detected in tx 7".into(),
+        })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("db"), Status::Stopping);
+    b.obeys_stop("db");
+    assert_eq!(b.generation("db"), 2, "restarted by its policy");
+    let run = b.runs_recorded("db").last().unwrap().clone();
+    assert_eq!(run.cause(), Some(Cause::OutputMatched));
+    assert_eq!(
+        run.reason(),
+        Some("watchdog: output matched 'deadlock detected': ERROR: deadlock detected in tx 7")
+    );
+    b.logs
+        .send(logs::Report::OutputMatched {
+            id,
+            generation: 1,
+            pattern: 1,
+            line: "late".into(),
+        })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("db"), Status::Online, "a stale report is dropped");
+}
+
+#[test]
+fn a_tick_during_a_shutdown_starts_nothing() {
+    let mut b = Bench::new();
+    let wall = b.fake_wall_clock(jan1(5));
+    b.start(
+        crasher("db", Backoff::fixed(Duration::from_secs(60)))
+            .schedule(Schedule::restart("*/10 * * * * *").time_zone("UTC")),
+    );
+    b.start(spec("web").after("db", Condition::Started));
+    b.exit("db", RawExit::Code(1));
+    b.drained("db", 1);
+    assert_eq!(b.status("db"), Status::Backoff);
+    let (reply, _rx) = crossbeam_channel::bounded(1);
+    b.requests
+        .send(Request::Shutdown { reply, by: None })
+        .unwrap();
+    b.turn();
+    assert_eq!(b.status("web"), Status::Stopping, "the first wave");
+    assert_eq!(b.status("db"), Status::Backoff, "waits for the second");
+    wall.set(jan1(10));
+    b.turn();
+    assert_eq!(b.generation("db"), 1, "the tick started nothing");
+    assert_eq!(b.engine.services[&b.id("db")].info().next_scheduled(), None);
+    b.obeys_stop("web");
+    assert_eq!(b.status("db"), Status::Stopped);
+}
+
+#[test]
+fn the_poll_tokens_of_the_thread_own_sources_are_distinct_and_below_the_waker() {
+    let tokens = [
+        super::STATE_TOKEN,
+        super::GUARDIAN_TOKEN,
+        super::ALARM_TOKEN,
+        super::INOTIFY_TOKEN,
+        super::ORPHANS_TOKEN,
+    ];
+    let distinct: std::collections::HashSet<u64> = tokens.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        tokens.len(),
+        "a token given twice: {tokens:?}"
+    );
+    // Above every run's and every containment token (which count up from 1, 2^61, 2^62).
+    assert!(tokens
+        .iter()
+        .all(|&t| t < crate::sys::WAKER_TOKEN && t > (1 << 62) + (1 << 40)));
 }

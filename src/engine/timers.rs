@@ -34,6 +34,10 @@ pub(super) enum TimerKind {
     Relock,
     /// A rolling reload's step may be overdue (no service: id 0).
     Roll,
+    /// A watched change may have settled: restart, or wait on (any generation).
+    WatchSettle,
+    /// Time to look whether the run's output went silent (its watchdog).
+    Silence,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

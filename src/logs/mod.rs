@@ -53,6 +53,29 @@ pub(crate) struct RunOutput {
     pub(crate) watch: Option<String>,
     /// Keep the last lines of its output for its record.
     pub(crate) keep_tail: bool,
+    /// Its watchdog's clock: set at each read of its output.
+    pub(crate) last_output: Option<Arc<LastOutput>>,
+    /// Its watchdog's patterns: the first line that matches one is reported.
+    pub(crate) alarms: Vec<String>,
+}
+
+/// When a run last wrote (stdout or stderr): the log pump sets it at each read, the
+/// supervision thread reads it for a watchdog's silence check, without a report per read.
+#[derive(Debug)]
+pub(crate) struct LastOutput(parking_lot::Mutex<std::time::Instant>);
+
+impl LastOutput {
+    pub(crate) fn new(at: std::time::Instant) -> LastOutput {
+        LastOutput(parking_lot::Mutex::new(at))
+    }
+
+    pub(crate) fn set(&self, at: std::time::Instant) {
+        *self.0.lock() = at;
+    }
+
+    pub(crate) fn get(&self) -> std::time::Instant {
+        *self.0.lock()
+    }
 }
 
 enum Message {
@@ -76,6 +99,13 @@ pub(crate) enum Report {
     Forgotten { id: u64 },
     /// A line matched the run's `Ready::LogLine` pattern.
     ReadyLine { id: u64, generation: u64 },
+    /// A line matched one of the run's watchdog patterns (its index), reported once per run.
+    OutputMatched {
+        id: u64,
+        generation: u64,
+        pattern: usize,
+        line: String,
+    },
 }
 
 /// The last output of a run, for its record in the run history.

@@ -42,6 +42,10 @@ struct RunPipes {
     deadline: Option<Instant>,
     /// A `Ready::LogLine` pattern still to be matched, with the partial line of each stream.
     watch: Option<Watch>,
+    /// Watchdog patterns not matched yet.
+    alarms: Option<Watch>,
+    /// The watchdog's clock of the last output.
+    last_output: Option<Arc<super::LastOutput>>,
     /// The end of each stream, for the run's record.
     tail: Option<Tail>,
 }
@@ -99,31 +103,59 @@ pub(crate) fn last_lines(buf: &[u8], lines: usize, bytes: usize) -> &[u8] {
     buf
 }
 
+/// Patterns looked for in a run's lines, with the partial line of each stream.
 struct Watch {
-    pattern: regex_lite::Regex,
+    patterns: Vec<regex_lite::Regex>,
     partial: [Vec<u8>; 2],
 }
 
+/// The longest matched line a report carries.
+const MATCHED_LINE_MAX: usize = 512;
+
 impl Watch {
-    /// Feeds output; returns whether a complete line (or an over-long one) matched.
-    fn feed(&mut self, which: Which, data: &[u8], line_max: usize) -> bool {
+    /// A watch of the patterns that compile (the spec's validation refused the others), if
+    /// any.
+    fn new<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Option<Watch> {
+        let patterns: Vec<regex_lite::Regex> = patterns
+            .into_iter()
+            .filter_map(|p| regex_lite::Regex::new(p).ok())
+            .collect();
+        (!patterns.is_empty()).then(|| Watch {
+            patterns,
+            partial: [Vec::new(), Vec::new()],
+        })
+    }
+
+    /// Feeds output; returns the first complete line (or over-long one) that matched, with
+    /// the index of the pattern it matched.
+    fn feed(&mut self, which: Which, data: &[u8], line_max: usize) -> Option<(usize, String)> {
         let partial = &mut self.partial[which as usize];
+        let patterns = &self.patterns;
+        let matched = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line);
+            let i = patterns.iter().position(|p| p.is_match(&text))?;
+            let mut end = text.len().min(MATCHED_LINE_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            Some((i, text[..end].trim_end_matches('\r').to_string()))
+        };
         let mut rest = data;
         while let Some(nl) = sink::find_newline(rest) {
             partial.extend_from_slice(&rest[..nl]);
-            if self.pattern.is_match(&String::from_utf8_lossy(partial)) {
-                return true;
+            if let Some(hit) = matched(partial) {
+                return Some(hit);
             }
             partial.clear();
             rest = &rest[nl + 1..];
         }
         partial.extend_from_slice(rest);
         if partial.len() > line_max {
-            let hit = self.pattern.is_match(&String::from_utf8_lossy(partial));
+            let hit = matched(partial);
             partial.clear();
             return hit;
         }
-        false
+        None
     }
 }
 
@@ -205,6 +237,8 @@ impl PumpThread {
                     dropped,
                     watch,
                     keep_tail,
+                    last_output,
+                    alarms,
                 } = *output;
                 // Whatever an earlier run left in its pipes comes first.
                 let mut wrote = false;
@@ -258,12 +292,8 @@ impl PumpThread {
                     );
                 }
                 let svc = self.services.get_mut(&id).expect("inserted above");
-                let watch = watch
-                    .and_then(|p| regex_lite::Regex::new(&p).ok())
-                    .map(|pattern| Watch {
-                        pattern,
-                        partial: [Vec::new(), Vec::new()],
-                    });
+                let watch = Watch::new(&watch);
+                let alarms = Watch::new(&alarms);
                 let tail = keep_tail.then(|| Tail {
                     lines: svc.policy.get_tail_lines(),
                     bytes: svc.policy.get_tail_bytes(),
@@ -274,6 +304,8 @@ impl PumpThread {
                     tokens,
                     deadline: None,
                     watch,
+                    alarms,
+                    last_output,
                     tail,
                 });
                 wrote
@@ -366,16 +398,37 @@ impl PumpThread {
                     wrote = true;
                     let generation = pipe.generation;
                     let line_max = svc.policy.get_line_max();
+                    let (mut ready, mut alarm) = (false, None);
                     if let Some(run) = svc.runs.iter_mut().find(|r| r.generation == generation) {
                         if let Some(tail) = &mut run.tail {
                             tail.push(which, &self.buf[..n]);
                         }
                         if let Some(w) = &mut run.watch {
-                            if w.feed(which, &self.buf[..n], line_max) {
+                            if w.feed(which, &self.buf[..n], line_max).is_some() {
                                 run.watch = None;
-                                self.report(Report::ReadyLine { id, generation });
+                                ready = true;
                             }
                         }
+                        if let Some(last) = &run.last_output {
+                            last.set(Instant::now());
+                        }
+                        if let Some(w) = &mut run.alarms {
+                            alarm = w.feed(which, &self.buf[..n], line_max);
+                            if alarm.is_some() {
+                                run.alarms = None;
+                            }
+                        }
+                    }
+                    if ready {
+                        self.report(Report::ReadyLine { id, generation });
+                    }
+                    if let Some((pattern, line)) = alarm {
+                        self.report(Report::OutputMatched {
+                            id,
+                            generation,
+                            pattern,
+                            line,
+                        });
                     }
                     if n < self.buf.len() {
                         return wrote;
@@ -420,6 +473,8 @@ impl PumpThread {
                     tokens: Vec::new(),
                     deadline: None,
                     watch: None,
+                    alarms: None,
+                    last_output: None,
                     tail: run.tail,
                 });
             }

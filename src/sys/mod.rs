@@ -35,6 +35,10 @@
 //! - **orphans** (`OrphanReaper`, `is_pid_one`, `own_process_group`): reaping the orphans
 //!   re-parented to a host that is PID 1 or a subreaper, when SIGCHLD says a child exited,
 //!   never a child the crate holds a pidfd for (held from before its `clone`);
+//! - **inotify** (`Inotify`, `FsEvent`): one instance for every directory watched for
+//!   changes, readable in the epoll;
+//! - **timerfd** (`WallTimer`): a timer on the wall clock that fires after a suspend and
+//!   says when the clock was set, for schedules;
 //! - **hook**: what the guardian's re-execution needs: the proof that an ELF constructor is in
 //!   the main executable's `.init_array` (`constructor_in_main_executable`), and what a
 //!   process taken over before `main` does (`exit_now`, `inherited_fd`, …).

@@ -12,6 +12,7 @@ mod host;
 mod every_command;
 mod export;
 mod follow;
+mod import;
 mod no_host;
 mod one_host;
 mod other_uid;

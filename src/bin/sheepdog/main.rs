@@ -111,13 +111,20 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Converge the host to a fleet file (TOML, JSON or a Procfile).
+    /// Converge the host to a fleet file (TOML, JSON, a Procfile, or a PM2 or supervisord
+    /// file, imported).
     Apply {
         /// The fleet file.
         file: PathBuf,
         /// Also stop and delete the services the file does not list.
         #[arg(long)]
         prune: bool,
+        /// The file's format, when its name does not tell.
+        #[arg(long, value_parser = ["toml", "json", "procfile", "pm2", "supervisord"])]
+        format: Option<String>,
+        /// A PM2 profile: each app's env_<PROFILE> over its env.
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// List the hosts running on this machine (for this user).
     Hosts,
@@ -876,8 +883,13 @@ fn change(client: &mut Client, command: Command, json: bool, style: &Style) -> R
             }
             other => return Err(unexpected(other)),
         },
-        Command::Apply { file, prune } => {
-            let fleet = load_fleet(&file)?;
+        Command::Apply {
+            file,
+            prune,
+            format,
+            profile,
+        } => {
+            let fleet = load_fleet(&file, format.as_deref(), profile.as_deref())?;
             match client.call(&Request::Apply { fleet, prune })? {
                 Reply::Apply(applied) => {
                     if json {
@@ -952,15 +964,14 @@ fn change(client: &mut Client, command: Command, json: bool, style: &Style) -> R
     Ok(())
 }
 
-fn load_fleet(file: &Path) -> Result<Fleet, Failure> {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    Ok(if name == "Procfile" || name.ends_with(".procfile") {
-        Fleet::from_procfile(file)?
-    } else if name.ends_with(".json") {
-        Fleet::from_json_file(file)?
-    } else {
-        Fleet::from_toml_file(file)?
-    })
+fn load_fleet(file: &Path, format: Option<&str>, profile: Option<&str>) -> Result<Fleet, Failure> {
+    // clap accepts only the names `Format::from_name` knows.
+    let format = format.map(|name| sheepdog::Format::from_name(name).expect("a known format"));
+    let fleet = Fleet::load(file, format, profile)?;
+    for warning in fleet.warnings() {
+        eprintln!("sheepdog: warning: {warning}");
+    }
+    Ok(fleet)
 }
 
 fn event_line(event: &protocol::Event, style: &Style) -> String {

@@ -51,17 +51,15 @@ pub struct Options {
     pub ready: Vec<String>,
 }
 
-/// Reads a fleet file, choosing the format by its name: `Procfile`, `Procfile.*` and
-/// `*.procfile` are Procfiles, `*.json` JSON, anything else TOML.
+/// Reads a fleet file in the format its name says ([`sheepdog::Format::detect`]: a
+/// Procfile, TOML, JSON, a PM2 ecosystem file or a supervisord configuration), and prints
+/// what an importer could not carry over.
 pub fn load(file: &Path) -> sheepdog::Result<Fleet> {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if name == "Procfile" || name.starts_with("Procfile.") || name.ends_with(".procfile") {
-        Fleet::from_procfile(file)
-    } else if name.ends_with(".json") {
-        Fleet::from_json_file(file)
-    } else {
-        Fleet::from_toml_file(file)
+    let fleet = Fleet::load(file, None, None)?;
+    for warning in fleet.warnings() {
+        eprintln!("warning: {warning}");
     }
+    Ok(fleet)
 }
 
 /// An error as one line: its message, then each cause after a colon.

@@ -1,10 +1,11 @@
 //! Linux: pidfd for exit notification and signalling, epoll for waiting, `clone3` for
 //! spawning, prctl for PDEATHSIG, procfs for what processes are, inotify for the state
-//! directory, Unix sockets for the control socket, NSS for users and groups. One file per
-//! kernel facility.
+//! directory and watched trees, a realtime timerfd for schedules, Unix sockets for the
+//! control socket, NSS for users and groups. One file per kernel facility.
 
 mod fs;
 mod hook;
+mod inotify;
 mod notify;
 mod orphans;
 mod pidfd;
@@ -14,10 +15,12 @@ mod procfs;
 mod signal;
 mod socket;
 mod spawn;
+mod timerfd;
 mod user;
 
 pub(crate) use fs::*;
 pub(crate) use hook::*;
+pub(crate) use inotify::*;
 pub(crate) use notify::*;
 pub(crate) use orphans::{is_pid_one, own_process_group, OrphanReaper};
 pub(crate) use pidfd::*;
@@ -27,4 +30,5 @@ pub(crate) use procfs::*;
 pub(crate) use signal::*;
 pub(crate) use socket::*;
 pub(crate) use spawn::*;
+pub(crate) use timerfd::*;
 pub(crate) use user::*;
