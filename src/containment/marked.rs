@@ -81,11 +81,15 @@ pub(super) struct Escapees {
     new_pids: Option<NewPids>,
 }
 
-/// Pids `from..=to` as read from /proc: those of this session's runs, by service id.
+/// Pids `from..=to` as read from /proc: those of this session's runs, by service id, and
+/// those that were not there or not decided yet.
 struct NewPids {
     from: u32,
     to: u32,
     by_id: HashMap<u64, Vec<(u32, String)>>,
+    absent: Vec<u32>,
+    /// One of them was in the middle of an exec at the last read, not decided yet.
+    pending: bool,
 }
 
 impl Escapees {
@@ -190,8 +194,12 @@ impl Escapees {
     /// one without a marker is reported once if it sits in a session of its own (a `setsid`
     /// daemon), the mark of an escape, since the host's own children look the same
     /// otherwise. `leaders`: the pids of the runs' main processes, which are not orphans.
-    pub(super) fn claim(&mut self, leaders: &HashSet<u32>, live: impl Fn(RunKey) -> bool) {
+    ///
+    /// Returns whether every orphan was decided: `false` while one is in the middle of an
+    /// exec ([`marker::undecided`]), to be looked at again.
+    pub(super) fn claim(&mut self, leaders: &HashSet<u32>, live: impl Fn(RunKey) -> bool) -> bool {
         let host_session = sys::session_of(std::process::id());
+        let mut decided = true;
         for pid in sys::own_children() {
             if leaders.contains(&pid) || self.is_tracked(pid) || self.unclaimed.contains(&pid) {
                 continue;
@@ -213,6 +221,10 @@ impl Escapees {
                 .as_ref()
                 .and_then(|s| marker::claim(s, &self.run_key, std::slice::from_ref(&self.session)));
             let Some(claimed) = claimed else {
+                if stat.as_ref().is_some_and(marker::undecided) {
+                    decided = false;
+                    continue;
+                }
                 let name = || {
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -248,6 +260,7 @@ impl Escapees {
             );
             self.track(pidfd, run, false);
         }
+        decided
     }
 
     /// The processes provably of service `id`'s runs in this session, and when /proc was
@@ -331,9 +344,10 @@ impl Escapees {
 
     /// Looks for processes of `run`'s service started since `before` (forked by a member
     /// that was still running, then gone), tracks them under `run` and sends them `signal`.
-    /// Returns whether it found any.
+    /// Returns whether it found any, or one that may prove the run's once its exec is through.
     pub(super) fn find_late(&mut self, run: RunKey, before: Scan, signal: Signal) -> bool {
         let last_pid = sys::last_pid();
+        let mut undecided = false;
         // Pids are handed out in order: what was created since the stop's read has a pid
         // after the last one then. Each new pid is read once, whatever the number of stops
         // that ask (a stop-all of 1000 would otherwise read every pid the rest of the machine
@@ -343,6 +357,8 @@ impl Escapees {
             (Some(a), Some(b)) if a == b => Vec::new(),
             (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => {
                 let late = self.read_new_pids(a + 1, b);
+                // A process in the middle of an exec may be this run's: not over yet.
+                undecided = late.pending;
                 let mine = late.by_id.get(&run.id).map_or(&[][..], Vec::as_slice);
                 mine.iter().filter(|(pid, _)| *pid > a).cloned().collect()
             }
@@ -351,14 +367,15 @@ impl Escapees {
                 let since = before.ticks.saturating_sub(1);
                 let procs = self.procs.get_or_insert_with(sys::all_processes);
                 let sessions = std::slice::from_ref(&self.session);
-                procs
-                    .iter()
-                    .filter(|p| p.start_time >= since)
-                    .filter_map(|p| {
-                        let claimed = marker::claim(p, &self.run_key, sessions)?;
-                        (claimed.owner.id == run.id).then_some((p.pid, claimed.marker))
-                    })
-                    .collect()
+                let mut mine = Vec::new();
+                for p in procs.iter().filter(|p| p.start_time >= since) {
+                    match marker::claim(p, &self.run_key, sessions) {
+                        Some(c) if c.owner.id == run.id => mine.push((p.pid, c.marker)),
+                        Some(_) => {}
+                        None => undecided |= marker::undecided(p),
+                    }
+                }
+                mine
             }
         };
         let me = std::process::id();
@@ -378,13 +395,15 @@ impl Escapees {
             self.track(pidfd, run, false);
             found = true;
         }
-        found
+        found || undecided
     }
 
-    /// The processes of this session's runs among pids `from..=to`, read from /proc: only
-    /// the pids no earlier call read (a pid below the last one handed out is not handed out
-    /// again before a wrap, so what was read stays true, but for processes that died since,
-    /// which pinning tells).
+    /// The processes of this session's runs among pids `from..=to`, read from /proc once
+    /// each: a pid below the last one handed out is not handed out again before a wrap, so
+    /// what a read found stays true (but for processes that died since, which pinning
+    /// tells). A pid that was not there is looked at again by every later call: it may have
+    /// been a fork that was not through yet (a pid is handed out before its process shows),
+    /// one whose parent was still in a stopping group.
     fn read_new_pids(&mut self, from: u32, to: u32) -> &NewPids {
         let keep = self.new_pids.as_ref().is_some_and(|n| {
             // Not after a wrap, and never more than a few stops' worth.
@@ -398,22 +417,42 @@ impl Escapees {
             from: to + 1,
             to,
             by_id: HashMap::new(),
+            absent: Vec::new(),
+            pending: false,
         });
+        let sessions = std::slice::from_ref(session);
+        let mut pending = false;
+        let mut read = |pid: u32, by_id: &mut HashMap<u64, Vec<(u32, String)>>| -> bool {
+            let Some(stat) = sys::proc_stat(pid) else {
+                return false;
+            };
+            match marker::claim(&stat, run_key, sessions) {
+                Some(claimed) => by_id
+                    .entry(claimed.owner.id)
+                    .or_default()
+                    .push((pid, claimed.marker)),
+                None if marker::undecided(&stat) => {
+                    pending = true;
+                    return false;
+                }
+                None => {}
+            }
+            true
+        };
+        // Those not there before: the common case, a short-lived process that is gone, costs
+        // one signal-0 call.
+        let mut absent = std::mem::take(&mut n.absent);
+        absent.retain(|&pid| !(sys::pid_exists(pid) && read(pid, &mut n.by_id)));
         let ranges = [(from, n.from.saturating_sub(1)), (n.to + 1, to)];
         for (lo, hi) in ranges {
             for pid in lo..=hi {
-                let Some(stat) = sys::proc_stat(pid) else {
-                    continue;
-                };
-                let sessions = std::slice::from_ref(session);
-                if let Some(claimed) = marker::claim(&stat, run_key, sessions) {
-                    n.by_id
-                        .entry(claimed.owner.id)
-                        .or_default()
-                        .push((pid, claimed.marker));
+                if !read(pid, &mut n.by_id) {
+                    absent.push(pid);
                 }
             }
         }
+        n.absent = absent;
+        n.pending = pending;
         n.from = n.from.min(from);
         n.to = to;
         n

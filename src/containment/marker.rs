@@ -165,6 +165,15 @@ pub(crate) fn claim(
     Some(Claimed { owner, marker })
 }
 
+/// Whether a process that [`claim`] did not claim may still prove one of ours: it is in the
+/// middle of an exec (its environment reads empty until the new image's is set up, which can
+/// take milliseconds on a loaded machine) and started less than a second ago. Whoever asks
+/// looks again later rather than decide now.
+pub(crate) fn undecided(stat: &sys::ProcStat) -> bool {
+    let age = sys::boot_ticks().saturating_sub(stat.start_time);
+    age < sys::clock_ticks_per_second() && sys::environ_pending(stat.pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

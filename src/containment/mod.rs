@@ -297,10 +297,11 @@ impl Tier {
         self.cgroups.is_none() && !self.subreaper
     }
 
-    /// Claims the orphans a subreaper host was handed (a no-op in the other tiers).
-    fn claim(&mut self) {
+    /// Claims the orphans a subreaper host was handed (a no-op in the other tiers). Returns
+    /// whether every orphan was decided (see [`marker::undecided`]).
+    fn claim(&mut self) -> bool {
         if !self.subreaper {
-            return;
+            return true;
         }
         let leaders: HashSet<u32> = self
             .runs
@@ -314,7 +315,7 @@ impl Tier {
             .filter(|(_, r)| !r.reaped)
             .map(|(k, _)| *k)
             .collect();
-        self.escapees.claim(&leaders, |run| live.contains(&run));
+        self.escapees.claim(&leaders, |run| live.contains(&run))
     }
 
     fn spawn_error(spec: &ServiceSpec, what: &str, e: std::io::Error) -> Error {
@@ -532,7 +533,6 @@ impl Processes for Tier {
     }
 
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool {
-        self.claim();
         if self.escapees.any(run) {
             return false;
         }
@@ -546,6 +546,15 @@ impl Processes for Tier {
         if !(group_empty && cgroup_empty) {
             return false;
         }
+        // The orphans are claimed after the group is seen empty, not before: a member that
+        // left a child behind as it exited handed it to this host before it left the group.
+        // One in the middle of an exec may be this run's: not empty yet.
+        if !self.claim() || self.escapees.any(run) {
+            return false;
+        }
+        let Some(r) = self.runs.get(&run) else {
+            return true;
+        };
         match r.scanned {
             Some(before) if self.groups_only() => !self.escapees.find_late(run, before, signal),
             _ => true,

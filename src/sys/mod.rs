@@ -19,7 +19,7 @@
 //!   waker, with a deadline; a watch that fires when the state directory goes away;
 //! - **procfs** (`ProcStat`, `all_processes`, `environ_value`, …): what the processes of the
 //!   machine are, for containment without cgroups and for `stats`;
-//! - **process** (`real_uid`, `raise_fd_limit`, `become_subreaper`, `random_bytes`, …): this
+//! - **process** (`real_uid`, `raise_fd_limit`, `become_subreaper`, `random_bytes`, `pid_exists`, …): this
 //!   process;
 //! - **signal** (`raw_signal`, termination handlers): signal numbers, and the handlers a
 //!   foreground host may install;

@@ -47,3 +47,15 @@ pub(crate) fn raise_fd_limit() -> u64 {
 pub(crate) fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
+
+/// Whether a process with this pid exists (signal 0: nothing is sent). A pid the kernel has
+/// handed out to a fork that is not through yet does not exist here, as in /proc.
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}

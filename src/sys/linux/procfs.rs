@@ -148,6 +148,13 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
     })
 }
 
+/// Whether `pid` is a live user process whose environment reads empty: in the middle of an
+/// exec (the new image's environment is not set up yet), or one that emptied it.
+pub(crate) fn environ_pending(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.is_empty())
+        && proc_stat(pid).is_some_and(|s| s.ppid != 2 && s.pid != 2 && s.state != b'Z')
+}
+
 /// The session id of `pid`.
 ///
 /// Zero is a real answer: inside a container whose session leader lives outside the
