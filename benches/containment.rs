@@ -251,8 +251,14 @@ fn guardian_cost(n: usize, rounds: usize) -> ((u64, u64), (u64, u64), f64, f64) 
         assert!(sup.guarded());
         let specs = (0..n).map(|i| ServiceSpec::new(format!("s{i:04}"), "sleep").arg("600"));
         assert!(sup.start_many(specs).unwrap().iter().all(|r| r.is_ok()));
-        let g = guardians();
-        assert_eq!(g.len(), 1);
+        // The guardian names itself once it runs, which may be after `open` returned.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut g = guardians();
+        while g.len() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            g = guardians();
+        }
+        assert_eq!(g.len(), 1, "one guardian, named");
         let m = (rollup_kib(g[0], "Pss:"), rollup_kib(g[0], "Rss:"));
         sup.shutdown().unwrap();
         m
