@@ -38,7 +38,12 @@ fn bytes_that_are_not_utf8_reach_the_child_and_survive_a_reopen() -> TestResult 
         .env(TOKEN_VAR, &h.token)
         .current_dir(dir.clone());
     let check = |pid: u32| {
-        let argv = fields(format!("/proc/{pid}/cmdline"));
+        // Read while the child is still in its exec, the command line is empty: read again.
+        let argv = wait_until(SECS_5, || {
+            let argv = fields(format!("/proc/{pid}/cmdline"));
+            (argv.len() > 3).then_some(argv)
+        })
+        .expect("the child's command line, once its exec is through");
         assert_eq!(argv[3], arg.as_bytes(), "the argument, exactly");
         let mut kv = key.as_bytes().to_vec();
         kv.push(b'=');
