@@ -42,7 +42,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// - `GET /livez`: `200 ok` if the supervision thread answers within [`LIVENESS_BOUND`]
 ///   (a loop that is stuck fails it), else `503` saying so;
 /// - `GET /readyz`: `200 ready` if every service required for readiness is ready (online,
-///   or a one-shot that exited with success), else `503` with one line per service that is
+///   a scheduled job waiting for its tick, or a one-shot that exited with success), else
+///   `503` with one line per service that is
 ///   not (`web: starting`); by default every service is required;
 /// - `GET /metrics`: per service its status, readiness, restarts, last exit code or signal,
 ///   uptime, CPU, memory, processes, log bytes and dropped log bytes; the supervisor's
@@ -597,10 +598,11 @@ impl Server {
     }
 }
 
-/// Ready for `/readyz`: online, or a one-shot that exited with success.
+/// Ready for `/readyz`: online, a one-shot that exited with success, or a scheduled job
+/// waiting for its next tick (its steady state: a fleet with a nightly job is ready all day).
 fn is_ready(info: &ServiceInfo) -> bool {
     match info.status() {
-        Status::Online => true,
+        Status::Online | Status::Scheduled => true,
         Status::Exited => info.last_exit().is_some_and(|e| e.success()),
         _ => false,
     }

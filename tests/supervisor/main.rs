@@ -63,6 +63,7 @@ mod probe_hygiene;
 mod process_settings;
 mod read_only_state_dir;
 mod readiness;
+mod readiness_endpoint;
 mod reclaim;
 mod reclaim_spares_a_reused_pid;
 mod reopen;
