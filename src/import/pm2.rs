@@ -186,6 +186,8 @@ const KNOWN: &[&str] = &[
     "watch_delay",
     "stop_exit_codes",
     "time",
+    "uid",
+    "gid",
 ];
 
 impl App<'_> {
@@ -302,7 +304,7 @@ impl App<'_> {
                 "wait_ready" | "listen_timeout" => {
                     "no equivalent: process.send('ready') is not read; set 'ready' (a log line, a port, a probe)"
                 }
-                "user" | "uid" | "gid" => "no equivalent: services run as the host's user",
+                "user" => "no equivalent: PM2's 'user' is for its startup script; set 'uid'",
                 _ => "no equivalent; ignored",
             };
             self.warn(key, why);
@@ -433,6 +435,20 @@ impl App<'_> {
                 watch = watch.debounce(d);
             }
             spec_base = spec_base.watch(watch);
+        }
+        // The user and group to run as, by name or number.
+        for key in ["uid", "gid"] {
+            let id = match self.app.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+                Some(_) => return Err(self.error(key, "not a user name or id")),
+            };
+            spec_base = if key == "uid" {
+                spec_base.user(id)
+            } else {
+                spec_base.group(id)
+            };
         }
         let instances = match self.app.get("instances") {
             None | Some(Value::Null) => 1,

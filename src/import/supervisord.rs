@@ -105,6 +105,8 @@ const KNOWN: &[&str] = &[
     "environment",
     "autostart",
     "autorestart",
+    "user",
+    "umask",
     "startsecs",
     "startretries",
     "exitcodes",
@@ -165,8 +167,6 @@ fn program(
     for (key, _) in &section.keys {
         if !KNOWN.contains(&key.as_str()) {
             let why = match key.as_str() {
-                "user" => "no equivalent: services run as the host's user",
-                "umask" => "no equivalent: services inherit the host's umask",
                 "stdout_logfile" | "stderr_logfile" => {
                     "no equivalent: logs are kept in the state directory (see Supervisor::logs)"
                 }
@@ -176,12 +176,15 @@ fn program(
         }
     }
     let autostart = boolean("autostart", true)?;
-    if !autostart {
-        warn(
-            "autostart",
-            "no equivalent: every service of a fleet is started when the fleet is applied",
-        );
-    }
+    let umask = match section.get("umask") {
+        None => None,
+        Some(v) => Some(u32::from_str_radix(v.trim(), 8).map_err(|_| {
+            invalid(
+                origin,
+                format!("{}: '{v}' is not an octal mask", at("umask")),
+            )
+        })?),
+    };
     for key in ["stopasgroup", "killasgroup"] {
         if section.get(key).is_some() && !boolean(key, false)? {
             warn(
@@ -328,6 +331,14 @@ fn program(
         if let Some(dir) = section.get("directory") {
             spec = spec.current_dir(expand("directory", dir)?);
         }
+        if let Some(user) = section.get("user") {
+            spec = spec.user(expand("user", user)?.trim());
+        }
+        if let Some(mask) = umask {
+            spec = spec.umask(mask);
+        }
+        // Defined, not started when the fleet is applied (`sheepdog start NAME` starts it).
+        spec = spec.autostart(autostart);
         if let Some(env) = section.get("environment") {
             let env = expand("environment", env)?;
             spec = spec.envs(

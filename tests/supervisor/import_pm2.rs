@@ -134,3 +134,26 @@ fn a_yaml_process_file_without_and_with_its_profile() {
         "{err}"
     );
 }
+
+#[test]
+fn uid_and_gid_become_the_user_and_group_to_run_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ecosystem.json");
+    std::fs::write(
+        &file,
+        r#"{"apps": [{"name": "api", "script": "/srv/api/server", "uid": "www-data", "gid": 33}]}"#,
+    )
+    .unwrap();
+    let fleet = Fleet::from_pm2(&file, None).unwrap();
+    let api = &fleet.services()[0];
+    assert_eq!(api.get_user(), Some("www-data"));
+    assert_eq!(api.get_group(), Some("33"), "a number is kept as an id");
+    assert!(
+        !fleet
+            .warnings()
+            .iter()
+            .any(|w| w.contains("uid") || w.contains("gid")),
+        "{:?}",
+        fleet.warnings()
+    );
+}

@@ -55,7 +55,8 @@ fn every_program_becomes_the_spec_it_describes() {
                 .max_bytes(20 << 20)
                 .keep(5)
                 .merge_stderr(true),
-        );
+        )
+        .user("www-data");
     assert_eq!(fleet.services()[2], web);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     for (i, n) in [(0, 1), (1, 2)] {
@@ -78,7 +79,8 @@ fn every_program_becomes_the_spec_it_describes() {
             )
             .stop_signal(Signal::Term)
             .stop_timeout(Duration::from_secs(600))
-            .log(LogPolicy::default().max_bytes(50 << 20).keep(10));
+            .log(LogPolicy::default().max_bytes(50 << 20).keep(10))
+            .umask(0o022);
         assert_eq!(fleet.services()[i], celery);
     }
     let beat = &fleet.services()[3];
@@ -89,6 +91,10 @@ fn every_program_becomes_the_spec_it_describes() {
             .backoff(supervisord_backoff())
             .stable_after(Duration::from_secs(1))
             .max_restarts(3, Duration::from_secs(124))
+    );
+    assert!(
+        !beat.get_autostart(),
+        "autostart=false: defined, not started"
     );
 }
 
@@ -102,13 +108,10 @@ fn every_option_without_an_equivalent_or_with_another_meaning_is_a_warning() {
         "section [rpcinterface:supervisor] is ignored",
         "section [supervisorctl] is ignored",
         "section [group:workers] has no equivalent",
-        "[program:web] user: no equivalent",
         "[program:web] stdout_logfile: no equivalent",
         "[program:web] startsecs: mapped to the restart policy's stable_after",
         "[program:web] startretries: mapped to max_restarts(3) within a sliding 140s window",
-        "[program:celery] umask: no equivalent",
         "[program:celery] startretries: mapped to max_restarts(3)",
-        "[program:beat] autostart: no equivalent",
         "[program:beat] stderr_logfile: no equivalent",
         "priority: kept as the order of the services",
     ] {
@@ -118,6 +121,12 @@ fn every_option_without_an_equivalent_or_with_another_meaning_is_a_warning() {
         );
     }
     let about = |w: &&String, what: &str| w.contains(what);
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| about(&w, "user") || about(&w, "umask") || about(&w, "autostart")),
+        "user, umask and autostart map to the spec: no warning"
+    );
     assert!(
         !warnings
             .iter()
