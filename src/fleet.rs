@@ -441,8 +441,8 @@ impl Fleet {
     /// `exp_backoff_restart_delay` as an exponential one up to 15 s; `kill_timeout` as the
     /// stop timeout, with PM2's SIGINT as the stop signal; `max_memory_restart` (`"300M"`)
     /// as `max_memory`; `cron_restart` as a [`Schedule`](crate::Schedule); `watch`,
-    /// `ignore_watch`, `watch_delay` as a [`Watch`](crate::Watch); `time` as log timestamps.
-    /// Every other option, and each one whose meaning differs, is named in
+    /// `ignore_watch`, `watch_delay` as a [`Watch`](crate::Watch); `time` as log timestamps;
+    /// `uid` and `gid` as the user and group to run as. Every other option, and each one whose meaning differs, is named in
     /// [`warnings`](Fleet::warnings) (log file paths, `merge_logs`, cluster mode, …).
     ///
     /// # Errors
@@ -483,11 +483,12 @@ impl Fleet {
     /// on-failure) with `exitcodes` as success codes; `startsecs` as `stable_after`;
     /// `startretries` as a restart limit in a window; `stopsignal`, `stopwaitsecs`;
     /// `redirect_stderr` as merged logs; `stdout_logfile_maxbytes`/`_backups` as log
-    /// rotation; `priority` as the order of the services. `%(ENV_X)s`, `%(program_name)s`,
+    /// rotation; `priority` as the order of the services; `user`, `umask`; `autostart=false`
+    /// as a service defined and not started. `%(ENV_X)s`, `%(program_name)s`,
     /// `%(process_num)02d`, `%(here)s`, `%(group_name)s` and `%(host_node_name)s` are
     /// expanded. Every other option and section, and each option whose meaning differs
-    /// (`startretries`, `startsecs`, `priority`, `autostart=false`, `user`, `umask`,
-    /// `stopasgroup=false`, log file paths), is named in [`warnings`](Fleet::warnings).
+    /// (`startretries`, `startsecs`, `priority`, `stopasgroup=false`, log file paths), is
+    /// named in [`warnings`](Fleet::warnings).
     ///
     /// # Errors
     ///
@@ -503,10 +504,11 @@ impl Fleet {
     /// let dir = tempfile::tempdir()?;
     /// let file = dir.path().join("supervisord.conf");
     /// std::fs::write(&file, "[program:worker]\ncommand=/usr/bin/env python3 -m worker\n\
-    ///                         numprocs=2\nuser=www-data\n")?;
+    ///                         numprocs=2\nuser=www-data\nstdout_logfile=/var/log/w.log\n")?;
     /// let fleet = Fleet::from_supervisord(&file)?;
     /// assert_eq!(fleet.services()[1].name(), "worker_01");
-    /// assert!(fleet.warnings().iter().any(|w| w.contains("user")));
+    /// assert_eq!(fleet.services()[1].get_user(), Some("www-data"));
+    /// assert!(fleet.warnings().iter().any(|w| w.contains("stdout_logfile")));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_supervisord(path: impl AsRef<Path>) -> Result<Fleet> {
