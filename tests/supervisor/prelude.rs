@@ -413,15 +413,48 @@ pub fn pids() -> Vec<u32> {
         .collect()
 }
 
+/// The environment of `pid`, raw. A process in the middle of an exec shows an empty one
+/// until its new image is set up: one that started less than a second ago is read again,
+/// for up to 100 ms, so that a leak check does not take it for untagged.
+fn environ(pid: u32) -> Option<Vec<u8>> {
+    let path = format!("/proc/{pid}/environ");
+    let mut env = std::fs::read(&path).ok()?;
+    let deadline = Instant::now() + Duration::from_millis(100);
+    while env.is_empty() && Instant::now() < deadline && young_user_process(pid) {
+        std::thread::sleep(Duration::from_millis(1));
+        env = std::fs::read(&path).ok()?;
+    }
+    Some(env)
+}
+
+/// A live process, not a kernel thread, started less than a second (100 clock ticks) ago.
+fn young_user_process(pid: u32) -> bool {
+    let Some(f) = stat_fields(pid) else {
+        return false;
+    };
+    let ppid: u32 = f.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    if f[0] == "Z" || f[0] == "X" || ppid == 2 || pid == 2 {
+        return false;
+    }
+    // The start time is the 22nd field of stat, the 20th after the command name.
+    let start: u64 = f.get(19).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let now = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(0, |secs| (secs * 100.0) as u64);
+    now.saturating_sub(start) < 100
+}
+
 /// Whether the environment of `pid` holds `kv` (`NAME=value`).
 pub fn env_has(pid: u32, kv: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == kv.as_bytes()))
+    environ(pid).is_some_and(|env| env.split(|b| *b == 0).any(|e| e == kv.as_bytes()))
 }
 
 /// The value of `var` in the environment of `pid`.
 pub fn env_of(pid: u32, var: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let env = environ(pid)?;
     let prefix = format!("{var}=");
     env.split(|b| *b == 0)
         .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
