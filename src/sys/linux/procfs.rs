@@ -134,10 +134,7 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
     let path = format!("/proc/{pid}/environ");
     let mut env = std::fs::read(&path).ok()?;
     let mut tries = 0;
-    while env.is_empty()
-        && tries < 20
-        && proc_stat(pid).is_some_and(|s| s.ppid != 2 && s.pid != 2 && s.state != b'Z')
-    {
+    while env.is_empty() && tries < 20 && proc_stat(pid).is_some_and(|s| is_user_process(&s)) {
         std::thread::sleep(std::time::Duration::from_micros(50));
         env = std::fs::read(&path).ok()?;
         tries += 1;
@@ -152,7 +149,12 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
 /// exec (the new image's environment is not set up yet), or one that emptied it.
 pub(crate) fn environ_pending(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.is_empty())
-        && proc_stat(pid).is_some_and(|s| s.ppid != 2 && s.pid != 2 && s.state != b'Z')
+        && proc_stat(pid).is_some_and(|s| is_user_process(&s))
+}
+
+/// A live process of user space: not a kernel thread (nor kthreadd), not a zombie.
+fn is_user_process(stat: &ProcStat) -> bool {
+    stat.ppid != 2 && stat.pid != 2 && stat.state != b'Z'
 }
 
 /// The session id of `pid`.
