@@ -309,7 +309,9 @@ fn main() {
         println!("(no writable cgroup v2 hierarchy here: the cgroup tier is not measured)");
     }
     tiers.push(Containment::ProcessGroup);
-    println!("| tier | stop, 100 descendants (50 after setsid), median of {rounds} | open after a host SIGKILL with {services} services: time, processes reclaimed |");
+    println!(
+        "| tier | stop, 100 descendants (50 after setsid), median of {rounds} | open after a host SIGKILL with {services} services: time, processes reclaimed |"
+    );
     println!("|---|---|---|");
     for &tier in &tiers {
         let stop = stop_tree(dir.path(), tier, rounds);
@@ -320,7 +322,9 @@ fn main() {
         );
     }
     println!();
-    println!("| tier | guardian: nothing left after a host SIGKILL with {services} services (3 processes each), median of {rounds} |");
+    println!(
+        "| tier | guardian: nothing left after a host SIGKILL with {services} services (3 processes each), median of {rounds} |"
+    );
     println!("|---|---|");
     for &tier in &tiers {
         let times = (0..rounds)
@@ -342,7 +346,10 @@ fn main() {
         full.0, full.1
     );
     println!();
-    println!("`open` of a temporary supervisor, median: {without:.2} ms without a guardian, {with:.2} ms with one (+{:.2} ms)", with - without);
+    println!(
+        "`open` of a temporary supervisor, median: {without:.2} ms without a guardian, {with:.2} ms with one (+{:.2} ms)",
+        with - without
+    );
     // Last: this process stays a subreaper.
     let stop = stop_tree(dir.path(), Containment::Subreaper, rounds);
     println!();

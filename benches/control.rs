@@ -17,8 +17,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn ms(d: Duration) -> f64 {
@@ -144,7 +144,7 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         time_cli(&state, &["ls"], 2); // warm the page cache
-                                      // Where the time goes: each request alone, from a client in this process.
+        // Where the time goes: each request alone, from a client in this process.
         let mut client = sheepdog::control::Client::connect(&state).unwrap();
         for (what, request) in [
             ("list", sheepdog::control::protocol::Request::List),

@@ -121,10 +121,10 @@ fn crash_late(
     let ticks = read_ticks(&file);
     let mut lat = Vec::new();
     for (i, t) in ticks.iter().enumerate() {
-        if t.0 == "exit" {
-            if let Some(next) = ticks[i + 1..].iter().find(|n| n.0 == "start") {
-                lat.push((next.1 - t.1) as f64 / 1e6);
-            }
+        if t.0 == "exit"
+            && let Some(next) = ticks[i + 1..].iter().find(|n| n.0 == "start")
+        {
+            lat.push((next.1 - t.1) as f64 / 1e6);
         }
     }
     lat.sort_by(f64::total_cmp);
@@ -163,11 +163,12 @@ fn fleet(sup: &Supervisor, tick: &Path, dir: &Path, n: usize, idle: Duration) ->
     let t1 = Instant::now();
     assert_eq!(sup.stop("all").unwrap(), n);
     let stop_s = t1.elapsed().as_secs_f64();
-    assert!(sup
-        .list()
-        .unwrap()
-        .iter()
-        .all(|s| s.status() == Status::Stopped));
+    assert!(
+        sup.list()
+            .unwrap()
+            .iter()
+            .all(|s| s.status() == Status::Stopped)
+    );
     sup.delete("all").unwrap();
     FleetFigures {
         start_s,
@@ -219,7 +220,9 @@ fn main() {
     );
     println!("| metric | sheepdog |");
     println!("|---|---|");
-    println!("| crash loop (exit 1 at once, Backoff::none): restart gap p50 / p99 | {p50:.2} / {p99:.2} ms ({rate:.0} restarts/s) |");
+    println!(
+        "| crash loop (exit 1 at once, Backoff::none): restart gap p50 / p99 | {p50:.2} / {p99:.2} ms ({rate:.0} restarts/s) |"
+    );
     println!(
         "| crash after {} ms uptime: exit→restart p50 / p99 | {l50:.2} / {l99:.2} ms |",
         p.crashlate_uptime_ms

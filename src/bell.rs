@@ -7,8 +7,8 @@
 //! a ring before it is seen by the look.
 
 use crate::sys::Waker;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Default)]
 pub(crate) struct Bell {
@@ -32,10 +32,11 @@ impl Bell {
 
     /// Wakes the listener, if one listens and has answered the last ring.
     pub(crate) fn ring(&self) {
-        if self.listening.load(Ordering::SeqCst) && !self.rung.swap(true, Ordering::SeqCst) {
-            if let Some(waker) = self.waker.get() {
-                waker.wake();
-            }
+        if self.listening.load(Ordering::SeqCst)
+            && !self.rung.swap(true, Ordering::SeqCst)
+            && let Some(waker) = self.waker.get()
+        {
+            waker.wake();
         }
     }
 

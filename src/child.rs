@@ -123,14 +123,14 @@ fn check_current_dir(spec: &ServiceSpec, name: &str) -> Result<()> {
                 return Err(spawn_error(
                     name,
                     format!("working directory '{shown}' is not a directory"),
-                ))
+                ));
             }
             Err(e) => {
                 return Err(spawn_error(
                     name,
                     format!("working directory '{shown}' is not accessible"),
                 )
-                .with_source(e))
+                .with_source(e));
             }
         }
     }
@@ -315,7 +315,7 @@ fn resolve_identity(
                         return Err(spawn_error(
                             name,
                             format!("there is no user '{u}' on this host"),
-                        ))
+                        ));
                     }
                 },
             };
@@ -344,7 +344,9 @@ fn resolve_identity(
                     let Some(gid) = gid else {
                         return Err(spawn_error(
                             name,
-                            format!("uid {uid} has no passwd entry to take its group from: set the group too"),
+                            format!(
+                                "uid {uid} has no passwd entry to take its group from: set the group too"
+                            ),
                         ));
                     };
                     (
@@ -488,7 +490,10 @@ fn explain_spawn_failure(
                     (None, Some(group)) => format!("group '{group}'"),
                     (None, None) => "another user".to_string(),
                 };
-                format!("cannot switch to {whom}: {} failed in the new process", failed.step)
+                format!(
+                    "cannot switch to {whom}: {} failed in the new process",
+                    failed.step
+                )
             }
             sys::ChildStep::Limit(resource) => {
                 let (soft, hard) = spec.get_limit(resource).unwrap_or_default();

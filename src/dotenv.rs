@@ -98,10 +98,12 @@ mod tests {
         assert_eq!(env["E"], "a\nb");
         let err = parse("A=1\n=1\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 1));
-        assert!(parse("no equals sign\n")
-            .unwrap_err()
-            .message
-            .contains("KEY=value"));
+        assert!(
+            parse("no equals sign\n")
+                .unwrap_err()
+                .message
+                .contains("KEY=value")
+        );
         let err = utf8_text(b"A=1\nB=caf\xe9\n").unwrap_err();
         assert_eq!((err.line, err.column), (2, 6));
     }

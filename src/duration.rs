@@ -46,7 +46,7 @@ pub(crate) fn parse(text: &str) -> Result<Duration, String> {
         _ => {
             return Err(format!(
                 "duration '{s}' has an unknown unit '{unit}' (use ms, s, m or h)"
-            ))
+            ));
         }
     };
     let malformed = || format!("duration '{s}' is not a number followed by a unit");
@@ -77,7 +77,7 @@ pub(crate) fn deadline(from: std::time::Instant, d: Duration) -> std::time::Inst
 
 /// `#[serde(with = "crate::duration::serde_str")]` for a `Duration` field.
 pub(crate) mod serde_str {
-    use serde::{de, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer, de};
     use std::time::Duration;
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -93,7 +93,7 @@ pub(crate) mod serde_str {
 /// `#[serde(with = "crate::duration::serde_opt")]` for an `Option<Duration>` field (with
 /// `default`, so that a missing key is `None`).
 pub(crate) mod serde_opt {
-    use serde::{de, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer, de};
     use std::time::Duration;
 
     pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

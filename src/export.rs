@@ -7,7 +7,7 @@ use crate::fleet::Fleet;
 use crate::graph;
 use crate::readiness::{Check, Ready};
 use crate::spec::ServiceSpec;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::graph;
 use crate::policy::RestartPolicy;
 use crate::readiness::Condition;
-use crate::spec::{validate_name, ServiceSpec};
+use crate::spec::{ServiceSpec, validate_name};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -97,11 +97,7 @@ impl Format {
             let pm2 = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .is_some_and(|v| v.get("apps").is_some_and(|a| a.is_array()));
-            if pm2 {
-                Format::Pm2
-            } else {
-                Format::Json
-            }
+            if pm2 { Format::Pm2 } else { Format::Json }
         } else if ext(".conf") || ext(".ini") {
             if !read(path)?.contains("[program:") {
                 return Err(Error::new(
@@ -656,7 +652,7 @@ impl Fleet {
                     ErrorKind::Io,
                     format!("cannot read '{}'", env_path.display()),
                 )
-                .with_source(e))
+                .with_source(e));
             }
         };
         let bytes = std::fs::read(path).map_err(|e| {
@@ -906,21 +902,27 @@ mod tests {
     #[test]
     fn duplicates_unknown_dependencies_and_cycles_are_refused() {
         let dup = "[[service]]\nname = \"a\"\nprogram = \"true\"\n[[service]]\nname = \"a\"\nprogram = \"true\"\n";
-        assert!(Fleet::from_toml_str(dup)
-            .unwrap_err()
-            .to_string()
-            .contains("defined twice"));
+        assert!(
+            Fleet::from_toml_str(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("defined twice")
+        );
         let cyc = "[[service]]\nname = \"a\"\nprogram = \"true\"\nafter = [{ name = \"b\", condition = \"started\" }]\n\
                    [[service]]\nname = \"b\"\nprogram = \"true\"\nafter = [{ name = \"a\", condition = \"ready\" }]\n";
-        assert!(Fleet::from_toml_str(cyc)
-            .unwrap_err()
-            .to_string()
-            .contains("dependency cycle: a -> b -> a"));
+        assert!(
+            Fleet::from_toml_str(cyc)
+                .unwrap_err()
+                .to_string()
+                .contains("dependency cycle: a -> b -> a")
+        );
         let unknown = "[[service]]\nname = \"a\"\nprogram = \"true\"\nafter = [{ name = \"z\", condition = \"started\" }]\n";
-        assert!(Fleet::from_toml_str(unknown)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown service 'z'"));
+        assert!(
+            Fleet::from_toml_str(unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown service 'z'")
+        );
     }
 
     #[test]
@@ -945,9 +947,11 @@ mod tests {
             fleet.services()[0].get_args(),
             ["-c", "python3 -m http.server $PORT"]
         );
-        assert!(fleet.services()[1]
-            .get_envs()
-            .any(|(k, v)| k == "B" && v == "two words"));
+        assert!(
+            fleet.services()[1]
+                .get_envs()
+                .any(|(k, v)| k == "B" && v == "two words")
+        );
         let err = Fleet::parse_procfile("web python3\n", "Procfile", &env).unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");
         let err = utf8_lines(b"web: ok\n# fine\nbad: caf\xe9\n", "Procfile").unwrap_err();

@@ -32,8 +32,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const ENV_STATE: &str = "SHEEPDOG_GUARDIAN_STATE";
@@ -365,7 +365,7 @@ extern "C" fn constructor() {
 /// input. The object is linked whenever a guardian can be spawned, because
 /// [`constructor_is_linked`] refers to this static.
 #[used]
-#[link_section = ".init_array"]
+#[unsafe(link_section = ".init_array")]
 static CONSTRUCTOR: extern "C" fn() = constructor;
 
 /// Whether the constructor is in the main executable's `.init_array` (as the pointer its
@@ -483,13 +483,13 @@ fn clean_up(orders: &Orders) -> Result<(), String> {
             cg.remove_service(None);
         }
     }
-    if orders.temporary {
-        if let Err(e) = std::fs::remove_dir_all(&orders.state_dir) {
-            eprintln!(
-                "sheepdog guardian: cannot remove '{}': {e}",
-                orders.state_dir.display()
-            );
-        }
+    if orders.temporary
+        && let Err(e) = std::fs::remove_dir_all(&orders.state_dir)
+    {
+        eprintln!(
+            "sheepdog guardian: cannot remove '{}': {e}",
+            orders.state_dir.display()
+        );
     }
     Ok(())
 }
@@ -525,7 +525,7 @@ fn take_lock(orders: &Orders) -> Result<Option<Option<File>>, String> {
                 ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!("cannot lock '{}': {e}", path.display()))
+                return Err(format!("cannot lock '{}': {e}", path.display()));
             }
         }
     }

@@ -14,15 +14,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::info::{ServiceInfo, Status};
 use crate::logs::LogDir;
 use crate::snapshot::Shared;
-use crate::sys::{self, Poller, Waker, WAKER_TOKEN};
+use crate::sys::{self, Poller, WAKER_TOKEN, Waker};
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long `/livez` waits for the supervision thread to answer.

@@ -17,8 +17,8 @@ use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -336,9 +336,11 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         assert_eq!(run(&Check::Tcp(port), Duration::from_secs(1)), Ok(()));
         drop(listener);
-        assert!(run(&Check::Tcp(port), Duration::from_secs(1))
-            .unwrap_err()
-            .contains("tcp 127.0.0.1"));
+        assert!(
+            run(&Check::Tcp(port), Duration::from_secs(1))
+                .unwrap_err()
+                .contains("tcp 127.0.0.1")
+        );
         assert_eq!(
             run(&Check::Command(vec!["true".into()]), Duration::from_secs(5)),
             Ok(())

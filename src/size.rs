@@ -26,7 +26,7 @@ pub(crate) fn parse(text: &str) -> Result<u64, String> {
         other => {
             return Err(format!(
                 "size '{s}' has an unknown unit '{other}' (use B, K, M, G or T; KiB and KB mean the same)"
-            ))
+            ));
         }
     };
     let too_large = || format!("size '{s}' is too large");

@@ -1009,28 +1009,26 @@ impl ServiceSpec {
                 ));
             }
         }
-        if let Some(dir) = &self.current_dir {
-            if dir.is_empty() || has_nul(dir) {
-                return invalid(
-                    "invalid spec: the working directory is empty or contains a NUL byte".into(),
-                );
-            }
+        if let Some(dir) = &self.current_dir
+            && (dir.is_empty() || has_nul(dir))
+        {
+            return invalid(
+                "invalid spec: the working directory is empty or contains a NUL byte".into(),
+            );
         }
-        if let Some(file) = &self.env_file {
-            if file.is_empty() || has_nul(file) {
-                return invalid(
-                    "invalid spec: the env file is empty or contains a NUL byte".into(),
-                );
-            }
+        if let Some(file) = &self.env_file
+            && (file.is_empty() || has_nul(file))
+        {
+            return invalid("invalid spec: the env file is empty or contains a NUL byte".into());
         }
         for (what, value) in [("user", &self.user), ("group", &self.group)] {
-            if let Some(v) = value {
-                if v.is_empty() || v.contains(['\0', ':', '/']) {
-                    return invalid(format!(
-                        "invalid spec: {what} '{}' is not a name or a number",
-                        v.escape_debug()
-                    ));
-                }
+            if let Some(v) = value
+                && (v.is_empty() || v.contains(['\0', ':', '/']))
+            {
+                return invalid(format!(
+                    "invalid spec: {what} '{}' is not a name or a number",
+                    v.escape_debug()
+                ));
             }
         }
         if let Some(mask) = self.umask.filter(|m| *m > 0o777) {
@@ -1057,13 +1055,13 @@ impl ServiceSpec {
                 "invalid spec: instances {n} is outside 1 to {MAX_INSTANCES}"
             ));
         }
-        if let Some(key) = &self.instance_var {
-            if let Some(why) = env_key_problem(OsStr::new(key)) {
-                return invalid(format!(
-                    "invalid spec: instance_var '{}' {why}",
-                    key.escape_debug()
-                ));
-            }
+        if let Some(key) = &self.instance_var
+            && let Some(why) = env_key_problem(OsStr::new(key))
+        {
+            return invalid(format!(
+                "invalid spec: instance_var '{}' {why}",
+                key.escape_debug()
+            ));
         }
         if self.oneshot && (self.ready != Ready::Immediately || self.health.is_some()) {
             return invalid(
@@ -1093,7 +1091,9 @@ impl ServiceSpec {
         match &self.ready {
             Ready::LogLine(pattern) => {
                 if let Err(e) = regex_lite::Regex::new(pattern) {
-                    return invalid(format!("invalid spec: ready log-line pattern '{pattern}' is not a regular expression: {e}"));
+                    return invalid(format!(
+                        "invalid spec: ready log-line pattern '{pattern}' is not a regular expression: {e}"
+                    ));
                 }
             }
             Ready::Tcp(0) => return invalid("invalid spec: ready tcp port 0".into()),
@@ -1435,13 +1435,14 @@ pub(crate) mod tests {
             assert_eq!(err.kind(), ErrorKind::InvalidSpec);
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
-        assert!(base
-            .clone()
-            .nice(-20)
-            .oom_score_adj(1000)
-            .instances(1000)
-            .validate()
-            .is_ok());
+        assert!(
+            base.clone()
+                .nice(-20)
+                .oom_score_adj(1000)
+                .instances(1000)
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl StateDir {
                     return Err(io_error(
                         format!("cannot read state file '{}'", shown.display()),
                         e,
-                    ))
+                    ));
                 }
             };
             if st.is_symlink() {
@@ -286,13 +286,13 @@ impl StateDir {
                         "state directory '{}' was taken by another supervisor",
                         self.path.display()
                     ),
-                ))
+                ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(io_error(
                     format!("cannot lock state directory '{}'", self.path.display()),
                     e,
-                ))
+                ));
             }
         }
         self.relocked.push((dir, lock));
@@ -361,7 +361,7 @@ fn open_state_dir(path: &Path, mode: u32) -> Result<OwnedFd> {
                     return Err(io_error(
                         format!("cannot create state directory '{shown}'"),
                         e,
-                    ))
+                    ));
                 }
                 _ => false,
             }
@@ -370,7 +370,7 @@ fn open_state_dir(path: &Path, mode: u32) -> Result<OwnedFd> {
             return Err(io_error(
                 format!("cannot read state directory '{shown}'"),
                 e,
-            ))
+            ));
         }
     };
     // Not following a link we did not see: one swapped in since is refused.

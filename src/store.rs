@@ -14,7 +14,7 @@ use crate::history::{Cause, Usage};
 use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
 use crate::sys;
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -220,7 +220,7 @@ impl Anchor {
         };
         match sys::lstat(&self.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && held.nlink == 0 => {
-                return Some("was deleted")
+                return Some("was deleted");
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("was moved away"),
             Err(_) => return Some("cannot be found"),
@@ -413,7 +413,7 @@ impl Store {
                     ErrorKind::Store,
                     format!("cannot read state file '{}'", path.display()),
                 )
-                .with_source(e))
+                .with_source(e));
             }
         }
         let conn = Connection::open_with_flags(path, OPEN_FLAGS)
@@ -845,7 +845,7 @@ impl Store {
                             self.path.display()
                         ),
                     )
-                    .with_service(&name))
+                    .with_service(&name));
                 }
             };
             out.push(StoredService {

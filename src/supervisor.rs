@@ -1542,14 +1542,14 @@ fn lock_state_dir(lock: &File, state_dir: &Path) -> Result<()> {
                         "state directory '{}' is in use by another supervisor",
                         state_dir.display()
                     ),
-                ))
+                ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(Error::new(
                     ErrorKind::Io,
                     format!("cannot lock state directory '{}'", state_dir.display()),
                 )
-                .with_source(e))
+                .with_source(e));
             }
         }
     }

@@ -178,7 +178,7 @@ impl Schedule {
     fn problem(&self) -> Option<String> {
         match (&self.restart, &self.run) {
             (Some(_), Some(_)) => {
-                return Some("schedule sets both 'restart' and 'run'; choose one".into())
+                return Some("schedule sets both 'restart' and 'run'; choose one".into());
             }
             (None, None) => return Some("schedule sets neither 'restart' nor 'run'".into()),
             _ => {}
@@ -528,9 +528,11 @@ mod tests {
             Some(at(jan1 + 3 * 3600)),
             "04:00 in Paris is 03:00 UTC in winter"
         );
-        assert!(paris
-            .local(at(jan1 + 3 * 3600))
-            .starts_with("2024-01-01 04:00:00 +01:00"));
+        assert!(
+            paris
+                .local(at(jan1 + 3 * 3600))
+                .starts_with("2024-01-01 04:00:00 +01:00")
+        );
         let every_2s = Cron::new(&Schedule::run("*/2 * * * * *").time_zone("UTC")).unwrap();
         assert_eq!(every_2s.next_after(at(jan1)), Some(at(jan1 + 2)));
         assert_eq!(every_2s.count_between(at(jan1), at(jan1 + 60), 1000), 30);

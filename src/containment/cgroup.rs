@@ -405,7 +405,10 @@ impl Cgroups {
         for (id, dir) in self.runs() {
             if populated_in(&dir) {
                 let pids = pids_in(&dir);
-                log::warn!("service id {id}: killing {} processes a previous host left in its cgroup: {pids:?}", pids.len());
+                log::warn!(
+                    "service id {id}: killing {} processes a previous host left in its cgroup: {pids:?}",
+                    pids.len()
+                );
                 let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
                 out.push((id, pids));
             }
@@ -581,10 +584,10 @@ impl ProbeCgroups {
             sys::open_file_at(&*self.root, &format!("{}/{file}", cgroup.name), access)
         };
         let populated = || open("cgroup.events", Access::Read).is_ok_and(is_populated);
-        if populated() {
-            if let Ok(mut kill) = open("cgroup.kill", Access::Write) {
-                let _ = std::io::Write::write_all(&mut kill, b"1");
-            }
+        if populated()
+            && let Ok(mut kill) = open("cgroup.kill", Access::Write)
+        {
+            let _ = std::io::Write::write_all(&mut kill, b"1");
         }
         let deadline = std::time::Instant::now() + patience;
         let mut emptied = !populated();

@@ -4,9 +4,9 @@
 //! group that may still leave it. Each is held by a pidfd in the supervision thread's epoll,
 //! so its exit is seen at once and it is reaped (if it is the host's child) or let go.
 
-use super::marker::{self, Session, RUN_VAR};
-use super::reclaim;
 use super::RunKey;
+use super::marker::{self, RUN_VAR, Session};
+use super::reclaim;
 use crate::signal::Signal;
 use crate::sys::{self, PidFd, ProcStat, Registry};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -131,10 +131,10 @@ impl Escapees {
     pub(super) fn remember_group(&mut self, pgid: u32) {
         self.run_groups.insert(pgid);
         self.run_groups_order.push_back(pgid);
-        if self.run_groups_order.len() > RUN_GROUPS_KEPT {
-            if let Some(old) = self.run_groups_order.pop_front() {
-                self.run_groups.remove(&old);
-            }
+        if self.run_groups_order.len() > RUN_GROUPS_KEPT
+            && let Some(old) = self.run_groups_order.pop_front()
+        {
+            self.run_groups.remove(&old);
         }
     }
 

@@ -20,7 +20,7 @@ mod marked;
 pub(crate) mod marker;
 pub(crate) mod reclaim;
 
-pub(crate) use cgroup::{state_key, Cgroups, Limits, ProbeCgroups};
+pub(crate) use cgroup::{Cgroups, Limits, ProbeCgroups, state_key};
 
 use crate::child::{self, Launch};
 use crate::error::{Error, ErrorKind, Result};
@@ -440,12 +440,12 @@ impl Processes for Tier {
         let Some(r) = self.runs.get(&run) else {
             return;
         };
-        if !r.reaped && !group_signalled {
-            if let Err(e) = r.leader.signal_group(signal) {
-                if !sys::is_gone(&e) {
-                    log::warn!("service id {}: cannot send the stop signal: {e}", run.id);
-                }
-            }
+        if !r.reaped
+            && !group_signalled
+            && let Err(e) = r.leader.signal_group(signal)
+            && !sys::is_gone(&e)
+        {
+            log::warn!("service id {}: cannot send the stop signal: {e}", run.id);
         }
         if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
             // Members of the run's cgroup that left its process group get it too.
@@ -518,11 +518,9 @@ impl Processes for Tier {
             );
             let _ = r.leader.signal_group(Signal::Kill);
         }
-        if in_cgroup {
-            if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
-                r.killed = true;
-                let _ = cg.kill(run.id, generation);
-            }
+        if in_cgroup && let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
+            r.killed = true;
+            let _ = cg.kill(run.id, generation);
         }
         // Escaped descendants too: the next run waits until they are gone.
         match (in_cgroup || escaped, in_group) {

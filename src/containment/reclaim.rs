@@ -129,10 +129,10 @@ pub(crate) fn reclaim(
                 groups.insert(run.pid);
             } else {
                 for &pid in &members {
-                    if let Ok(fd) = sys::PidFd::open(pid) {
-                        if sys::proc_stat(pid).is_some_and(|s| s.pgrp == run.pid) {
-                            let _ = fd.signal(Signal::Kill);
-                        }
+                    if let Ok(fd) = sys::PidFd::open(pid)
+                        && sys::proc_stat(pid).is_some_and(|s| s.pgrp == run.pid)
+                    {
+                        let _ = fd.signal(Signal::Kill);
                     }
                 }
                 marked.extend(&members);

@@ -1,6 +1,6 @@
 //! [`Client`]: a connection to a running host's control socket.
 
-use super::protocol::{self, Hello, Reply, Request, Response, MAX_LINE, SOCKET_NAME};
+use super::protocol::{self, Hello, MAX_LINE, Reply, Request, Response, SOCKET_NAME};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -25,7 +25,7 @@ pub mod protocol;
 mod registry;
 mod server;
 
-pub use client::{Client, CONNECT_TIMEOUT};
+pub use client::{CONNECT_TIMEOUT, Client};
 pub use offline::StateReader;
-pub use registry::{hosts, Host};
+pub use registry::{Host, hosts};
 pub(crate) use server::{Context, Control};

@@ -87,7 +87,7 @@ impl StateReader {
                 return Err(Error::new(
                     ErrorKind::Store,
                     format!("'{shown}' holds no state file ({DB_FILE}): not a state directory"),
-                ))
+                ));
             }
         }
         let store = Store::open_read_only(&real.join(DB_FILE), st.uid == me)?;

@@ -415,7 +415,7 @@ pub struct Service {
 }
 
 mod status {
-    use serde::{de, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer, de};
 
     pub(super) fn serialize<S: Serializer>(s: &crate::Status, ser: S) -> Result<S::Ok, S::Error> {
         ser.serialize_str(s.as_str())
@@ -690,7 +690,7 @@ pub struct LogLine {
 }
 
 mod stream {
-    use serde::{de, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer, de};
 
     pub(super) fn serialize<S: Serializer>(s: &crate::Stream, ser: S) -> Result<S::Ok, S::Error> {
         ser.serialize_str(match s {

@@ -150,10 +150,10 @@ fn directory() -> PathBuf {
 /// this user's alone; `None` if it does not exist and `create` is off.
 fn open_private(path: &Path, create: bool) -> Result<Option<OwnedFd>> {
     if create {
-        if let Some(parent) = path.parent() {
-            if !parent.exists() {
-                let _ = std::fs::create_dir_all(parent);
-            }
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            let _ = std::fs::create_dir_all(parent);
         }
         use std::os::unix::fs::DirBuilderExt;
         match std::fs::DirBuilder::new().mode(0o700).create(path) {
@@ -164,7 +164,7 @@ fn open_private(path: &Path, create: bool) -> Result<Option<OwnedFd>> {
                     ErrorKind::Io,
                     format!("cannot create host directory '{}'", path.display()),
                 )
-                .with_source(e))
+                .with_source(e));
             }
         }
     }
@@ -179,7 +179,7 @@ fn open_private(path: &Path, create: bool) -> Result<Option<OwnedFd>> {
                     path.display()
                 ),
             )
-            .with_source(e))
+            .with_source(e));
         }
     };
     let st = sys::fstat(&dir).map_err(|e| {

@@ -13,8 +13,8 @@
 
 use super::offline::{log_file, tail};
 use super::protocol::{
-    self, ErrorReply, Following, LogLine, Reply, Request, Response, Subscribed, HELLO_TIMEOUT,
-    IDLE_TIMEOUT, MAX_CLIENTS, MAX_LINE, SOCKET_NAME, WRITE_TIMEOUT,
+    self, ErrorReply, Following, HELLO_TIMEOUT, IDLE_TIMEOUT, LogLine, MAX_CLIENTS, MAX_LINE,
+    Reply, Request, Response, SOCKET_NAME, Subscribed, WRITE_TIMEOUT,
 };
 use super::registry::Registration;
 use crate::engine::{Request as Call, Shared};
@@ -25,15 +25,15 @@ use crate::info::ServiceInfo;
 use crate::logs::reader::{LogCursor, LogFollower};
 use crate::logs::{LogDir, LogFile};
 use crate::supervisor::Stream;
-use crate::sys::{self, FileStat, Poller, Waker, WAKER_TOKEN};
+use crate::sys::{self, FileStat, Poller, WAKER_TOKEN, Waker};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -756,7 +756,7 @@ impl Server {
                 return Err(Error::new(
                     ErrorKind::Protocol,
                     "start takes a target or a spec, not both or neither",
-                ))
+                ));
             }
         };
         let replies = self.start_many(specs);
@@ -794,7 +794,7 @@ impl Server {
                     ErrorKind::InvalidSpec,
                     "a cursor belongs to one stream: follow stdout or stderr with it",
                 )
-                .with_service(&name))
+                .with_service(&name));
             }
             Some(text) => Some(text.parse::<LogCursor>()?),
             None => None,

@@ -7,12 +7,12 @@
 //! a row of the registry with its own copy of the spec: a rolling reload moves them to a new
 //! spec one at a time, and what it did not reach stays on the old one, on disk too.
 
+use super::Engine;
 use super::lifecycle;
 use super::pending::{Pending, Reply, Want};
 use super::roll::{Roll, RollReply};
 use super::service::{Service, State, Then};
 use super::triggers;
-use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph;
 use crate::info::{ServiceInfo, Status};

@@ -2,7 +2,7 @@
 //! for both the start that waits on it and the explanation of that wait).
 
 use super::service::{Service, State};
-use crate::history::{ordinal, Explanation};
+use crate::history::{Explanation, ordinal};
 use crate::info::Status;
 use crate::policy::Backoff;
 use crate::readiness::{Condition, Dependency};

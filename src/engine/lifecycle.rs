@@ -18,7 +18,7 @@ use super::checks;
 use super::io::{Io, Owner};
 use super::service::{Next, Notify, Phase, Reaped, Run, Service, State, Stop, Sweep, Then};
 use super::timers::TimerKind;
-use crate::containment::{Leftovers, Plan, RunKey, KILL_GRACE};
+use crate::containment::{KILL_GRACE, Leftovers, Plan, RunKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
 use crate::history::{Cause, Usage};
@@ -428,10 +428,10 @@ pub(super) fn begin_stop(
                     // An operator's stop wins over a check that was already ending the run.
                     run.cause = Some(Cause::Stopped);
                 }
-                if let Phase::Draining { next, .. } = &mut run.phase {
-                    if stop.then != Then::Crash {
-                        *next = Next::Then(stop.then);
-                    }
+                if let Phase::Draining { next, .. } = &mut run.phase
+                    && stop.then != Then::Crash
+                {
+                    *next = Next::Then(stop.then);
                 }
                 return Step::Done;
             }

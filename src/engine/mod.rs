@@ -724,10 +724,10 @@ impl Engine {
         let mut signalled = HashSet::new();
         if ids.len() > 1 {
             for id in ids {
-                if let Some(svc) = self.services.get(id) {
-                    if lifecycle::signal_group_first(svc, &mut self.io) {
-                        signalled.insert(*id);
-                    }
+                if let Some(svc) = self.services.get(id)
+                    && lifecycle::signal_group_first(svc, &mut self.io)
+                {
+                    signalled.insert(*id);
                 }
             }
         }
@@ -992,10 +992,10 @@ impl Engine {
     }
 
     fn watch_guardian(&mut self) {
-        if let Some(fd) = self.guardian.as_ref().and_then(|g| g.pidfd()) {
-            if let Err(e) = self.poller.add(fd, GUARDIAN_TOKEN) {
-                log::error!("cannot watch the guardian: {e}");
-            }
+        if let Some(fd) = self.guardian.as_ref().and_then(|g| g.pidfd())
+            && let Err(e) = self.poller.add(fd, GUARDIAN_TOKEN)
+        {
+            log::error!("cannot watch the guardian: {e}");
         }
     }
 

@@ -16,10 +16,10 @@
 //! are not ready go first, so that by the time the ready ones are touched the others have
 //! come up.
 
+use super::Engine;
 use super::lifecycle;
 use super::service::{Service, State, Then};
 use super::timers::TimerKind;
-use super::Engine;
 use crate::containment::KILL_GRACE;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
@@ -144,10 +144,10 @@ impl Engine {
     pub(super) fn roll_order(&self, ids: &[u64]) -> VecDeque<u64> {
         let mut specs: Vec<&str> = Vec::new();
         for id in ids {
-            if let Some(s) = self.services.get(id) {
-                if !specs.contains(&s.spec.name()) {
-                    specs.push(s.spec.name());
-                }
+            if let Some(s) = self.services.get(id)
+                && !specs.contains(&s.spec.name())
+            {
+                specs.push(s.spec.name());
             }
         }
         let mut order = VecDeque::new();
@@ -266,24 +266,24 @@ impl Engine {
                 ));
             }
         }
-        if let Some(spec) = self.rolls[i].spec.clone() {
-            if *self.services[&id].spec != *spec {
-                let stored = self.io.store.transaction().and_then(|mut tx| {
-                    tx.update_spec(id, &spec)?;
-                    tx.commit()
-                });
-                if let Err(e) = stored {
-                    self.store_failed(&e);
-                    return Err(format!("its new spec could not be stored ({e})"));
-                }
-                let svc = self.services.get_mut(&id).expect("checked above");
-                svc.spec = spec;
-                svc.launch = None;
-                if svc.desired_up {
-                    super::triggers::arm(svc, &mut self.io, None);
-                }
-                self.io.changes.touch(id);
+        if let Some(spec) = self.rolls[i].spec.clone()
+            && *self.services[&id].spec != *spec
+        {
+            let stored = self.io.store.transaction().and_then(|mut tx| {
+                tx.update_spec(id, &spec)?;
+                tx.commit()
+            });
+            if let Err(e) = stored {
+                self.store_failed(&e);
+                return Err(format!("its new spec could not be stored ({e})"));
             }
+            let svc = self.services.get_mut(&id).expect("checked above");
+            svc.spec = spec;
+            svc.launch = None;
+            if svc.desired_up {
+                super::triggers::arm(svc, &mut self.io, None);
+            }
+            self.io.changes.touch(id);
         }
         let svc = &self.services[&id];
         let generation = svc.generation;

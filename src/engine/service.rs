@@ -11,8 +11,8 @@ use crate::policy::{Decision, History, Outcome};
 use crate::probe;
 use crate::spec::ServiceSpec;
 use crate::sys::{NotifySocket, Rusage};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 pub(super) struct Service {

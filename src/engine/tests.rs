@@ -747,10 +747,11 @@ fn failed_health_probes_restart_the_service_through_its_policy() {
         b.turn();
     }
     assert_eq!(b.status("h"), Status::Stopping, "two failures end the run");
-    assert!(b
-        .events()
-        .iter()
-        .any(|e| matches!(e, Event::Unhealthy { .. })));
+    assert!(
+        b.events()
+            .iter()
+            .any(|e| matches!(e, Event::Unhealthy { .. }))
+    );
     b.exit("h", RawExit::Signal(15));
     b.drained("h", 1);
     assert_eq!(b.status("h"), Status::Backoff);
@@ -1060,10 +1061,11 @@ fn a_reload_stops_at_a_run_that_is_not_ready_and_leaves_the_rest_alone() {
         err.to_string().contains("left as they were: w.1, w.2"),
         "{err}"
     );
-    assert!(b
-        .events()
-        .iter()
-        .any(|e| matches!(e, Event::ReloadFailed { name, .. } if name == "w.0")));
+    assert!(
+        b.events()
+            .iter()
+            .any(|e| matches!(e, Event::ReloadFailed { name, .. } if name == "w.0"))
+    );
     assert_eq!(b.generation("w.1"), 1, "untouched");
     assert_eq!(b.generation("w.2"), 1);
     assert_eq!(b.status("w.1"), Status::Online);
@@ -1169,8 +1171,8 @@ fn a_defined_service_stays_down_until_started_by_name() {
         1,
         "the one that ran is left alone"
     );
-    let gen = b.generation("d.1");
-    assert_eq!(gen, 1);
+    let generation = b.generation("d.1");
+    assert_eq!(generation, 1);
     let err = answered(&b.define(spec("d").instances(2).arg("x"))).unwrap_err();
     assert_eq!(
         err.kind(),
@@ -1315,9 +1317,10 @@ fn a_restart_schedule_restarts_at_each_tick_and_shows_the_next() {
         Some(jan1(10)),
         "describe shows the next tick"
     );
-    assert!(b
-        .explain("web")
-        .contains("next scheduled restart at 2024-01-01 00:00:10 +00:00 (UTC)"));
+    assert!(
+        b.explain("web")
+            .contains("next scheduled restart at 2024-01-01 00:00:10 +00:00 (UTC)")
+    );
     b.turn();
     assert_eq!(b.status("web"), Status::Online, "not before its tick");
     wall.set(jan1(10));
@@ -1514,9 +1517,10 @@ fn a_burst_of_changes_gives_one_restart_once_quiet_and_none_once_stopped() {
         Status::Online,
         "not while the changes go on"
     );
-    assert!(b
-        .explain("dev")
-        .contains("files changed (src/a.js, src/b.js)"));
+    assert!(
+        b.explain("dev")
+            .contains("files changed (src/a.js, src/b.js)")
+    );
     b.advance(Duration::from_millis(400));
     assert_eq!(
         b.status("dev"),
@@ -1659,7 +1663,9 @@ fn the_poll_tokens_of_the_thread_own_sources_are_distinct_and_below_the_waker() 
         "a token given twice: {tokens:?}"
     );
     // Above every run's and every containment token (which count up from 1, 2^61, 2^62).
-    assert!(tokens
-        .iter()
-        .all(|&t| t < crate::sys::WAKER_TOKEN && t > (1 << 62) + (1 << 40)));
+    assert!(
+        tokens
+            .iter()
+            .all(|&t| t < crate::sys::WAKER_TOKEN && t > (1 << 62) + (1 << 40))
+    );
 }

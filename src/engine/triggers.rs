@@ -12,11 +12,11 @@
 //! epoll: the thread count does not depend on how many services have triggers, and with
 //! nothing due the thread does not wake.
 
+use super::Engine;
 use super::io::Io;
 use super::lifecycle::{self, Step};
 use super::service::{Service, State, Then};
 use super::timers::TimerKind;
-use super::Engine;
 use crate::history::Cause;
 use crate::logs::LastOutput;
 use crate::policy::{Decision, Outcome, RunEnd};
@@ -517,10 +517,10 @@ impl Engine {
     pub(super) fn on_fs_events(&mut self, now: Instant) {
         let mut events = std::mem::take(&mut self.io.triggers.events);
         events.clear();
-        if let Some(i) = self.io.triggers.inotify.as_mut() {
-            if let Err(e) = i.read(&mut events, FS_EVENTS_PER_TURN) {
-                log::error!("cannot read file changes: {e}");
-            }
+        if let Some(i) = self.io.triggers.inotify.as_mut()
+            && let Err(e) = i.read(&mut events, FS_EVENTS_PER_TURN)
+        {
+            log::error!("cannot read file changes: {e}");
         }
         for event in &events {
             if event.overflow {
@@ -587,7 +587,9 @@ fn on_tick(svc: &mut Service, io: &mut Io, at: SystemTime, wall: SystemTime, now
     let passed = cron.count_between(at, wall, MISSED_COUNT_MAX);
     if passed > 0 {
         svc.triggers.missed += passed;
-        log::info!("service '{name}': {passed} scheduled ticks passed unseen (sleep, or the clock set forward); acting once");
+        log::info!(
+            "service '{name}': {passed} scheduled ticks passed unseen (sleep, or the clock set forward); acting once"
+        );
     }
     schedule_next(svc, io, &cron, wall.max(at));
     let Some(schedule) = svc.spec.get_schedule().cloned() else {

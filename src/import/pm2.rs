@@ -1,7 +1,7 @@
 //! PM2's ecosystem files: `{"apps": [ … ]}` as JSON or YAML, or `ecosystem.config.js`
 //! evaluated by `node`. Each app becomes one service, or `instances` of them.
 
-use super::{invalid, Imported};
+use super::{Imported, invalid};
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::{Backoff, RestartPolicy};
 use crate::signal::Signal;
@@ -68,12 +68,12 @@ pub(crate) fn import(path: &Path, profile: Option<&str>) -> Result<Imported> {
         profile_seen |= profile.is_some_and(|p| app.contains_key(&format!("env_{p}")));
         services.extend(ctx.services(base, profile)?);
     }
-    if let Some(p) = profile {
-        if !profile_seen {
-            warnings.push(format!(
-                "'{origin}': no app has 'env_{p}': the profile '{p}' changes nothing"
-            ));
-        }
+    if let Some(p) = profile
+        && !profile_seen
+    {
+        warnings.push(format!(
+            "'{origin}': no app has 'env_{p}': the profile '{p}' changes nothing"
+        ));
     }
     Ok(Imported { services, warnings })
 }

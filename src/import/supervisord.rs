@@ -3,7 +3,7 @@
 //! `key = value` or `key: value`, indented continuation lines), `[include] files = …` globs,
 //! and `%(name)s` expansions. Each `[program:x]` becomes one service, or `numprocs` of them.
 
-use super::{invalid, Imported};
+use super::{Imported, invalid};
 use crate::error::Result;
 use crate::policy::{Backoff, RestartPolicy};
 use crate::spec::{LogPolicy, ServiceSpec};
@@ -221,7 +221,7 @@ fn program(
                     "{}: '{v}' is not true, false or unexpected",
                     at("autorestart")
                 ),
-            ))
+            ));
         }
     }
     .success_codes(exitcodes)
@@ -560,9 +560,11 @@ mod tests {
         );
         let path = std::env::var("PATH").unwrap();
         assert_eq!(expand("%(ENV_PATH)s", &vars).unwrap(), path);
-        assert!(expand("%(nope)s", &vars)
-            .unwrap_err()
-            .contains("unknown expansion"));
+        assert!(
+            expand("%(nope)s", &vars)
+                .unwrap_err()
+                .contains("unknown expansion")
+        );
         let env = environment("A=\"1,2\",B='x y', C=plain").unwrap();
         assert_eq!(env["A"], "1,2");
         assert_eq!(env["B"], "x y");

@@ -133,13 +133,11 @@ pub(crate) fn remove_logs(log_dir: &LogDir, name: &str) {
                     .and_then(|rest| rest.strip_prefix('.'))
                     .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         });
-        if ours {
-            if let Err(e) = log_dir.remove(file) {
-                log::warn!(
-                    "service '{name}': cannot remove log '{}': {e}",
-                    log_dir.path_of(file).display()
-                );
-            }
+        if ours && let Err(e) = log_dir.remove(file) {
+            log::warn!(
+                "service '{name}': cannot remove log '{}': {e}",
+                log_dir.path_of(file).display()
+            );
         }
     }
 }

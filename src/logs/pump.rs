@@ -3,9 +3,9 @@
 //! back (a run drained with its last lines, a deleted service's logs removed, a readiness
 //! line seen).
 
-use super::dir::{remove_logs, LogDir};
+use super::dir::{LogDir, remove_logs};
 use super::sink::{self, Sink};
-use super::{Message, Report, Reports, RunOutput, RunTail, DRAIN_DEADLINE};
+use super::{DRAIN_DEADLINE, Message, Report, Reports, RunOutput, RunTail};
 use crate::events::Event;
 use crate::spec::LogPolicy;
 use crate::sys::{Poller, WAKER_TOKEN};
@@ -403,11 +403,11 @@ impl PumpThread {
                         if let Some(tail) = &mut run.tail {
                             tail.push(which, &self.buf[..n]);
                         }
-                        if let Some(w) = &mut run.watch {
-                            if w.feed(which, &self.buf[..n], line_max).is_some() {
-                                run.watch = None;
-                                ready = true;
-                            }
+                        if let Some(w) = &mut run.watch
+                            && w.feed(which, &self.buf[..n], line_max).is_some()
+                        {
+                            run.watch = None;
+                            ready = true;
                         }
                         if let Some(last) = &run.last_output {
                             last.set(Instant::now());

@@ -7,8 +7,8 @@ use parking_lot::{Condvar, Mutex};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How many rotated files a reader looks through at most.
@@ -195,12 +195,12 @@ impl LogFollower {
             activity,
             older: Vec::new(),
         };
-        if let Ok(file) = f.base.open(0) {
-            if let Ok(meta) = file.metadata() {
-                f.ino = meta.ino();
-                f.read_to = meta.len();
-                f.file = Some(file);
-            }
+        if let Ok(file) = f.base.open(0)
+            && let Ok(meta) = file.metadata()
+        {
+            f.ino = meta.ino();
+            f.read_to = meta.len();
+            f.file = Some(file);
         }
         if f.file.is_none() {
             f.older = f.files().into_iter().map(|(_, ino)| ino).collect();
@@ -439,8 +439,8 @@ impl Drop for LogFollower {
 mod tests {
     use super::*;
 
-    use crate::logs::sink::rotated;
     use crate::logs::LogDir;
+    use crate::logs::sink::rotated;
 
     fn log_file(dir: &std::path::Path) -> LogFile {
         LogFile {

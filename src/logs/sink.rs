@@ -9,14 +9,14 @@
 //! write that works again is preceded by one marker line. Files are opened, renamed and
 //! removed through the held log directory ([`LogDir`]), never through a symbolic link.
 
-use super::{clock, LogDir};
+use super::{LogDir, clock};
 use crate::spec::LogPolicy;
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// Appended before the newline inserted where an over-long line is split.
@@ -277,7 +277,7 @@ impl Sink {
         while !buf.is_empty() {
             match file.write(buf) {
                 Ok(0) => {
-                    return Err((total - buf.len(), io::Error::from(io::ErrorKind::WriteZero)))
+                    return Err((total - buf.len(), io::Error::from(io::ErrorKind::WriteZero)));
                 }
                 Ok(n) => {
                     self.size += n as u64;
@@ -400,9 +400,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = sink(dir.path());
         let data = b"a\r\n\n\0\xff\xfe partial";
-        assert!(s
-            .write(data, &LogPolicy::default(), SystemTime::now())
-            .is_none());
+        assert!(
+            s.write(data, &LogPolicy::default(), SystemTime::now())
+                .is_none()
+        );
         assert_eq!(std::fs::read(s.base()).unwrap(), data);
     }
 

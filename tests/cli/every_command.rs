@@ -1,7 +1,7 @@
 //! Every subcommand against a running host, its `--json` parsed back, and what it prints
 //! for a person.
 
-use crate::host::{json, Host};
+use crate::host::{Host, json};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 

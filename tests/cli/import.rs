@@ -1,7 +1,7 @@
 //! `sheepdog apply` on a file of another process manager: the format from a flag when the
 //! name does not tell, a PM2 profile, and the importer's warnings on stderr.
 
-use crate::host::{json, Host};
+use crate::host::{Host, json};
 
 #[test]
 fn apply_imports_a_pm2_file_named_by_flag_with_its_profile_and_prints_the_warnings() {

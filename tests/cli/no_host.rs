@@ -2,7 +2,7 @@
 //! lock) and say so; the changing ones fail with exit code 3; a host that starts meanwhile
 //! opens the directory undisturbed, and a follow begun without it sees its lines.
 
-use crate::host::{json, Host};
+use crate::host::{Host, json};
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Without `--state`, the command talks to the only running host; with none or several it
 //! says so.
 
-use crate::host::{json, sheepdog_command, Host};
+use crate::host::{Host, json, sheepdog_command};
 
 const FLEET: &str = r#"
 [[service]]

@@ -2,7 +2,7 @@
 //! keeps it out, and where that mode was loosened, the host's check of the peer's
 //! credentials (SO_PEERCRED) refuses it in words. The host goes on serving its own user.
 
-use crate::host::{json, Host};
+use crate::host::{Host, json};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 

@@ -9,7 +9,7 @@
 //! minute); by default 1,000, for the suite's time.
 
 use crate::common::{
-    is_root, new_token, no_tagged_left, skip, wait_until, Failure, TestResult, TOKEN_VAR,
+    Failure, TOKEN_VAR, TestResult, is_root, new_token, no_tagged_left, skip, wait_until,
 };
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};

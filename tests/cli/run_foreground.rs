@@ -2,7 +2,7 @@
 //! labelled, and honours `--for`; the table fits long names; a fatal error reads as a
 //! sentence, not as `Debug`.
 
-use crate::common::{new_token, no_tagged_left, TOKEN_VAR};
+use crate::common::{TOKEN_VAR, new_token, no_tagged_left};
 use std::process::Command;
 
 fn run(dir: &std::path::Path, fleet: &str, args: &[&str], token: &str) -> std::process::Output {

@@ -85,19 +85,23 @@ fn hello_comes_first_and_errors_are_typed() -> TestResult {
     let mut c = Conn::open(&socket);
     let refused = c.call(r#"{"request":"list"}"#);
     assert_eq!(refused["error"]["kind"], "protocol");
-    assert!(refused["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("hello"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hello")
+    );
     assert!(c.next().is_null(), "closed after a request before hello");
 
     let mut c = Conn::open(&socket);
     let wrong = c.call(r#"{"request":"hello","version":99}"#);
     assert_eq!(wrong["error"]["kind"], "protocol");
-    assert!(wrong["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("version 99"));
+    assert!(
+        wrong["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("version 99")
+    );
 
     let mut c = Conn::open(&socket);
     let hello = c.call(HELLO);

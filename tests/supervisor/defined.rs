@@ -24,12 +24,13 @@ fn a_defined_service_waits_for_a_start_by_name_across_reopens() -> TestResult {
     );
     assert!(tagged_processes(&h.token).is_empty());
     assert_eq!(h.sup().start_target("later").unwrap(), 2);
-    assert!(h
-        .sup()
-        .list()
-        .unwrap()
-        .iter()
-        .all(|i| i.status() == Status::Online));
+    assert!(
+        h.sup()
+            .list()
+            .unwrap()
+            .iter()
+            .all(|i| i.status() == Status::Online)
+    );
     assert_eq!(
         h.sup().start_target("later").unwrap(),
         0,

@@ -74,10 +74,10 @@ fn listening_ports() -> &'static HashSet<u16> {
             for line in text.lines().skip(1) {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 let local = fields.get(1).and_then(|a| a.rsplit_once(':'));
-                if let (Some((_, port)), Some(&"0A")) = (local, fields.get(3)) {
-                    if let Ok(port) = u16::from_str_radix(port, 16) {
-                        ports.insert(port);
-                    }
+                if let (Some((_, port)), Some(&"0A")) = (local, fields.get(3))
+                    && let Ok(port) = u16::from_str_radix(port, 16)
+                {
+                    ports.insert(port);
                 }
             }
         }

@@ -49,9 +49,11 @@ fn exit_statuses_survive_a_host_that_reaps_behind_our_back(tier: &Tier) -> TestR
     }
     assert!(ignores_signal(17), "SIGCHLD is ignored in this host");
     // A second reaper in the host, as a careless library might run.
-    std::thread::spawn(|| loop {
-        let _ = rustix::process::wait(rustix::process::WaitOptions::empty());
-        std::thread::sleep(Duration::from_millis(1));
+    std::thread::spawn(|| {
+        loop {
+            let _ = rustix::process::wait(rustix::process::WaitOptions::empty());
+            std::thread::sleep(Duration::from_millis(1));
+        }
     });
     let h = tier.harness()?;
     for (name, script, code) in [

@@ -118,10 +118,12 @@ fn a_yaml_process_file_without_and_with_its_profile() {
         );
     }
     let unknown = Fleet::from_pm2(&file, Some("prod")).unwrap();
-    assert!(unknown
-        .warnings()
-        .iter()
-        .any(|w| w.contains("no app has 'env_prod'")));
+    assert!(
+        unknown
+            .warnings()
+            .iter()
+            .any(|w| w.contains("no app has 'env_prod'"))
+    );
     let err = Fleet::load(
         fixtures().join("../supervisord/supervisord.conf"),
         None,

@@ -143,11 +143,23 @@ fn every_option_without_an_equivalent_or_with_another_meaning_is_a_warning() {
 fn a_malformed_file_or_expansion_names_the_program_and_the_option() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[program:a]\ncommand=x %(ENV_SHEEPDOG_UNSET_VARIABLE)s\n", "[program:a] command: '%(ENV_SHEEPDOG_UNSET_VARIABLE)s': the variable SHEEPDOG_UNSET_VARIABLE is not set"),
-        ("[program:a]\ncommand=x\nstopsignal=WINCH\n", "[program:a] stopsignal: unknown signal 'WINCH'"),
-        ("[program:a]\ncommand=x\nautorestart=maybe\n", "[program:a] autorestart: 'maybe' is not true, false or unexpected"),
+        (
+            "[program:a]\ncommand=x %(ENV_SHEEPDOG_UNSET_VARIABLE)s\n",
+            "[program:a] command: '%(ENV_SHEEPDOG_UNSET_VARIABLE)s': the variable SHEEPDOG_UNSET_VARIABLE is not set",
+        ),
+        (
+            "[program:a]\ncommand=x\nstopsignal=WINCH\n",
+            "[program:a] stopsignal: unknown signal 'WINCH'",
+        ),
+        (
+            "[program:a]\ncommand=x\nautorestart=maybe\n",
+            "[program:a] autorestart: 'maybe' is not true, false or unexpected",
+        ),
         ("[program:a]\nnumprocs=2\n", "[program:a] has no command"),
-        ("[program:a]\ncommand=x 'open\n", "[program:a] command: unbalanced quotes"),
+        (
+            "[program:a]\ncommand=x 'open\n",
+            "[program:a] command: unbalanced quotes",
+        ),
         ("command=x\n", "line 1: an option before any [section]"),
     ];
     for (i, (text, needle)) in cases.into_iter().enumerate() {

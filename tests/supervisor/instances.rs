@@ -68,11 +68,12 @@ fn each_instance_has_its_index_its_logs_and_its_own_policy() -> TestResult {
     assert_eq!(status(sup, "web.2"), Status::Stopped);
     assert_eq!(status(sup, "web.0"), Status::Online);
     assert_eq!(sup.stop("web").unwrap(), 3);
-    assert!(sup
-        .list()
-        .unwrap()
-        .iter()
-        .all(|i| i.status() == Status::Stopped));
+    assert!(
+        sup.list()
+            .unwrap()
+            .iter()
+            .all(|i| i.status() == Status::Stopped)
+    );
     h.finish()
 }
 

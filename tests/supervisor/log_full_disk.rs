@@ -17,7 +17,7 @@ fn a_full_disk_drops_and_counts_then_recovers_with_a_marker() -> TestResult {
             return skip(
                 test_name!("a_full_disk_drops_and_counts_then_recovers_with_a_marker"),
                 format!("cannot mount a tmpfs ({e}); this test needs root"),
-            )
+            );
         }
     };
     h.open(sheepdog::Supervisor::builder())?;

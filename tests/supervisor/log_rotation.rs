@@ -37,7 +37,9 @@ fn checksummed_records_survive_many_rotations_exactly_once_in_order() -> TestRes
     let h = Harness::new()?;
     const N: u64 = 100_000;
     // Each record: its number and a checksum of it, at full speed.
-    let script = format!("awk 'BEGIN {{ for (i = 1; i <= {N}; i++) printf \"%08d %08d\\n\", i, (i * 7919) % 99991 }}'");
+    let script = format!(
+        "awk 'BEGIN {{ for (i = 1; i <= {N}; i++) printf \"%08d %08d\\n\", i, (i * 7919) % 99991 }}'"
+    );
     let spec = h
         .sh("records", &script)
         .restart(RestartPolicy::never())

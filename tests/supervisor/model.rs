@@ -1029,10 +1029,12 @@ fn run_model(tier: &Tier) -> TestResult {
         return Ok(());
     }
     let max_len = if stress() { 60 } else { 25 };
-    std::thread::spawn(|| loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some((since, what)) = PROGRESS.lock().unwrap().clone() {
-            if since.elapsed() > STEP_DEADLINE {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Some((since, what)) = PROGRESS.lock().unwrap().clone()
+                && since.elapsed() > STEP_DEADLINE
+            {
                 eprintln!("HUNG for {:?} at {what}", since.elapsed());
                 std::process::abort();
             }

@@ -25,11 +25,12 @@ fn a_task_that_fails_is_retried_and_once_done_its_dependents_start() -> TestResu
         .sh("app", "exec sleep 600")
         .after("migrate", Condition::Exited0);
     assert_eq!(sup.start(app).unwrap().status(), Status::Starting, "waits");
-    assert!(sup
-        .explain("app")
-        .unwrap()
-        .to_string()
-        .contains("migrate to be exited0"));
+    assert!(
+        sup.explain("app")
+            .unwrap()
+            .to_string()
+            .contains("migrate to be exited0")
+    );
     sup.wait_for("migrate", Status::Exited, SECS_10).unwrap();
     let info = sup.describe("migrate").unwrap();
     assert_eq!(

@@ -16,8 +16,8 @@ use std::fmt;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const SECS_5: Duration = Duration::from_secs(5);
@@ -751,10 +751,10 @@ pub fn run_in_tier(
     scenario: fn(&Tier) -> TestResult,
 ) -> TestResult {
     let test = test.split_once("::").map_or(test, |(_, path)| path);
-    if containment == Containment::Cgroup {
-        if let Some(why) = no_cgroups() {
-            return skip(test, why);
-        }
+    if containment == Containment::Cgroup
+        && let Some(why) = no_cgroups()
+    {
+        return skip(test, why);
     }
     if containment == Containment::Subreaper && !running_alone(SUBREAPER_VAR, test) {
         return run_alone(Command::new("env"), test, SUBREAPER_VAR);

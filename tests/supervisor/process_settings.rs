@@ -75,7 +75,7 @@ fn umask_limits_nice_and_oom_score_show_in_proc() -> TestResult {
 
 #[test]
 fn privileged_settings_apply_before_the_user_changes() -> TestResult {
-    use rustix::thread::{capabilities, CapabilitySet};
+    use rustix::thread::{CapabilitySet, capabilities};
     let caps = capabilities(None).unwrap().effective;
     if !caps.contains(CapabilitySet::SETUID | CapabilitySet::SETGID | CapabilitySet::SYS_NICE) {
         return skip(

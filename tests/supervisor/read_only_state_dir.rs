@@ -106,7 +106,7 @@ fn a_read_only_state_file_is_refused_with_a_store_error_naming_it() -> TestResul
                 return skip(
                     test,
                     format!("root cannot make a read-only bind mount ({e})"),
-                )
+                );
             }
         }
     } else {

@@ -6,8 +6,8 @@
 
 use crate::prelude::*;
 use sheepdog::{ErrorKind, Event, Ready, ServiceSpec, Status, Supervisor};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn web(h: &Harness, script: &str) -> ServiceSpec {

@@ -42,9 +42,10 @@ fn a_job_runs_at_each_tick_and_waits_between_them() -> TestResult {
         .wait_for("tick", Status::Scheduled, SECS_5)
         .expect("a successful run waits for the next tick");
     let runs = h.sup().history("tick", 10).unwrap();
-    assert!(runs
-        .iter()
-        .all(|r| r.code() == Some(0) || r.ended_at().is_none()));
+    assert!(
+        runs.iter()
+            .all(|r| r.code() == Some(0) || r.ended_at().is_none())
+    );
     h.finish()
 }
 

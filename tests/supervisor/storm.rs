@@ -13,8 +13,8 @@
 use crate::prelude::*;
 use sheepdog::{Backoff, RestartPolicy, ServiceSpec, Status, Supervisor};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const STOP_TIMEOUT: Duration = Duration::from_millis(300);
@@ -263,8 +263,8 @@ impl DuplicateChecker {
     fn stop(self) -> Duplicates {
         self.done.store(true, Ordering::Relaxed);
         self.thread.join().expect("the checker does not panic");
-        let found = self.found.lock().clone();
-        found
+
+        self.found.lock().clone()
     }
 }
 

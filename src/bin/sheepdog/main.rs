@@ -457,7 +457,7 @@ fn run(cli: Cli, style: &Style) -> Result<(), Failure> {
                     "no host is running for '{}': nothing can be changed (start the application that embeds it)",
                     state.display()
                 ),
-            ))
+            ));
         }
         Err(e) => return Err(e.into()),
     };

@@ -1,8 +1,8 @@
 //! How the command prints: tables whose columns fit their contents, colours only on a
 //! terminal (never with `NO_COLOR`), times in words.
 
-use sheepdog::control::protocol::{Exit, Run, Service, Stats};
 use sheepdog::Status;
+use sheepdog::control::protocol::{Exit, Run, Service, Stats};
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -89,12 +89,10 @@ impl Table {
             for (i, (cell, code)) in row.iter().enumerate().take(cols) {
                 let last = i + 1 == cols;
                 let mut text = cell.clone();
-                if last {
-                    if let Some(width) = style.width {
-                        let room = width.saturating_sub(used).max(8);
-                        if text.chars().count() > room {
-                            text = text.chars().take(room - 1).collect::<String>() + "…";
-                        }
+                if last && let Some(width) = style.width {
+                    let room = width.saturating_sub(used).max(8);
+                    if text.chars().count() > room {
+                        text = text.chars().take(room - 1).collect::<String>() + "…";
                     }
                 }
                 let pad = widths[i].saturating_sub(text.chars().count());

@@ -143,11 +143,13 @@ fn run_fleet(options: Options, what: &str) -> sheepdog::Result<u8> {
     let events = sup.subscribe();
     {
         let signal_tx = tx.clone();
-        std::thread::spawn(move || loop {
-            if signals.wait_timeout(Duration::from_secs(3600)).is_some()
-                && signal_tx.send(Heard::Signal).is_err()
-            {
-                return;
+        std::thread::spawn(move || {
+            loop {
+                if signals.wait_timeout(Duration::from_secs(3600)).is_some()
+                    && signal_tx.send(Heard::Signal).is_err()
+                {
+                    return;
+                }
             }
         });
         let event_tx = tx.clone();
@@ -193,9 +195,11 @@ fn run_fleet(options: Options, what: &str) -> sheepdog::Result<u8> {
             // From the start of the current file: what it wrote while the fleet started counts.
             let mut lines = sup.follow_from_start(name, stream)?;
             let tx = tx.clone();
-            std::thread::spawn(move || loop {
-                if let Some(line) = lines.recv_timeout(Duration::from_secs(3600)) {
-                    if tx.send(Heard::Line(label, line)).is_err() {
+            std::thread::spawn(move || {
+                loop {
+                    if let Some(line) = lines.recv_timeout(Duration::from_secs(3600))
+                        && tx.send(Heard::Line(label, line)).is_err()
+                    {
                         return;
                     }
                 }

@@ -220,7 +220,7 @@ pub(crate) fn poll_readable(
     fds: &[BorrowedFd<'_>],
     timeout: Option<std::time::Duration>,
 ) -> io::Result<Vec<bool>> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
         let mut polled: Vec<PollFd<'_>> =

@@ -119,12 +119,16 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let mut events = Vec::new();
         ino.read(&mut events, 64).unwrap();
-        assert!(events
-            .iter()
-            .any(|e| e.wd == wd && e.name.as_deref() == Some("a.txt".as_ref()) && !e.new_dir));
-        assert!(events
-            .iter()
-            .any(|e| e.name.as_deref() == Some("sub".as_ref()) && e.new_dir));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.wd == wd && e.name.as_deref() == Some("a.txt".as_ref()) && !e.new_dir)
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| e.name.as_deref() == Some("sub".as_ref()) && e.new_dir)
+        );
         ino.unwatch(wd);
         events.clear();
         ino.read(&mut events, 64).unwrap();

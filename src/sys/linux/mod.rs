@@ -22,7 +22,7 @@ pub(crate) use fs::*;
 pub(crate) use hook::*;
 pub(crate) use inotify::*;
 pub(crate) use notify::*;
-pub(crate) use orphans::{is_pid_one, own_process_group, OrphanReaper};
+pub(crate) use orphans::{OrphanReaper, is_pid_one, own_process_group};
 pub(crate) use pidfd::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;

@@ -27,7 +27,7 @@ pub(crate) struct NotifySocket(OwnedFd);
 
 impl NotifySocket {
     pub(crate) fn bind_abstract(name: &[u8]) -> io::Result<NotifySocket> {
-        use rustix::net::{self, sockopt, AddressFamily, SocketFlags, SocketType};
+        use rustix::net::{self, AddressFamily, SocketFlags, SocketType, sockopt};
         let fd = net::socket_with(
             AddressFamily::UNIX,
             SocketType::DGRAM,

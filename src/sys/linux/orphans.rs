@@ -119,8 +119,8 @@ fn install() -> io::Result<Option<OwnedFd>> {
     )?;
     CHILD_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
     std::mem::forget(write); // lives as long as the handler may run: the process
-                             // SAFETY: the handler only calls async-signal-safe functions (and the host's previous
-                             // handler, as the kernel would have); both sigaction structs are fully initialised.
+    // SAFETY: the handler only calls async-signal-safe functions (and the host's previous
+    // handler, as the kernel would have); both sigaction structs are fully initialised.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         let mut old: libc::sigaction = std::mem::zeroed();

@@ -220,7 +220,7 @@ impl PidFd {
     /// Waits up to `timeout` for the process to exit (without reaping it); returns whether it
     /// did.
     pub(crate) fn wait_exit(&self, timeout: Duration) -> io::Result<bool> {
-        use rustix::event::{poll, PollFd, PollFlags};
+        use rustix::event::{PollFd, PollFlags, poll};
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

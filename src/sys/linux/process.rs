@@ -29,7 +29,7 @@ pub(crate) fn real_uid() -> u32 {
 
 /// Raises the soft limit on open files to the hard limit, and returns the new soft limit.
 pub(crate) fn raise_fd_limit() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
+    use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if let (Some(cur), Some(max)) = (limit.current, limit.maximum) {
         if cur < max {

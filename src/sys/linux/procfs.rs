@@ -23,11 +23,7 @@ pub(crate) struct ProcStat {
 pub(crate) fn clock_ticks_per_second() -> u64 {
     // SAFETY: sysconf only reads a constant of the system.
     let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 {
-        v as u64
-    } else {
-        100
-    }
+    if v > 0 { v as u64 } else { 100 }
 }
 
 /// Clock ticks since boot now, on the clock of `ProcStat::start_time` (`CLOCK_BOOTTIME`).
@@ -89,10 +85,11 @@ pub(crate) fn all_processes() -> Vec<ProcStat> {
         let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if let Some(stat) = proc_stat(pid) {
-            if stat.state != b'Z' && stat.state != b'X' {
-                out.push(stat);
-            }
+        if let Some(stat) = proc_stat(pid)
+            && stat.state != b'Z'
+            && stat.state != b'X'
+        {
+            out.push(stat);
         }
     }
     out

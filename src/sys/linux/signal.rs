@@ -67,7 +67,7 @@ pub(crate) fn install_termination_handlers(signals: &[i32]) -> io::Result<OwnedF
 
 /// Waits up to `timeout` for a byte on the signal pipe; returns the signal numbers read.
 pub(crate) fn wait_termination(pipe: &OwnedFd, timeout: Option<Duration>) -> io::Result<Vec<i32>> {
-    use rustix::event::{poll, PollFd, PollFlags};
+    use rustix::event::{PollFd, PollFlags, poll};
     let ts = timeout.map(|d| rustix::event::Timespec {
         tv_sec: d.as_secs() as i64,
         tv_nsec: i64::from(d.subsec_nanos()),

@@ -32,7 +32,7 @@ pub(crate) fn listen_at(
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "something other than a socket has its name",
-            ))
+            ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),

@@ -433,10 +433,10 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     };
     // SAFETY: CLONE_PIDFD stored a new fd (O_CLOEXEC) that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    if let Some(Ok(was)) = dumpable {
-        if rustix::process::dumpable_behavior().ok() != Some(was) {
-            let _ = rustix::process::set_dumpable_behavior(was);
-        }
+    if let Some(Ok(was)) = dumpable
+        && rustix::process::dumpable_behavior().ok() != Some(was)
+    {
+        let _ = rustix::process::set_dumpable_behavior(was);
     }
     drop(switching);
     // The child has exec'd or exited; `args` is ours again.
@@ -809,7 +809,7 @@ pub(crate) fn exec_failure(e: &io::Error) -> ExecFailure {
 
 #[cfg(test)]
 mod tests {
-    use super::super::user::{can_switch_ids, Ids};
+    use super::super::user::{Ids, can_switch_ids};
     use super::*;
     use std::time::Duration;
 

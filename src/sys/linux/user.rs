@@ -171,7 +171,7 @@ pub(crate) fn current_ids() -> Ids {
 /// Whether this process may switch a child to other ids: it has `CAP_SETUID` and
 /// `CAP_SETGID` in its effective set (root has them unless they were dropped).
 pub(crate) fn can_switch_ids() -> bool {
-    use rustix::thread::{capabilities, CapabilitySet};
+    use rustix::thread::{CapabilitySet, capabilities};
     capabilities(None).is_ok_and(|c| {
         c.effective
             .contains(CapabilitySet::SETUID | CapabilitySet::SETGID)
