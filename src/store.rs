@@ -1168,11 +1168,10 @@ impl Transaction<'_> {
     }
 
     pub(crate) fn set_desired(&mut self, id: u64, up: bool) -> Result<()> {
+        // Cached: a stop of 1000 services runs it 1000 times in one transaction.
         self.tx
-            .execute(
-                "UPDATE service SET desired_up = ?2 WHERE id = ?1",
-                params![id as i64, up],
-            )
+            .prepare_cached("UPDATE service SET desired_up = ?2 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id as i64, up]))
             .map_err(|e| self.err("cannot save the desired state", e))?;
         Ok(())
     }
