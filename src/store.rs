@@ -15,6 +15,7 @@ use crate::info::{Exit, Status};
 use crate::spec::ServiceSpec;
 use crate::sys;
 use rusqlite::{Connection, OpenFlags, params};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,6 +114,9 @@ const QUEUE_KEPT: usize = 256;
 
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
+/// A service's oldest ended runs are pruned with one of its run ends in this many: one
+/// statement less per restart of a crash loop, for a few rows more in the file.
+const PRUNE_EVERY: u32 = 16;
 
 /// A run as it starts.
 pub(crate) struct NewRun<'a> {
@@ -194,6 +198,8 @@ pub(crate) struct Store {
     next_run_id: i64,
     /// Ended runs kept per service.
     runs_kept: i64,
+    /// Ends recorded per service since this store opened: every `PRUNE_EVERY`th prunes.
+    ends: HashMap<u64, u32>,
     /// The files that must still be the ones at their paths for a change to be stored.
     /// After `conn`, so that they are closed after it: closing any fd of the database file
     /// would drop SQLite's locks on it.
@@ -286,6 +292,8 @@ enum Queued {
     End {
         service_id: u64,
         run_id: i64,
+        /// Prune the service's oldest ended runs too.
+        prune: bool,
         exit: Exit,
         cause: Cause,
         errno: Option<i32>,
@@ -472,6 +480,7 @@ impl Store {
             queued: Vec::new(),
             next_run_id: 0,
             runs_kept: RUNS_KEPT as i64,
+            ends: HashMap::new(),
             anchors: Vec::new(),
             lost: None,
         };
@@ -582,6 +591,7 @@ impl Store {
             queued: Vec::new(),
             next_run_id: 1,
             runs_kept: RUNS_KEPT as i64,
+            ends: HashMap::new(),
             anchors: Vec::new(),
             lost: None,
         };
@@ -907,13 +917,19 @@ impl Store {
         self.end_run(service_id, id, ending);
     }
 
-    /// Queues the record of a run's end. When it is written, the service's oldest ended runs
-    /// are pruned: at most a few rows each time, through the `(service_id, id)` index, so
-    /// pruning never stalls the supervision thread.
+    /// Queues the record of a run's end. With the first end of a service after `open` and
+    /// every [`PRUNE_EVERY`]th after it, the service's oldest ended runs are pruned (through
+    /// the `(service_id, id)` index: at most that many rows each time, so pruning never
+    /// stalls the supervision thread); the file may hold up to `PRUNE_EVERY - 1` more ended
+    /// runs than are kept, which [`runs`](Store::runs) never shows.
     pub(crate) fn end_run(&mut self, service_id: u64, run_id: i64, end: &RunEnding<'_>) {
+        let ends = self.ends.entry(service_id).or_insert(0);
+        let prune = ends.is_multiple_of(PRUNE_EVERY);
+        *ends = ends.wrapping_add(1);
         self.queued.push(Queued::End {
             service_id,
             run_id,
+            prune,
             exit: end.exit.clone(),
             cause: end.cause,
             errno: end.errno,
@@ -966,48 +982,54 @@ impl Store {
                 "SELECT id, generation, pid, started_at_ms, ended_at_ms, exit_code, exit_signal,
                         reason, ready_at_ms, cause, errno, decision, delay_ms, max_rss, user_us,
                         system_us, stdout_tail, stderr_tail
-                 FROM run WHERE service_id = ?1 ORDER BY id DESC LIMIT ?2",
+                 FROM run WHERE service_id = ?1 AND (ended_at_ms IS NULL OR id >
+                     COALESCE((SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
+                               ORDER BY id DESC LIMIT 1 OFFSET ?3), -1))
+                 ORDER BY id DESC LIMIT ?2",
             )
             .map_err(|e| self.err("cannot read runs", e))?;
         let text =
             |v: Option<Vec<u8>>| String::from_utf8_lossy(&v.unwrap_or_default()).into_owned();
         let rows = stmt
-            .query_map(params![service_id as i64, limit as i64], |r| {
-                let micros = |i: usize| -> rusqlite::Result<Option<Duration>> {
-                    Ok(r.get::<_, Option<i64>>(i)?
-                        .map(|v| Duration::from_micros(v.max(0) as u64)))
-                };
-                let usage = match (micros(14)?, micros(15)?) {
-                    (Some(user), Some(system)) => Some(Usage {
-                        peak_memory: r.get::<_, Option<i64>>(13)?.map(|b| b.max(0) as u64),
-                        user,
-                        system,
-                    }),
-                    _ => None,
-                };
-                Ok(crate::history::Run {
-                    id: r.get(0)?,
-                    generation: r.get::<_, i64>(1)? as u64,
-                    pid: r.get(2)?,
-                    started_at: from_ms(r.get(3)?),
-                    ended_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
-                    code: r.get(5)?,
-                    signal: r.get(6)?,
-                    reason: r.get(7)?,
-                    ready_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
-                    cause: r
-                        .get::<_, Option<String>>(9)?
-                        .and_then(|c| c.parse::<Cause>().ok()),
-                    errno: r.get(10)?,
-                    decision: r.get(11)?,
-                    restart_delay: r
-                        .get::<_, Option<i64>>(12)?
-                        .map(|v| Duration::from_millis(v.max(0) as u64)),
-                    usage,
-                    last_stdout: text(r.get(16)?),
-                    last_stderr: text(r.get(17)?),
-                })
-            })
+            .query_map(
+                params![service_id as i64, limit as i64, self.runs_kept],
+                |r| {
+                    let micros = |i: usize| -> rusqlite::Result<Option<Duration>> {
+                        Ok(r.get::<_, Option<i64>>(i)?
+                            .map(|v| Duration::from_micros(v.max(0) as u64)))
+                    };
+                    let usage = match (micros(14)?, micros(15)?) {
+                        (Some(user), Some(system)) => Some(Usage {
+                            peak_memory: r.get::<_, Option<i64>>(13)?.map(|b| b.max(0) as u64),
+                            user,
+                            system,
+                        }),
+                        _ => None,
+                    };
+                    Ok(crate::history::Run {
+                        id: r.get(0)?,
+                        generation: r.get::<_, i64>(1)? as u64,
+                        pid: r.get(2)?,
+                        started_at: from_ms(r.get(3)?),
+                        ended_at: r.get::<_, Option<i64>>(4)?.map(from_ms),
+                        code: r.get(5)?,
+                        signal: r.get(6)?,
+                        reason: r.get(7)?,
+                        ready_at: r.get::<_, Option<i64>>(8)?.map(from_ms),
+                        cause: r
+                            .get::<_, Option<String>>(9)?
+                            .and_then(|c| c.parse::<Cause>().ok()),
+                        errno: r.get(10)?,
+                        decision: r.get(11)?,
+                        restart_delay: r
+                            .get::<_, Option<i64>>(12)?
+                            .map(|v| Duration::from_millis(v.max(0) as u64)),
+                        usage,
+                        last_stdout: text(r.get(16)?),
+                        last_stderr: text(r.get(17)?),
+                    })
+                },
+            )
             .map_err(|e| self.err("cannot read runs", e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err("cannot read runs", e))
@@ -1168,11 +1190,10 @@ impl Transaction<'_> {
     }
 
     pub(crate) fn set_desired(&mut self, id: u64, up: bool) -> Result<()> {
+        // Cached: a stop of 1000 services runs it 1000 times in one transaction.
         self.tx
-            .execute(
-                "UPDATE service SET desired_up = ?2 WHERE id = ?1",
-                params![id as i64, up],
-            )
+            .prepare_cached("UPDATE service SET desired_up = ?2 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id as i64, up]))
             .map_err(|e| self.err("cannot save the desired state", e))?;
         Ok(())
     }
@@ -1269,6 +1290,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
         Queued::End {
             service_id,
             run_id,
+            prune,
             exit,
             cause,
             errno,
@@ -1306,12 +1328,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusq
                 tail(stdout),
                 tail(stderr),
             ])?;
-            tx.prepare_cached(
-                "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
-                 (SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
-                  ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )?
-            .execute(params![*service_id as i64, runs_kept])?;
+            if *prune {
+                tx.prepare_cached(
+                    "DELETE FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL AND id <=
+                     (SELECT id FROM run WHERE service_id = ?1 AND ended_at_ms IS NOT NULL
+                      ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )?
+                .execute(params![*service_id as i64, runs_kept])?;
+            }
         }
         Queued::Ready { run_id, at } => {
             tx.prepare_cached("UPDATE run SET ready_at_ms = ?2 WHERE id = ?1")?
@@ -1530,13 +1554,24 @@ mod tests {
         for g in 0..300 {
             add_run(&mut s, g);
         }
-        assert_eq!(s.run_count(id), RUNS_KEPT as u64);
+        // Pruned with the first end and every PRUNE_EVERYth after it: at most that many
+        // more in the file, never in what is read.
+        let stored = s.run_count(id);
+        assert!(
+            (RUNS_KEPT as u64..RUNS_KEPT as u64 + u64::from(PRUNE_EVERY)).contains(&stored),
+            "{stored} runs stored"
+        );
         let runs = s.runs(id, 1000)?;
+        assert_eq!(runs.len(), RUNS_KEPT, "the last ones are read");
         assert_eq!(runs.first().map(|r| r.generation()), Some(299));
         assert_eq!(runs.last().map(|r| r.generation()), Some(200));
         s.set_runs_kept(0);
         add_run(&mut s, 300);
-        assert_eq!(s.run_count(id), 0);
+        assert!(s.runs(id, 1000)?.is_empty(), "none kept, none read");
+        while s.run_count(id) > 0 {
+            add_run(&mut s, 301);
+            assert!(s.runs(id, 1000)?.is_empty(), "none kept, none read");
+        }
         assert_eq!(s.run_count(other), 1);
         assert_eq!(s.open_runs()?.len(), 1);
         Ok(())

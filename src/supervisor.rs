@@ -758,8 +758,10 @@ impl Supervisor {
     /// then SIGKILL to the group after the stop timeout. Services stop in parallel,
     /// dependents before their dependencies. Returns when the runs it stopped are over, with
     /// how many services it acted on. A stopped service stays stopped, across reopen too,
-    /// until started or restarted: the desired states of all the target are stored first, in
-    /// one transaction.
+    /// until started or restarted: the desired states of all the target are stored in one
+    /// transaction before the call returns. A stop of several services sends the first
+    /// wave's stop signals while that transaction commits; nothing is acknowledged before
+    /// the commit.
     ///
     /// If a later call overtakes the stop (a `start` or `restart` of the same service made
     /// while it is still stopping), the stop still returns once the run it stopped is over,
@@ -770,8 +772,10 @@ impl Supervisor {
     ///
     /// # Errors
     ///
-    /// `NotFound`, `ShutDown`; `Store` if the desired states cannot be stored (then nothing
-    /// is stopped).
+    /// `NotFound`, `ShutDown`; `Store` if the desired states cannot be stored: then nothing
+    /// is stopped, except when the commit itself fails after the signals went out (a full
+    /// disk), where the services signalled are started again once stopped, as the state
+    /// file still wants them up.
     pub fn stop(&self, target: &str) -> Result<usize> {
         self.call(|reply| Request::Stop {
             target: target.to_string(),

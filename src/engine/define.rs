@@ -115,6 +115,16 @@ impl<'a> Names<'a> {
     }
 }
 
+/// What storing a stop's desired states came to ([`Engine::stop_desired`]).
+pub(super) enum Stored {
+    /// Stored (or nothing to store); the services whose groups were signalled meanwhile.
+    Done(HashSet<u64>),
+    /// Refused before any signal (or with none sent): nothing was done.
+    Refused(Error),
+    /// The commit failed after the stop signal went to these services' groups.
+    Lost(Error, HashSet<u64>),
+}
+
 impl Engine {
     /// The services of the spec called `name`, lowest index first.
     pub(super) fn services_of(&self, name: &str) -> Vec<u64> {
@@ -587,6 +597,67 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Stores that `ids` are wanted down, sending the stop signal to the groups of `first`
+    /// (the stop's first wave, when it has several services) before the commit: the rows
+    /// are written in the transaction first, so that whatever refuses them does so before
+    /// any signal; then the signals go out; then the commit and its fsync, while the
+    /// processes end. Nothing is acknowledged before the commit. A host that dies between
+    /// the signals and the commit leaves the services wanted up on disk: its guardian ends
+    /// their processes, and the next `open` starts them again.
+    pub(super) fn stop_desired(&mut self, ids: &[u64], first: &[u64]) -> Stored {
+        let changed: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.services.get(id).is_some_and(|s| s.desired_up))
+            .collect();
+        if changed.is_empty() {
+            return Stored::Done(self.signal_groups(first));
+        }
+        let mut signalled = HashSet::new();
+        let stored = {
+            let Engine { services, io, .. } = &mut *self;
+            let written = io.store.transaction().and_then(|mut tx| {
+                for &id in &changed {
+                    tx.set_desired(id, false)?;
+                }
+                Ok(tx)
+            });
+            match written {
+                Err(e) => Err((e, false)),
+                Ok(tx) => {
+                    if first.len() > 1 {
+                        for id in first {
+                            if services.get(id).is_some_and(|svc| {
+                                lifecycle::signal_group_first(svc, &mut *io.procs)
+                            }) {
+                                signalled.insert(*id);
+                            }
+                        }
+                    }
+                    tx.commit().map_err(|e| (e, true))
+                }
+            }
+        };
+        match stored {
+            Ok(()) => {
+                for id in &changed {
+                    let svc = self.services.get_mut(id).expect("filtered above");
+                    svc.desired_up = false;
+                    self.io.changes.touch(*id);
+                }
+                Stored::Done(signalled)
+            }
+            Err((e, signalled_any)) => {
+                self.store_failed(&e);
+                if signalled_any && !signalled.is_empty() {
+                    Stored::Lost(e, signalled)
+                } else {
+                    Stored::Refused(e)
+                }
+            }
+        }
     }
 
     /// Sets the desired state of several services: stored in one transaction, then in

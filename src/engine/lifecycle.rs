@@ -18,7 +18,7 @@ use super::checks;
 use super::io::{Io, Owner};
 use super::service::{Next, Notify, Phase, Reaped, Run, Service, State, Stop, Sweep, Then};
 use super::timers::TimerKind;
-use crate::containment::{KILL_GRACE, Leftovers, Plan, RunKey};
+use crate::containment::{KILL_GRACE, Leftovers, Plan, Processes, RunKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Event;
 use crate::history::{Cause, Usage};
@@ -36,6 +36,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// The first and the longest interval between checks of a lingering run.
 const GROUP_CHECK_MIN: Duration = Duration::from_millis(2);
 const GROUP_CHECK_MAX: Duration = Duration::from_millis(100);
+/// How long the record of a run restarted at once may wait for a turn of its own: the
+/// pump reports its drain without waking the thread, and a crash loop's next exit reads it
+/// (one store transaction and one wake-up less per restart).
+pub(super) const RECORD_WITHIN: Duration = Duration::from_millis(50);
 /// The shortest delay before retrying an automatic restart whose spawn failed, so a missing
 /// program with `Backoff::none()` cannot spin the thread.
 pub(super) const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
@@ -218,6 +222,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
     });
     svc.state = State::Running(Box::new(Run {
         pid: spawned.pid,
+        token,
         record,
         started: now,
         started_at: wall,
@@ -573,7 +578,8 @@ pub(super) fn on_exit(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
     let Some(reaped) = io.procs.reap(key) else {
         return Step::Done; // spurious readiness
     };
-    io.tokens.retain(|_, owner| *owner != Owner::Leader(key.id));
+    io.reaped = true;
+    io.tokens.remove(&run.token);
     io.outputs.detach(key.id, key.generation);
     io.changes.touch(key.id);
     run.phase = Phase::Lingering {
@@ -791,6 +797,8 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
         Some(tail) => unrecorded.write(io, tail.as_ref()),
         None => {
             io.unrecorded.insert(key, unrecorded);
+            io.outputs.unhurried(key.id, key.generation);
+            arm_deferred(io, now);
         }
     }
     match next {
@@ -799,6 +807,25 @@ fn complete(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
             act(svc, io, decision, Duration::ZERO, now);
             Step::Done
         }
+    }
+}
+
+/// Sets the `Deferred` timer unless it is set: the unrecorded runs' drains are read, and
+/// the held directories handed over, by then.
+pub(super) fn arm_deferred(io: &mut Io, now: Instant) {
+    if !io.deferred_timer {
+        io.deferred_timer = true;
+        io.timers
+            .push(now + RECORD_WITHIN, 0, 0, TimerKind::Deferred);
+    }
+}
+
+/// The `Deferred` timer fired: set again while runs are still unrecorded (its turn, having
+/// reaped nothing, hands the held directories over).
+pub(super) fn on_deferred_timer(io: &mut Io, now: Instant) {
+    io.deferred_timer = false;
+    if !io.unrecorded.is_empty() {
+        arm_deferred(io, now);
     }
 }
 
@@ -876,7 +903,7 @@ pub(super) fn on_tracked_exit(svc: &mut Service, io: &mut Io, now: Instant) -> S
 /// Sends the stop signal to a live run's process group, and nothing else: the first pass of
 /// a stop of many services. Returns whether it was sent (then [`begin_stop`] does not send it
 /// again).
-pub(super) fn signal_group_first(svc: &Service, io: &mut Io) -> bool {
+pub(super) fn signal_group_first(svc: &Service, procs: &mut dyn Processes) -> bool {
     svc.run().is_some_and(|r| r.is_live() && r.stop.is_none())
-        && io.procs.signal_group(svc.key(), svc.spec.get_stop_signal())
+        && procs.signal_group(svc.key(), svc.spec.get_stop_signal())
 }

@@ -51,7 +51,7 @@ pub(crate) use crate::snapshot::Shared;
 use crate::state_dir::StateDir;
 use crate::sys::{self, DirWatch, Poller, WAKER_TOKEN};
 use crossbeam_channel::{Receiver, Sender};
-use define::Mode;
+use define::{Mode, Stored};
 use io::{Io, Owner};
 use lifecycle::Step;
 use pending::{Pending, Reply, Want};
@@ -75,7 +75,7 @@ const ORPHANS_TOKEN: u64 = WAKER_TOKEN - 5;
 /// the lock inside would leave it unable to remove the directory).
 const RELOCK_SETTLE: Duration = Duration::from_millis(500);
 /// The most ready fds (exits, notify sockets) one wait of the loop returns.
-pub(crate) const EVENTS_PER_TURN: usize = 16;
+pub(crate) const EVENTS_PER_TURN: usize = 128;
 /// How long one turn of the loop may spend on exits and due restarts, each of which may
 /// spawn a process (about half a millisecond), before it serves the API: what is left stays
 /// ready (the fds are level-triggered, the timers due) for the next turn. Under a storm of
@@ -340,7 +340,9 @@ impl Engine {
     /// what arrived meanwhile, marks the snapshot shut down, removes the supervisor's
     /// cgroups, stands the guardian down.
     pub(crate) fn finish(mut self) {
-        // The last output: the pump drains what is left (within its deadline) and stops.
+        // The last output: the pump drains what is left (within its deadline), removes the
+        // directories of the last runs, and stops.
+        self.io.remove_held_dirs();
         self.io.outputs.shutdown();
         // What it reported meanwhile: the last runs' output goes into their records.
         let now = Instant::now();
@@ -602,15 +604,35 @@ impl Engine {
             }
             Request::Stop { target, reply } => match self.resolve(&target) {
                 Ok(ids) => {
-                    // Stored first (one transaction for all): if that fails, nothing is done.
-                    if let Err(e) = self.set_desired_many(&ids, false) {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                    self.disarm_triggers(&ids);
+                    let mut stages: VecDeque<Vec<u64>> = self.stop_waves(&ids).into();
+                    let first = stages.pop_front().unwrap_or_default();
                     let n = ids.len();
-                    let reply = Reply::Count(reply, n);
-                    self.begin_staged(ids, Then::Settle, Want::Down, reply, now);
+                    match self.stop_desired(&ids, &first) {
+                        Stored::Refused(e) => drop(reply.send(Err(e))),
+                        Stored::Done(signalled) => {
+                            self.disarm_triggers(&ids);
+                            let targets = self.targets(&first);
+                            self.begin_stops_signalled(&first, &signalled, Then::Settle, now);
+                            self.pending.push(Pending {
+                                targets,
+                                want: Want::Down,
+                                reply: Reply::Count(reply, n),
+                                stages,
+                                then: Then::Settle,
+                            });
+                        }
+                        Stored::Lost(e, signalled) => {
+                            // The disk still wants them up: what was signalled is started
+                            // again once stopped, so that what the supervisor shows is what
+                            // the next `open` restores. The rest is left alone.
+                            let _ = reply.send(Err(e));
+                            let ids: Vec<u64> = first
+                                .into_iter()
+                                .filter(|id| signalled.contains(id))
+                                .collect();
+                            self.begin_stops_signalled(&ids, &signalled, Then::Start, now);
+                        }
+                    }
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
@@ -721,16 +743,36 @@ impl Engine {
     /// bookkeeping of each stop, so that a thousand services are all ending while the
     /// supervisor records it.
     fn begin_stops(&mut self, ids: &[u64], then: Then, now: Instant) {
+        let signalled = self.signal_groups(ids);
+        self.begin_stops_signalled(ids, &signalled, then, now);
+    }
+
+    /// The first pass of a stop of several services: the stop signal to each live run's
+    /// group. Returns the services signalled (none for a stop of one: it signals in
+    /// `begin_stop`).
+    pub(super) fn signal_groups(&mut self, ids: &[u64]) -> HashSet<u64> {
         let mut signalled = HashSet::new();
         if ids.len() > 1 {
             for id in ids {
                 if let Some(svc) = self.services.get(id)
-                    && lifecycle::signal_group_first(svc, &mut self.io)
+                    && lifecycle::signal_group_first(svc, &mut *self.io.procs)
                 {
                     signalled.insert(*id);
                 }
             }
         }
+        signalled
+    }
+
+    /// The bookkeeping of each stop of `ids`, whose groups in `signalled` have the stop
+    /// signal already.
+    fn begin_stops_signalled(
+        &mut self,
+        ids: &[u64],
+        signalled: &HashSet<u64>,
+        then: Then,
+        now: Instant,
+    ) {
         for &id in ids {
             let group_signalled = signalled.contains(&id);
             self.with_service(id, now, |svc, io| {
@@ -850,6 +892,10 @@ impl Engine {
                 }
                 // Only a wake-up: the rolls look at their deadlines each turn.
                 TimerKind::Roll => continue,
+                TimerKind::Deferred => {
+                    lifecycle::on_deferred_timer(&mut self.io, now);
+                    continue;
+                }
                 TimerKind::WatchSettle => {
                     self.with_service(timer.id, now, |svc, io| {
                         triggers::on_watch_settle(svc, io, timer.at, now)
@@ -889,6 +935,7 @@ impl Engine {
                 TimerKind::MemorySample
                 | TimerKind::Relock
                 | TimerKind::Roll
+                | TimerKind::Deferred
                 | TimerKind::WatchSettle => {
                     unreachable!("handled above")
                 }
@@ -1039,7 +1086,7 @@ impl Engine {
 
     /// A change could not be stored: logged, and if it is because the state directory went
     /// away, reported as such.
-    fn store_failed(&mut self, e: &crate::Error) {
+    pub(super) fn store_failed(&mut self, e: &crate::Error) {
         log::error!("{e}");
         self.after_state_loss();
     }

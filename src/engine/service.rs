@@ -68,6 +68,8 @@ pub(super) enum State {
 /// One run of a service.
 pub(super) struct Run {
     pub(super) pid: u32,
+    /// The poll token of its main process's pidfd.
+    pub(super) token: u64,
     /// Its record in the store.
     pub(super) record: i64,
     pub(super) started: Instant,

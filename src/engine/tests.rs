@@ -5,6 +5,7 @@
 //! events, the timers and what was asked of the processes.
 
 use super::io::{Identity, Io, Outputs, Owner, Probes};
+use super::lifecycle;
 use super::service::State;
 use super::triggers::Clock;
 use super::{Engine, Inbox, Request};
@@ -142,6 +143,7 @@ impl Processes for FakeProcs {
 enum Asked {
     Attach(u64, u64),
     Detach(u64, u64),
+    Unhurried(u64, u64),
     Forget(u64),
 }
 
@@ -159,6 +161,9 @@ impl Outputs for FakeOutputs {
     }
     fn detach(&mut self, id: u64, generation: u64) {
         self.0.borrow_mut().push(Asked::Detach(id, generation));
+    }
+    fn unhurried(&mut self, id: u64, generation: u64) {
+        self.0.borrow_mut().push(Asked::Unhurried(id, generation));
     }
     fn forget(&mut self, id: u64, _: Arc<str>) {
         self.0.borrow_mut().push(Asked::Forget(id));
@@ -548,6 +553,52 @@ fn an_immediate_restart_does_not_wait_for_the_drain_and_records_the_run_after() 
     let old = runs.iter().find(|r| r.generation() == 1).unwrap();
     assert_eq!(old.signal(), Some(9));
     assert_eq!(old.last_stdout(), "last words\n");
+}
+
+#[test]
+fn an_immediate_restart_records_the_old_run_at_a_later_turn_without_waking_for_it() {
+    let mut b = Bench::new();
+    b.start(crasher("c", Backoff::none()));
+    let id = b.id("c");
+    b.exit("c", RawExit::Code(1));
+    assert_eq!(b.generation("c"), 2, "respawned in the same turn");
+    assert!(
+        b.outputs.borrow().contains(&Asked::Unhurried(id, 1)),
+        "the pump reports the old run's drain without a wake-up"
+    );
+    assert!(b.engine.io.deferred_timer, "a turn comes for it anyway");
+    // The drain is in the inbox; no turn yet. The next crash's turn records it, in the
+    // same transaction as its own writes.
+    b.logs
+        .send(logs::Report::Drained {
+            id,
+            generation: 1,
+            tail: None,
+        })
+        .unwrap();
+    b.exit("c", RawExit::Code(1));
+    assert_eq!(b.generation("c"), 3);
+    let runs = b.runs_recorded("c");
+    let first = runs.iter().find(|r| r.generation() == 1).unwrap();
+    assert_eq!(first.code(), Some(1), "the first run is recorded");
+    // The second run's drain comes with no other turn: the timer's turn records it.
+    b.logs
+        .send(logs::Report::Drained {
+            id,
+            generation: 2,
+            tail: None,
+        })
+        .unwrap();
+    b.advance(lifecycle::RECORD_WITHIN);
+    let runs = b.runs_recorded("c");
+    let second = runs.iter().find(|r| r.generation() == 2).unwrap();
+    assert_eq!(second.code(), Some(1), "the second run is recorded");
+    assert!(b.engine.io.unrecorded.is_empty());
+    b.advance(lifecycle::RECORD_WITHIN);
+    assert!(
+        !b.engine.io.deferred_timer,
+        "no timer once nothing waits to be recorded"
+    );
 }
 
 #[test]

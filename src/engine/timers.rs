@@ -38,6 +38,9 @@ pub(super) enum TimerKind {
     WatchSettle,
     /// Time to look whether the run's output went silent (its watchdog).
     Silence,
+    /// A turn for deferred work (no service: id 0): the drains of runs restarted at once,
+    /// which the pump reports without a wake-up, and the directories held while exits came.
+    Deferred,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -80,8 +80,19 @@ impl LastOutput {
 
 enum Message {
     Attach(Box<RunOutput>),
-    Detach { id: u64, generation: u64 },
-    Forget { id: u64, name: Arc<str> },
+    Detach {
+        id: u64,
+        generation: u64,
+    },
+    /// The supervision thread does not wait for this run's drain.
+    Unhurried {
+        id: u64,
+        generation: u64,
+    },
+    Forget {
+        id: u64,
+        name: Arc<str>,
+    },
     RemoveDirs(Vec<PathBuf>),
     Shutdown,
 }
@@ -198,6 +209,12 @@ impl Pump {
     /// report [`Report::Drained`] with the last lines of each stream.
     pub(crate) fn detach(&self, id: u64, generation: u64) {
         self.send(Message::Detach { id, generation });
+    }
+
+    /// The supervision thread does not wait for this detached run's drain (it restarted
+    /// the service at once): its [`Report::Drained`] goes without waking the thread.
+    pub(crate) fn unhurried(&self, id: u64, generation: u64) {
+        self.send(Message::Unhurried { id, generation });
     }
 
     /// The service is deleted: drop its pipes, remove its files, report

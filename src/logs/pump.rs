@@ -48,6 +48,9 @@ struct RunPipes {
     last_output: Option<Arc<super::LastOutput>>,
     /// The end of each stream, for the run's record.
     tail: Option<Tail>,
+    /// Set by `Unhurried`: the supervision thread does not wait for the drain, so its report
+    /// goes without a wake-up, to be read at the thread's next turn.
+    unhurried: bool,
 }
 
 /// The last `bytes` (at least) of each stream of a run, trimmed to `lines` lines at the end.
@@ -307,12 +310,13 @@ impl PumpThread {
                     alarms,
                     last_output,
                     tail,
+                    unhurried: false,
                 });
                 wrote
             }
             Message::Detach { id, generation } => {
                 let Some(svc) = self.services.get_mut(&id) else {
-                    self.report_drained(id, generation, None);
+                    self.report_drained(id, generation, None, true);
                     return false;
                 };
                 match svc.runs.iter_mut().find(|r| r.generation == generation) {
@@ -320,7 +324,17 @@ impl PumpThread {
                         run.deadline = Some(Instant::now() + DRAIN_DEADLINE);
                         self.draining.insert(id);
                     }
-                    None => self.report_drained(id, generation, None),
+                    None => self.report_drained(id, generation, None, true),
+                }
+                false
+            }
+            Message::Unhurried { id, generation } => {
+                if let Some(run) = self
+                    .services
+                    .get_mut(&id)
+                    .and_then(|s| s.runs.iter_mut().find(|r| r.generation == generation))
+                {
+                    run.unhurried = true;
                 }
                 false
             }
@@ -465,7 +479,7 @@ impl PumpThread {
             let detached = run.deadline.is_some();
             let run = svc.runs.remove(pos);
             if detached {
-                self.report_drained(id, generation, run.tail);
+                self.report_drained(id, generation, run.tail, !run.unhurried);
             } else {
                 // EOF before the exit was reported: keep a marker so `Detach` answers at once.
                 svc.runs.push(RunPipes {
@@ -476,6 +490,7 @@ impl PumpThread {
                     alarms: None,
                     last_output: None,
                     tail: run.tail,
+                    unhurried: false,
                 });
             }
         }
@@ -502,7 +517,7 @@ impl PumpThread {
                 match run.deadline {
                     Some(_) if run.tokens.is_empty() => {
                         let run = svc.runs.remove(i);
-                        done.push((*id, run.generation, run.tail));
+                        done.push((*id, run.generation, run.tail, !run.unhurried));
                         continue;
                     }
                     Some(d) if d <= now => expired.extend(run.tokens.iter().copied()),
@@ -517,18 +532,23 @@ impl PumpThread {
                 self.close_pipe(token);
             }
         }
-        for (id, generation, tail) in done {
-            self.report_drained(id, generation, tail);
+        for (id, generation, tail, wake) in done {
+            self.report_drained(id, generation, tail, wake);
         }
     }
 
-    fn report_drained(&self, id: u64, generation: u64, tail: Option<Tail>) {
+    /// Reports a drained run; `wake`: the supervision thread is woken for it (else it reads
+    /// the report at its next turn).
+    fn report_drained(&self, id: u64, generation: u64, tail: Option<Tail>, wake: bool) {
         let tail = tail.map(Tail::finish);
-        self.report(Report::Drained {
+        let report = Report::Drained {
             id,
             generation,
             tail,
-        });
+        };
+        if self.reports.tx.send(report).is_ok() && wake {
+            self.reports.waker.wake();
+        }
     }
 
     fn report(&self, report: Report) {
