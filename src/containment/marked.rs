@@ -5,8 +5,8 @@
 //! so its exit is seen at once and it is reaped (if it is the host's child) or let go.
 
 use super::RunKey;
-use super::marker::{self, RUN_VAR, Session};
-use super::reclaim;
+use super::marker::{self, Examined, RUN_VAR, Session};
+use super::reclaim::{self, Pinned};
 use crate::signal::Signal;
 use crate::sys::{self, PidFd, ProcStat, Registry};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -67,8 +67,8 @@ pub(super) struct Escapees {
     next_token: u64,
     run_key: String,
     session: Session,
-    /// Orphans a subreaper host could not attribute, reported once each.
-    unclaimed: HashSet<u32>,
+    /// Orphans a subreaper host could not attribute, reported once each: pid and start time.
+    unclaimed: HashSet<(u32, u64)>,
     /// Subreaper: the process groups of the runs started (the newest few thousand).
     run_groups: HashSet<u32>,
     run_groups_order: VecDeque<u32>,
@@ -200,14 +200,23 @@ impl Escapees {
     pub(super) fn claim(&mut self, leaders: &HashSet<u32>, live: impl Fn(RunKey) -> bool) -> bool {
         let host_session = sys::session_of(std::process::id());
         let mut decided = true;
-        for pid in sys::own_children() {
-            if leaders.contains(&pid) || self.is_tracked(pid) || self.unclaimed.contains(&pid) {
+        let children = sys::own_children();
+        // Those reaped since (by the host) are forgotten: their pids may come back.
+        self.unclaimed.retain(|(pid, _)| children.contains(pid));
+        for pid in children {
+            if leaders.contains(&pid) || self.is_tracked(pid) {
                 continue;
             }
             // Our child until reaped, so its pid cannot be reused meanwhile. A zombie shows
             // no environment; one that was in the process group of a run of ours (a member
             // whose leader died first, re-parented dead) is ours to reap.
             let stat = sys::proc_stat(pid);
+            // Left alone already, unless the pid now names another process (the one left
+            // alone was reaped by the host and its pid handed out again between two looks).
+            let started = stat.as_ref().map_or(0, |s| s.start_time);
+            if self.unclaimed.contains(&(pid, started)) {
+                continue;
+            }
             if stat.as_ref().is_some_and(|s| s.state == b'Z') {
                 let pgrp = stat.map_or(0, |s| s.pgrp);
                 if self.run_groups.contains(&pgrp) {
@@ -217,14 +226,19 @@ impl Escapees {
                     continue;
                 }
             }
-            let claimed = stat
+            let sessions = std::slice::from_ref(&self.session);
+            let examined = stat
                 .as_ref()
-                .and_then(|s| marker::claim(s, &self.run_key, std::slice::from_ref(&self.session)));
-            let Some(claimed) = claimed else {
-                if stat.as_ref().is_some_and(marker::undecided) {
+                .map(|s| marker::examine(s, &self.run_key, sessions));
+            let claimed = match examined {
+                Some(Examined::Ours(claimed)) => Some(claimed),
+                Some(Examined::Undecided) => {
                     decided = false;
                     continue;
                 }
+                Some(Examined::NotOurs) | None => None,
+            };
+            let Some(claimed) = claimed else {
                 let name = || {
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -241,15 +255,20 @@ impl Escapees {
                         name()
                     );
                 }
-                self.unclaimed.insert(pid);
+                self.unclaimed.insert((pid, started));
                 continue;
             };
             let run = RunKey {
                 id: claimed.owner.id,
                 generation: claimed.owner.generation,
             };
-            let Some(pidfd) = reclaim::pin(pid, &claimed.marker) else {
-                continue;
+            let pidfd = match reclaim::pin_or_later(pid, &claimed.marker) {
+                Pinned::Held(fd) => fd,
+                Pinned::Later => {
+                    decided = false;
+                    continue;
+                }
+                Pinned::No => continue,
             };
             if !live(run) {
                 let _ = pidfd.signal(Signal::Kill);
@@ -384,8 +403,13 @@ impl Escapees {
             if pid == me || self.is_tracked(pid) {
                 continue;
             }
-            let Some(pidfd) = reclaim::pin(pid, &marker) else {
-                continue;
+            let pidfd = match reclaim::pin_or_later(pid, &marker) {
+                Pinned::Held(fd) => fd,
+                Pinned::Later => {
+                    undecided = true;
+                    continue;
+                }
+                Pinned::No => continue,
             };
             log::info!(
                 "service id {}: process {pid} was started during its stop; stopping it too",

@@ -155,6 +155,36 @@ pub(crate) fn claim(
     sessions: &[Session],
 ) -> Option<Claimed> {
     let marker = sys::environ_value(stat.pid, RUN_VAR)?;
+    claim_marker(stat, marker, state_key, sessions)
+}
+
+/// What one read of a process's environment decides.
+pub(crate) enum Examined {
+    Ours(Claimed),
+    NotOurs,
+    /// In the middle of an exec and young ([`undecided`]): to be looked at again.
+    Undecided,
+}
+
+/// [`claim`] and [`undecided`] from one read of the environment. Asking them one after the
+/// other reads it twice, and a process whose exec ends between the reads (or, like `setsid
+/// CMD`, that execs twice) can read empty to the first and full to the second: neither
+/// ours nor undecided, though it carries a marker.
+pub(crate) fn examine(stat: &sys::ProcStat, state_key: &str, sessions: &[Session]) -> Examined {
+    match sys::environ_lookup(stat.pid, RUN_VAR) {
+        Some(sys::EnvLookup::Found(marker)) => claim_marker(stat, marker, state_key, sessions)
+            .map_or(Examined::NotOurs, Examined::Ours),
+        Some(sys::EnvLookup::Empty) if is_young(stat) => Examined::Undecided,
+        _ => Examined::NotOurs,
+    }
+}
+
+fn claim_marker(
+    stat: &sys::ProcStat,
+    marker: String,
+    state_key: &str,
+    sessions: &[Session],
+) -> Option<Claimed> {
     let (owner, uid, session) = verify(&marker, state_key, sessions)?;
     if stat.start_time < session.started_ticks {
         return None;
@@ -170,8 +200,12 @@ pub(crate) fn claim(
 /// take milliseconds on a loaded machine) and started less than a second ago. Whoever asks
 /// looks again later rather than decide now.
 pub(crate) fn undecided(stat: &sys::ProcStat) -> bool {
-    let age = sys::boot_ticks().saturating_sub(stat.start_time);
-    age < sys::clock_ticks_per_second() && sys::environ_pending(stat.pid)
+    is_young(stat) && sys::environ_pending(stat.pid)
+}
+
+/// Started less than a second ago.
+pub(crate) fn is_young(stat: &sys::ProcStat) -> bool {
+    sys::boot_ticks().saturating_sub(stat.start_time) < sys::clock_ticks_per_second()
 }
 
 #[cfg(test)]

@@ -192,6 +192,37 @@ pub(crate) fn reclaim(
 /// A pidfd for `pid` if it still carries `marker`: pinned by the pidfd, a pid that now names
 /// another process shows another environment.
 pub(crate) fn pin(pid: u32, marker: &str) -> Option<sys::PidFd> {
-    let fd = sys::PidFd::open(pid).ok()?;
-    (sys::environ_value(pid, marker::RUN_VAR).as_deref() == Some(marker)).then_some(fd)
+    match pin_or_later(pid, marker) {
+        Pinned::Held(fd) => Some(fd),
+        Pinned::No | Pinned::Later => None,
+    }
+}
+
+/// What [`pin_or_later`] found.
+pub(crate) enum Pinned {
+    Held(sys::PidFd),
+    /// Gone, or another process's now.
+    No,
+    /// Its environment reads empty and it started less than a second ago: in the middle of
+    /// an exec (a `setsid CMD` daemon execs twice), to be pinned at a later look. Whoever must not miss it waits for that.
+    Later,
+}
+
+/// [`pin`], telling a process in the middle of an exec, whose marker cannot be read yet,
+/// from one that is gone or not the one that carried `marker`.
+pub(crate) fn pin_or_later(pid: u32, marker: &str) -> Pinned {
+    let Ok(fd) = sys::PidFd::open(pid) else {
+        return Pinned::No;
+    };
+    match sys::environ_lookup(pid, marker::RUN_VAR) {
+        Some(sys::EnvLookup::Found(value)) if value == marker => Pinned::Held(fd),
+        // Young only, as for `marker::undecided`: one that emptied its environment for good is
+        // not waited for.
+        Some(sys::EnvLookup::Empty)
+            if sys::proc_stat(pid).is_some_and(|s| marker::is_young(&s)) =>
+        {
+            Pinned::Later
+        }
+        _ => Pinned::No,
+    }
 }

@@ -128,6 +128,26 @@ pub(crate) fn own_children() -> Vec<u32> {
 /// (a `setsid` daemon caught between its `setsid` and its exec would otherwise look like
 /// someone else's). Kernel threads, which have none, are not waited for.
 pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
+    match environ_lookup(pid, key)? {
+        EnvLookup::Found(value) => Some(value),
+        EnvLookup::Missing | EnvLookup::Empty => None,
+    }
+}
+
+/// What one read of a process's environment says of `key` (`None`: the process is gone).
+pub(crate) enum EnvLookup {
+    Found(String),
+    /// The environment was there, without `key`.
+    Missing,
+    /// It read empty even after the retries of [`environ_value`]: a live process of user
+    /// space in the middle of an exec, or one that emptied its environment.
+    Empty,
+}
+
+/// [`environ_value`], telling an environment without `key` from one that read empty, from
+/// the same read: a caller that looked again to tell them apart could see the process
+/// before its exec and after it.
+pub(crate) fn environ_lookup(pid: u32, key: &str) -> Option<EnvLookup> {
     let path = format!("/proc/{pid}/environ");
     let mut env = std::fs::read(&path).ok()?;
     let mut tries = 0;
@@ -136,10 +156,22 @@ pub(crate) fn environ_value(pid: u32, key: &str) -> Option<String> {
         env = std::fs::read(&path).ok()?;
         tries += 1;
     }
-    env.split(|b| *b == 0).find_map(|kv| {
-        let value = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
-        Some(String::from_utf8_lossy(value).into_owned())
-    })
+    if env.is_empty() {
+        let live = proc_stat(pid).is_some_and(|s| is_user_process(&s));
+        return Some(if live {
+            EnvLookup::Empty
+        } else {
+            EnvLookup::Missing
+        });
+    }
+    Some(
+        env.split(|b| *b == 0)
+            .find_map(|kv| {
+                let value = kv.strip_prefix(key.as_bytes())?.strip_prefix(b"=")?;
+                Some(String::from_utf8_lossy(value).into_owned())
+            })
+            .map_or(EnvLookup::Missing, EnvLookup::Found),
+    )
 }
 
 /// Whether `pid` is a live user process whose environment reads empty: in the middle of an
@@ -249,5 +281,38 @@ mod tests {
         assert!(before < pid && pid <= after, "{before} < {pid} <= {after}");
         assert!(stat.unwrap().start_time + 1 >= ticks);
         assert_eq!(mark.as_deref(), Some("here"));
+    }
+
+    #[test]
+    fn one_read_tells_a_missing_variable_from_an_empty_environment() {
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .env("SHEEPDOG_TEST_MARK", "here")
+            .spawn()
+            .unwrap();
+        let mut empty = std::process::Command::new("/bin/sleep")
+            .arg("5")
+            .env_clear()
+            .spawn()
+            .unwrap();
+        let (pid, empty_pid) = (child.id(), empty.id());
+        let found = environ_lookup(pid, "SHEEPDOG_TEST_MARK");
+        let missing = environ_lookup(pid, "SHEEPDOG_TEST_ABSENT");
+        let emptied = environ_lookup(empty_pid, "SHEEPDOG_TEST_MARK");
+        for c in [&mut child, &mut empty] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        let gone = environ_lookup(pid, "SHEEPDOG_TEST_MARK");
+        assert!(matches!(found, Some(EnvLookup::Found(v)) if v == "here"));
+        assert!(matches!(missing, Some(EnvLookup::Missing)));
+        assert!(
+            matches!(emptied, Some(EnvLookup::Empty)),
+            "a live process with no environment reads as empty, not as missing the variable"
+        );
+        assert!(
+            gone.is_none(),
+            "a reaped process has no environment to read"
+        );
     }
 }
