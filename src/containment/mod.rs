@@ -503,9 +503,11 @@ impl Processes for Tier {
             (Some(cg), Some(generation)) => cg.populated(run.id, generation),
             _ => false,
         };
+        // An orphan not decided yet (in the middle of an exec) may be this run's: the run
+        // lingers, and the checks that follow claim it.
         let escaped = self.subreaper && {
-            self.claim();
-            self.escapees.signal(run, Signal::Kill) > 0
+            let decided = self.claim();
+            self.escapees.signal(run, Signal::Kill) > 0 || !decided
         };
         let Some(r) = self.runs.get_mut(&run) else {
             return Leftovers::None;
