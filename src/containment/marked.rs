@@ -236,6 +236,13 @@ impl Escapees {
                     decided = false;
                     continue;
                 }
+                // Caught in the middle of an exec, a process can also read part of its old
+                // environment (a `setsid` daemon read as `setsid` without its marker): a
+                // young one is looked at again until it is a second old.
+                Some(Examined::NotOurs) if stat.as_ref().is_some_and(marker::is_young) => {
+                    decided = false;
+                    continue;
+                }
                 Some(Examined::NotOurs) | None => None,
             };
             let Some(claimed) = claimed else {
