@@ -182,9 +182,14 @@ impl Engine {
             }
             return;
         }
+        // The starts of the batch are spawned together, once every definition is carried
+        // out.
+        self.batch = Some(Default::default());
         for (d, change) in changes {
             self.carry_out(d, change, mode, now);
         }
+        self.spawn_batch(now);
+        self.batch = None;
     }
 
     /// What storing `d` changes: which services it adds, keeps (and whether their runs

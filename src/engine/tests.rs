@@ -60,7 +60,7 @@ struct Procs {
 struct FakeProcs(Rc<RefCell<Procs>>);
 
 impl Processes for FakeProcs {
-    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned> {
+    fn spawn(&mut self, plan: Plan) -> Result<Spawned> {
         let mut p = self.0.borrow_mut();
         if let Some(e) = p.fail_spawn.take() {
             return Err(e);

@@ -245,7 +245,7 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
 ///   inherited some);
 /// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
-///   from a long-lived thread: the supervision thread, a probe worker), and exits if the
+///   from a long-lived thread: the supervision thread, the spawner, a probe worker), and exits if the
 ///   host died before that.
 ///
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
@@ -360,7 +360,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     let dumpable = switching
         .as_ref()
         .map(|_| rustix::process::dumpable_behavior());
-    // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
+    // Kept across a thread's spawns: no 64 KiB to zero per spawn.
     let mut stack = CHILD_STACKS
         .with(|s| s.take())
         .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
@@ -374,8 +374,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     // the child's stack before the child resets the dispositions; the old mask is restored
     // right after.
     // Held across the clone until the pid is marked held: an orphan reaper never sees this
-    // child exited and not yet held (orphans.rs).
-    let mut held = super::orphans::held();
+    // child exited and not yet held (orphans.rs). Shared: other threads' spawns go on.
+    let gate = super::orphans::spawning();
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -477,7 +477,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         return Err(io::Error::new(err.kind(), StepFailed { step, errno }));
     }
     CHILD_STACKS.with(|s| s.set(Some(stack)));
-    super::orphans::hold(&mut held, pid as u32);
+    super::orphans::hold(&mut super::orphans::held(), pid as u32);
+    drop(gate);
     Ok(PidFd::from_held(pidfd, pid as u32))
 }
 
