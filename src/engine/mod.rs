@@ -140,8 +140,9 @@ pub(crate) struct Engine {
     /// stood down at shutdown.
     guardian: Option<crate::guardian::Watch>,
     reaper: Option<sys::OrphanReaper>,
-    /// While a `start_many` runs: the operator's starts it gathers, spawned together at its
-    /// end (see [`Engine::spawn_batch`]).
+    /// While a `start_many`, a start of a target or the resurrection at `open` runs: the
+    /// operator's starts it gathers, spawned together at its end (see
+    /// [`Engine::spawn_batch`]).
     batch: Option<Batch>,
 }
 
@@ -287,11 +288,13 @@ impl Engine {
                 .collect();
             let now = Instant::now();
             let ticks = triggers::stored_ticks(&mut self.io);
-            for id in up {
-                let svc = self.services.get_mut(&id).expect("listed above");
-                triggers::arm(svc, &mut self.io, Some(ticks.get(&id).copied()));
-                self.start_service(id, now);
-            }
+            self.batched(now, |engine| {
+                for id in up {
+                    let svc = engine.services.get_mut(&id).expect("listed above");
+                    triggers::arm(svc, &mut engine.io, Some(ticks.get(&id).copied()));
+                    engine.start_service(id, now);
+                }
+            });
         }
         self.end_turn();
         self.publish();
@@ -503,6 +506,18 @@ impl Engine {
         }
     }
 
+    /// Runs `f` with a batch of starts open (unless one is already): the operator's starts
+    /// it makes are spawned together when it returns.
+    fn batched(&mut self, now: Instant, f: impl FnOnce(&mut Engine)) {
+        if self.batch.is_some() {
+            return f(self);
+        }
+        self.batch = Some(Batch::default());
+        f(self);
+        self.spawn_batch(now);
+        self.batch = None;
+    }
+
     /// Spawns the starts the open batch gathered, all at once (the tier spreads them over
     /// its spawning threads), and leaves the batch open and empty. Each service ends as
     /// [`lifecycle::spawn`] would have left it, in the order its start came.
@@ -510,6 +525,9 @@ impl Engine {
         let Some(batch) = self.batch.as_mut().map(std::mem::take) else {
             return;
         };
+        if batch.order.is_empty() {
+            return;
+        }
         let mut plans = Vec::with_capacity(batch.order.len());
         let mut prepared = Vec::with_capacity(batch.order.len());
         for id in batch.order {

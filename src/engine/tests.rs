@@ -848,6 +848,23 @@ fn a_start_many_spawns_its_starts_as_one_batch_in_their_order() {
 }
 
 #[test]
+fn a_start_of_a_target_spawns_its_services_as_one_batch() {
+    let mut b = Bench::new();
+    answered(&b.define(spec("w").instances(3))).unwrap();
+    let reply = b.start_target("w");
+    assert_eq!(answered(&reply).unwrap(), 3);
+    let batches = b.procs.borrow().batches.clone();
+    assert_eq!(
+        batches,
+        vec![vec![b.key("w.0"), b.key("w.1"), b.key("w.2")]],
+        "one batch, in the order of the instances"
+    );
+    for name in ["w.0", "w.1", "w.2"] {
+        assert_eq!(b.status(name), Status::Online, "{name}");
+    }
+}
+
+#[test]
 fn a_spawn_that_fails_in_a_batch_errors_its_service_alone() {
     let mut b = Bench::new();
     b.procs.borrow_mut().fail_spawn_of.insert("b".into());
