@@ -275,6 +275,10 @@ impl Tier {
         session: Session,
     ) -> Tier {
         let escapees_registry = registry.clone();
+        // The tier is made on the thread that spawns with it.
+        if let Err(e) = sys::reserve_spawn_slots() {
+            log::warn!("the supervision thread cannot reserve its fds: {e}");
+        }
         let spawner = Spawner::start()
             .map_err(|e| log::warn!("cannot start the spawner thread: {e}; spawning on one"))
             .ok();

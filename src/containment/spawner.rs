@@ -164,6 +164,9 @@ impl Spawner {
         let thread = std::thread::Builder::new()
             .name("sheepdog-spawn".into())
             .spawn(move || {
+                if let Err(e) = sys::reserve_spawn_slots() {
+                    log::warn!("the spawner thread cannot reserve its fds: {e}");
+                }
                 for batch in queue {
                     batch.work();
                 }
