@@ -227,37 +227,34 @@ thread_local! {
 /// Linux 5.9): children copy the whole table at `clone` again.
 static NO_UNSHARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Low-numbered fds of one spawning thread (each on `/dev/null` between spawns,
-/// close-on-exec) that hold, during a spawn, the fds its child needs: stdin, stdout, stderr
-/// and the two cgroups to join. The child shares the host's fd table and takes a copy of
-/// only the fds up to the highest slot; otherwise `clone` copies every fd of the host (the
-/// read ends of every service's pipes, its pidfds) and `execve` closes them all again, a
-/// cost that grows with the fleet on every spawn.
+/// Two low-numbered fds of one spawning thread (each on `/dev/null` between spawns,
+/// close-on-exec) that hold, during a spawn, its child's stdout and stderr. The child shares
+/// the host's fd table and takes a copy of only the fds up to the highest it needs;
+/// otherwise `clone` copies every fd of the host (the read ends of every service's pipes,
+/// its pidfds) and `execve` closes them all again, a cost that grows with the fleet on every
+/// spawn.
 struct Slots {
-    fds: [OwnedFd; 5],
+    fds: [OwnedFd; 2],
 }
 
-impl Slots {
-    const STDIN: usize = 0;
-    const STDOUT: usize = 1;
-    const STDERR: usize = 2;
-    const JOIN: usize = 3;
+/// Below this open-file limit the fd table cannot grow large enough for slots to pay for
+/// the fds they hold.
+const SLOTS_FROM_LIMIT: u64 = 1024;
 
-    /// Five of the lowest free fds (at or above 3), each on /dev/null.
+impl Slots {
+    const STDOUT: usize = 0;
+    const STDERR: usize = 1;
+
+    /// Two of the lowest free fds (at or above 3), each on /dev/null.
     fn new(devnull: BorrowedFd<'_>) -> io::Result<Slots> {
         let slot = || rustix::io::fcntl_dupfd_cloexec(devnull, 3).map_err(io::Error::from);
         Ok(Slots {
-            fds: [slot()?, slot()?, slot()?, slot()?, slot()?],
+            fds: [slot()?, slot()?],
         })
     }
 
     fn raw(&self, slot: usize) -> c_int {
         self.fds[slot].as_raw_fd()
-    }
-
-    /// The highest slot, plus one: what the child keeps below.
-    fn end(&self) -> c_int {
-        self.fds.iter().map(|f| f.as_raw_fd()).max().unwrap_or(2) + 1
     }
 
     /// Points `slot` at what `fd` is (close-on-exec).
@@ -312,14 +309,13 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     use std::sync::atomic::Ordering;
-    // Services and probes keep no fd beyond their stdio: their children take a small table.
+    // Services keep no fd beyond their stdio: their children take a small table.
     if !req.keep.is_empty() || NO_UNSHARE.load(Ordering::Relaxed) {
         return spawn_once(req, None);
     }
     let devnull = devnull()?;
-    let mut slots = match SLOTS.with(|s| s.take()) {
-        Some(slots) => slots,
-        None => Slots::new(devnull)?,
+    let Some(mut slots) = SLOTS.with(|s| s.take()) else {
+        return spawn_once(req, None);
     };
     let spawned = spawn_once(req, Some(&mut slots));
     slots.clear(devnull);
@@ -333,11 +329,15 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     }
 }
 
-/// Takes this thread's fd slots for its spawns now, while the host's fd table is small:
-/// made at the first spawn, they would come after every fd the host opened by then, and a
-/// child copies every fd below its slots. For a long-lived spawning thread, before its first
-/// spawn.
+/// Takes this thread's fd slots for its spawns now, while the host's fd table is small (a
+/// child copies every fd below its slots), unless the open-file limit is too low for them
+/// to pay. For a long-lived spawning thread, before its first spawn; a thread without slots
+/// spawns children that copy the whole table.
 pub(crate) fn reserve_spawn_slots() -> io::Result<()> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if limit.is_some_and(|l| l < SLOTS_FROM_LIMIT) {
+        return Ok(());
+    }
     if SLOTS.with(|s| {
         let slots = s.take();
         let had = slots.is_some();
@@ -418,25 +418,20 @@ fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<P
         Some(ids) => (ids.uid, ids.gid, &ids.groups[..]),
         None => (0, 0, &no_groups[..]),
     };
-    let (mut stdin, mut stdout, mut stderr) = (
-        devnull.as_raw_fd(),
-        req.stdout.as_raw_fd(),
-        req.stderr.as_raw_fd(),
-    );
+    let (mut stdout, mut stderr) = (req.stdout.as_raw_fd(), req.stderr.as_raw_fd());
     let mut unshare_below = 0;
     if let Some(slots) = slots {
         slots.put(Slots::STDOUT, req.stdout)?;
         slots.put(Slots::STDERR, req.stderr)?;
-        for (i, fd) in req.join.iter().enumerate() {
-            slots.put(Slots::JOIN + i, *fd)?;
-            join[i] = slots.raw(Slots::JOIN + i);
-        }
-        (stdin, stdout, stderr) = (
-            slots.raw(Slots::STDIN),
-            slots.raw(Slots::STDOUT),
-            slots.raw(Slots::STDERR),
-        );
-        unshare_below = slots.end();
+        (stdout, stderr) = (slots.raw(Slots::STDOUT), slots.raw(Slots::STDERR));
+        // /dev/null is opened before any slot; the cgroups to join (v1 limits, rare) are
+        // wherever they are, and copied with all below them.
+        unshare_below = [stdout, stderr, devnull.as_raw_fd()]
+            .into_iter()
+            .chain(join)
+            .max()
+            .unwrap_or(2)
+            + 1;
     }
     let files = if unshare_below > 0 {
         libc::CLONE_FILES
@@ -453,7 +448,7 @@ fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<P
             .as_ref()
             .map_or(std::ptr::null(), |c| c.as_ptr()),
         join,
-        stdin,
+        stdin: devnull.as_raw_fd(),
         stdout,
         stderr,
         parent: rustix::process::getpid().as_raw_nonzero().get(),
