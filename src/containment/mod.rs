@@ -19,10 +19,11 @@ pub(crate) mod cgroup;
 mod marked;
 pub(crate) mod marker;
 pub(crate) mod reclaim;
+mod spawner;
 
 pub(crate) use cgroup::{Cgroups, Limits, ProbeCgroups, state_key};
 
-use crate::child::{self, Launch};
+use crate::child::Launch;
 use crate::error::{Error, ErrorKind, Result};
 use crate::signal::Signal;
 use crate::spec::ServiceSpec;
@@ -30,10 +31,12 @@ use crate::store::Store;
 use crate::sys::{self, Credentials, PidFd, Reaped, Registry};
 use marked::{Escapees, Scan};
 use marker::Session;
+use spawner::{Done, Job, Spawner};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a supervisor contains its services' processes.
@@ -73,15 +76,16 @@ pub(crate) struct RunKey {
 }
 
 /// What it takes to spawn a run.
-pub(crate) struct Plan<'a> {
+pub(crate) struct Plan {
     pub(crate) run: RunKey,
-    pub(crate) spec: &'a ServiceSpec,
-    pub(crate) launch: &'a Launch,
-    /// The write ends of its output pipes (the same one twice when stderr is merged).
-    pub(crate) stdout: &'a OwnedFd,
-    pub(crate) stderr: &'a OwnedFd,
+    pub(crate) spec: Arc<ServiceSpec>,
+    pub(crate) launch: Arc<Launch>,
+    /// The write ends of its output pipes: stderr's is `None` when stderr is merged into
+    /// stdout. Closed once the run is spawned.
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: Option<OwnedFd>,
     /// The run's own variables (`SHEEPDOG_RUN`, `NOTIFY_SOCKET`, …).
-    pub(crate) env: &'a [(String, String)],
+    pub(crate) env: Vec<(String, String)>,
     /// The poll token its exit is reported as.
     pub(crate) token: u64,
 }
@@ -123,7 +127,12 @@ pub(crate) struct Ended {
 /// for real, and by a fake in the engine's unit tests.
 pub(crate) trait Processes {
     /// Spawns `plan`'s run in the tier's container, its exit watched under `plan.token`.
-    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned>;
+    fn spawn(&mut self, plan: Plan) -> Result<Spawned>;
+    /// Spawns each of `plans` as [`spawn`](Processes::spawn) would, and returns the results
+    /// in the same order; the real tier spawns them on two threads at once.
+    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
+        plans.into_iter().map(|plan| self.spawn(plan)).collect()
+    }
     /// Sends `signal` to the run's process group only: the first pass of a stop of many
     /// services, so that all of them are ending while each stop is recorded. Returns whether
     /// it was sent.
@@ -203,7 +212,9 @@ struct RunProcs {
 
 /// The containment in force, for real.
 pub(crate) struct Tier {
-    cgroups: Option<Cgroups>,
+    cgroups: Option<Arc<Cgroups>>,
+    /// Takes half of a batch of spawns (`None` if its thread could not start).
+    spawner: Option<Spawner>,
     subreaper: bool,
     registry: Rc<Registry>,
     runs: HashMap<RunKey, RunProcs>,
@@ -264,9 +275,17 @@ impl Tier {
         session: Session,
     ) -> Tier {
         let escapees_registry = registry.clone();
+        // The tier is made on the thread that spawns with it.
+        if let Err(e) = sys::reserve_spawn_slots() {
+            log::warn!("the supervision thread cannot reserve its fds: {e}");
+        }
+        let spawner = Spawner::start()
+            .map_err(|e| log::warn!("cannot start the spawner thread: {e}; spawning on one"))
+            .ok();
         Tier {
             run_key: run_key.clone(),
-            cgroups,
+            cgroups: cgroups.map(Arc::new),
+            spawner,
             subreaper,
             registry,
             runs: HashMap::new(),
@@ -281,13 +300,13 @@ impl Tier {
 
     /// Whether `max_pids` can be enforced.
     pub(crate) fn limits_pids(&self) -> bool {
-        self.cgroups.as_ref().is_some_and(Cgroups::limits_pids)
+        self.cgroups.as_deref().is_some_and(Cgroups::limits_pids)
     }
 
     /// Where command probes run, in the cgroup tier.
     pub(crate) fn probe_cgroups(&self) -> std::io::Result<Option<ProbeCgroups>> {
         self.cgroups
-            .as_ref()
+            .as_deref()
             .map(Cgroups::probe_cgroups)
             .transpose()
     }
@@ -318,23 +337,12 @@ impl Tier {
         self.escapees.claim(&leaders, |run| live.contains(&run))
     }
 
-    fn spawn_error(spec: &ServiceSpec, what: &str, e: std::io::Error) -> Error {
-        Error::new(
-            ErrorKind::Spawn,
-            format!("cannot start: cannot create its {what}"),
-        )
-        .with_service(spec.name())
-        .with_source(e)
-    }
-}
-
-impl Processes for Tier {
-    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned> {
+    /// A spawn, made ready on the supervision thread: which cgroup its run starts in.
+    fn job(&mut self, plan: Plan) -> Job {
         let RunKey { id, generation } = plan.run;
-        let spec = plan.spec;
         let limits = Limits {
-            max_pids: spec.get_max_pids(),
-            max_memory: spec.get_max_memory(),
+            max_pids: plan.spec.get_max_pids(),
+            max_memory: plan.spec.get_max_memory(),
         };
         // A spare cgroup is only for a run without limits: limits and the per-run memory
         // figures live in cgroups of the run's own.
@@ -348,37 +356,41 @@ impl Processes for Tier {
                 generation
             }
         };
-        let prepared = match self
-            .cgroups
-            .as_ref()
-            .map(|c| c.prepare(id, cgroup, limits))
-            .transpose()
-        {
-            Ok(p) => p,
-            Err(e) => return Err(Tier::spawn_error(spec, "cgroup", e)),
-        };
-        let into = prepared.as_ref().map(|p| child::Cgroup {
-            dir: p.dir_fd.as_fd(),
-            procs: &p.procs,
-            join: p.join.iter().map(|f| f.as_fd()).collect(),
-        });
-        let leader = match child::spawn(spec, plan.launch, plan.stdout, plan.stderr, plan.env, into)
-        {
-            Ok(leader) => leader,
+        Job {
+            plan,
+            cgroup,
+            limits,
+        }
+    }
+
+    /// Takes in a spawn's result on the supervision thread: its run watched and kept.
+    fn take_in(&mut self, done: Done) -> Result<Spawned> {
+        let Done {
+            run,
+            token,
+            spec,
+            cgroup,
+            limits,
+            prepared,
+            outcome,
+        } = done;
+        let started = match outcome {
+            Ok(started) => started,
             Err(e) => {
                 // Nothing ran in the run's cgroup: the next attempt may use it.
-                if let Some(cg) = &self.cgroups {
+                if let Some(cg) = self.cgroups.as_ref().filter(|_| prepared) {
                     if limits.is_none() {
-                        self.spares.insert(id, cgroup);
+                        self.spares.insert(run.id, cgroup);
                     } else {
-                        self.dirs.extend(cg.run_dirs(id, cgroup));
+                        self.dirs.extend(cg.run_dirs(run.id, cgroup));
                     }
                 }
                 return Err(e);
             }
         };
+        let leader = started.leader;
         let pid = leader.pid();
-        if let Err(e) = self.registry.add(&leader, plan.token) {
+        if let Err(e) = self.registry.add(&leader, token) {
             // Without the exit notification we could not supervise it: end it.
             log::error!(
                 "service '{}': cannot watch the new process: {e}",
@@ -389,44 +401,57 @@ impl Processes for Tier {
         if self.subreaper {
             self.escapees.remember_group(pid);
         }
-        // The pidfs inode names the process for good; only older kernels need its start
-        // time (one /proc read more on the restart path).
-        let pidfd_ino = leader.inode();
-        let start_ticks = match pidfd_ino {
-            Some(_) => None,
-            None => sys::proc_stat(pid).map(|s| s.start_time),
-        };
-        let memory_limited = limits.max_memory.is_some();
-        let (cgroup_id, cgroup_path, oom_kills_at_start) = match (&self.cgroups, &prepared) {
-            (Some(cg), Some(p)) => (
-                sys::inode_of(&p.dir_fd).ok(),
-                cg.proc_path(id, cgroup),
-                cg.oom_kills(id, cgroup, memory_limited),
-            ),
-            _ => (None, String::new(), 0),
-        };
         self.runs.insert(
-            plan.run,
+            run,
             RunProcs {
                 leader,
                 reaped: false,
                 cgroup: self.cgroups.as_ref().map(|_| cgroup),
-                cgroup_id,
-                cgroup_path,
+                cgroup_id: started.cgroup_id,
+                cgroup_path: started.cgroup_path,
                 killed: false,
                 limited: !limits.is_none(),
-                memory_limited,
-                oom_kills_at_start,
+                memory_limited: limits.max_memory.is_some(),
+                oom_kills_at_start: started.oom_kills_at_start,
                 scanned: None,
                 events: None,
             },
         );
         Ok(Spawned {
             pid,
-            pidfd_ino,
-            start_ticks,
+            pidfd_ino: started.pidfd_ino,
+            start_ticks: started.start_ticks,
             cgroup: self.cgroups.as_ref().map(|_| cgroup),
         })
+    }
+
+    fn spawn_error(spec: &ServiceSpec, what: &str, e: std::io::Error) -> Error {
+        Error::new(
+            ErrorKind::Spawn,
+            format!("cannot start: cannot create its {what}"),
+        )
+        .with_service(spec.name())
+        .with_source(e)
+    }
+}
+
+impl Processes for Tier {
+    fn spawn(&mut self, plan: Plan) -> Result<Spawned> {
+        let job = self.job(plan);
+        let done = job.run(self.cgroups.as_deref());
+        self.take_in(done)
+    }
+
+    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
+        let jobs: Vec<Job> = plans.into_iter().map(|plan| self.job(plan)).collect();
+        let done = match &self.spawner {
+            Some(spawner) if jobs.len() > 1 => spawner.run_all(jobs, self.cgroups.as_ref()),
+            _ => {
+                let cgroups = self.cgroups.as_deref();
+                jobs.into_iter().map(|job| job.run(cgroups)).collect()
+            }
+        };
+        done.into_iter().map(|d| self.take_in(d)).collect()
     }
 
     fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool {
@@ -715,7 +740,7 @@ impl Processes for Tier {
     }
 
     fn reclaim(&mut self, store: &mut Store) -> Result<Vec<(u64, Vec<u32>)>> {
-        reclaim::reclaim(store, self.cgroups.as_ref(), &self.run_key, KILL_GRACE)
+        reclaim::reclaim(store, self.cgroups.as_deref(), &self.run_key, KILL_GRACE)
     }
 
     fn session_stored(&mut self, id: i64) {

@@ -192,9 +192,13 @@ impl Engine {
             }
             return;
         }
-        for (d, change) in changes {
-            self.carry_out(d, change, mode, now);
-        }
+        // The starts of the batch are spawned together, once every definition is carried
+        // out.
+        self.batched(now, |engine| {
+            for (d, change) in changes {
+                engine.carry_out(d, change, mode, now);
+            }
+        });
     }
 
     /// What storing `d` changes: which services it adds, keeps (and whether their runs
@@ -745,11 +749,13 @@ impl Engine {
             })
             .collect();
         let targets = self.targets(&idle);
-        for &id in &idle {
-            self.with_service(id, now, |svc, io| {
-                lifecycle::begin_stop(svc, io, Then::Start, false, now)
-            });
-        }
+        self.batched(now, |engine| {
+            for &id in &idle {
+                engine.with_service(id, now, |svc, io| {
+                    lifecycle::begin_stop(svc, io, Then::Start, false, now)
+                });
+            }
+        });
         self.pending.push(Pending {
             targets,
             want: Want::Up,

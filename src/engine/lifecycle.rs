@@ -101,6 +101,30 @@ fn outcome(raw: RawExit) -> Outcome {
 /// start made, and retried by the policy if the spawn fails; a start by hand that fails
 /// leaves the service `Errored` and returns the error.
 pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) -> Result<()> {
+    let (plan, rest) = prepare(svc, io, auto, now)?;
+    let spawned = io.procs.spawn(plan);
+    started(svc, io, auto, rest, spawned, now)
+}
+
+/// What a spawn keeps on the supervision thread while its [`Plan`] is spawned: the read
+/// ends of its output pipes and its notify socket.
+pub(super) struct Prepared {
+    token: u64,
+    launch: Arc<crate::child::Launch>,
+    out_read: std::os::fd::OwnedFd,
+    err_read: Option<std::os::fd::OwnedFd>,
+    notify: Option<crate::sys::NotifySocket>,
+}
+
+/// The first half of [`spawn`]: a new generation, its pipes, launch, marker and notify
+/// socket, and the plan to spawn. A failure here is the spawn's failure (as [`spawn`]
+/// handles it), and there is nothing to spawn.
+pub(super) fn prepare(
+    svc: &mut Service,
+    io: &mut Io,
+    auto: bool,
+    now: Instant,
+) -> Result<(Plan, Prepared)> {
     svc.generation += 1;
     let spec = svc.spec.clone();
     let name = svc.name.clone();
@@ -114,13 +138,21 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
     };
     let pipes = match logs::make_pipes(spec.log_policy().get_merge_stderr()) {
         Ok(p) => p,
-        Err(e) => return spawn_failed(svc, io, auto, setup_failed("output pipes", e), now),
+        Err(e) => {
+            return Err(spawn_failed(
+                svc,
+                io,
+                auto,
+                setup_failed("output pipes", e),
+                now,
+            ));
+        }
     };
     let launch = match svc.launch.clone().filter(|_| auto) {
         Some(launch) => launch,
         None => match io.launch(&spec, svc.instance) {
             Ok(launch) => svc.launch.insert(Arc::new(launch)).clone(),
-            Err(e) => return spawn_failed(svc, io, auto, e, now),
+            Err(e) => return Err(spawn_failed(svc, io, auto, e, now)),
         },
     };
     let key = svc.key();
@@ -148,25 +180,68 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
                 }
                 Some(sock)
             }
-            Err(e) => return spawn_failed(svc, io, auto, setup_failed("notify socket", e), now),
+            Err(e) => {
+                return Err(spawn_failed(
+                    svc,
+                    io,
+                    auto,
+                    setup_failed("notify socket", e),
+                    now,
+                ));
+            }
         }
     } else {
         None
     };
     let token = io.token();
-    let err_write = pipes.err.as_ref().map_or(&pipes.out_write, |(_, w)| w);
-    let spawned = io.procs.spawn(&Plan {
+    let logs::RunPipesForSpawn {
+        out_read,
+        out_write,
+        err,
+    } = pipes;
+    let (err_read, err_write) = err.unzip();
+    let plan = Plan {
         run: key,
-        spec: &spec,
-        launch: &launch,
-        stdout: &pipes.out_write,
+        spec,
+        launch: launch.clone(),
+        stdout: out_write,
         stderr: err_write,
-        env: &env,
+        env,
         token,
-    });
+    };
+    let rest = Prepared {
+        token,
+        launch,
+        out_read,
+        err_read,
+        notify,
+    };
+    Ok((plan, rest))
+}
+
+/// The second half of [`spawn`]: the tier's answer `spawned` taken in, the service
+/// `Running` (or its failure handled).
+pub(super) fn started(
+    svc: &mut Service,
+    io: &mut Io,
+    auto: bool,
+    prepared: Prepared,
+    spawned: Result<crate::containment::Spawned>,
+    now: Instant,
+) -> Result<()> {
+    let Prepared {
+        token,
+        launch,
+        out_read,
+        err_read,
+        notify,
+    } = prepared;
+    let spec = svc.spec.clone();
+    let name = svc.name.clone();
+    let key = svc.key();
     let spawned = match spawned {
         Ok(s) => s,
-        Err(e) => return spawn_failed(svc, io, auto, e, now),
+        Err(e) => return Err(spawn_failed(svc, io, auto, e, now)),
     };
     io.tokens.insert(token, Owner::Leader(svc.id));
     if auto {
@@ -186,14 +261,13 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
         uid: launch.uid(),
     });
     let (last_output, alarms) = super::triggers::arm_watchdog(svc, io, now);
-    let logs::RunPipesForSpawn { out_read, err, .. } = pipes;
     io.outputs.attach(RunOutput {
         id: svc.id,
         generation: key.generation,
         name: name.clone(),
         policy: spec.log_policy().clone(),
         stdout: out_read,
-        stderr: err.map(|(read, _)| read),
+        stderr: err_read,
         dropped: svc.log_dropped.clone(),
         watch: match spec.get_ready() {
             Ready::LogLine(pattern) => Some(pattern.clone()),
@@ -254,7 +328,7 @@ pub(super) fn spawn(svc: &mut Service, io: &mut Io, auto: bool, now: Instant) ->
 /// A spawn failed: recorded as a run that ended when it began. An automatic restart counts
 /// it as a crash of zero uptime (so a briefly missing program or working directory does not
 /// end the service for good); a start by hand leaves the service `Errored`.
-fn spawn_failed(svc: &mut Service, io: &mut Io, auto: bool, e: Error, now: Instant) -> Result<()> {
+fn spawn_failed(svc: &mut Service, io: &mut Io, auto: bool, e: Error, now: Instant) -> Error {
     let exit = Exit {
         code: None,
         signal: None,
@@ -307,7 +381,7 @@ fn spawn_failed(svc: &mut Service, io: &mut Io, auto: bool, e: Error, now: Insta
             });
         }
     }
-    Err(e)
+    e
 }
 
 /// Asks the policy about a run that ended by itself, and keeps the history it returns. A

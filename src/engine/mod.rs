@@ -140,6 +140,17 @@ pub(crate) struct Engine {
     /// stood down at shutdown.
     guardian: Option<crate::guardian::Watch>,
     reaper: Option<sys::OrphanReaper>,
+    /// While a `start_many`, a start of a target or the resurrection at `open` runs: the
+    /// operator's starts it gathers, spawned together at its end (see
+    /// [`Engine::spawn_batch`]).
+    batch: Option<Batch>,
+}
+
+/// The services a batch of starts will spawn, in the order their starts came.
+#[derive(Default)]
+struct Batch {
+    order: Vec<u64>,
+    ids: HashSet<u64>,
 }
 
 impl Engine {
@@ -203,6 +214,7 @@ impl Engine {
             relock_due: false,
             guardian: None,
             reaper: None,
+            batch: None,
         }
     }
 
@@ -276,11 +288,13 @@ impl Engine {
                 .collect();
             let now = Instant::now();
             let ticks = triggers::stored_ticks(&mut self.io);
-            for id in up {
-                let svc = self.services.get_mut(&id).expect("listed above");
-                triggers::arm(svc, &mut self.io, Some(ticks.get(&id).copied()));
-                self.start_service(id, now);
-            }
+            self.batched(now, |engine| {
+                for id in up {
+                    let svc = engine.services.get_mut(&id).expect("listed above");
+                    triggers::arm(svc, &mut engine.io, Some(ticks.get(&id).copied()));
+                    engine.start_service(id, now);
+                }
+            });
         }
         self.end_turn();
         self.publish();
@@ -461,6 +475,17 @@ impl Engine {
         let Some(svc) = self.services.get(&id) else {
             return;
         };
+        if self.batch.as_ref().is_some_and(|b| b.ids.contains(&id)) {
+            return;
+        }
+        if !svc.spec.get_after().is_empty() {
+            // Its dependencies are judged with the batch's services spawned, as they would
+            // be one by one.
+            self.spawn_batch(now);
+        }
+        let Some(svc) = self.services.get(&id) else {
+            return;
+        };
         if !explain::dependencies_met(svc, &self.services) {
             let svc = self.services.get_mut(&id).expect("present above");
             if !matches!(svc.state, State::Waiting) {
@@ -473,8 +498,61 @@ impl Engine {
         if triggers::holds_back(svc, &mut self.io) {
             return;
         }
+        if let Some(batch) = &mut self.batch {
+            batch.order.push(id);
+            batch.ids.insert(id);
+            return;
+        }
         if let Err(e) = lifecycle::spawn(svc, &mut self.io, false, now) {
             log::warn!("{e}");
+        }
+    }
+
+    /// Runs `f` with a batch of starts open (unless one is already): the operator's starts
+    /// it makes are spawned together when it returns.
+    fn batched(&mut self, now: Instant, f: impl FnOnce(&mut Engine)) {
+        if self.batch.is_some() {
+            return f(self);
+        }
+        self.batch = Some(Batch::default());
+        f(self);
+        self.spawn_batch(now);
+        self.batch = None;
+    }
+
+    /// Spawns the starts the open batch gathered, all at once (the tier spreads them over
+    /// its spawning threads), and leaves the batch open and empty. Each service ends as
+    /// [`lifecycle::spawn`] would have left it, in the order its start came.
+    fn spawn_batch(&mut self, now: Instant) {
+        let Some(batch) = self.batch.as_mut().map(std::mem::take) else {
+            return;
+        };
+        if batch.order.is_empty() {
+            return;
+        }
+        let mut plans = Vec::with_capacity(batch.order.len());
+        let mut prepared = Vec::with_capacity(batch.order.len());
+        for id in batch.order {
+            let Some(svc) = self.services.get_mut(&id) else {
+                continue;
+            };
+            match lifecycle::prepare(svc, &mut self.io, false, now) {
+                Ok((plan, rest)) => {
+                    plans.push(plan);
+                    prepared.push((id, rest));
+                }
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        let spawned = self.io.procs.spawn_many(plans);
+        for ((id, rest), spawned) in prepared.into_iter().zip(spawned) {
+            let svc = self
+                .services
+                .get_mut(&id)
+                .expect("nothing removes a service between its prepare and its spawn");
+            if let Err(e) = lifecycle::started(svc, &mut self.io, false, rest, spawned, now) {
+                log::warn!("{e}");
+            }
         }
     }
 

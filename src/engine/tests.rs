@@ -51,6 +51,10 @@ struct Procs {
     killed: Vec<RunKey>,
     /// The next spawn fails with this.
     fail_spawn: Option<Error>,
+    /// The spawns of these services fail.
+    fail_spawn_of: HashSet<String>,
+    /// The runs of each batch of spawns, in the order asked.
+    batches: Vec<Vec<RunKey>>,
     /// Runs over: (run, kept its container for the next).
     ended: Vec<(RunKey, bool)>,
     /// Services with leftovers a sweep finds; a sweep is done once its service is removed.
@@ -61,10 +65,16 @@ struct Procs {
 struct FakeProcs(Rc<RefCell<Procs>>);
 
 impl Processes for FakeProcs {
-    fn spawn(&mut self, plan: &Plan<'_>) -> Result<Spawned> {
+    fn spawn(&mut self, plan: Plan) -> Result<Spawned> {
         let mut p = self.0.borrow_mut();
         if let Some(e) = p.fail_spawn.take() {
             return Err(e);
+        }
+        if p.fail_spawn_of.contains(plan.spec.name()) {
+            return Err(
+                Error::new(ErrorKind::Spawn, "cannot start: no such program")
+                    .with_service(plan.spec.name()),
+            );
         }
         p.next_pid += 1;
         let pid = 1000 + p.next_pid;
@@ -75,6 +85,11 @@ impl Processes for FakeProcs {
             start_ticks: None,
             cgroup: None,
         })
+    }
+    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
+        let runs = plans.iter().map(|p| p.run).collect();
+        self.0.borrow_mut().batches.push(runs);
+        plans.into_iter().map(|plan| self.spawn(plan)).collect()
     }
     fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool {
         let mut p = self.0.borrow_mut();
@@ -334,6 +349,19 @@ impl Bench {
     fn start_target(&mut self, target: &str) -> Receiver<Result<usize>> {
         let target = target.to_string();
         self.call(|reply| Request::StartTarget { target, reply })
+    }
+
+    fn start_many(&mut self, specs: Vec<ServiceSpec>) -> Vec<Receiver<Result<ServiceInfo>>> {
+        let (items, replies) = specs
+            .into_iter()
+            .map(|spec| {
+                let (reply, rx) = crossbeam_channel::bounded(1);
+                ((spec, reply), rx)
+            })
+            .unzip();
+        self.requests.send(Request::StartMany { items }).unwrap();
+        self.turn();
+        replies
     }
 
     fn define(&mut self, spec: ServiceSpec) -> Receiver<Result<ServiceInfo>> {
@@ -845,6 +873,91 @@ fn a_manual_start_that_cannot_spawn_is_errored_with_its_error() {
     assert_eq!(b.status("x"), Status::Errored);
     let runs = b.runs_recorded("x");
     assert_eq!(runs[0].cause(), Some(crate::history::Cause::SpawnFailed));
+}
+
+#[test]
+fn a_start_many_spawns_its_starts_as_one_batch_in_their_order() {
+    let mut b = Bench::new();
+    let replies = b.start_many(vec![spec("a"), spec("b"), spec("c")]);
+    let batches = b.procs.borrow().batches.clone();
+    assert_eq!(
+        batches,
+        vec![vec![b.key("a"), b.key("b"), b.key("c")]],
+        "one batch, in the order of the request"
+    );
+    let mut pids = HashSet::new();
+    for (name, reply) in ["a", "b", "c"].iter().zip(&replies) {
+        let info = answered(reply).unwrap();
+        assert_eq!(info.name(), *name);
+        assert_eq!(b.status(name), Status::Online);
+        pids.insert(info.pid().expect("a pid"));
+    }
+    assert_eq!(pids.len(), 3, "a run each");
+    // A single start is a batch of one.
+    b.start(spec("d"));
+    assert_eq!(b.procs.borrow().batches.last(), Some(&vec![b.key("d")]));
+    assert_eq!(b.status("d"), Status::Online);
+}
+
+#[test]
+fn a_start_of_a_target_spawns_its_services_as_one_batch() {
+    let mut b = Bench::new();
+    answered(&b.define(spec("w").instances(3))).unwrap();
+    let reply = b.start_target("w");
+    assert_eq!(answered(&reply).unwrap(), 3);
+    let batches = b.procs.borrow().batches.clone();
+    assert_eq!(
+        batches,
+        vec![vec![b.key("w.0"), b.key("w.1"), b.key("w.2")]],
+        "one batch, in the order of the instances"
+    );
+    for name in ["w.0", "w.1", "w.2"] {
+        assert_eq!(b.status(name), Status::Online, "{name}");
+    }
+}
+
+#[test]
+fn a_spawn_that_fails_in_a_batch_errors_its_service_alone() {
+    let mut b = Bench::new();
+    b.procs.borrow_mut().fail_spawn_of.insert("b".into());
+    let replies = b.start_many(vec![spec("a"), spec("b"), crasher("c", Backoff::none())]);
+    let err = answered(&replies[1]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn);
+    assert_eq!(err.service(), Some("b"));
+    assert_eq!(b.status("b"), Status::Errored);
+    assert_eq!(
+        b.runs_recorded("b")[0].cause(),
+        Some(crate::history::Cause::SpawnFailed)
+    );
+    for (name, reply) in [("a", &replies[0]), ("c", &replies[2])] {
+        assert!(answered(reply).is_ok(), "{name} started");
+        assert_eq!(b.status(name), Status::Online, "{name}");
+    }
+    // Its neighbours' runs are whole: a crash of one is restarted by its policy.
+    let before = b.generation("c");
+    b.exit("c", RawExit::Code(1));
+    assert!(b.generation("c") > before, "c restarted");
+    assert_eq!(b.status("a"), Status::Online);
+}
+
+#[test]
+fn a_dependent_in_a_batch_is_judged_with_what_came_before_it_spawned() {
+    let mut b = Bench::new();
+    let replies = b.start_many(vec![
+        spec("db"),
+        spec("web").after("db", Condition::Started),
+        spec("cache"),
+    ]);
+    // The batch is spawned before the dependent is judged: it starts in the same turn.
+    let batches = b.procs.borrow().batches.clone();
+    assert_eq!(
+        batches,
+        vec![vec![b.key("db")], vec![b.key("web"), b.key("cache")]]
+    );
+    for (name, reply) in ["db", "web", "cache"].iter().zip(&replies) {
+        assert!(answered(reply).is_ok(), "{name} started");
+        assert_eq!(b.status(name), Status::Online, "{name}");
+    }
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //!
 //! Each platform module provides:
 //!
-//! - **spawn** (`spawn`, `SpawnRequest`, `ChildKind`, `pipe`): start a child in its own
+//! - **spawn** (`spawn`, `SpawnRequest`, `ChildKind`, `pipe`, `reserve_spawn_slots`): start
+//!   a child in its own
 //!   process group (or session) with stdin, signal dispositions and the fd table made clean,
 //!   straight into a cgroup where asked, dying with the spawning thread (PDEATHSIG) where the
 //!   platform can, and return it as a `PidFd`; before exec the child sets what a

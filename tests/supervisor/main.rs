@@ -59,6 +59,7 @@ mod notify_access;
 mod oneshot;
 mod orphan_reaping;
 mod overtaking;
+mod parallel_spawns;
 mod parallel_stops;
 mod probe_hygiene;
 mod process_settings;

@@ -1,5 +1,5 @@
 //! The threads a supervisor runs do not grow with the number of services: the supervision
-//! thread and the log pump serve them all.
+//! thread, the spawner and the log pump serve them all, one start at a time or a batch.
 
 use crate::prelude::*;
 use std::process::Command;
@@ -23,6 +23,18 @@ fn threads_stay_constant_in_the_number_of_services() -> TestResult {
     }
     let with_fifty = thread_count();
     assert_eq!(with_fifty, with_none, "threads grew with services");
-    println!("threads: {with_none} with the supervisor open, {with_fifty} with 50 services");
+    // A batch is spread over the threads already there.
+    let batch: Vec<_> = (0..50)
+        .map(|i| h.sh(&format!("b{i}"), "echo hi; exec sleep 600"))
+        .collect();
+    for result in h.sup().start_many(batch)? {
+        result?;
+    }
+    let with_a_hundred = thread_count();
+    assert_eq!(with_a_hundred, with_none, "threads grew with a batch");
+    println!(
+        "threads: {with_none} with the supervisor open, {with_fifty} with 50 services, \
+         {with_a_hundred} with 50 more started as a batch"
+    );
     h.finish()
 }

@@ -13,17 +13,31 @@
 //!   `Child::wait`. A group outside the pid namespace shows as 0: a host whose own group is
 //!   outside spares every child whose group is outside too, since they cannot be told apart.
 //!
-//! The lock is held through a whole pass, so no pid becomes held between the check and the
-//! reap; a zombie's pid cannot be reused before it is reaped.
+//! The gate and the table's lock are held through a whole pass, so no pid becomes held
+//! between the check and the reap; a zombie's pid cannot be reused before it is reaped. A
+//! pass waits for the spawns in flight to reach their `execve` (the gate is fair to it: a
+//! waiting pass holds back the spawns that come after it).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 
 /// The held pids, with how many `PidFd`s hold each.
 static HELD: Mutex<BTreeMap<u32, u32>> = Mutex::new(BTreeMap::new());
+
+/// Shared by the spawns between their `clone` and the marking of their pid held; taken
+/// exclusively by a reaper's pass. (std's lock on Linux makes new readers wait behind a
+/// waiting writer, so spawns on two threads cannot keep a pass out.)
+static SPAWNING: RwLock<()> = RwLock::new(());
+
+/// The spawn gate, shared: held from before a `clone` until its pid is marked held.
+pub(super) fn spawning() -> RwLockReadGuard<'static, ()> {
+    SPAWNING
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The lock on the held pids; a panic elsewhere while it was held leaves a table still valid.
 pub(super) fn held() -> MutexGuard<'static, BTreeMap<u32, u32>> {
@@ -200,6 +214,9 @@ impl OrphanReaper {
             let mut buf = [0u8; 256];
             while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
         }
+        let _gate = SPAWNING
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let table = held();
         let spared = |pid: u32| {
             table.contains_key(&pid)

@@ -47,8 +47,8 @@ impl PidFd {
         PidFd { fd, pid }
     }
 
-    /// As [`from_child`](PidFd::from_child), for a pid the caller already marked held (in
-    /// `table`, under the lock it took before the `clone`).
+    /// As [`from_child`](PidFd::from_child), for a pid the caller already marked held (under
+    /// the spawn gate it took before the `clone`).
     pub(super) fn from_held(fd: OwnedFd, pid: u32) -> PidFd {
         PidFd { fd, pid }
     }

@@ -92,6 +92,8 @@ pub(crate) enum ChildStep {
     Uid,
     Chdir,
     ParentDeathSignal,
+    /// Taking an fd table of its own (`close_range` with `CLOSE_RANGE_UNSHARE`).
+    Unshare,
 }
 
 impl std::fmt::Display for ChildStep {
@@ -109,6 +111,7 @@ impl std::fmt::Display for ChildStep {
             ChildStep::Uid => f.write_str("setresuid"),
             ChildStep::Chdir => f.write_str("chdir"),
             ChildStep::ParentDeathSignal => f.write_str("prctl"),
+            ChildStep::Unshare => f.write_str("close_range"),
         }
     }
 }
@@ -157,6 +160,9 @@ pub(crate) enum ChildKind {
 /// What the child reads (and, on failure, writes) in the memory it shares with the parent.
 #[repr(C)]
 struct ChildArgs {
+    /// Above 0: the child shares the parent's fd table (`CLONE_FILES`) and first takes a
+    /// table of its own holding only the fds below this (the spawning thread's slots).
+    unshare_below: c_int,
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
@@ -205,6 +211,7 @@ const STEP_OOM: c_int = 10;
 const STEP_SETGROUPS: c_int = 11;
 const STEP_SETGID: c_int = 12;
 const STEP_SETUID: c_int = 13;
+const STEP_UNSHARE: c_int = 14;
 
 /// Where a child adjusts its OOM score.
 const OOM_SCORE_ADJ: &CStr = c"/proc/self/oom_score_adj";
@@ -212,6 +219,57 @@ const OOM_SCORE_ADJ: &CStr = c"/proc/self/oom_score_adj";
 thread_local! {
     /// The spawning thread's child stack, between spawns.
     static CHILD_STACKS: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+    /// The spawning thread's fd slots, between spawns.
+    static SLOTS: std::cell::Cell<Option<Slots>> = const { std::cell::Cell::new(None) };
+}
+
+/// The kernel cannot give a child a table of only some of the fds (`CLOSE_RANGE_UNSHARE`,
+/// Linux 5.9): children copy the whole table at `clone` again.
+static NO_UNSHARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Two low-numbered fds of one spawning thread (each on `/dev/null` between spawns,
+/// close-on-exec) that hold, during a spawn, its child's stdout and stderr. The child shares
+/// the host's fd table and takes a copy of only the fds up to the highest it needs;
+/// otherwise `clone` copies every fd of the host (the read ends of every service's pipes,
+/// its pidfds) and `execve` closes them all again, a cost that grows with the fleet on every
+/// spawn.
+struct Slots {
+    fds: [OwnedFd; 2],
+}
+
+/// Below this open-file limit the fd table cannot grow large enough for slots to pay for
+/// the fds they hold.
+const SLOTS_FROM_LIMIT: u64 = 1024;
+
+impl Slots {
+    const STDOUT: usize = 0;
+    const STDERR: usize = 1;
+
+    /// Two of the lowest free fds (at or above 3), each on /dev/null.
+    fn new(devnull: BorrowedFd<'_>) -> io::Result<Slots> {
+        let slot = || rustix::io::fcntl_dupfd_cloexec(devnull, 3).map_err(io::Error::from);
+        Ok(Slots {
+            fds: [slot()?, slot()?],
+        })
+    }
+
+    fn raw(&self, slot: usize) -> c_int {
+        self.fds[slot].as_raw_fd()
+    }
+
+    /// Points `slot` at what `fd` is (close-on-exec).
+    fn put(&mut self, slot: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
+        rustix::io::dup3(fd, &mut self.fds[slot], rustix::io::DupFlags::CLOEXEC)
+            .map_err(io::Error::from)
+    }
+
+    /// Lets go of what the slots held in a spawn: an output pipe held open by a slot would
+    /// never see its end of file.
+    fn clear(&mut self, devnull: BorrowedFd<'_>) {
+        for slot in &mut self.fds {
+            let _ = rustix::io::dup3(devnull, slot, rustix::io::DupFlags::CLOEXEC);
+        }
+    }
 }
 
 /// `/dev/null`, opened once (close-on-exec): every child's stdin, and a probe's output.
@@ -245,11 +303,56 @@ fn cstring(s: &OsStr) -> io::Result<CString> {
 /// - marks every other fd close-on-exec (the host may hold fds without O_CLOEXEC, or have
 ///   inherited some);
 /// - sets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the spawning thread (call this only
-///   from a long-lived thread: the supervision thread, a probe worker), and exits if the
+///   from a long-lived thread: the supervision thread, the spawner, a probe worker), and exits if the
 ///   host died before that.
 ///
 /// The pidfd comes from `CLONE_PIDFD`, atomically with the child: no pid is ever looked up.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
+    use std::sync::atomic::Ordering;
+    // Services keep no fd beyond their stdio: their children take a small table.
+    if !req.keep.is_empty() || NO_UNSHARE.load(Ordering::Relaxed) {
+        return spawn_once(req, None);
+    }
+    let devnull = devnull()?;
+    let Some(mut slots) = SLOTS.with(|s| s.take()) else {
+        return spawn_once(req, None);
+    };
+    let spawned = spawn_once(req, Some(&mut slots));
+    slots.clear(devnull);
+    SLOTS.with(|s| s.set(Some(slots)));
+    match spawned {
+        Err(e) if failed_step(&e).is_some_and(|f| f.step == ChildStep::Unshare) => {
+            NO_UNSHARE.store(true, Ordering::Relaxed);
+            spawn_once(req, None)
+        }
+        spawned => spawned,
+    }
+}
+
+/// Takes this thread's fd slots for its spawns now, while the host's fd table is small (a
+/// child copies every fd below its slots), unless the open-file limit is too low for them
+/// to pay. For a long-lived spawning thread, before its first spawn; a thread without slots
+/// spawns children that copy the whole table.
+pub(crate) fn reserve_spawn_slots() -> io::Result<()> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if limit.is_some_and(|l| l < SLOTS_FROM_LIMIT) {
+        return Ok(());
+    }
+    if SLOTS.with(|s| {
+        let slots = s.take();
+        let had = slots.is_some();
+        s.set(slots);
+        had
+    }) {
+        return Ok(());
+    }
+    let slots = Slots::new(devnull()?)?;
+    SLOTS.with(|s| s.set(Some(slots)));
+    Ok(())
+}
+
+/// [`spawn`], with the child on a table of only the fds in `slots` if given.
+fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<PidFd> {
     let path = cstring(req.program.as_os_str())?;
     let argv_ptrs: Vec<*const c_char> = req
         .argv
@@ -315,7 +418,28 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         Some(ids) => (ids.uid, ids.gid, &ids.groups[..]),
         None => (0, 0, &no_groups[..]),
     };
+    let (mut stdout, mut stderr) = (req.stdout.as_raw_fd(), req.stderr.as_raw_fd());
+    let mut unshare_below = 0;
+    if let Some(slots) = slots {
+        slots.put(Slots::STDOUT, req.stdout)?;
+        slots.put(Slots::STDERR, req.stderr)?;
+        (stdout, stderr) = (slots.raw(Slots::STDOUT), slots.raw(Slots::STDERR));
+        // /dev/null is opened before any slot; the cgroups to join (v1 limits, rare) are
+        // wherever they are, and copied with all below them.
+        unshare_below = [stdout, stderr, devnull.as_raw_fd()]
+            .into_iter()
+            .chain(join)
+            .max()
+            .unwrap_or(2)
+            + 1;
+    }
+    let files = if unshare_below > 0 {
+        libc::CLONE_FILES
+    } else {
+        0
+    };
     let mut args = ChildArgs {
+        unshare_below,
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
@@ -325,8 +449,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
             .map_or(std::ptr::null(), |c| c.as_ptr()),
         join,
         stdin: devnull.as_raw_fd(),
-        stdout: req.stdout.as_raw_fd(),
-        stderr: req.stderr.as_raw_fd(),
+        stdout,
+        stderr,
         parent: rustix::process::getpid().as_raw_nonzero().get(),
         detached: c_int::from(req.kind == ChildKind::Detached),
         keep,
@@ -360,7 +484,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     let dumpable = switching
         .as_ref()
         .map(|_| rustix::process::dumpable_behavior());
-    // Kept across spawns (all on the supervision thread): no 64 KiB to zero per spawn.
+    // Kept across a thread's spawns: no 64 KiB to zero per spawn.
     let mut stack = CHILD_STACKS
         .with(|s| s.take())
         .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
@@ -374,8 +498,8 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
     // the child's stack before the child resets the dispositions; the old mask is restored
     // right after.
     // Held across the clone until the pid is marked held: an orphan reaper never sees this
-    // child exited and not yet held (orphans.rs).
-    let mut held = super::orphans::held();
+    // child exited and not yet held (orphans.rs). Shared: other threads' spawns go on.
+    let gate = super::orphans::spawning();
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -390,7 +514,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
         let mut clone_error = io::Error::from_raw_os_error(libc::ENOSYS);
         if let Some((dir, _)) = req.cgroup {
             let mut cl = CloneArgs {
-                flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | files) as u64
                     | CLONE_INTO_CGROUP,
                 pidfd: &mut pidfd as *mut c_int as u64,
                 exit_signal: libc::SIGCHLD as u64,
@@ -417,7 +541,7 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
             pid = libc::clone(
                 child_main,
                 top.cast(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | files | libc::SIGCHLD,
                 arg,
                 &mut pidfd as *mut c_int,
                 std::ptr::null_mut::<c_void>(),
@@ -472,12 +596,14 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<PidFd> {
             STEP_SETGROUPS => ChildStep::Groups,
             STEP_SETGID => ChildStep::Gid,
             STEP_SETUID => ChildStep::Uid,
+            STEP_UNSHARE => ChildStep::Unshare,
             _ => return Err(err),
         };
         return Err(io::Error::new(err.kind(), StepFailed { step, errno }));
     }
     CHILD_STACKS.with(|s| s.set(Some(stack)));
-    super::orphans::hold(&mut held, pid as u32);
+    super::orphans::hold(&mut super::orphans::held(), pid as u32);
+    drop(gate);
     Ok(PidFd::from_held(pidfd, pid as u32))
 }
 
@@ -622,6 +748,19 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             a.failed_step = step;
             libc::_exit(127)
         };
+        // Before any change to an fd: until then the table is the host's own. The copy
+        // holds only the fds below `unshare_below` (the kernel copies no more when the range
+        // closed reaches the last fd).
+        if a.unshare_below > 0
+            && libc::syscall(
+                libc::SYS_close_range,
+                a.unshare_below as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            ) != 0
+        {
+            fail(a, STEP_UNSHARE);
+        }
         // Every call below is a plain system call, made through `syscall` where the libc
         // wrapper does more: glibc's setuid family signals every thread of the process to
         // change theirs too, and until exec the threads it would find are the host's.
