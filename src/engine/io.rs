@@ -186,9 +186,13 @@ pub(super) struct Io {
     pub(super) deferred_timer: bool,
     /// A main process was reaped in this turn.
     pub(super) reaped: bool,
+    /// When the last turn that reaped a main process ended.
+    last_reaped: Option<Instant>,
     /// Directories of runs that are over, held while exits come in: their removal (about
     /// 40 µs of kernel time each for a cgroup, and a lock that opening cgroup files waits
-    /// on) waits for a turn without exits, so a stop-all reaps its 1000 runs first.
+    /// on) waits until no exit has come for [`DIRS_QUIET`], so a stop-all reaps its 1000
+    /// runs first. (A turn without exits is not enough: a stop-all has many, serving the
+    /// pump's reports and the API, and dirs removed then took the CPU its exits needed.)
     held_dirs: Vec<PathBuf>,
     rng: u64,
     /// The host's environment, read at most once per loop turn when a start needs it: a
@@ -200,6 +204,9 @@ pub(super) struct Io {
 
 /// At most this many directories are held while exits come in.
 const HELD_DIRS_MAX: usize = 4096;
+
+/// Held directories are removed once no exit has come for this long.
+const DIRS_QUIET: Duration = super::lifecycle::RECORD_WITHIN;
 
 impl Io {
     #[allow(clippy::too_many_arguments)]
@@ -230,6 +237,7 @@ impl Io {
             unrecorded: HashMap::new(),
             deferred_timer: false,
             reaped: false,
+            last_reaped: None,
             held_dirs: Vec::new(),
             rng: seed | 1,
             host_env: None,
@@ -277,13 +285,24 @@ impl Io {
         }
     }
 
-    pub(super) fn end_turn(&mut self) {
+    pub(super) fn end_turn(&mut self, now: Instant) {
         self.store.flush();
         self.held_dirs.extend(self.procs.take_dirs());
-        if !std::mem::take(&mut self.reaped) || self.held_dirs.len() >= HELD_DIRS_MAX {
-            self.remove_held_dirs();
-        } else if !self.held_dirs.is_empty() {
-            super::lifecycle::arm_deferred(self, Instant::now());
+        if !self.held_dirs.is_empty() {
+            if std::mem::take(&mut self.reaped) {
+                self.last_reaped = Some(now);
+            }
+            let quiet = self
+                .last_reaped
+                .is_none_or(|at| now.saturating_duration_since(at) >= DIRS_QUIET);
+            if quiet || self.held_dirs.len() >= HELD_DIRS_MAX {
+                self.remove_held_dirs();
+            } else {
+                // Its turn comes after the quiet time, or sets it again.
+                super::lifecycle::arm_deferred(self, now);
+            }
+        } else if std::mem::take(&mut self.reaped) {
+            self.last_reaped = Some(now);
         }
         self.outputs.wake();
         self.procs.end_turn();

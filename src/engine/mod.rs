@@ -296,7 +296,7 @@ impl Engine {
                 }
             });
         }
-        self.end_turn();
+        self.end_turn(Instant::now());
         self.publish();
         Ok(())
     }
@@ -343,7 +343,7 @@ impl Engine {
         self.start_waiting(now);
         self.advance_rolls(now);
         self.advance_waves(now);
-        self.end_turn();
+        self.end_turn(now);
         self.publish();
         self.settle_pending();
         self.settle_rolls();
@@ -1040,9 +1040,9 @@ impl Engine {
 
     /// What every loop turn ends with, before it publishes or replies: the statuses and run
     /// records of the turn committed, and the log pump woken for what was sent to it.
-    fn end_turn(&mut self) {
+    fn end_turn(&mut self, now: Instant) {
         self.write_states();
-        self.io.end_turn();
+        self.io.end_turn(now);
     }
 
     /// Stores the statuses changed in this loop turn.

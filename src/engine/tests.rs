@@ -60,6 +60,8 @@ struct Procs {
     /// Services with leftovers a sweep finds; a sweep is done once its service is removed.
     sweepable: HashSet<u64>,
     forgotten: Vec<u64>,
+    /// The directories of runs ended without reuse, until the engine takes them.
+    dirs: Vec<PathBuf>,
 }
 
 struct FakeProcs(Rc<RefCell<Procs>>);
@@ -121,7 +123,12 @@ impl Processes for FakeProcs {
         !self.0.borrow().lingering.contains(&run)
     }
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
-        self.0.borrow_mut().ended.push((run, reuse));
+        let mut p = self.0.borrow_mut();
+        p.ended.push((run, reuse));
+        if !reuse {
+            p.dirs
+                .push(PathBuf::from(format!("run-{}-{}", run.id, run.generation)));
+        }
         Ended::default()
     }
     fn speaks_for(&mut self, _: RunKey, _: &Credentials) -> bool {
@@ -143,7 +150,7 @@ impl Processes for FakeProcs {
         self.0.borrow_mut().forgotten.push(id);
     }
     fn take_dirs(&mut self) -> Vec<PathBuf> {
-        Vec::new()
+        std::mem::take(&mut self.0.borrow_mut().dirs)
     }
     fn end_turn(&mut self) {}
     fn reclaim(&mut self, _: &mut Store) -> Result<Vec<(u64, Vec<u32>)>> {
@@ -160,6 +167,7 @@ enum Asked {
     Detach(u64, u64),
     Unhurried(u64, u64),
     Forget(u64),
+    RemoveDirs(Vec<PathBuf>),
 }
 
 struct FakeOutputs(
@@ -183,7 +191,9 @@ impl Outputs for FakeOutputs {
     fn forget(&mut self, id: u64, _: Arc<str>) {
         self.0.borrow_mut().push(Asked::Forget(id));
     }
-    fn remove_dirs(&mut self, _: Vec<PathBuf>) {}
+    fn remove_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.0.borrow_mut().push(Asked::RemoveDirs(dirs));
+    }
     fn wake(&mut self) {}
     fn shutdown(&mut self) {}
 }
@@ -655,6 +665,53 @@ fn a_stop_signals_then_kills_at_the_deadline_and_settles_once_drained() {
     assert!(
         runs[0].decision().is_none(),
         "no policy decision for a stop"
+    );
+}
+
+#[test]
+fn the_containers_of_stopped_runs_go_once_no_exit_has_come_for_a_while() {
+    let mut b = Bench::new();
+    for name in ["a", "b", "c"] {
+        b.start(spec(name));
+    }
+    let removed = |b: &Bench| -> Vec<PathBuf> {
+        b.outputs
+            .borrow()
+            .iter()
+            .filter_map(|a| match a {
+                Asked::RemoveDirs(dirs) => Some(dirs.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let reply = b.stop("all");
+    b.exit("a", RawExit::Signal(15));
+    b.drained("a", 1);
+    // A turn without an exit (a report of the pump, a request) is not enough: the other
+    // runs' exits are still coming, and need the CPU.
+    b.turn();
+    assert!(
+        removed(&b).is_empty(),
+        "nothing removed while exits come in"
+    );
+    b.advance(Duration::from_millis(10));
+    b.exit("b", RawExit::Signal(15));
+    b.drained("b", 1);
+    b.advance(Duration::from_millis(10));
+    b.exit("c", RawExit::Signal(15));
+    b.drained("c", 1);
+    assert_eq!(answered(&reply).unwrap(), 3);
+    assert!(
+        removed(&b).is_empty(),
+        "still nothing right after the last exit"
+    );
+    b.advance(lifecycle::RECORD_WITHIN);
+    assert_eq!(
+        removed(&b).len(),
+        3,
+        "all three removed once the exits stopped for {:?}",
+        lifecycle::RECORD_WITHIN
     );
 }
 
