@@ -761,6 +761,14 @@ impl Store {
             .map_err(|e| self.err("cannot configure", e))?;
         c.pragma_update(None, "foreign_keys", true)
             .map_err(|e| self.err("cannot configure", e))?;
+        // The plan of a cached statement stays as prepared: without this, binding a new
+        // value to a parameter the planner looked at (the bundled SQLite has STAT4) expires
+        // the statement, and its next step parses it again.
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(|e| self.err("cannot configure", e))?;
         let tx = c
             .unchecked_transaction()
             .map_err(|e| self.err("cannot migrate", e))?;
