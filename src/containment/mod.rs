@@ -128,11 +128,15 @@ pub(crate) struct Ended {
 pub(crate) trait Processes {
     /// Spawns `plan`'s run in the tier's container, its exit watched under `plan.token`.
     fn spawn(&mut self, plan: Plan) -> Result<Spawned>;
-    /// Spawns each of `plans` as [`spawn`](Processes::spawn) would, and returns the results
-    /// in the same order; the real tier spawns them on two threads at once.
-    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
-        plans.into_iter().map(|plan| self.spawn(plan)).collect()
-    }
+    /// Opens a batch of about `n` spawns: each [`push`](Processes::push)ed plan may be
+    /// spawned at once (the real tier's spawner thread starts on the first while the next
+    /// are prepared), and [`finish_batch`](Processes::finish_batch) returns the results.
+    fn begin_batch(&mut self, n: usize);
+    /// Adds `plan` to the open batch, to be spawned as [`spawn`](Processes::spawn) would.
+    fn push(&mut self, plan: Plan);
+    /// Spawns what the batch has left (the real tier on two threads at once) and returns
+    /// every result, in the order pushed; the batch is closed.
+    fn finish_batch(&mut self) -> Vec<Result<Spawned>>;
     /// Sends `signal` to the run's process group only: the first pass of a stop of many
     /// services, so that all of them are ending while each stop is recorded. Returns whether
     /// it was sent.
@@ -210,11 +214,20 @@ struct RunProcs {
     events: Option<(std::fs::File, u64)>,
 }
 
+/// A batch of spawns being gathered: shared with the spawner thread as it grows, or kept
+/// for this thread alone (no spawner, or one spawn).
+enum OpenBatch {
+    Shared(spawner::Open),
+    Here(Vec<Job>),
+}
+
 /// The containment in force, for real.
 pub(crate) struct Tier {
     cgroups: Option<Arc<Cgroups>>,
     /// Takes half of a batch of spawns (`None` if its thread could not start).
     spawner: Option<Spawner>,
+    /// The batch of spawns open, if any.
+    batch: Option<OpenBatch>,
     subreaper: bool,
     registry: Rc<Registry>,
     runs: HashMap<RunKey, RunProcs>,
@@ -286,6 +299,7 @@ impl Tier {
             run_key: run_key.clone(),
             cgroups: cgroups.map(Arc::new),
             spawner,
+            batch: None,
             subreaper,
             registry,
             runs: HashMap::new(),
@@ -442,14 +456,32 @@ impl Processes for Tier {
         self.take_in(done)
     }
 
-    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
-        let jobs: Vec<Job> = plans.into_iter().map(|plan| self.job(plan)).collect();
-        let done = match &self.spawner {
-            Some(spawner) if jobs.len() > 1 => spawner.run_all(jobs, self.cgroups.as_ref()),
-            _ => {
+    fn begin_batch(&mut self, n: usize) {
+        self.batch = Some(match &self.spawner {
+            Some(spawner) if n > 1 => OpenBatch::Shared(spawner.open(self.cgroups.as_ref())),
+            _ => OpenBatch::Here(Vec::with_capacity(n)),
+        });
+    }
+
+    fn push(&mut self, plan: Plan) {
+        let job = self.job(plan);
+        match self
+            .batch
+            .get_or_insert_with(|| OpenBatch::Here(Vec::new()))
+        {
+            OpenBatch::Shared(open) => open.push(job),
+            OpenBatch::Here(jobs) => jobs.push(job),
+        }
+    }
+
+    fn finish_batch(&mut self) -> Vec<Result<Spawned>> {
+        let done = match self.batch.take() {
+            Some(OpenBatch::Shared(open)) => open.finish(),
+            Some(OpenBatch::Here(jobs)) => {
                 let cgroups = self.cgroups.as_deref();
                 jobs.into_iter().map(|job| job.run(cgroups)).collect()
             }
+            None => Vec::new(),
         };
         done.into_iter().map(|d| self.take_in(d)).collect()
     }

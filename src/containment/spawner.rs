@@ -140,9 +140,10 @@ struct Batch {
 }
 
 impl Batch {
-    /// Takes jobs until none is left. Bounded by the batch: nothing is added once it runs.
+    /// Takes jobs until the batch is closed and none is left: bounded by the batch's
+    /// gathering (the supervision thread preparing its plans) and its spawns.
     fn work(&self) {
-        while let Ok((index, job)) = self.jobs.try_recv() {
+        while let Ok((index, job)) = self.jobs.recv() {
             let done = job.run(self.cgroups.as_deref());
             if self.done.send((index, done)).is_err() {
                 return;
@@ -177,17 +178,11 @@ impl Spawner {
         })
     }
 
-    /// Runs `jobs` on this thread and the spawner's, and returns their results in the
-    /// order of `jobs`. Returns when both threads are done: bounded by the spawns, each of
-    /// which waits for its child's exec.
-    pub(super) fn run_all(&self, jobs: Vec<Job>, cgroups: Option<&Arc<Cgroups>>) -> Vec<Done> {
-        let n = jobs.len();
-        let (queue, taken) = crossbeam_channel::bounded(n);
-        for job in jobs.into_iter().enumerate() {
-            queue.send(job).expect("the queue holds the whole batch");
-        }
-        drop(queue);
-        let (done, results) = crossbeam_channel::bounded(n);
+    /// Opens a batch that the spawner thread starts taking jobs from at once, while this
+    /// thread pushes the rest; [`Open::finish`] ends it.
+    pub(super) fn open(&self, cgroups: Option<&Arc<Cgroups>>) -> Open {
+        let (queue, taken) = crossbeam_channel::unbounded();
+        let (done, results) = crossbeam_channel::unbounded();
         let batch = Batch {
             jobs: taken,
             done,
@@ -198,13 +193,49 @@ impl Spawner {
             done: batch.done.clone(),
             cgroups: batch.cgroups.clone(),
         };
-        // If the spawner is gone, this thread takes every job.
+        // If the spawner is gone, this thread takes every job at the finish.
         if let Some(batches) = &self.batches {
             let _ = batches.send(batch);
         }
+        Open {
+            queue,
+            here,
+            results,
+            pushed: 0,
+        }
+    }
+}
+
+/// A batch open on the supervision thread: jobs pushed to it may be spawned by the spawner
+/// thread right away.
+pub(super) struct Open {
+    queue: Sender<(usize, Job)>,
+    here: Batch,
+    results: Receiver<(usize, Done)>,
+    pushed: usize,
+}
+
+impl Open {
+    pub(super) fn push(&mut self, job: Job) {
+        // The receiving ends are held by `here` until the finish: the send cannot fail.
+        let _ = self.queue.send((self.pushed, job));
+        self.pushed += 1;
+    }
+
+    /// Closes the batch, spawns on this thread what the spawner has not taken, and returns
+    /// every result in the order pushed. Returns when both threads are done: bounded by the
+    /// spawns, each of which waits for its child's exec.
+    pub(super) fn finish(self) -> Vec<Done> {
+        let Open {
+            queue,
+            here,
+            results,
+            pushed,
+        } = self;
+        drop(queue);
         here.work();
         drop(here);
-        let mut slots: Vec<Option<Done>> = std::iter::repeat_with(|| None).take(n).collect();
+        let mut slots: Vec<Option<Done>> = std::iter::repeat_with(|| None).take(pushed).collect();
         // Ends when the spawner has let go of the batch (after its last job).
         for (index, d) in results.iter() {
             slots[index] = Some(d);

@@ -530,7 +530,8 @@ impl Engine {
         if batch.order.is_empty() {
             return;
         }
-        let mut plans = Vec::with_capacity(batch.order.len());
+        // The first plans are spawned while the next are prepared.
+        self.io.procs.begin_batch(batch.order.len());
         let mut prepared = Vec::with_capacity(batch.order.len());
         for id in batch.order {
             let Some(svc) = self.services.get_mut(&id) else {
@@ -538,13 +539,13 @@ impl Engine {
             };
             match lifecycle::prepare(svc, &mut self.io, false, now) {
                 Ok((plan, rest)) => {
-                    plans.push(plan);
+                    self.io.procs.push(plan);
                     prepared.push((id, rest));
                 }
                 Err(e) => log::warn!("{e}"),
             }
         }
-        let spawned = self.io.procs.spawn_many(plans);
+        let spawned = self.io.procs.finish_batch();
         for ((id, rest), spawned) in prepared.into_iter().zip(spawned) {
             let svc = self
                 .services

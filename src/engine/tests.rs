@@ -55,6 +55,8 @@ struct Procs {
     fail_spawn_of: HashSet<String>,
     /// The runs of each batch of spawns, in the order asked.
     batches: Vec<Vec<RunKey>>,
+    /// The results of the open batch's spawns, until its finish.
+    batch_results: Vec<Result<Spawned>>,
     /// Runs over: (run, kept its container for the next).
     ended: Vec<(RunKey, bool)>,
     /// Services with leftovers a sweep finds; a sweep is done once its service is removed.
@@ -88,10 +90,21 @@ impl Processes for FakeProcs {
             cgroup: None,
         })
     }
-    fn spawn_many(&mut self, plans: Vec<Plan>) -> Vec<Result<Spawned>> {
-        let runs = plans.iter().map(|p| p.run).collect();
-        self.0.borrow_mut().batches.push(runs);
-        plans.into_iter().map(|plan| self.spawn(plan)).collect()
+    fn begin_batch(&mut self, _: usize) {
+        self.0.borrow_mut().batches.push(Vec::new());
+    }
+    fn push(&mut self, plan: Plan) {
+        self.0
+            .borrow_mut()
+            .batches
+            .last_mut()
+            .expect("a batch is open")
+            .push(plan.run);
+        let spawned = self.spawn(plan);
+        self.0.borrow_mut().batch_results.push(spawned);
+    }
+    fn finish_batch(&mut self) -> Vec<Result<Spawned>> {
+        std::mem::take(&mut self.0.borrow_mut().batch_results)
     }
     fn signal_group(&mut self, run: RunKey, signal: Signal) -> bool {
         let mut p = self.0.borrow_mut();
