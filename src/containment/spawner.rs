@@ -2,10 +2,11 @@
 //! that lives as long as the tier.
 //!
 //! A spawn is vfork-style: the spawning thread waits until its child has exec'd or failed,
-//! most of a spawn's time. A batch (a `start_many` of a fleet) is a queue of [`Job`]s that
-//! both threads take from until it is empty; the supervision thread then waits for the
-//! spawner's last job and hands every result back in the batch's order, so its callers see
-//! what spawning them one by one would have given. Nothing else of the tier's state crosses:
+//! most of a spawn's time. A batch (a `start_many` of a fleet) is a queue of [`Job`]s: the
+//! spawner takes from it as soon as the supervision thread pushes the first, and the
+//! supervision thread joins in once it has pushed the last, until the queue is empty; it then
+//! waits for the spawner's last job and hands every result back in the batch's order, so its
+//! callers see what spawning them one by one would have given. Nothing else of the tier's state crosses:
 //! a job carries what its spawn needs and comes back as a [`Done`].
 //!
 //! The spawner must live as long as the supervision thread: a child's parent-death signal
