@@ -32,6 +32,11 @@ pub(super) struct Scan {
 }
 
 impl Scan {
+    /// The last pid handed out at the read, if it could be read.
+    pub(super) fn last_pid(&self) -> Option<u32> {
+        self.last_pid
+    }
+
     fn now() -> Scan {
         // The pid first: a process created between the two reads is then looked at again.
         let last_pid = sys::last_pid();
@@ -79,6 +84,9 @@ pub(super) struct Escapees {
     procs: Option<Vec<ProcStat>>,
     /// The pids created during stops, read once each.
     new_pids: Option<NewPids>,
+    /// The next read of new pids reads again those not there or not decided before
+    /// ([`fresh_read`](Escapees::fresh_read)).
+    recheck_due: bool,
 }
 
 /// Pids `from..=to` as read from /proc: those of this session's runs, by service id, and
@@ -87,9 +95,75 @@ struct NewPids {
     from: u32,
     to: u32,
     by_id: HashMap<u64, Vec<(u32, String)>>,
+    /// Not there at the last read: maybe a fork that was not through yet.
     absent: Vec<u32>,
-    /// One of them was in the middle of an exec at the last read, not decided yet.
-    pending: bool,
+    /// There, young, not proved ours yet, but may still prove so: read again while young.
+    /// `true`: it keeps every stop's check undecided meanwhile ([`Read::Unsure`]).
+    unsure: Vec<(u32, bool)>,
+}
+
+impl NewPids {
+    /// One of them may be a run's once its exec is through: no stop is decided yet.
+    fn pending(&self) -> bool {
+        self.unsure.iter().any(|&(_, holds)| holds)
+    }
+
+    fn record(&mut self, pid: u32, read: Read) {
+        match read {
+            Read::Gone => self.absent.push(pid),
+            Read::Ours(id, marker) => self.by_id.entry(id).or_default().push((pid, marker)),
+            Read::NotOurs => {}
+            Read::Unsure { holds } => self.unsure.push((pid, holds)),
+        }
+    }
+}
+
+/// What one read of a new pid tells.
+enum Read {
+    /// No process (yet, or any more).
+    Gone,
+    /// A process of service `.0`'s runs, with its marker.
+    Ours(u64, String),
+    NotOurs,
+    /// Not proved ours, but young, and caught where a process of ours can read so: in the
+    /// middle of an exec (its environment empty, or only part of its old one: a `setsid`
+    /// daemon read as `setsid` without its marker). `holds`: it leads a process group of
+    /// its own (the mark of an escape: `setsid`, `setpgid`) or is in the middle of an exec
+    /// with an empty environment, so no stop is decided until it is read again; otherwise
+    /// it is in the group of a stopping run, which is not empty then, and it is only read
+    /// again.
+    Unsure {
+        holds: bool,
+    },
+}
+
+/// Reads `pid`: ours (a verified marker), not ours, or not decided yet. `ties`: the process
+/// groups of the stopping runs.
+///
+/// Not [`marker::examine`]'s rule for a young process without a marker (undecided until a
+/// second old, as for a subreaper's orphans): while other processes create short-lived ones,
+/// thousands of new pids are young and not ours, and each would hold every stop for a
+/// second. Only a young one that leads a group of its own without any marker, or sits in a
+/// stopping run's group, is read again; the first is rare among unrelated processes (a
+/// build or a test suite's children stay in their parent's group).
+fn read_pid(pid: u32, run_key: &str, sessions: &[Session], ties: &HashSet<u32>) -> Read {
+    let Some(stat) = sys::proc_stat(pid) else {
+        return Read::Gone;
+    };
+    match marker::examine(&stat, run_key, sessions) {
+        Examined::Ours(claimed) => Read::Ours(claimed.owner.id, claimed.marker),
+        Examined::Undecided => Read::Unsure { holds: true },
+        Examined::NotOurs if stat.state != b'Z' && marker::is_young(&stat) => {
+            if stat.pgrp == pid && sys::environ_value(pid, RUN_VAR).is_none() {
+                Read::Unsure { holds: true }
+            } else if ties.contains(&stat.pgrp) {
+                Read::Unsure { holds: false }
+            } else {
+                Read::NotOurs
+            }
+        }
+        Examined::NotOurs => Read::NotOurs,
+    }
 }
 
 impl Escapees {
@@ -106,6 +180,7 @@ impl Escapees {
             marked: None,
             procs: None,
             new_pids: None,
+            recheck_due: true,
         }
     }
 
@@ -117,6 +192,15 @@ impl Escapees {
     /// Forgets what this turn read of /proc.
     pub(super) fn end_turn(&mut self) {
         self.marked = None;
+        self.procs = None;
+    }
+
+    /// The late checks that follow see /proc as it is from now on: the next read of new pids
+    /// reads again every pid that was not there or not decided before, and the list of every
+    /// process is read again. Called after the group emptiness checks they answer for, once
+    /// for all of them (see `Tier::settle`).
+    pub(super) fn fresh_read(&mut self) {
+        self.recheck_due = true;
         self.procs = None;
     }
 
@@ -196,7 +280,7 @@ impl Escapees {
     /// otherwise. `leaders`: the pids of the runs' main processes, which are not orphans.
     ///
     /// Returns whether every orphan was decided: `false` while one is in the middle of an
-    /// exec ([`marker::undecided`]), to be looked at again.
+    /// exec ([`Examined::Undecided`]), to be looked at again.
     pub(super) fn claim(&mut self, leaders: &HashSet<u32>, live: impl Fn(RunKey) -> bool) -> bool {
         let host_session = sys::session_of(std::process::id());
         let mut decided = true;
@@ -371,7 +455,18 @@ impl Escapees {
     /// Looks for processes of `run`'s service started since `before` (forked by a member
     /// that was still running, then gone), tracks them under `run` and sends them `signal`.
     /// Returns whether it found any, or one that may prove the run's once its exec is through.
-    pub(super) fn find_late(&mut self, run: RunKey, before: Scan, signal: Signal) -> bool {
+    /// `ties`: the process groups of the stopping runs ([`Read::Unsure`]).
+    ///
+    /// What it reads of pids read before is as fresh as the last
+    /// [`fresh_read`](Escapees::fresh_read): the caller calls that after the run's group was
+    /// seen empty.
+    pub(super) fn find_late(
+        &mut self,
+        run: RunKey,
+        before: Scan,
+        signal: Signal,
+        ties: &HashSet<u32>,
+    ) -> bool {
         let last_pid = sys::last_pid();
         let mut undecided = false;
         // Pids are handed out in order: what was created since the stop's read has a pid
@@ -382,9 +477,9 @@ impl Escapees {
         let candidates: Vec<(u32, String)> = match (before.last_pid, last_pid) {
             (Some(a), Some(b)) if a == b => Vec::new(),
             (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => {
-                let late = self.read_new_pids(a + 1, b);
+                let late = self.read_new_pids(a + 1, b, ties);
                 // A process in the middle of an exec may be this run's: not over yet.
-                undecided = late.pending;
+                undecided = late.pending();
                 let mine = late.by_id.get(&run.id).map_or(&[][..], Vec::as_slice);
                 mine.iter().filter(|(pid, _)| *pid > a).cloned().collect()
             }
@@ -395,10 +490,10 @@ impl Escapees {
                 let sessions = std::slice::from_ref(&self.session);
                 let mut mine = Vec::new();
                 for p in procs.iter().filter(|p| p.start_time >= since) {
-                    match marker::claim(p, &self.run_key, sessions) {
-                        Some(c) if c.owner.id == run.id => mine.push((p.pid, c.marker)),
-                        Some(_) => {}
-                        None => undecided |= marker::undecided(p),
+                    match read_pid(p.pid, &self.run_key, sessions, ties) {
+                        Read::Ours(id, marker) if id == run.id => mine.push((p.pid, marker)),
+                        Read::Unsure { holds: true } => undecided = true,
+                        _ => {}
                     }
                 }
                 mine
@@ -432,58 +527,71 @@ impl Escapees {
     /// The processes of this session's runs among pids `from..=to`, read from /proc once
     /// each: a pid below the last one handed out is not handed out again before a wrap, so
     /// what a read found stays true (but for processes that died since, which pinning
-    /// tells). A pid that was not there is looked at again by every later call: it may have
-    /// been a fork that was not through yet (a pid is handed out before its process shows),
-    /// one whose parent was still in a stopping group.
-    fn read_new_pids(&mut self, from: u32, to: u32) -> &NewPids {
+    /// tells).
+    ///
+    /// Two kinds of pid are read again, but only at the first read after a
+    /// [`fresh_read`](Escapees::fresh_read), once for every stop that asks then (read at
+    /// every call, a stop-all of 1000 beside a host creating processes read thousands of
+    /// absent pids per service):
+    /// - a pid that was not there: it may have been a fork not through yet (a pid is
+    ///   handed out before its process shows), by a member of a stopping group, whose child
+    ///   may leave the group before the group is seen empty;
+    /// - a young process not decided yet ([`Read::Unsure`]).
+    ///
+    /// Why once after the group checks is enough: a fork in progress keeps its parent alive
+    /// (inside the fork call), and the child shows in /proc in the same step that ends the
+    /// fork. Every live process of a stopping run is in the run's group, or tracked (found
+    /// at the stop's read, or as a late one since), or late and not read yet. So when a
+    /// run's group was seen empty, nothing of it tracked, and this read follows (the fresh
+    /// read comes after every group check of the loop turn), a parent still in the middle
+    /// of a fork can only be a late process of the run: read now (a new pid, or one read
+    /// again here) it is found and tracked, and the run is not over. Its child's pid, not
+    /// there yet, stays among the absent ones, and the run's next check (at the exit of
+    /// what was tracked, or the next group check timer) is answered by a later turn's fresh
+    /// read, which reads that pid again.
+    fn read_new_pids(&mut self, from: u32, to: u32, ties: &HashSet<u32>) -> &NewPids {
         let keep = self.new_pids.as_ref().is_some_and(|n| {
             // Not after a wrap, and never more than a few stops' worth.
             to >= n.to && to - from.min(n.from) <= 4 * LATE_PIDS_MAX
         });
         if !keep {
+            // Read anew below, the whole range.
             self.new_pids = None;
         }
+        let recheck = std::mem::take(&mut self.recheck_due);
         let (run_key, session) = (&self.run_key, &self.session);
         let n = self.new_pids.get_or_insert_with(|| NewPids {
             from: to + 1,
             to,
             by_id: HashMap::new(),
             absent: Vec::new(),
-            pending: false,
+            unsure: Vec::new(),
         });
         let sessions = std::slice::from_ref(session);
-        let mut pending = false;
-        let mut read = |pid: u32, by_id: &mut HashMap<u64, Vec<(u32, String)>>| -> bool {
-            let Some(stat) = sys::proc_stat(pid) else {
-                return false;
-            };
-            match marker::claim(&stat, run_key, sessions) {
-                Some(claimed) => by_id
-                    .entry(claimed.owner.id)
-                    .or_default()
-                    .push((pid, claimed.marker)),
-                None if marker::undecided(&stat) => {
-                    pending = true;
-                    return false;
+        if recheck {
+            // Those not there before: the common case, a short-lived process that is gone,
+            // costs one signal-0 call.
+            for pid in std::mem::take(&mut n.absent) {
+                if sys::pid_exists(pid) {
+                    n.record(pid, read_pid(pid, run_key, sessions, ties));
+                } else {
+                    n.absent.push(pid);
                 }
-                None => {}
             }
-            true
-        };
-        // Those not there before: the common case, a short-lived process that is gone, costs
-        // one signal-0 call.
-        let mut absent = std::mem::take(&mut n.absent);
-        absent.retain(|&pid| !(sys::pid_exists(pid) && read(pid, &mut n.by_id)));
-        let ranges = [(from, n.from.saturating_sub(1)), (n.to + 1, to)];
-        for (lo, hi) in ranges {
-            for pid in lo..=hi {
-                if !read(pid, &mut n.by_id) {
-                    absent.push(pid);
+            for (pid, _) in std::mem::take(&mut n.unsure) {
+                match read_pid(pid, run_key, sessions, ties) {
+                    // It ended: a pid is not handed out again before a wrap.
+                    Read::Gone => {}
+                    read => n.record(pid, read),
                 }
             }
         }
-        n.absent = absent;
-        n.pending = pending;
+        let ranges = [(from, n.from.saturating_sub(1)), (n.to + 1, to)];
+        for (lo, hi) in ranges {
+            for pid in lo..=hi {
+                n.record(pid, read_pid(pid, run_key, sessions, ties));
+            }
+        }
         n.from = n.from.min(from);
         n.to = to;
         n

@@ -140,8 +140,13 @@ pub(crate) trait Processes {
     /// was.
     fn kill_leftovers(&mut self, run: RunKey) -> Leftovers;
     /// Whether nothing of the run is left. During a stop, also looks for processes forked
-    /// since the stop began, and sends them `signal`.
+    /// since the stop began, and sends them `signal`; that look may be put off to
+    /// [`settle`](Processes::settle) (the answer is `false` meanwhile).
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool;
+    /// After the loop turn's emptiness checks: does the looks for late processes they put
+    /// off, together (one read of the pids handed out meanwhile for all), and returns the
+    /// runs found empty, to be checked again now.
+    fn settle(&mut self) -> Vec<RunKey>;
     /// The run is over: what was measured of it; its container is kept for the service's
     /// next run (`reuse`, when one follows at once) or removed.
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended;
@@ -213,6 +218,12 @@ pub(crate) struct Tier {
     escapees: Escapees,
     /// Sweeps in progress (process-group tier), by service: when they read /proc.
     sweeps: HashMap<u64, Scan>,
+    /// Process-group tier: stopping runs whose group was seen empty in this loop turn, their
+    /// look for late processes put off to [`settle`](Processes::settle), with its signal.
+    late: HashMap<RunKey, Signal>,
+    /// Process-group tier: stopping runs whose look for late processes, made after their
+    /// group was seen empty, found nothing: their group cannot fill again.
+    cleared: HashSet<RunKey>,
     /// Directories of runs that are over, to remove off the supervision thread.
     dirs: Vec<PathBuf>,
     /// Names this supervisor in its runs' markers and cgroups.
@@ -273,6 +284,8 @@ impl Tier {
             spares: HashMap::new(),
             escapees: Escapees::new(escapees_registry, run_key, session),
             sweeps: HashMap::new(),
+            late: HashMap::new(),
+            cleared: HashSet::new(),
             dirs: Vec::new(),
             watched: HashMap::new(),
             next_token: FIRST_WATCH_TOKEN,
@@ -297,8 +310,17 @@ impl Tier {
         self.cgroups.is_none() && !self.subreaper
     }
 
+    /// The process groups of the runs being stopped (process-group tier).
+    fn stopping_groups(&self) -> HashSet<u32> {
+        self.runs
+            .values()
+            .filter(|r| r.scanned.is_some())
+            .map(|r| r.leader.pid())
+            .collect()
+    }
+
     /// Claims the orphans a subreaper host was handed (a no-op in the other tiers). Returns
-    /// whether every orphan was decided (see [`marker::undecided`]).
+    /// whether every orphan was decided (see [`marker::examine`]).
     fn claim(&mut self) -> bool {
         if !self.subreaper {
             return true;
@@ -556,12 +578,46 @@ impl Processes for Tier {
             return true;
         };
         match r.scanned {
-            Some(before) if self.groups_only() => !self.escapees.find_late(run, before, signal),
+            // Its look for late processes must read /proc after its group was seen empty
+            // (see `Escapees::read_new_pids`): put off to the end of the turn, where one read
+            // serves every run whose group was seen empty in it.
+            Some(_) if self.groups_only() => {
+                if self.cleared.contains(&run) {
+                    return true;
+                }
+                self.late.insert(run, signal);
+                false
+            }
             _ => true,
         }
     }
 
+    fn settle(&mut self) -> Vec<RunKey> {
+        if self.late.is_empty() {
+            return Vec::new();
+        }
+        let mut late: Vec<(RunKey, Scan, Signal)> = std::mem::take(&mut self.late)
+            .into_iter()
+            .filter_map(|(run, signal)| Some((run, self.runs.get(&run)?.scanned?, signal)))
+            .collect();
+        // The oldest stop first: it reads the widest range of new pids, the others then only
+        // the pids handed out since.
+        late.sort_by_key(|(_, before, _)| before.last_pid());
+        let ties = self.stopping_groups();
+        self.escapees.fresh_read();
+        let mut empty = Vec::new();
+        for (run, before, signal) in late {
+            if !self.escapees.find_late(run, before, signal, &ties) {
+                self.cleared.insert(run);
+                empty.push(run);
+            }
+        }
+        empty
+    }
+
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
+        self.cleared.remove(&run);
+        self.late.remove(&run);
         let Some(r) = self.runs.remove(&run) else {
             return Ended::default();
         };
@@ -682,7 +738,9 @@ impl Processes for Tier {
         let Some(&scanned) = self.sweeps.get(&run.id) else {
             return true;
         };
-        if self.escapees.find_late(run, scanned, signal) {
+        let ties = self.stopping_groups();
+        self.escapees.fresh_read();
+        if self.escapees.find_late(run, scanned, signal, &ties) {
             return false;
         }
         self.sweeps.remove(&run.id);
