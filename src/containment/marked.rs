@@ -620,3 +620,100 @@ impl Escapees {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
+
+    /// A `sleep` started now, its environment `env` only.
+    fn young(env: &[(&str, &str)], own_group: bool) -> Child {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").env_clear().envs(env.iter().copied());
+        if own_group {
+            cmd.process_group(0);
+        }
+        cmd.spawn().expect("sleep starts")
+    }
+
+    fn end(mut child: Child) {
+        child.kill().expect("killed");
+        child.wait().expect("reaped");
+    }
+
+    fn read(child: &Child, session: &Session, ties: &HashSet<u32>) -> Read {
+        read_pid(child.id(), "k", std::slice::from_ref(session), ties)
+    }
+
+    #[test]
+    fn a_young_group_leader_without_a_marker_holds_the_stops_until_read_again() {
+        let session = Session::begin(false).unwrap();
+        let child = young(&[("PATH", "/usr/bin:/bin")], true);
+        let read = read(&child, &session, &HashSet::new());
+        end(child);
+        assert!(matches!(read, Read::Unsure { holds: true }));
+    }
+
+    #[test]
+    fn a_young_process_in_a_stopping_group_is_read_again_without_holding_the_stops() {
+        let session = Session::begin(false).unwrap();
+        let child = young(&[("PATH", "/usr/bin:/bin")], false);
+        let group = sys::proc_stat(child.id()).expect("it runs").pgrp;
+        let tied = read(&child, &session, &HashSet::from([group]));
+        let untied = read(&child, &session, &HashSet::new());
+        end(child);
+        assert!(
+            matches!(tied, Read::Unsure { holds: false }),
+            "in the group"
+        );
+        assert!(
+            matches!(untied, Read::NotOurs),
+            "unrelated: decided at once"
+        );
+    }
+
+    #[test]
+    fn a_process_with_a_marker_of_ours_is_ours_and_one_with_another_is_not() {
+        let session = Session::begin(false).unwrap();
+        let marker = session.seal("k", 7, 2, sys::real_uid());
+        let ours = young(&[(RUN_VAR, marker.as_str())], true);
+        let other = Session::begin(false)
+            .unwrap()
+            .seal("k", 7, 2, sys::real_uid());
+        // A group leader with a marker, another session's: not an exec caught midway.
+        let foreign = young(&[(RUN_VAR, other.as_str())], true);
+        let (read_ours, read_foreign) = (
+            read(&ours, &session, &HashSet::new()),
+            read(&foreign, &session, &HashSet::new()),
+        );
+        end(ours);
+        end(foreign);
+        assert!(matches!(read_ours, Read::Ours(7, m) if m == marker));
+        assert!(matches!(read_foreign, Read::NotOurs));
+    }
+
+    #[test]
+    fn a_pid_not_there_is_read_again_only_after_a_fresh_read() {
+        let poller = sys::Poller::new(8).unwrap();
+        let mut escapees = Escapees::new(
+            poller.registry(),
+            "k".into(),
+            Session::begin(false).unwrap(),
+        );
+        let gone = young(&[], false);
+        let pid = gone.id();
+        end(gone);
+        let ties = HashSet::new();
+        let absent = |e: &mut Escapees| e.read_new_pids(pid, pid, &ties).absent.clone();
+        assert_eq!(absent(&mut escapees), [pid], "the first read");
+        // Read again only when a fresh read is due: taken by the first read after it.
+        escapees.fresh_read();
+        assert!(escapees.recheck_due);
+        assert_eq!(absent(&mut escapees), [pid]);
+        assert!(
+            !escapees.recheck_due,
+            "read once for every stop that asks after"
+        );
+    }
+}
