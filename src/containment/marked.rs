@@ -37,7 +37,7 @@ impl Scan {
         self.last_pid
     }
 
-    fn now() -> Scan {
+    pub(super) fn now() -> Scan {
         // The pid first: a process created between the two reads is then looked at again.
         let last_pid = sys::last_pid();
         Scan {
@@ -97,26 +97,40 @@ struct NewPids {
     by_id: HashMap<u64, Vec<(u32, String)>>,
     /// Not there at the last read: maybe a fork that was not through yet.
     absent: Vec<u32>,
-    /// There, young, not proved ours yet, but may still prove so: read again while young.
-    /// `true`: it keeps every stop's check undecided meanwhile ([`Read::Unsure`]).
-    unsure: Vec<(u32, bool)>,
+    /// There, young, not proved ours yet, but may still prove so: read again, with what
+    /// they were and when they were first read so.
+    unsure: Vec<(u32, Unsure, Instant)>,
 }
 
 impl NewPids {
-    /// One of them may be a run's once its exec is through: no stop is decided yet.
-    fn pending(&self) -> bool {
-        self.unsure.iter().any(|&(_, holds)| holds)
+    /// Whether one of the pids up to `upto` (all, if `None`) may still prove a run's: no
+    /// stop whose group was seen empty when `upto` was the last pid is decided yet.
+    fn holding(&self, upto: Option<u32>) -> bool {
+        self.unsure.iter().any(|&(pid, unsure, _)| {
+            unsure != Unsure::Member && upto.is_none_or(|upto| pid <= upto)
+        })
     }
 
-    fn record(&mut self, pid: u32, read: Read) {
+    /// Files what a read of `pid` found; `first`: when it was first read unsure, if it was.
+    fn record(&mut self, pid: u32, read: Read, first: Option<Instant>) {
         match read {
             Read::Gone => self.absent.push(pid),
             Read::Ours(id, marker) => self.by_id.entry(id).or_default().push((pid, marker)),
             Read::NotOurs => {}
-            Read::Unsure { holds } => self.unsure.push((pid, holds)),
+            // Read again a moment later still so: not in the middle of an exec, not ours.
+            Read::Unsure(Unsure::Leader)
+                if first.is_some_and(|at| at.elapsed() >= LEADER_READ_AGAIN) => {}
+            Read::Unsure(unsure) => {
+                self.unsure
+                    .push((pid, unsure, first.unwrap_or_else(Instant::now)));
+            }
         }
     }
 }
+
+/// How long after it was first read a young group leader without a marker is read again
+/// before it is decided not ours: an exec caught midway is through by then.
+const LEADER_READ_AGAIN: Duration = Duration::from_millis(50);
 
 /// What one read of a new pid tells.
 enum Read {
@@ -125,16 +139,25 @@ enum Read {
     /// A process of service `.0`'s runs, with its marker.
     Ours(u64, String),
     NotOurs,
-    /// Not proved ours, but young, and caught where a process of ours can read so: in the
-    /// middle of an exec (its environment empty, or only part of its old one: a `setsid`
-    /// daemon read as `setsid` without its marker). `holds`: it leads a process group of
-    /// its own (the mark of an escape: `setsid`, `setpgid`) or is in the middle of an exec
-    /// with an empty environment, so no stop is decided until it is read again; otherwise
-    /// it is in the group of a stopping run, which is not empty then, and it is only read
-    /// again.
-    Unsure {
-        holds: bool,
-    },
+    /// Not proved ours, but young, and caught where a process of ours can read so.
+    Unsure(Unsure),
+}
+
+/// A young process that may still prove ours: caught in the middle of an exec, its
+/// environment empty, or only part of its old one (a `setsid` daemon read as `setsid`
+/// without its marker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unsure {
+    /// Its environment reads empty: it holds the stops until it is read again otherwise,
+    /// or is a second old.
+    Exec,
+    /// It leads a process group of its own and shows no marker (the mark of an escape,
+    /// `setsid` or `setpgid`): it holds the stops until it is read again
+    /// [`LEADER_READ_AGAIN`] after its first read.
+    Leader,
+    /// It is in the group of a stopping run (which is not empty then): read again, it
+    /// holds nothing.
+    Member,
 }
 
 /// Reads `pid`: ours (a verified marker), not ours, or not decided yet. `ties`: the process
@@ -142,22 +165,23 @@ enum Read {
 ///
 /// Not [`marker::examine`]'s rule for a young process without a marker (undecided until a
 /// second old, as for a subreaper's orphans): while other processes create short-lived ones,
-/// thousands of new pids are young and not ours, and each would hold every stop for a
-/// second. Only a young one that leads a group of its own without any marker, or sits in a
-/// stopping run's group, is read again; the first is rare among unrelated processes (a
-/// build or a test suite's children stay in their parent's group).
+/// thousands of new pids are young and not ours, and a host that keeps starting daemons
+/// would hold every stop for a second. Only a young one that leads a group of its own without
+/// any marker holds the stops, and only until it is read again a moment later (and only
+/// those stops whose group was seen empty after its pid was handed out: see
+/// [`NewPids::holding`]); one in a stopping run's group is read again.
 fn read_pid(pid: u32, run_key: &str, sessions: &[Session], ties: &HashSet<u32>) -> Read {
     let Some(stat) = sys::proc_stat(pid) else {
         return Read::Gone;
     };
     match marker::examine(&stat, run_key, sessions) {
         Examined::Ours(claimed) => Read::Ours(claimed.owner.id, claimed.marker),
-        Examined::Undecided => Read::Unsure { holds: true },
+        Examined::Undecided => Read::Unsure(Unsure::Exec),
         Examined::NotOurs if stat.state != b'Z' && marker::is_young(&stat) => {
             if stat.pgrp == pid && sys::environ_value(pid, RUN_VAR).is_none() {
-                Read::Unsure { holds: true }
+                Read::Unsure(Unsure::Leader)
             } else if ties.contains(&stat.pgrp) {
-                Read::Unsure { holds: false }
+                Read::Unsure(Unsure::Member)
             } else {
                 Read::NotOurs
             }
@@ -455,7 +479,8 @@ impl Escapees {
     /// Looks for processes of `run`'s service started since `before` (forked by a member
     /// that was still running, then gone), tracks them under `run` and sends them `signal`.
     /// Returns whether it found any, or one that may prove the run's once its exec is through.
-    /// `ties`: the process groups of the stopping runs ([`Read::Unsure`]).
+    /// `emptied`: when the run's group was seen empty (what started after it cannot be the
+    /// run's); `ties`: the process groups of the stopping runs ([`Read::Unsure`]).
     ///
     /// What it reads of pids read before is as fresh as the last
     /// [`fresh_read`](Escapees::fresh_read): the caller calls that after the run's group was
@@ -464,6 +489,7 @@ impl Escapees {
         &mut self,
         run: RunKey,
         before: Scan,
+        emptied: Scan,
         signal: Signal,
         ties: &HashSet<u32>,
     ) -> bool {
@@ -479,7 +505,7 @@ impl Escapees {
             (Some(a), Some(b)) if b > a && b - a <= LATE_PIDS_MAX => {
                 let late = self.read_new_pids(a + 1, b, ties);
                 // A process in the middle of an exec may be this run's: not over yet.
-                undecided = late.pending();
+                undecided = late.holding(emptied.last_pid);
                 let mine = late.by_id.get(&run.id).map_or(&[][..], Vec::as_slice);
                 mine.iter().filter(|(pid, _)| *pid > a).cloned().collect()
             }
@@ -492,7 +518,12 @@ impl Escapees {
                 for p in procs.iter().filter(|p| p.start_time >= since) {
                     match read_pid(p.pid, &self.run_key, sessions, ties) {
                         Read::Ours(id, marker) if id == run.id => mine.push((p.pid, marker)),
-                        Read::Unsure { holds: true } => undecided = true,
+                        // Read anew each time here: held while young.
+                        Read::Unsure(Unsure::Exec | Unsure::Leader)
+                            if p.start_time <= emptied.ticks =>
+                        {
+                            undecided = true;
+                        }
                         _ => {}
                     }
                 }
@@ -573,23 +604,23 @@ impl Escapees {
             // costs one signal-0 call.
             for pid in std::mem::take(&mut n.absent) {
                 if sys::pid_exists(pid) {
-                    n.record(pid, read_pid(pid, run_key, sessions, ties));
+                    n.record(pid, read_pid(pid, run_key, sessions, ties), None);
                 } else {
                     n.absent.push(pid);
                 }
             }
-            for (pid, _) in std::mem::take(&mut n.unsure) {
+            for (pid, _, first) in std::mem::take(&mut n.unsure) {
                 match read_pid(pid, run_key, sessions, ties) {
                     // It ended: a pid is not handed out again before a wrap.
                     Read::Gone => {}
-                    read => n.record(pid, read),
+                    read => n.record(pid, read, Some(first)),
                 }
             }
         }
         let ranges = [(from, n.from.saturating_sub(1)), (n.to + 1, to)];
         for (lo, hi) in ranges {
             for pid in lo..=hi {
-                n.record(pid, read_pid(pid, run_key, sessions, ties));
+                n.record(pid, read_pid(pid, run_key, sessions, ties), None);
             }
         }
         n.from = n.from.min(from);
@@ -652,7 +683,7 @@ mod tests {
         let child = young(&[("PATH", "/usr/bin:/bin")], true);
         let read = read(&child, &session, &HashSet::new());
         end(child);
-        assert!(matches!(read, Read::Unsure { holds: true }));
+        assert!(matches!(read, Read::Unsure(Unsure::Leader)));
     }
 
     #[test]
@@ -663,10 +694,7 @@ mod tests {
         let tied = read(&child, &session, &HashSet::from([group]));
         let untied = read(&child, &session, &HashSet::new());
         end(child);
-        assert!(
-            matches!(tied, Read::Unsure { holds: false }),
-            "in the group"
-        );
+        assert!(matches!(tied, Read::Unsure(Unsure::Member)), "in the group");
         assert!(
             matches!(untied, Read::NotOurs),
             "unrelated: decided at once"
@@ -691,6 +719,34 @@ mod tests {
         end(foreign);
         assert!(matches!(read_ours, Read::Ours(7, m) if m == marker));
         assert!(matches!(read_foreign, Read::NotOurs));
+    }
+
+    #[test]
+    fn a_leader_without_a_marker_holds_only_stops_emptied_after_it_and_only_until_read_again() {
+        let mut n = NewPids {
+            from: 100,
+            to: 200,
+            by_id: HashMap::new(),
+            absent: Vec::new(),
+            unsure: Vec::new(),
+        };
+        n.record(150, Read::Unsure(Unsure::Leader), None);
+        n.record(160, Read::Unsure(Unsure::Member), None);
+        assert!(
+            n.holding(Some(150)),
+            "a stop emptied after its pid was handed out"
+        );
+        assert!(
+            !n.holding(Some(149)),
+            "nor one emptied before: it cannot be its"
+        );
+        // Read again a moment later, still a leader without a marker: decided not ours.
+        let first = Instant::now() - LEADER_READ_AGAIN;
+        n.unsure.clear();
+        n.record(150, Read::Unsure(Unsure::Leader), Some(first));
+        n.record(160, Read::Unsure(Unsure::Member), Some(first));
+        assert_eq!(n.unsure.len(), 1, "only the member stays, read again later");
+        assert!(!n.holding(None), "a member holds nothing");
     }
 
     #[test]

@@ -201,6 +201,9 @@ struct RunProcs {
     oom_kills_at_start: u64,
     /// Process-group tier: when its stop read /proc.
     scanned: Option<Scan>,
+    /// Process-group tier, during a stop: when its group was first seen empty with nothing
+    /// of it tracked (since it was last seen otherwise).
+    emptied: Option<Scan>,
     /// Cgroup tier, while the run lingers: its `cgroup.events`, watched in the poller under
     /// the token, so that its emptying is seen at once rather than at the next check.
     events: Option<(std::fs::File, u64)>,
@@ -219,8 +222,9 @@ pub(crate) struct Tier {
     /// Sweeps in progress (process-group tier), by service: when they read /proc.
     sweeps: HashMap<u64, Scan>,
     /// Process-group tier: stopping runs whose group was seen empty in this loop turn, their
-    /// look for late processes put off to [`settle`](Processes::settle), with its signal.
-    late: HashMap<RunKey, Signal>,
+    /// look for late processes put off to [`settle`](Processes::settle), with its signal
+    /// and when the group was seen empty.
+    late: HashMap<RunKey, (Signal, Scan)>,
     /// Process-group tier: stopping runs whose look for late processes, made after their
     /// group was seen empty, found nothing: their group cannot fill again.
     cleared: HashSet<RunKey>,
@@ -308,6 +312,15 @@ impl Tier {
     /// Only the process group holds the runs: no cgroup, no subreaper.
     fn groups_only(&self) -> bool {
         self.cgroups.is_none() && !self.subreaper
+    }
+
+    /// Something of the run is left (`false`, for [`is_empty`](Processes::is_empty)): when
+    /// it is seen empty again, that is a new first time.
+    fn not_empty(&mut self, run: RunKey) -> bool {
+        if let Some(r) = self.runs.get_mut(&run) {
+            r.emptied = None;
+        }
+        false
     }
 
     /// The process groups of the runs being stopped (process-group tier).
@@ -440,6 +453,7 @@ impl Processes for Tier {
                 memory_limited,
                 oom_kills_at_start,
                 scanned: None,
+                emptied: None,
                 events: None,
             },
         );
@@ -556,7 +570,7 @@ impl Processes for Tier {
 
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool {
         if self.escapees.any(run) {
-            return false;
+            return self.not_empty(run);
         }
         let cgroup_empty = !self.cgroup_populated(run);
         let Some(r) = self.runs.get(&run) else {
@@ -566,26 +580,31 @@ impl Processes for Tier {
         let group_empty =
             !r.leader.group_has_members() || sys::live_groups(&HashSet::from([pgid])).is_empty();
         if !(group_empty && cgroup_empty) {
-            return false;
+            return self.not_empty(run);
         }
         // The orphans are claimed after the group is seen empty, not before: a member that
         // left a child behind as it exited handed it to this host before it left the group.
         // One in the middle of an exec may be this run's: not empty yet.
         if !self.claim() || self.escapees.any(run) {
-            return false;
+            return self.not_empty(run);
         }
-        let Some(r) = self.runs.get(&run) else {
+        let groups_only = self.groups_only();
+        let Some(r) = self.runs.get_mut(&run) else {
             return true;
         };
         match r.scanned {
             // Its look for late processes must read /proc after its group was seen empty
             // (see `Escapees::read_new_pids`): put off to the end of the turn, where one read
             // serves every run whose group was seen empty in it.
-            Some(_) if self.groups_only() => {
+            Some(_) if groups_only => {
                 if self.cleared.contains(&run) {
                     return true;
                 }
-                self.late.insert(run, signal);
+                // When it was first seen so, nothing of it tracked since: nothing started
+                // after that can be the run's (a later look keeps that bound, so that
+                // processes others keep starting meanwhile do not hold the stop anew).
+                let emptied = *r.emptied.get_or_insert_with(Scan::now);
+                self.late.insert(run, (signal, emptied));
                 false
             }
             _ => true,
@@ -596,18 +615,20 @@ impl Processes for Tier {
         if self.late.is_empty() {
             return Vec::new();
         }
-        let mut late: Vec<(RunKey, Scan, Signal)> = std::mem::take(&mut self.late)
+        let mut late: Vec<(RunKey, Scan, Signal, Scan)> = std::mem::take(&mut self.late)
             .into_iter()
-            .filter_map(|(run, signal)| Some((run, self.runs.get(&run)?.scanned?, signal)))
+            .filter_map(|(run, (signal, emptied))| {
+                Some((run, self.runs.get(&run)?.scanned?, signal, emptied))
+            })
             .collect();
         // The oldest stop first: it reads the widest range of new pids, the others then only
         // the pids handed out since.
-        late.sort_by_key(|(_, before, _)| before.last_pid());
+        late.sort_by_key(|(_, before, _, _)| before.last_pid());
         let ties = self.stopping_groups();
         self.escapees.fresh_read();
         let mut empty = Vec::new();
-        for (run, before, signal) in late {
-            if !self.escapees.find_late(run, before, signal, &ties) {
+        for (run, before, signal, emptied) in late {
+            if !self.escapees.find_late(run, before, emptied, signal, &ties) {
                 self.cleared.insert(run);
                 empty.push(run);
             }
@@ -739,8 +760,12 @@ impl Processes for Tier {
             return true;
         };
         let ties = self.stopping_groups();
+        let emptied = Scan::now();
         self.escapees.fresh_read();
-        if self.escapees.find_late(run, scanned, signal, &ties) {
+        if self
+            .escapees
+            .find_late(run, scanned, emptied, signal, &ties)
+        {
             return false;
         }
         self.sweeps.remove(&run.id);
