@@ -204,7 +204,8 @@ pub(crate) enum Pinned {
     /// Gone, or another process's now.
     No,
     /// Its environment reads empty and it started less than a second ago: in the middle of
-    /// an exec (a `setsid CMD` daemon execs twice), to be pinned at a later look. Whoever must not miss it waits for that.
+    /// an exec (a `setsid CMD` daemon execs twice), to be pinned at a later look. Whoever
+    /// must not miss it waits for that.
     Later,
 }
 

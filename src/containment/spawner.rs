@@ -6,8 +6,8 @@
 //! spawner takes from it as soon as the supervision thread pushes the first, and the
 //! supervision thread joins in once it has pushed the last, until the queue is empty; it then
 //! waits for the spawner's last job and hands every result back in the batch's order, so its
-//! callers see what spawning them one by one would have given. Nothing else of the tier's state crosses:
-//! a job carries what its spawn needs and comes back as a [`Done`].
+//! callers see what spawning them one by one would have given. Nothing else of the tier's
+//! state crosses: a job carries what its spawn needs and comes back as a [`Done`].
 //!
 //! The spawner must live as long as the supervision thread: a child's parent-death signal
 //! follows the thread that spawned it, so the spawner ends only when the tier is dropped,
