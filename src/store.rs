@@ -666,21 +666,30 @@ impl Store {
         let failed = |what: &str, e: rusqlite::Error| {
             log::error!("state file '{}': {what}: {e}", path.display());
         };
-        let tx = match self.conn.transaction() {
-            Ok(tx) => tx,
-            Err(e) => return failed("cannot begin a transaction for run records", e),
-        };
+        // BEGIN and COMMIT are cached statements like the writes: a crash loop flushes once
+        // per restart, and parsing them anew each time is work on the restart path.
+        let conn = &self.conn;
+        let run = |sql: &str| conn.prepare_cached(sql)?.execute([]).map(drop);
+        if let Err(e) = run("BEGIN") {
+            return failed("cannot begin a transaction for run records", e);
+        }
         for write in &queued {
-            if let Err(e) = apply(&tx, write, runs_kept) {
+            if let Err(e) = apply(conn, write, runs_kept) {
                 failed(write.what(), e);
-                if tx.is_autocommit() {
+                if conn.is_autocommit() {
                     // SQLite rolled the whole transaction back (a full disk, an I/O error).
                     return;
                 }
             }
         }
-        if let Err(e) = tx.commit() {
+        if let Err(e) = run("COMMIT") {
             failed("cannot store run records", e);
+            if !conn.is_autocommit() {
+                // As a dropped rusqlite transaction would: nothing half-written is kept open.
+                if let Err(e) = run("ROLLBACK") {
+                    failed("cannot roll back run records", e);
+                }
+            }
         }
         // The allocation is kept for the next turn, unless a big one (a fleet's start) made it
         // large.
@@ -1242,7 +1251,7 @@ impl Queued {
 }
 
 /// Writes one queued record inside the turn's transaction.
-fn apply(tx: &rusqlite::Transaction<'_>, write: &Queued, runs_kept: i64) -> rusqlite::Result<()> {
+fn apply(tx: &Connection, write: &Queued, runs_kept: i64) -> rusqlite::Result<()> {
     match write {
         Queued::Run {
             id,
@@ -1544,6 +1553,34 @@ mod tests {
         assert!(runs[0].ended_at.is_none());
         // Ids go on from the largest ever handed out.
         assert_eq!(s.insert_run(&new_run(id, 3)), second + 1);
+        Ok(())
+    }
+
+    #[test]
+    fn every_flush_commits_and_leaves_no_transaction_open() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut s = Store::open(&path)?;
+        let id = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+        let exit = crashed();
+        // A crash loop's turns: each ends the last run and starts the next, with the same
+        // cached BEGIN and COMMIT every time.
+        let mut last = None;
+        for g in 1..=3 {
+            if let Some(run) = last {
+                s.end_run(id, run, &ending(&exit));
+            }
+            last = Some(s.insert_run(&new_run(id, g)));
+            s.set_state(id, Status::Online, g, Some(&exit));
+            s.flush();
+            assert!(s.conn.is_autocommit(), "turn {g} left its transaction open");
+            // Another connection sees the turn's writes while this one stays open.
+            let mut reader = Store::open_read_only(&path, false)?;
+            let runs = reader.runs(id, 10)?;
+            assert_eq!(runs.len() as u64, g);
+            assert!(runs[0].ended_at.is_none());
+            assert!(runs[1..].iter().all(|r| r.ended_at.is_some()));
+        }
         Ok(())
     }
 
