@@ -162,14 +162,14 @@ pub(crate) fn claim(
 pub(crate) enum Examined {
     Ours(Claimed),
     NotOurs,
-    /// In the middle of an exec and young ([`is_young`]): to be looked at again.
+    /// In the middle of an exec and young ([`undecided`]): to be looked at again.
     Undecided,
 }
 
-/// [`claim`], or whether a young process in the middle of an exec may still prove ours, from
-/// one read of the environment. Two reads, one for each question, can see a process whose
-/// exec ends between them (or, like `setsid CMD`, that execs twice) read empty to the first
-/// and full to the second: neither ours nor undecided, though it carries a marker.
+/// [`claim`] and [`undecided`] from one read of the environment. Asking them one after the
+/// other reads it twice, and a process whose exec ends between the reads (or, like `setsid
+/// CMD`, that execs twice) can read empty to the first and full to the second: neither
+/// ours nor undecided, though it carries a marker.
 pub(crate) fn examine(stat: &sys::ProcStat, state_key: &str, sessions: &[Session]) -> Examined {
     match sys::environ_lookup(stat.pid, RUN_VAR) {
         Some(sys::EnvLookup::Found(marker)) => claim_marker(stat, marker, state_key, sessions)
@@ -195,9 +195,15 @@ fn claim_marker(
     Some(Claimed { owner, marker })
 }
 
-/// Started less than a second ago: a process that reads as in the middle of an exec (its
-/// environment empty until the new image's is set up, which can take milliseconds on a
-/// loaded machine) is looked at again while it is young, rather than decided now.
+/// Whether a process that [`claim`] did not claim may still prove one of ours: it is in the
+/// middle of an exec (its environment reads empty until the new image's is set up, which can
+/// take milliseconds on a loaded machine) and started less than a second ago. Whoever asks
+/// looks again later rather than decide now.
+pub(crate) fn undecided(stat: &sys::ProcStat) -> bool {
+    is_young(stat) && sys::environ_pending(stat.pid)
+}
+
+/// Started less than a second ago.
 pub(crate) fn is_young(stat: &sys::ProcStat) -> bool {
     sys::boot_ticks().saturating_sub(stat.start_time) < sys::clock_ticks_per_second()
 }

@@ -153,13 +153,8 @@ pub(crate) trait Processes {
     /// was.
     fn kill_leftovers(&mut self, run: RunKey) -> Leftovers;
     /// Whether nothing of the run is left. During a stop, also looks for processes forked
-    /// since the stop began, and sends them `signal`; that look may be put off to
-    /// [`settle`](Processes::settle) (the answer is `false` meanwhile).
+    /// since the stop began, and sends them `signal`.
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool;
-    /// After the loop turn's emptiness checks: does the looks for late processes they put
-    /// off, together (one read of the pids handed out meanwhile for all), and returns the
-    /// runs found empty, to be checked again now.
-    fn settle(&mut self) -> Vec<RunKey>;
     /// The run is over: what was measured of it; its container is kept for the service's
     /// next run (`reuse`, when one follows at once) or removed.
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended;
@@ -214,9 +209,6 @@ struct RunProcs {
     oom_kills_at_start: u64,
     /// Process-group tier: when its stop read /proc.
     scanned: Option<Scan>,
-    /// Process-group tier, during a stop: when its group was first seen empty with nothing
-    /// of it tracked (since it was last seen otherwise).
-    emptied: Option<Scan>,
     /// Cgroup tier, while the run lingers: its `cgroup.events`, watched in the poller under
     /// the token, so that its emptying is seen at once rather than at the next check.
     events: Option<(std::fs::File, u64)>,
@@ -245,13 +237,6 @@ pub(crate) struct Tier {
     escapees: Escapees,
     /// Sweeps in progress (process-group tier), by service: when they read /proc.
     sweeps: HashMap<u64, Scan>,
-    /// Process-group tier: stopping runs whose group was seen empty in this loop turn, their
-    /// look for late processes put off to [`settle`](Processes::settle), with its signal
-    /// and when the group was seen empty.
-    late: HashMap<RunKey, (Signal, Scan)>,
-    /// Process-group tier: stopping runs whose look for late processes, made after their
-    /// group was seen empty, found nothing: their group cannot fill again.
-    cleared: HashSet<RunKey>,
     /// Directories of runs that are over, to remove off the supervision thread.
     dirs: Vec<PathBuf>,
     /// Names this supervisor in its runs' markers and cgroups.
@@ -321,8 +306,6 @@ impl Tier {
             spares: HashMap::new(),
             escapees: Escapees::new(escapees_registry, run_key, session),
             sweeps: HashMap::new(),
-            late: HashMap::new(),
-            cleared: HashSet::new(),
             dirs: Vec::new(),
             watched: HashMap::new(),
             next_token: FIRST_WATCH_TOKEN,
@@ -347,26 +330,8 @@ impl Tier {
         self.cgroups.is_none() && !self.subreaper
     }
 
-    /// Something of the run is left (`false`, for [`is_empty`](Processes::is_empty)): when
-    /// it is seen empty again, that is a new first time.
-    fn not_empty(&mut self, run: RunKey) -> bool {
-        if let Some(r) = self.runs.get_mut(&run) {
-            r.emptied = None;
-        }
-        false
-    }
-
-    /// The process groups of the runs being stopped (process-group tier).
-    fn stopping_groups(&self) -> HashSet<u32> {
-        self.runs
-            .values()
-            .filter(|r| r.scanned.is_some())
-            .map(|r| r.leader.pid())
-            .collect()
-    }
-
     /// Claims the orphans a subreaper host was handed (a no-op in the other tiers). Returns
-    /// whether every orphan was decided (see [`marker::examine`]).
+    /// whether every orphan was decided (see [`marker::undecided`]).
     fn claim(&mut self) -> bool {
         if !self.subreaper {
             return true;
@@ -463,7 +428,6 @@ impl Tier {
                 memory_limited: limits.max_memory.is_some(),
                 oom_kills_at_start: started.oom_kills_at_start,
                 scanned: None,
-                emptied: None,
                 events: None,
             },
         );
@@ -627,7 +591,7 @@ impl Processes for Tier {
 
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool {
         if self.escapees.any(run) {
-            return self.not_empty(run);
+            return false;
         }
         let cgroup_empty = !self.cgroup_populated(run);
         let Some(r) = self.runs.get(&run) else {
@@ -637,65 +601,24 @@ impl Processes for Tier {
         let group_empty =
             !r.leader.group_has_members() || sys::live_groups(&HashSet::from([pgid])).is_empty();
         if !(group_empty && cgroup_empty) {
-            return self.not_empty(run);
+            return false;
         }
         // The orphans are claimed after the group is seen empty, not before: a member that
         // left a child behind as it exited handed it to this host before it left the group.
         // One in the middle of an exec may be this run's: not empty yet.
         if !self.claim() || self.escapees.any(run) {
-            return self.not_empty(run);
+            return false;
         }
-        let groups_only = self.groups_only();
-        let Some(r) = self.runs.get_mut(&run) else {
+        let Some(r) = self.runs.get(&run) else {
             return true;
         };
         match r.scanned {
-            // Its look for late processes must read /proc after its group was seen empty
-            // (see `Escapees::read_new_pids`): put off to the end of the turn, where one read
-            // serves every run whose group was seen empty in it.
-            Some(_) if groups_only => {
-                if self.cleared.contains(&run) {
-                    return true;
-                }
-                // When it was first seen so, nothing of it tracked since: nothing started
-                // after that can be the run's (a later look keeps that bound, so that
-                // processes others keep starting meanwhile do not hold the stop anew).
-                let emptied = *r.emptied.get_or_insert_with(Scan::now);
-                self.late.insert(run, (signal, emptied));
-                false
-            }
+            Some(before) if self.groups_only() => !self.escapees.find_late(run, before, signal),
             _ => true,
         }
     }
 
-    fn settle(&mut self) -> Vec<RunKey> {
-        if self.late.is_empty() {
-            return Vec::new();
-        }
-        let mut late: Vec<(RunKey, Scan, Signal, Scan)> = std::mem::take(&mut self.late)
-            .into_iter()
-            .filter_map(|(run, (signal, emptied))| {
-                Some((run, self.runs.get(&run)?.scanned?, signal, emptied))
-            })
-            .collect();
-        // The oldest stop first: it reads the widest range of new pids, the others then only
-        // the pids handed out since.
-        late.sort_by_key(|(_, before, _, _)| before.last_pid());
-        let ties = self.stopping_groups();
-        self.escapees.fresh_read();
-        let mut empty = Vec::new();
-        for (run, before, signal, emptied) in late {
-            if !self.escapees.find_late(run, before, emptied, signal, &ties) {
-                self.cleared.insert(run);
-                empty.push(run);
-            }
-        }
-        empty
-    }
-
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
-        self.cleared.remove(&run);
-        self.late.remove(&run);
         let Some(r) = self.runs.remove(&run) else {
             return Ended::default();
         };
@@ -816,13 +739,7 @@ impl Processes for Tier {
         let Some(&scanned) = self.sweeps.get(&run.id) else {
             return true;
         };
-        let ties = self.stopping_groups();
-        let emptied = Scan::now();
-        self.escapees.fresh_read();
-        if self
-            .escapees
-            .find_late(run, scanned, emptied, signal, &ties)
-        {
+        if self.escapees.find_late(run, scanned, signal) {
             return false;
         }
         self.sweeps.remove(&run.id);

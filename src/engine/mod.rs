@@ -341,7 +341,6 @@ impl Engine {
         self.fire_timers(budget, now);
         self.fire_ticks(now);
         self.start_waiting(now);
-        self.settle_late_checks(now);
         self.advance_rolls(now);
         self.advance_waves(now);
         self.end_turn(now);
@@ -1037,21 +1036,6 @@ impl Engine {
         if any {
             let at = crate::duration::deadline(now, self.io.memory_sample);
             self.io.timers.push(at, 0, 0, TimerKind::MemorySample);
-        }
-    }
-
-    /// The runs whose emptiness the tier could only tell after every emptiness check of the
-    /// turn (see [`Processes::settle`]): looked at again now, before the stop waves move on.
-    fn settle_late_checks(&mut self, now: Instant) {
-        for key in self.io.procs.settle() {
-            let Some(svc) = self.services.get_mut(&key.id) else {
-                continue;
-            };
-            if svc.generation != key.generation {
-                continue;
-            }
-            let step = lifecycle::on_group_check(svc, &mut self.io, now);
-            self.follow(key.id, step, now);
         }
     }
 

@@ -44,11 +44,6 @@ struct Procs {
     exited: HashMap<RunKey, RawExit>,
     /// Runs with something left after their main process exited.
     lingering: HashSet<RunKey>,
-    /// Runs whose emptiness is told only at the end of the turn's checks (`settle`): not
-    /// empty to `is_empty` until then.
-    told_at_settle: HashSet<RunKey>,
-    /// Runs `settle` told empty.
-    settled: HashSet<RunKey>,
     /// What the next `kill_leftovers` finds.
     leftovers: Option<Leftovers>,
     /// Signals sent: (run, signal, to the group only).
@@ -138,20 +133,7 @@ impl Processes for FakeProcs {
             .unwrap_or(Leftovers::None)
     }
     fn is_empty(&mut self, run: RunKey, _: Signal) -> bool {
-        let p = self.0.borrow();
-        !p.lingering.contains(&run)
-            && (!p.told_at_settle.contains(&run) || p.settled.contains(&run))
-    }
-    fn settle(&mut self) -> Vec<RunKey> {
-        let mut p = self.0.borrow_mut();
-        let told: Vec<RunKey> = p
-            .told_at_settle
-            .iter()
-            .filter(|r| !p.lingering.contains(r) && !p.settled.contains(r))
-            .copied()
-            .collect();
-        p.settled.extend(told.iter().copied());
-        told
+        !self.0.borrow().lingering.contains(&run)
     }
     fn end(&mut self, run: RunKey, reuse: bool) -> Ended {
         let mut p = self.0.borrow_mut();
@@ -1102,58 +1084,6 @@ fn a_stop_of_all_goes_in_waves_dependents_first() {
     b.exit("db", RawExit::Signal(15));
     b.drained("db", 1);
     assert_eq!(answered(&reply).unwrap(), 2);
-}
-
-#[test]
-fn a_stop_whose_emptiness_is_told_at_the_end_of_the_turn_is_over_in_that_turn() {
-    let mut b = Bench::new();
-    b.start(spec("a"));
-    b.start(spec("b"));
-    {
-        let mut p = b.procs.borrow_mut();
-        let (a, bk) = (b.key("a"), b.key("b"));
-        p.told_at_settle.extend([a, bk]);
-    }
-    let reply = b.stop("all");
-    b.drained("a", 1);
-    b.drained("b", 1);
-    b.exit("a", RawExit::Signal(15));
-    assert_eq!(
-        b.status("a"),
-        Status::Stopped,
-        "over in the turn of its exit"
-    );
-    b.exit("b", RawExit::Signal(15));
-    assert_eq!(
-        answered(&reply).unwrap(),
-        2,
-        "no group check timer waited for"
-    );
-}
-
-#[test]
-fn a_stop_not_empty_at_the_end_of_the_turn_is_told_at_a_later_check() {
-    let mut b = Bench::new();
-    b.start(spec("s"));
-    let key = b.key("s");
-    {
-        let mut p = b.procs.borrow_mut();
-        p.told_at_settle.insert(key);
-        p.lingering.insert(key);
-    }
-    let reply = b.stop("s");
-    b.drained("s", 1);
-    b.exit("s", RawExit::Signal(15));
-    assert_eq!(b.status("s"), Status::Stopping, "something of it is left");
-    assert!(b.procs.borrow().settled.is_empty());
-    b.procs.borrow_mut().lingering.clear();
-    b.advance(Duration::from_millis(10));
-    assert!(
-        b.procs.borrow().settled.contains(&key),
-        "told at that turn's end"
-    );
-    assert_eq!(b.status("s"), Status::Stopped);
-    assert_eq!(answered(&reply).unwrap(), 1);
 }
 
 #[test]
