@@ -90,7 +90,16 @@ struct NewPids {
     absent: Vec<u32>,
     /// One of them was in the middle of an exec at the last read, not decided yet.
     pending: bool,
+    /// Young leaders of a group of their own without a marker, and when each was first
+    /// read so: read again until [`LEADER_READ_AGAIN`] has passed.
+    leaders: HashMap<u32, Instant>,
 }
+
+/// How long a young group leader without a marker is read again before it is decided not
+/// ours: a `setsid` daemon caught in the middle of its exec reads so (part of its old
+/// environment, without the marker), and its exec is through by then. Short, so that the
+/// `setsid` processes others keep starting hold a stop only briefly.
+const LEADER_READ_AGAIN: Duration = Duration::from_millis(50);
 
 impl Escapees {
     pub(super) fn new(registry: Rc<Registry>, run_key: String, session: Session) -> Escapees {
@@ -450,9 +459,11 @@ impl Escapees {
             by_id: HashMap::new(),
             absent: Vec::new(),
             pending: false,
+            leaders: HashMap::new(),
         });
         let sessions = std::slice::from_ref(session);
         let mut pending = false;
+        let leaders = &mut n.leaders;
         let mut read = |pid: u32, by_id: &mut HashMap<u64, Vec<(u32, String)>>| -> bool {
             let Some(stat) = sys::proc_stat(pid) else {
                 return false;
@@ -465,6 +476,19 @@ impl Escapees {
                 None if marker::undecided(&stat) => {
                     pending = true;
                     return false;
+                }
+                // A `setsid` daemon in the middle of its exec can read part of its old
+                // environment, without the marker: read again a moment later.
+                None if stat.state != b'Z'
+                    && stat.pgrp == pid
+                    && marker::is_young(&stat)
+                    && sys::environ_value(pid, RUN_VAR).is_none() =>
+                {
+                    let first = *leaders.entry(pid).or_insert_with(Instant::now);
+                    if first.elapsed() < LEADER_READ_AGAIN {
+                        pending = true;
+                        return false;
+                    }
                 }
                 None => {}
             }
@@ -482,6 +506,8 @@ impl Escapees {
                 }
             }
         }
+        // Decided, or gone: a pid is not handed out again before a wrap.
+        n.leaders.retain(|pid, _| absent.contains(pid));
         n.absent = absent;
         n.pending = pending;
         n.from = n.from.min(from);
@@ -510,5 +536,50 @@ impl Escapees {
                 e.pidfd.pid()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    #[test]
+    fn a_young_group_leader_without_a_marker_keeps_a_stop_undecided_only_until_read_again() {
+        let poller = sys::Poller::new(8).unwrap();
+        let mut escapees = Escapees::new(
+            poller.registry(),
+            "k".into(),
+            Session::begin(false).unwrap(),
+        );
+        // What a `setsid` daemon caught in the middle of its exec reads as: a group of its
+        // own, part of an environment, no marker.
+        let mut leader = Command::new("sleep")
+            .arg("30")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .process_group(0)
+            .spawn()
+            .expect("sleep starts");
+        let pid = leader.id();
+        let first = escapees.read_new_pids(pid, pid);
+        let (held, absent) = (first.pending, first.absent.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let decided = loop {
+            let n = escapees.read_new_pids(pid, pid);
+            if !n.pending || Instant::now() >= deadline {
+                break !n.pending && n.absent.is_empty();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        leader.kill().expect("killed");
+        leader.wait().expect("reaped");
+        assert!(held, "undecided at its first read");
+        assert_eq!(absent, [pid], "kept to be read again");
+        assert!(
+            decided,
+            "decided not ours once read again {LEADER_READ_AGAIN:?} later"
+        );
     }
 }
