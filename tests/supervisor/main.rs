@@ -81,6 +81,7 @@ mod state_dir_security;
 mod state_file_refused;
 mod stats;
 mod stop_all_signals_first;
+mod stop_during_pid_churn;
 mod stop_escalation;
 mod stop_waits_for_the_group;
 mod storm;
