@@ -77,9 +77,21 @@ fn a_crash_loops_history_is_whole_after_its_host_is_killed(tier: &Tier) -> TestR
         "{tier}: {} runs after the kill, {died} ended by the host's death",
         runs.len()
     );
+    // Only the newest runs can be the host's death: the one under way, and those whose
+    // record was still waiting for its drain (written within `RECORD_WITHIN` when the
+    // machine keeps up; a loaded one can hold a few more). Nothing older is lost.
+    let newest_died = runs
+        .iter()
+        .take_while(|r| r.cause() == Some(Cause::HostDied))
+        .count();
+    assert_eq!(
+        newest_died, died,
+        "{tier}: the runs ended by the host's death are the newest ones: {runs:?}"
+    );
     assert!(
-        died <= 3,
-        "{tier}: only the runs under way at the kill are the host's death: {died}"
+        died < runs.len(),
+        "{tier}: the older runs are recorded with their exits: {died} of {}",
+        runs.len()
     );
     sup.shutdown()?;
     no_tagged_left(&token, "after shutdown")
