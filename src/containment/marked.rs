@@ -205,7 +205,7 @@ impl Escapees {
     /// otherwise. `leaders`: the pids of the runs' main processes, which are not orphans.
     ///
     /// Returns whether every orphan was decided: `false` while one is in the middle of an
-    /// exec ([`marker::undecided`]), to be looked at again.
+    /// exec ([`Examined::Undecided`]), to be looked at again.
     pub(super) fn claim(&mut self, leaders: &HashSet<u32>, live: impl Fn(RunKey) -> bool) -> bool {
         let host_session = sys::session_of(std::process::id());
         let mut decided = true;
@@ -239,6 +239,7 @@ impl Escapees {
             let examined = stat
                 .as_ref()
                 .map(|s| marker::examine(s, &self.run_key, sessions));
+            let foreign = matches!(examined, Some(Examined::NotOurs));
             let claimed = match examined {
                 Some(Examined::Ours(claimed)) => Some(claimed),
                 Some(Examined::Undecided) => {
@@ -248,11 +249,13 @@ impl Escapees {
                 // Caught in the middle of an exec, a process can also read part of its old
                 // environment (a `setsid` daemon read as `setsid` without its marker): a
                 // young one is looked at again until it is a second old.
-                Some(Examined::NotOurs) if stat.as_ref().is_some_and(marker::is_young) => {
+                Some(Examined::NotOurs | Examined::Unmarked)
+                    if stat.as_ref().is_some_and(marker::is_young) =>
+                {
                     decided = false;
                     continue;
                 }
-                Some(Examined::NotOurs) | None => None,
+                Some(Examined::NotOurs | Examined::Unmarked) | None => None,
             };
             let Some(claimed) = claimed else {
                 let name = || {
@@ -260,7 +263,7 @@ impl Escapees {
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     comm.trim().to_string()
                 };
-                if sys::environ_value(pid, RUN_VAR).is_some() {
+                if foreign {
                     log::warn!(
                         "process {pid} ({}) was re-parented to the host with a {RUN_VAR} that does not prove it a run's (forged, copied or of another uid): it is left alone",
                         name()
@@ -404,10 +407,10 @@ impl Escapees {
                 let sessions = std::slice::from_ref(&self.session);
                 let mut mine = Vec::new();
                 for p in procs.iter().filter(|p| p.start_time >= since) {
-                    match marker::claim(p, &self.run_key, sessions) {
-                        Some(c) if c.owner.id == run.id => mine.push((p.pid, c.marker)),
-                        Some(_) => {}
-                        None => undecided |= marker::undecided(p),
+                    match marker::examine(p, &self.run_key, sessions) {
+                        Examined::Ours(c) if c.owner.id == run.id => mine.push((p.pid, c.marker)),
+                        Examined::Undecided => undecided = true,
+                        Examined::Ours(_) | Examined::NotOurs | Examined::Unmarked => {}
                     }
                 }
                 mine
@@ -468,21 +471,19 @@ impl Escapees {
             let Some(stat) = sys::proc_stat(pid) else {
                 return false;
             };
-            match marker::claim(&stat, run_key, sessions) {
-                Some(claimed) => by_id
+            match marker::examine(&stat, run_key, sessions) {
+                Examined::Ours(claimed) => by_id
                     .entry(claimed.owner.id)
                     .or_default()
                     .push((pid, claimed.marker)),
-                None if marker::undecided(&stat) => {
+                Examined::Undecided => {
                     pending = true;
                     return false;
                 }
                 // A `setsid` daemon in the middle of its exec can read part of its old
                 // environment, without the marker: read again a moment later.
-                None if stat.state != b'Z'
-                    && stat.pgrp == pid
-                    && marker::is_young(&stat)
-                    && sys::environ_value(pid, RUN_VAR).is_none() =>
+                Examined::Unmarked
+                    if stat.state != b'Z' && stat.pgrp == pid && marker::is_young(&stat) =>
                 {
                     let first = *leaders.entry(pid).or_insert_with(Instant::now);
                     if first.elapsed() < LEADER_READ_AGAIN {
@@ -490,7 +491,7 @@ impl Escapees {
                         return false;
                     }
                 }
-                None => {}
+                Examined::NotOurs | Examined::Unmarked => {}
             }
             true
         };

@@ -161,21 +161,27 @@ pub(crate) fn claim(
 /// What one read of a process's environment decides.
 pub(crate) enum Examined {
     Ours(Claimed),
+    /// It carries a marker that does not prove it a run's (forged, copied, another
+    /// session's or another uid's).
     NotOurs,
-    /// In the middle of an exec and young ([`undecided`]): to be looked at again.
+    /// It carries no marker (or is gone).
+    Unmarked,
+    /// Its environment reads empty and it is young: in the middle of an exec, to be looked
+    /// at again.
     Undecided,
 }
 
-/// [`claim`] and [`undecided`] from one read of the environment. Asking them one after the
-/// other reads it twice, and a process whose exec ends between the reads (or, like `setsid
-/// CMD`, that execs twice) can read empty to the first and full to the second: neither
-/// ours nor undecided, though it carries a marker.
+/// [`claim`], and whether a process it would not claim may still prove ours, from one read
+/// of the environment. Asking the two one after the other reads it twice, and a process
+/// whose exec ends between the reads (or, like `setsid CMD`, that execs twice) can read
+/// empty to the first and full to the second: neither ours nor undecided, though it carries
+/// a marker.
 pub(crate) fn examine(stat: &sys::ProcStat, state_key: &str, sessions: &[Session]) -> Examined {
     match sys::environ_lookup(stat.pid, RUN_VAR) {
         Some(sys::EnvLookup::Found(marker)) => claim_marker(stat, marker, state_key, sessions)
             .map_or(Examined::NotOurs, Examined::Ours),
         Some(sys::EnvLookup::Empty) if is_young(stat) => Examined::Undecided,
-        _ => Examined::NotOurs,
+        _ => Examined::Unmarked,
     }
 }
 
@@ -195,15 +201,9 @@ fn claim_marker(
     Some(Claimed { owner, marker })
 }
 
-/// Whether a process that [`claim`] did not claim may still prove one of ours: it is in the
-/// middle of an exec (its environment reads empty until the new image's is set up, which can
-/// take milliseconds on a loaded machine) and started less than a second ago. Whoever asks
-/// looks again later rather than decide now.
-pub(crate) fn undecided(stat: &sys::ProcStat) -> bool {
-    is_young(stat) && sys::environ_pending(stat.pid)
-}
-
-/// Started less than a second ago.
+/// Started less than a second ago: a process whose environment reads empty (until the new
+/// image's is set up, which can take milliseconds on a loaded machine) is looked at again
+/// while it is young, rather than decided now.
 pub(crate) fn is_young(stat: &sys::ProcStat) -> bool {
     sys::boot_ticks().saturating_sub(stat.start_time) < sys::clock_ticks_per_second()
 }

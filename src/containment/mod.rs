@@ -331,7 +331,7 @@ impl Tier {
     }
 
     /// Claims the orphans a subreaper host was handed (a no-op in the other tiers). Returns
-    /// whether every orphan was decided (see [`marker::undecided`]).
+    /// whether every orphan was decided (see [`marker::Examined::Undecided`]).
     fn claim(&mut self) -> bool {
         if !self.subreaper {
             return true;

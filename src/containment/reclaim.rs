@@ -217,7 +217,7 @@ pub(crate) fn pin_or_later(pid: u32, marker: &str) -> Pinned {
     };
     match sys::environ_lookup(pid, marker::RUN_VAR) {
         Some(sys::EnvLookup::Found(value)) if value == marker => Pinned::Held(fd),
-        // Young only, as for `marker::undecided`: one that emptied its environment for good is
+        // Young only, as for `marker::examine`: one that emptied its environment for good is
         // not waited for.
         Some(sys::EnvLookup::Empty)
             if sys::proc_stat(pid).is_some_and(|s| marker::is_young(&s)) =>

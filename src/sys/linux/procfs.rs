@@ -174,13 +174,6 @@ pub(crate) fn environ_lookup(pid: u32, key: &str) -> Option<EnvLookup> {
     )
 }
 
-/// Whether `pid` is a live user process whose environment reads empty: in the middle of an
-/// exec (the new image's environment is not set up yet), or one that emptied it.
-pub(crate) fn environ_pending(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.is_empty())
-        && proc_stat(pid).is_some_and(|s| is_user_process(&s))
-}
-
 /// A live process of user space: not a kernel thread (nor kthreadd), not a zombie.
 fn is_user_process(stat: &ProcStat) -> bool {
     stat.ppid != 2 && stat.pid != 2 && stat.state != b'Z'
