@@ -134,6 +134,7 @@ fn spawn(
 
 /// A batch as the spawner sees it: the queue it shares with the supervision thread, where
 /// its results go.
+#[derive(Clone)]
 struct Batch {
     jobs: Receiver<(usize, Job)>,
     done: Sender<(usize, Done)>,
@@ -189,11 +190,7 @@ impl Spawner {
             done,
             cgroups: cgroups.cloned(),
         };
-        let here = Batch {
-            jobs: batch.jobs.clone(),
-            done: batch.done.clone(),
-            cgroups: batch.cgroups.clone(),
-        };
+        let here = batch.clone();
         // If the spawner is gone, this thread takes every job at the finish.
         if let Some(batches) = &self.batches {
             let _ = batches.send(batch);

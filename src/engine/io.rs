@@ -288,10 +288,10 @@ impl Io {
     pub(super) fn end_turn(&mut self, now: Instant) {
         self.store.flush();
         self.held_dirs.extend(self.procs.take_dirs());
+        if std::mem::take(&mut self.reaped) {
+            self.last_reaped = Some(now);
+        }
         if !self.held_dirs.is_empty() {
-            if std::mem::take(&mut self.reaped) {
-                self.last_reaped = Some(now);
-            }
             let quiet = self
                 .last_reaped
                 .is_none_or(|at| now.saturating_duration_since(at) >= DIRS_QUIET);
@@ -301,8 +301,6 @@ impl Io {
                 // Its turn comes after the quiet time, or sets it again.
                 super::lifecycle::arm_deferred(self, now);
             }
-        } else if std::mem::take(&mut self.reaped) {
-            self.last_reaped = Some(now);
         }
         self.outputs.wake();
         self.procs.end_turn();
