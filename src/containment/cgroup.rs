@@ -40,49 +40,6 @@ pub(crate) struct Prepared {
     pub(crate) join: Vec<OwnedFd>,
 }
 
-/// A run's `cgroup.events` and `cgroup.procs`, held open while its cgroup is in use (the
-/// run's life, then as a spare for the service's next run): whether it is empty, and who is
-/// in it, are then one read each, with no open on the exit and stop paths. An open of a
-/// cgroup file costs about 6 µs, a read of one held open under 2.
-pub(crate) struct RunFiles {
-    events: std::fs::File,
-    procs: std::fs::File,
-}
-
-impl RunFiles {
-    /// Opens the files of the cgroup `dir`.
-    pub(crate) fn open(dir: &OwnedFd) -> io::Result<RunFiles> {
-        Ok(RunFiles {
-            events: sys::open_file_at(dir, "cgroup.events", Access::Read)?,
-            procs: sys::open_file_at(dir, "cgroup.procs", Access::Read)?,
-        })
-    }
-
-    /// The `cgroup.events`: the kernel marks it with a priority event when it changes
-    /// (Linux 4.5+), and [`RunFiles::populated`] clears that.
-    pub(crate) fn events(&self) -> &std::fs::File {
-        &self.events
-    }
-
-    /// Whether any process is in the cgroup (a zombie counts until reaped).
-    pub(crate) fn populated(&self) -> bool {
-        events_populated(&self.events)
-    }
-
-    /// The pids in the cgroup, read again from the start.
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        let mut text = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match sys::read_at(&self.procs, &mut buf, text.len() as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => text.extend_from_slice(&buf[..n]),
-            }
-        }
-        parse_pids(&text)
-    }
-}
-
 /// Where a controller is available.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Controller {
@@ -396,6 +353,12 @@ impl Cgroups {
             .is_ok_and(is_populated)
     }
 
+    /// The run's `cgroup.events`, held open: the kernel marks it with a priority event when
+    /// it changes (Linux 4.5+), and [`events_populated`] reads it again.
+    pub(crate) fn events(&self, id: u64, generation: u64) -> io::Result<std::fs::File> {
+        self.open_in(id, generation, "cgroup.events", Access::Read)
+    }
+
     /// The pids in the run's cgroup.
     pub(crate) fn pids(&self, id: u64, generation: u64) -> Vec<u32> {
         let Ok(procs) = self.open_in(id, generation, "cgroup.procs", Access::Read) else {
@@ -686,15 +649,9 @@ fn pids_in(dir: &Path) -> Vec<u32> {
 
 /// The pids a `cgroup.procs` lists, one per line.
 fn read_pids(mut procs: std::fs::File) -> Vec<u32> {
-    let mut text = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut procs, &mut text);
-    parse_pids(&text)
-}
-
-fn parse_pids(text: &[u8]) -> Vec<u32> {
-    text.split(|b| *b == b'\n')
-        .filter_map(|l| std::str::from_utf8(l).ok()?.trim().parse().ok())
-        .collect()
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut procs, &mut text);
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 fn runs_in(root: &Path) -> Vec<(u64, PathBuf)> {
@@ -742,48 +699,5 @@ mod tests {
             let parent = d.parent().unwrap();
             assert!(!parent.exists(), "{} is left", parent.display());
         }
-    }
-
-    #[test]
-    fn held_files_read_the_members_and_the_emptiness_again_each_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let cg = match Cgroups::detect(dir.path()) {
-            Ok(cg) => cg,
-            Err(e) => return eprintln!("skipped: no writable cgroup v2 hierarchy here ({e})"),
-        };
-        let run = cg.prepare(1, 1, Limits::default()).unwrap();
-        let files = RunFiles::open(&run.dir_fd).unwrap();
-        assert!(
-            !files.populated() && files.pids().is_empty(),
-            "empty at first"
-        );
-        let mut children: Vec<_> = (0..3)
-            .map(|_| {
-                let child = std::process::Command::new("sleep")
-                    .arg("600")
-                    .spawn()
-                    .unwrap();
-                std::fs::write(&run.procs, child.id().to_string()).unwrap();
-                child
-            })
-            .collect();
-        let mut pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-        pids.sort_unstable();
-        let mut read = files.pids();
-        read.sort_unstable();
-        assert_eq!(read, pids, "every member, read from the start");
-        assert!(files.populated());
-        let mut first = children.remove(0);
-        first.kill().unwrap();
-        first.wait().unwrap();
-        let mut read = files.pids();
-        read.sort_unstable();
-        assert_eq!(read, pids[1..], "read again: the one reaped is gone");
-        for mut child in children {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-        assert!(files.pids().is_empty(), "none left");
-        assert!(!files.populated(), "and the events say so");
     }
 }

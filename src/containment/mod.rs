@@ -152,8 +152,6 @@ pub(crate) trait Processes {
     /// The main process exited by itself: kills what it left running, and says what that
     /// was.
     fn kill_leftovers(&mut self, run: RunKey) -> Leftovers;
-    /// The fds it holds for each live run, beyond the run's pidfd.
-    fn held_fds(&self) -> u64;
     /// Whether nothing of the run is left. During a stop, also looks for processes forked
     /// since the stop began, and sends them `signal`.
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool;
@@ -211,11 +209,9 @@ struct RunProcs {
     oom_kills_at_start: u64,
     /// Process-group tier: when its stop read /proc.
     scanned: Option<Scan>,
-    /// Cgroup tier: its cgroup's files, held open.
-    files: Option<cgroup::RunFiles>,
-    /// Cgroup tier, while the run lingers: the token its `cgroup.events` is watched under in
-    /// the poller, so that its emptying is seen at once rather than at the next check.
-    watch: Option<u64>,
+    /// Cgroup tier, while the run lingers: its `cgroup.events`, watched in the poller under
+    /// the token, so that its emptying is seen at once rather than at the next check.
+    events: Option<(std::fs::File, u64)>,
 }
 
 /// A batch of spawns being gathered: shared with the spawner thread as it grows, or kept
@@ -235,10 +231,9 @@ pub(crate) struct Tier {
     subreaper: bool,
     registry: Rc<Registry>,
     runs: HashMap<RunKey, RunProcs>,
-    /// An empty, never-killed cgroup of each service's finished run (its generation, and
-    /// its files still open), for its next run to start in: no `mkdir` on the restart path,
-    /// and no `rmdir` after it.
-    spares: HashMap<u64, (u64, Option<cgroup::RunFiles>)>,
+    /// An empty, never-killed cgroup of each service's finished run, for its next run to
+    /// start in: no `mkdir` on the restart path, and no `rmdir` after it.
+    spares: HashMap<u64, u64>,
     escapees: Escapees,
     /// Sweeps in progress (process-group tier), by service: when they read /proc.
     sweeps: HashMap<u64, Scan>,
@@ -264,17 +259,20 @@ impl Tier {
         let Some(generation) = r.cgroup else {
             return false;
         };
-        let Some(files) = &r.files else {
+        if let Some((events, _)) = &r.events {
+            return cgroup::events_populated(events);
+        }
+        // Opened before it is read, so that a change after the read raises the event.
+        let Ok(events) = cg.events(run.id, generation) else {
             return cg.populated(run.id, generation);
         };
-        // Read before it is watched: a change after the read raises the event.
-        let populated = files.populated();
-        if populated && r.watch.is_none() {
+        let populated = cgroup::events_populated(&events);
+        if populated {
             let token = self.next_token;
-            if self.registry.add_priority(files.events(), token).is_ok() {
+            if self.registry.add_priority(&events, token).is_ok() {
                 self.next_token += 1;
                 self.watched.insert(token, run);
-                r.watch = Some(token);
+                r.events = Some((events, token));
             }
         }
         populated
@@ -363,20 +361,18 @@ impl Tier {
         // A spare cgroup is only for a run without limits: limits and the per-run memory
         // figures live in cgroups of the run's own.
         let spare = self.spares.remove(&id);
-        let (cgroup, files) = match spare {
-            Some(spare) if limits.is_none() => spare,
-            Some((spare, _)) => {
-                if let Some(cg) = &self.cgroups {
+        let cgroup = match spare.filter(|_| limits.is_none()) {
+            Some(spare) => spare,
+            None => {
+                if let (Some(spare), Some(cg)) = (spare, &self.cgroups) {
                     self.dirs.extend(cg.run_dirs(id, spare));
                 }
-                (generation, None)
+                generation
             }
-            None => (generation, None),
         };
         Job {
             plan,
             cgroup,
-            files,
             limits,
         }
     }
@@ -398,7 +394,7 @@ impl Tier {
                 // Nothing ran in the run's cgroup: the next attempt may use it.
                 if let Some(cg) = self.cgroups.as_ref().filter(|_| prepared) {
                     if limits.is_none() {
-                        self.spares.insert(run.id, (cgroup, None));
+                        self.spares.insert(run.id, cgroup);
                     } else {
                         self.dirs.extend(cg.run_dirs(run.id, cgroup));
                     }
@@ -432,8 +428,7 @@ impl Tier {
                 memory_limited: limits.max_memory.is_some(),
                 oom_kills_at_start: started.oom_kills_at_start,
                 scanned: None,
-                files: started.files,
-                watch: None,
+                events: None,
             },
         );
         Ok(Spawned {
@@ -512,11 +507,7 @@ impl Processes for Tier {
         if let (Some(cg), Some(generation)) = (&self.cgroups, r.cgroup) {
             // Members of the run's cgroup that left its process group get it too.
             let pgid = r.leader.pid();
-            let pids = match &r.files {
-                Some(files) => files.pids(),
-                None => cg.pids(run.id, generation),
-            };
-            for pid in pids {
+            for pid in cg.pids(run.id, generation) {
                 if pid != pgid && sys::proc_stat(pid).is_some_and(|s| s.pgrp != pgid) {
                     let _ = sys::signal_pid(pid, signal);
                 }
@@ -565,12 +556,8 @@ impl Processes for Tier {
     }
 
     fn kill_leftovers(&mut self, run: RunKey) -> Leftovers {
-        let in_cgroup = match (&self.cgroups, self.runs.get(&run)) {
-            (Some(cg), Some(r)) => match (&r.files, r.cgroup) {
-                (Some(files), _) => files.populated(),
-                (None, Some(generation)) => cg.populated(run.id, generation),
-                (None, None) => false,
-            },
+        let in_cgroup = match (&self.cgroups, self.runs.get(&run).and_then(|r| r.cgroup)) {
+            (Some(cg), Some(generation)) => cg.populated(run.id, generation),
             _ => false,
         };
         // An orphan not decided yet (in the middle of an exec) may be this run's: the run
@@ -600,11 +587,6 @@ impl Processes for Tier {
             (false, true) => Leftovers::Killed,
             (false, false) => Leftovers::None,
         }
-    }
-
-    fn held_fds(&self) -> u64 {
-        // `cgroup.events` and `cgroup.procs`.
-        if self.cgroups.is_some() { 2 } else { 0 }
     }
 
     fn is_empty(&mut self, run: RunKey, signal: Signal) -> bool {
@@ -640,9 +622,9 @@ impl Processes for Tier {
         let Some(r) = self.runs.remove(&run) else {
             return Ended::default();
         };
-        if let (Some(token), Some(files)) = (r.watch, &r.files) {
-            self.registry.remove(files.events());
-            self.watched.remove(&token);
+        if let Some((events, token)) = &r.events {
+            self.registry.remove(events);
+            self.watched.remove(token);
         }
         if r.reaped {
             // Already out of the poller.
@@ -661,7 +643,7 @@ impl Processes for Tier {
         // after. Otherwise it is removed off the supervision thread, as a stop-all of 1000
         // would leave 1000 for the shutdown to remove one by one.
         if reuse && !r.killed && !r.limited {
-            self.spares.insert(run.id, (generation, r.files));
+            self.spares.insert(run.id, generation);
         } else {
             self.dirs.extend(cg.run_dirs(run.id, generation));
         }

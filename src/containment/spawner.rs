@@ -14,7 +14,7 @@
 //! after every run is over (or with the supervision thread, whose own children then go
 //! too).
 
-use super::cgroup::{Cgroups, Limits, RunFiles};
+use super::cgroup::{Cgroups, Limits};
 use super::{Plan, RunKey};
 use crate::child;
 use crate::error::Result;
@@ -30,8 +30,6 @@ pub(super) struct Job {
     pub(super) plan: Plan,
     /// The generation its cgroup is named after (a spare's, or the run's own).
     pub(super) cgroup: u64,
-    /// A spare's files, still open.
-    pub(super) files: Option<RunFiles>,
     pub(super) limits: Limits,
 }
 
@@ -55,8 +53,6 @@ pub(super) struct Started {
     pub(super) cgroup_id: Option<u64>,
     pub(super) cgroup_path: String,
     pub(super) oom_kills_at_start: u64,
-    /// Its cgroup's files, held open (cgroup tier, unless they could not be opened).
-    pub(super) files: Option<RunFiles>,
 }
 
 impl Job {
@@ -65,11 +61,10 @@ impl Job {
         let Job {
             plan,
             cgroup,
-            files,
             limits,
         } = self;
         let mut prepared = false;
-        let outcome = spawn(&plan, cgroup, files, limits, cgroups, &mut prepared);
+        let outcome = spawn(&plan, cgroup, limits, cgroups, &mut prepared);
         // The write ends of its pipes close here: the run holds its own copies.
         Done {
             run: plan.run,
@@ -86,7 +81,6 @@ impl Job {
 fn spawn(
     plan: &Plan,
     cgroup: u64,
-    files: Option<RunFiles>,
     limits: Limits,
     cgroups: Option<&Cgroups>,
     made: &mut bool,
@@ -128,12 +122,6 @@ fn spawn(
         ),
         _ => (None, String::new(), 0),
     };
-    // Without them, each check opens the file it reads.
-    let files = match (files, &prepared) {
-        (Some(files), _) => Some(files),
-        (None, Some(p)) => RunFiles::open(&p.dir_fd).ok(),
-        (None, None) => None,
-    };
     Ok(Started {
         leader,
         pidfd_ino,
@@ -141,7 +129,6 @@ fn spawn(
         cgroup_id,
         cgroup_path,
         oom_kills_at_start,
-        files,
     })
 }
 

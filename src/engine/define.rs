@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The fds a running service holds: its pidfd, its pipes' read ends, its two log files, and
-/// a notify socket; the tier may hold more ([`crate::containment::Processes::held_fds`]).
+/// a notify socket.
 const FDS_PER_SERVICE: u64 = 6;
 /// The fds held for a moment beyond those: a spawn's pipe write ends and cgroup directory, a
 /// probe's, a read of /proc, SQLite's.
@@ -32,8 +32,8 @@ const FDS_SPARE: u64 = 8;
 
 /// The fds in use once `n` more services run, with `open` open now (the host's and the
 /// supervisor's own, and those of the services running): what fits the limit is allowed.
-fn fd_budget(open: u64, n: usize, held: u64) -> u64 {
-    open + n as u64 * (FDS_PER_SERVICE + held) + FDS_SPARE
+fn fd_budget(open: u64, n: usize) -> u64 {
+    open + n as u64 * FDS_PER_SERVICE + FDS_SPARE
 }
 
 /// What a batch of definitions does with the services it defines.
@@ -431,7 +431,7 @@ impl Engine {
             .map(|d| new_here(&d.spec, d.existing.len()))
             .sum::<usize>();
         let open = *open_fds.get_or_insert_with(|| sys::open_fds().unwrap_or(0));
-        let need = fd_budget(open, services, self.io.procs.held_fds());
+        let need = fd_budget(open, services);
         if need > self.fd_limit {
             return Err(Error::new(
                 ErrorKind::Spawn,

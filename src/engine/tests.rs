@@ -132,9 +132,6 @@ impl Processes for FakeProcs {
             .take()
             .unwrap_or(Leftovers::None)
     }
-    fn held_fds(&self) -> u64 {
-        0
-    }
     fn is_empty(&mut self, run: RunKey, _: Signal) -> bool {
         !self.0.borrow().lingering.contains(&run)
     }
