@@ -4,7 +4,8 @@
 //! The way out is one straight pipeline:
 //!
 //! ```text
-//! on_exit:  reap the main process ─► kill what it left (if it ended by itself)
+//! reap:     the main process, first thing in a turn
+//! after_reap: kill what it left (if it ended by itself)
 //!           └► Lingering until nothing of the run is left (GroupCheck timers, escapee exits)
 //! over:     decide what follows (the policy, or what the stop asked for) ─► Draining
 //! complete: (once the log pump drained its output, or at once for an immediate restart)
@@ -536,7 +537,9 @@ pub(super) fn begin_stop(
                         .push(deadline, svc.id, svc.generation, TimerKind::StopDeadline);
                     Step::Done
                 }
-                Phase::Lingering { .. } => {
+                Phase::Lingering { followed, .. } => {
+                    // What `after_reap` would do, the stop does now.
+                    *followed = true;
                     io.procs.stop(key, signal, group_signalled);
                     io.timers
                         .push(deadline, svc.id, svc.generation, TimerKind::StopDeadline);
@@ -644,13 +647,20 @@ pub(super) fn on_stop_deadline(svc: &mut Service, io: &mut Io, at: Instant, now:
 }
 
 /// The main process's pidfd fired: the exit pipeline begins.
-pub(super) fn on_exit(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
+/// Reaps the run's main process if it exited: the run lingers from then on, and
+/// [`after_reap`] decides what follows. `false` if there was nothing to reap (a spurious
+/// readiness, or a run that is not live).
+///
+/// Reaping is cheap and is what makes a process gone, so a turn reaps every exit it is told
+/// of before it does the rest of any: under a stop-all of 1000, the last process is gone
+/// while the records of the first are still being written.
+pub(super) fn reap(svc: &mut Service, io: &mut Io, now: Instant) -> bool {
     let key = svc.key();
     let Some(run) = svc.run_mut().filter(|r| r.is_live()) else {
-        return Step::Done;
+        return false;
     };
     let Some(reaped) = io.procs.reap(key) else {
-        return Step::Done; // spurious readiness
+        return false; // spurious readiness
     };
     io.reaped = true;
     io.tokens.remove(&run.token);
@@ -664,7 +674,26 @@ pub(super) fn on_exit(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
             usage: reaped.usage,
         },
         check_every: GROUP_CHECK_MIN,
+        followed: false,
     };
+    true
+}
+
+/// What follows the reap of a run's main process: if the run was being stopped, it is over
+/// once nothing of it is left; if it ended by itself, whatever it left goes with it. Once
+/// only: a run that is no longer lingering, or that a stop looked at in between, is left as
+/// it is.
+pub(super) fn after_reap(svc: &mut Service, io: &mut Io, key: RunKey, now: Instant) -> Step {
+    if svc.key() != key {
+        return Step::Done;
+    }
+    let Some(run) = svc.run_mut() else {
+        return Step::Done;
+    };
+    match &mut run.phase {
+        Phase::Lingering { followed, .. } if !*followed => *followed = true,
+        _ => return Step::Done,
+    }
     if run.stop.is_some() {
         return check_linger(svc, io, now);
     }
@@ -967,7 +996,8 @@ pub(super) fn check_sweep(svc: &mut Service, io: &mut Io, give_up: bool) -> Step
 pub(super) fn on_tracked_exit(svc: &mut Service, io: &mut Io, now: Instant) -> Step {
     match &svc.state {
         State::Sweeping(_) => check_sweep(svc, io, false),
-        State::Running(run) if matches!(run.phase, Phase::Lingering { .. }) => {
+        // Not before `after_reap`: it decides what a run that ended by itself left.
+        State::Running(run) if matches!(run.phase, Phase::Lingering { followed: true, .. }) => {
             check_linger(svc, io, now)
         }
         _ => Step::Done,

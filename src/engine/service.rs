@@ -98,7 +98,12 @@ pub(super) enum Phase {
     /// It runs.
     Live,
     /// It was reaped; what is left of the run (group members, descendants) is ending.
-    Lingering { exit: Reaped, check_every: Duration },
+    /// `followed`: what follows the reap was done (see `lifecycle::after_reap`).
+    Lingering {
+        exit: Reaped,
+        check_every: Duration,
+        followed: bool,
+    },
     /// Nothing of the run is left; what follows is decided, and waits for its output to be
     /// drained into its log.
     Draining { exit: Reaped, next: Next },

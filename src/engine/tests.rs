@@ -587,6 +587,102 @@ fn a_crash_backs_off_then_restarts_and_the_record_waits_for_the_drain() {
     assert_eq!(b.engine.services[&b.id("c")].restarts, 1);
 }
 
+/// The leader tokens of the runs of `names`, after their main processes exited with `exit`.
+fn exited_tokens(b: &mut Bench, names: &[&str], exit: RawExit) -> Vec<u64> {
+    names
+        .iter()
+        .map(|name| {
+            let id = b.id(name);
+            b.procs.borrow_mut().exited.insert(b.key(name), exit);
+            b.engine
+                .io
+                .tokens
+                .iter()
+                .find(|(_, o)| **o == Owner::Leader(id))
+                .map(|(t, _)| *t)
+                .expect("a live run has its token")
+        })
+        .collect()
+}
+
+#[test]
+fn a_turn_reaps_every_exit_before_it_follows_any_and_the_rest_follow_at_the_next_turns() {
+    let mut b = Bench::new();
+    for name in ["a", "b", "c"] {
+        b.start(crasher(name, Backoff::fixed(Duration::from_secs(5))));
+    }
+    // No budget: one follow-up per turn.
+    b.engine.turn_budget = Duration::ZERO;
+    let tokens = exited_tokens(&mut b, &["a", "b", "c"], RawExit::Code(1));
+    b.engine.turn(&tokens, b.now);
+    assert!(
+        b.procs.borrow().live.is_empty(),
+        "all three are reaped in the first turn"
+    );
+    assert_eq!(b.engine.exits.len(), 2, "two follow-ups wait");
+    for name in ["a", "b", "c"] {
+        b.drained(name, 1);
+    }
+    assert!(b.engine.exits.is_empty(), "the next turns follow them up");
+    for name in ["a", "b", "c"] {
+        assert_eq!(b.status(name), Status::Backoff, "{name} backs off");
+        assert_eq!(b.runs_recorded(name)[0].code(), Some(1), "{name} recorded");
+    }
+}
+
+#[test]
+fn a_stop_between_the_reap_and_its_follow_up_wins_and_the_run_ends_once() {
+    let mut b = Bench::new();
+    b.start(crasher("a", Backoff::none()));
+    b.start(crasher("b", Backoff::none()));
+    b.engine.turn_budget = Duration::ZERO;
+    // The stop of `b` is in the inbox when both exit; `a` is followed up first, so the stop
+    // finds `b` reaped and not yet followed up.
+    let (reply, stopped) = crossbeam_channel::bounded(1);
+    b.requests
+        .send(Request::Stop {
+            target: "b".to_string(),
+            reply,
+        })
+        .unwrap();
+    let tokens = exited_tokens(&mut b, &["a", "b"], RawExit::Code(1));
+    b.engine.turn(&tokens, b.now);
+    assert_eq!(b.generation("a"), 2, "a, followed up, restarts at once");
+    assert_eq!(
+        b.engine.exits.len(),
+        1,
+        "b's follow-up waits, its stop came"
+    );
+    b.drained("b", 1);
+    assert_eq!(answered(&stopped).expect("stopped"), 1);
+    assert!(b.engine.exits.is_empty());
+    assert_eq!(
+        b.status("b"),
+        Status::Stopped,
+        "the stop wins over the restart"
+    );
+    let (id, run) = (
+        b.id("b"),
+        RunKey {
+            id: b.id("b"),
+            generation: 1,
+        },
+    );
+    assert!(
+        !b.procs.borrow().live.keys().any(|r| r.id == id),
+        "b never restarts"
+    );
+    let ends = b
+        .procs
+        .borrow()
+        .ended
+        .iter()
+        .filter(|(r, _)| *r == run)
+        .count();
+    assert_eq!(ends, 1, "its run ends once");
+    assert_eq!(b.runs_recorded("b").len(), 1);
+}
+
 #[test]
 fn an_immediate_restart_does_not_wait_for_the_drain_and_records_the_run_after() {
     let mut b = Bench::new();

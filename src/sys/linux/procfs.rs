@@ -69,9 +69,21 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// Reads `/proc/<pid>/stat`, or `None` if there is no such process.
+///
+/// A scan of /proc reads one per process: into a buffer on the stack, with no size query
+/// (`statx`) and no second read to find the end, as `read_to_string` would make.
 pub(crate) fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    use std::io::Read;
+    let path = format!("/proc/{pid}/stat");
+    let mut file = std::fs::File::open(&path).ok()?;
+    // The line is at most 52 numbers and a 16-byte name: one read takes it whole.
+    let mut buf = [0u8; 2048];
+    let n = file.read(&mut buf).ok()?;
+    if n == buf.len() {
+        let text = std::fs::read_to_string(&path).ok()?;
+        return parse_stat(&text);
+    }
+    parse_stat(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 /// Every live (not zombie) process on the machine, from one pass over `/proc`.
