@@ -4,12 +4,12 @@
 //! The way out is one straight pipeline:
 //!
 //! ```text
-//! reap:     the main process, first thing in a turn
+//! reap:       the main process, first thing in a turn, for every exit
 //! after_reap: kill what it left (if it ended by itself)
-//!           └► Lingering until nothing of the run is left (GroupCheck timers, escapee exits)
-//! over:     decide what follows (the policy, or what the stop asked for) ─► Draining
-//! complete: (once the log pump drained its output, or at once for an immediate restart)
-//!           record the run (one write) ─► act: restart, back off, settle, or hand back a Step
+//!             └► Lingering until nothing of the run is left (GroupCheck timers, escapees)
+//! over:       decide what follows (the policy, or what the stop asked for) ─► Draining
+//! complete:   (once the log pump drained its output, or at once for an immediate restart)
+//!             record the run (one write) ─► act: restart, back off, settle, or a Step
 //! ```
 //!
 //! A stop joins it: the stop signal, then SIGKILL at the deadline; the main process's exit
