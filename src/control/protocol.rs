@@ -20,7 +20,7 @@
 //! Requests ([`Request`]) are named after the [`Supervisor`](crate::Supervisor) methods and
 //! answered in order, one at a time per connection; each gets one [`Response`]: `ok` with a
 //! [`Reply`] named after the request, or `error` with an [`ErrorReply`] (the
-//! [`ErrorKind`](crate::ErrorKind) in snake case, the service, and the message). A request
+//! [`ErrorKind`] in snake case, the service, and the message). A request
 //! that waits on the supervisor (`stop`, `restart`, `delete`, `start`, `apply`) is answered
 //! when the call returns, within the call's documented bound; other clients are served
 //! meanwhile.
@@ -277,7 +277,7 @@ pub enum Reply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
     /// The error's kind in snake case (`not_found`, `invalid_spec`, `shut_down`, `protocol`,
-    /// `refused`, …): see [`ErrorKind`](crate::ErrorKind).
+    /// `refused`, …): see [`ErrorKind`].
     pub kind: String,
     /// The service the error concerns, if one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
