@@ -2,7 +2,9 @@
 //!
 //! One connection, owned by the supervision thread. WAL with `synchronous=FULL`: a change is
 //! on disk when the call returns, so an acknowledged change survives a SIGKILL of the host
-//! (and, if the device honours fsync, a power loss).
+//! (and, if the device honours fsync, a power loss). The WAL is copied into the database
+//! by a second connection on a thread of its own ([`Checkpointer`]), not by the commit
+//! that fills it.
 //!
 //! A change is acknowledged only while the state file (and the lock file) that the store
 //! holds are still the files at their paths: one deleted, replaced, truncated or overwritten
@@ -18,6 +20,8 @@ use rusqlite::{Connection, OpenFlags, params};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `PRAGMA application_id`: "SHDG". A database without it is not ours.
@@ -111,6 +115,13 @@ const OPEN_FLAGS: OpenFlags = OpenFlags::SQLITE_OPEN_READ_WRITE
 
 /// The most queued writes whose room is kept from one loop turn to the next.
 const QUEUE_KEPT: usize = 256;
+
+/// The WAL's size, in pages, past which a commit asks the checkpointer for a checkpoint:
+/// SQLite's own default for its automatic checkpoints.
+const CHECKPOINT_PAGES: i32 = 1000;
+/// The WAL's size past which a commit checkpoints itself: commits that come faster than the
+/// checkpointer's `fsync`s let it never catch up, and the WAL would grow without end.
+const CHECKPOINT_PAGES_MAX: i32 = 4 * CHECKPOINT_PAGES;
 
 /// Ended runs kept per service by default; older ones are pruned.
 pub(crate) const RUNS_KEPT: usize = 100;
@@ -206,6 +217,104 @@ pub(crate) struct Store {
     anchors: Vec<Anchor>,
     /// Why changes can no longer be stored, once an anchor was found moved.
     lost: Option<Error>,
+    /// Copies the WAL into the database off this thread (a file-backed store).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints the WAL on a thread of its own, with a connection of its own. A checkpoint
+/// copies the WAL's pages into the database and syncs both, some milliseconds; run by the
+/// committing connection (SQLite's automatic checkpoint), it held up the supervision thread
+/// every few hundred restarts of a crash loop. A commit that leaves the WAL over
+/// [`CHECKPOINT_PAGES`] wakes the thread, which checkpoints what no reader needs
+/// (`PASSIVE`): commits go on meanwhile.
+struct Checkpointer {
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Checkpoints the thread ran.
+    done: Arc<AtomicU64>,
+}
+
+impl Checkpointer {
+    /// Starts the thread, and makes `conn`'s commits wake it instead of checkpointing.
+    /// `None` (SQLite's automatic checkpoints stay) if its connection or thread cannot be
+    /// had.
+    fn start(conn: &mut Connection, path: &Path) -> Option<Checkpointer> {
+        let own = Connection::open_with_flags(path, OPEN_FLAGS)
+            .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c));
+        let own = match own {
+            Ok(own) => own,
+            Err(e) => {
+                log::warn!(
+                    "state file '{}': checkpoints stay on the supervision thread: {e}",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+        let shown = path.display().to_string();
+        let done = Arc::new(AtomicU64::new(0));
+        let counted = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("sheepdog-store".to_string())
+            .spawn(move || {
+                // Until the store drops its hook, and with it the sender.
+                while woken.recv().is_ok() {
+                    match own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        Ok(()) => drop(counted.fetch_add(1, Ordering::Relaxed)),
+                        Err(e) => log::warn!("state file '{shown}': cannot checkpoint: {e}"),
+                    }
+                }
+            });
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                log::warn!(
+                    "state file '{}': checkpoints stay on the supervision thread: {e}",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        // Replaces SQLite's automatic checkpoint, itself a hook. An error here would fail
+        // a commit that happened: none is returned.
+        let hooked = conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages| {
+            if pages >= CHECKPOINT_PAGES_MAX {
+                // Commits came faster than the thread's checkpoints caught up, and the WAL
+                // is only rewound once one has: this commit checkpoints, as SQLite would.
+                // Busy if the thread is checkpointing now; the next commit tries again.
+                let _ = wal.checkpoint();
+            } else if pages >= CHECKPOINT_PAGES {
+                let _ = wake.try_send(());
+            }
+            Ok(())
+        }));
+        if let Err(e) = hooked {
+            log::warn!(
+                "state file '{}': checkpoints stay on the supervision thread: {e}",
+                path.display()
+            );
+        }
+        // Without the hook the sender is gone already, and the thread ends at once.
+        Some(Checkpointer {
+            thread: Some(thread),
+            done,
+        })
+    }
+
+    /// Ends the thread: `conn` drops its hook (the sender), the thread its connection. The
+    /// store's own connection is then the last, and its close checkpoints the rest.
+    fn stop(&mut self, conn: &mut Connection) {
+        let _ = conn.wal_hook(
+            None::<fn(&mut rusqlite::hooks::Wal, std::ffi::c_int) -> rusqlite::Result<()>>,
+        );
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        log::debug!(
+            "{} checkpoints run off the supervision thread",
+            self.done.load(Ordering::Relaxed)
+        );
+    }
 }
 
 /// A file held open to tell whether it is still the one at its path.
@@ -427,6 +536,7 @@ impl Store {
         let conn = Connection::open_with_flags(path, OPEN_FLAGS)
             .map_err(|e| store_error(path, "cannot open", e))?;
         let mut store = Store::with_connection(conn, path.to_path_buf())?;
+        store.checkpointer = Checkpointer::start(&mut store.conn, path);
         let file = sys::open_nofollow(path).map_err(|e| {
             Error::new(
                 ErrorKind::Store,
@@ -483,6 +593,7 @@ impl Store {
             ends: HashMap::new(),
             anchors: Vec::new(),
             lost: None,
+            checkpointer: None,
         };
         let read = |sql: &str| -> Result<i64> {
             store
@@ -594,6 +705,7 @@ impl Store {
             ends: HashMap::new(),
             anchors: Vec::new(),
             lost: None,
+            checkpointer: None,
         };
         store.check_and_migrate()?;
         // The largest id ever handed out (AUTOINCREMENT keeps it), so ids are never reused.
@@ -1401,6 +1513,9 @@ fn apply(tx: &Connection, write: &Queued, runs_kept: i64) -> rusqlite::Result<()
 impl Drop for Store {
     fn drop(&mut self) {
         self.flush();
+        if let Some(mut checkpointer) = self.checkpointer.take() {
+            checkpointer.stop(&mut self.conn);
+        }
     }
 }
 
@@ -1581,6 +1696,105 @@ mod tests {
             assert!(runs[0].ended_at.is_none());
             assert!(runs[1..].iter().all(|r| r.ended_at.is_some()));
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_wal_is_checkpointed_off_the_committing_thread_and_reused() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let wal = dir.path().join("s.db-wal");
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut s = Store::open(&path)?;
+        let page: i64 = s
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let page = page as u64;
+        let frames = || size(&wal) / (page + 24);
+        let id = add(&mut s, &ServiceSpec::new("a", "true"), true, Status::Online)?;
+        let exit = crashed();
+        // A crash loop's turns, each a commit of a few pages, until the WAL is past the
+        // threshold.
+        let tail = vec![b'x'; 3000];
+        let mut g = 0;
+        let mut turn = |s: &mut Store| {
+            g += 1;
+            let run = s.insert_run(&new_run(id, g));
+            s.end_run(
+                id,
+                run,
+                &RunEnding {
+                    stdout: &tail,
+                    ..ending(&exit)
+                },
+            );
+            s.flush();
+        };
+        let db_before = size(&path);
+        while frames() <= CHECKPOINT_PAGES as u64 {
+            turn(&mut s);
+        }
+        // Copied into the database by the checkpointer's thread.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let by_thread = |s: &Store| {
+            s.checkpointer
+                .as_ref()
+                .unwrap()
+                .done
+                .load(Ordering::Relaxed)
+        };
+        while by_thread(&s) == 0 || size(&path) == db_before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Once it is done (a checkpoint of ours then finds it not busy and nothing left),
+        // the next commits write the WAL again from its start (about five frames a turn,
+        // the WAL holds over a thousand): the thread holds no read that would prevent it.
+        loop {
+            let (busy, log, done): (i64, i64, i64) = s
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            if busy == 0 && log == done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpoint did not end within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wal_size = size(&wal);
+        for _ in 0..100 {
+            turn(&mut s);
+        }
+        assert_eq!(size(&wal), wal_size, "the WAL grew instead of being reused");
+        // Commits without a pause, faster than the checkpoints' syncs: past
+        // CHECKPOINT_PAGES_MAX a commit checkpoints itself, and the WAL stays bounded.
+        for _ in 0..2000 {
+            turn(&mut s);
+        }
+        assert!(
+            frames() < 2 * CHECKPOINT_PAGES_MAX as u64,
+            "the WAL grew to {} frames",
+            frames()
+        );
+        // The checkpointer's connection closes first: the store's own close then checkpoints
+        // the rest and removes the WAL.
+        drop(s);
+        assert!(!wal.exists(), "the WAL is left after the store closed");
+        let mut s = Store::open(&path)?;
+        assert_eq!(
+            s.runs(id, 1000)?.len(),
+            RUNS_KEPT,
+            "every run kept is there"
+        );
         Ok(())
     }
 

@@ -933,8 +933,8 @@ impl Case {
         );
         let threads = thread_count();
         ensure!(
-            threads <= self.baseline.threads + 4,
-            "{threads} threads with the supervisor open (baseline {}): more than its four (supervision, spawner, log pump, control socket)",
+            threads <= self.baseline.threads + 5,
+            "{threads} threads with the supervisor open (baseline {}): more than its five (supervision, spawner, store checkpoints, log pump, control socket)",
             self.baseline.threads
         );
         Ok(())
