@@ -19,6 +19,7 @@ mod control_abuse;
 mod control_limits;
 mod control_socket;
 mod copied_marker;
+mod cpu_affinity;
 mod crash_loop_history_after_host_kill;
 mod defined;
 mod delete_removes_logs;
