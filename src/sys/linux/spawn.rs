@@ -448,10 +448,8 @@ fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<P
     } else {
         0
     };
-    let mut own_mask = empty_cpu_set();
-    let pinned = pin_to_this_cpu(&mut own_mask);
     let mut args = ChildArgs {
-        affinity: if pinned { &own_mask } else { std::ptr::null() },
+        affinity: std::ptr::null(),
         unshare_below,
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
@@ -513,11 +511,18 @@ fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<P
     // Held across the clone until the pid is marked held: an orphan reaper never sees this
     // child exited and not yet held (orphans.rs). Shared: other threads' spawns go on.
     let gate = super::orphans::spawning();
+    // The thread's own mask, while it is pinned for the clone (and read by the child).
+    let mut own_mask = empty_cpu_set();
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // Pinned for the clone alone: not while it waits for the locks above.
+        let pinned = pin_to_this_cpu(&mut own_mask);
+        if pinned {
+            args.affinity = &own_mask;
+        }
         let top = stack.as_mut_ptr().add(CHILD_STACK);
         let top = top.sub(top as usize % 16);
         let arg: *mut c_void = (&mut args as *mut ChildArgs).cast();
