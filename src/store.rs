@@ -238,15 +238,18 @@ impl Checkpointer {
     /// `None` (SQLite's automatic checkpoints stay) if its connection or thread cannot be
     /// had.
     fn start(conn: &mut Connection, path: &Path) -> Option<Checkpointer> {
+        let stay = |e: &dyn std::fmt::Display| {
+            log::warn!(
+                "state file '{}': checkpoints stay on the supervision thread: {e}",
+                path.display()
+            );
+        };
         let own = Connection::open_with_flags(path, OPEN_FLAGS)
             .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c));
         let own = match own {
             Ok(own) => own,
             Err(e) => {
-                log::warn!(
-                    "state file '{}': checkpoints stay on the supervision thread: {e}",
-                    path.display()
-                );
+                stay(&e);
                 return None;
             }
         };
@@ -268,10 +271,7 @@ impl Checkpointer {
         let thread = match thread {
             Ok(thread) => thread,
             Err(e) => {
-                log::warn!(
-                    "state file '{}': checkpoints stay on the supervision thread: {e}",
-                    path.display()
-                );
+                stay(&e);
                 return None;
             }
         };
@@ -289,10 +289,7 @@ impl Checkpointer {
             Ok(())
         }));
         if let Err(e) = hooked {
-            log::warn!(
-                "state file '{}': checkpoints stay on the supervision thread: {e}",
-                path.display()
-            );
+            stay(&e);
         }
         // Without the hook the sender is gone already, and the thread ends at once.
         Some(Checkpointer {
