@@ -646,10 +646,9 @@ pub(super) fn on_stop_deadline(svc: &mut Service, io: &mut Io, at: Instant, now:
         .push(now + KILL_GRACE, key.id, key.generation, TimerKind::GiveUp);
 }
 
-/// The main process's pidfd fired: the exit pipeline begins.
-/// Reaps the run's main process if it exited: the run lingers from then on, and
-/// [`after_reap`] decides what follows. `false` if there was nothing to reap (a spurious
-/// readiness, or a run that is not live).
+/// The main process's pidfd fired: the exit pipeline begins. Reaps the run's main process
+/// if it exited: the run lingers from then on, and [`after_reap`] decides what follows.
+/// `false` if there was nothing to reap (a spurious readiness, or a run that is not live).
 ///
 /// Reaping is cheap and is what makes a process gone, so a turn reaps every exit it is told
 /// of before it does the rest of any: under a stop-all of 1000, the last process is gone
