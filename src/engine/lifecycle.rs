@@ -517,7 +517,9 @@ pub(super) fn begin_stop(
             }
             // A probe of a stopping run has nothing left to tell.
             run.probe.cancel();
-            if run.is_live() {
+            // A run reaped since the stop signal went to its group ended of this stop: a stop
+            // of many reaps the first exits while it goes through the services.
+            if run.is_live() || group_signalled {
                 run.cause.get_or_insert(match then {
                     Then::Settle | Then::Delete => Cause::Stopped,
                     Then::Start => Cause::Restarted,

@@ -83,6 +83,9 @@ pub(crate) const EVENTS_PER_TURN: usize = 1024;
 /// ready (the fds are level-triggered, the timers due) for the next turn. Under a storm of
 /// exits a request waits for a few spawns, not for hundreds.
 const TURN_BUDGET: Duration = Duration::from_millis(2);
+/// How many services the bookkeeping of a stop of many goes through between two looks for
+/// exits to reap ([`Engine::reap_ready`]).
+const REAP_EVERY: usize = 64;
 
 /// What the supervision thread is made of, handed over by `Supervisor::open`.
 pub(crate) struct Config {
@@ -150,6 +153,9 @@ pub(crate) struct Engine {
     exits: VecDeque<RunKey>,
     /// [`TURN_BUDGET`], but for tests.
     turn_budget: Duration,
+    /// A look for exits in the middle of a turn ([`Engine::reap_ready`]) took the waker's
+    /// wake-up: the next wait does not block, as what woke it may not be read yet.
+    woken: bool,
 }
 
 /// The services a batch of starts will spawn, in the order their starts came.
@@ -223,6 +229,7 @@ impl Engine {
             batch: None,
             exits: VecDeque::new(),
             turn_budget: TURN_BUDGET,
+            woken: false,
         }
     }
 
@@ -314,7 +321,7 @@ impl Engine {
     pub(crate) fn run(&mut self) -> Option<Sender<Result<()>>> {
         let mut ready = Vec::new();
         loop {
-            let timeout = if self.exits.is_empty() {
+            let timeout = if self.exits.is_empty() && !std::mem::take(&mut self.woken) {
                 self.io
                     .timers
                     .next()
@@ -474,6 +481,27 @@ impl Engine {
             self.shared
                 .orphans_reaped
                 .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reaps the main processes that exited, in the middle of a long turn: a stop of a
+    /// thousand services keeps the thread busy while the first of them are already dead, and
+    /// a process is gone only once reaped. What follows each reap waits in `exits`; the rest
+    /// of what the wait found (every fd is level-triggered) is reported again by the next.
+    fn reap_ready(&mut self, now: Instant) {
+        let mut ready = Vec::new();
+        if let Err(e) = self.poller.wait(Some(Duration::ZERO), &mut ready) {
+            log::warn!("supervision wait failed: {e}");
+        }
+        for token in ready {
+            if token == WAKER_TOKEN {
+                self.woken = true;
+            } else if let Some(Owner::Leader(id)) = self.io.tokens.get(&token).copied()
+                && let Some(svc) = self.services.get_mut(&id)
+                && lifecycle::reap(svc, &mut self.io, now)
+            {
+                self.exits.push_back(svc.key());
+            }
         }
     }
 
@@ -877,7 +905,7 @@ impl Engine {
     }
 
     /// The bookkeeping of each stop of `ids`, whose groups in `signalled` have the stop
-    /// signal already.
+    /// signal already. The first of them die meanwhile: their exits are reaped as it goes.
     fn begin_stops_signalled(
         &mut self,
         ids: &[u64],
@@ -885,7 +913,10 @@ impl Engine {
         then: Then,
         now: Instant,
     ) {
-        for &id in ids {
+        for (i, &id) in ids.iter().enumerate() {
+            if !signalled.is_empty() && i % REAP_EVERY == 0 {
+                self.reap_ready(now);
+            }
             let group_signalled = signalled.contains(&id);
             self.with_service(id, now, |svc, io| {
                 lifecycle::begin_stop(svc, io, then, group_signalled, now)

@@ -684,6 +684,68 @@ fn a_stop_between_the_reap_and_its_follow_up_wins_and_the_run_ends_once() {
 }
 
 #[test]
+fn a_stop_of_many_reaps_the_exits_that_come_while_it_goes_through_them() {
+    let mut b = Bench::new();
+    for name in ["a", "b", "c"] {
+        b.start(crasher(name, Backoff::none()));
+    }
+    // `b` and `c` die of the stop signal before their stops are recorded: their pidfds are
+    // ready (a readable pipe under each leader's token stands in for them) when the stop of
+    // all goes through the services.
+    let tokens = exited_tokens(&mut b, &["b", "c"], RawExit::Signal(15));
+    let pipes: Vec<_> = tokens
+        .iter()
+        .map(|&token| {
+            let (read, write) = rustix::pipe::pipe().unwrap();
+            rustix::io::write(&write, b"x").unwrap();
+            b.engine.poller.add(&read, token).unwrap();
+            (read, write)
+        })
+        .collect();
+    let stopped = b.stop("all");
+    assert_eq!(
+        b.procs
+            .borrow()
+            .live
+            .keys()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
+        vec![b.id("a")],
+        "b and c are reaped in the stop's own turn"
+    );
+    drop(pipes);
+    b.exit("a", RawExit::Signal(15));
+    for name in ["a", "b", "c"] {
+        b.drained(name, 1);
+    }
+    assert_eq!(answered(&stopped).expect("stopped"), 3);
+    assert!(b.engine.exits.is_empty(), "every follow-up was done");
+    for name in ["a", "b", "c"] {
+        assert_eq!(b.status(name), Status::Stopped, "{name} is stopped");
+        assert_eq!(b.generation(name), 2, "{name} did not restart");
+        let run = RunKey {
+            id: b.id(name),
+            generation: 1,
+        };
+        let ends = b
+            .procs
+            .borrow()
+            .ended
+            .iter()
+            .filter(|(r, _)| *r == run)
+            .count();
+        assert_eq!(ends, 1, "{name}'s run ends once");
+        let runs = b.runs_recorded(name);
+        assert_eq!(runs.len(), 1, "{name} has one record");
+        assert_eq!(
+            runs[0].cause(),
+            Some(Cause::Stopped),
+            "{name} was stopped, not crashed"
+        );
+    }
+}
+
+#[test]
 fn an_immediate_restart_does_not_wait_for_the_drain_and_records_the_run_after() {
     let mut b = Bench::new();
     b.start(crasher("c", Backoff::none()));

@@ -4,10 +4,11 @@
 //! every service wanted up (the stop never committed: all started again) or every one down
 //! (committed in one transaction: none started), never a mix, nothing of the dead host left;
 //! and a stop-all the host acknowledged is never undone. A start that overtakes a stop-all
-//! wins over it. In every tier.
+//! wins over it. The stop-all reaps the first exits while it goes through the services, and
+//! every run is still recorded as stopped. In every tier.
 
 use crate::prelude::*;
-use sheepdog::Status;
+use sheepdog::{Cause, Status};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -203,3 +204,37 @@ fn starts_overtaking_a_stop_all_win(tier: &Tier) -> TestResult {
 }
 
 per_tier!(starts_overtaking_a_stop_all_win);
+
+/// A stop-all of many services goes through them while the first are already dead, and
+/// reaps those as it goes: each run is still recorded once, as stopped, and none restarts.
+fn a_stop_all_of_many_records_every_run_as_stopped(tier: &Tier) -> TestResult {
+    const MANY: usize = 300;
+    let h = tier.harness()?;
+    let names: Vec<String> = (0..MANY).map(|i| format!("m{i}")).collect();
+    for name in &names {
+        h.sup().start(tagged_sh(&h.token, name, "exec sleep 600"))?;
+    }
+    h.wait_for_tagged(MANY, "every service")?;
+    assert_eq!(h.sup().stop("all")?, MANY, "{tier}: the stop-all returns");
+    for name in &names {
+        let runs = wait_until(SECS_10, || {
+            let runs = h.sup().history(name, 10).ok()?;
+            runs.iter().all(|r| r.cause().is_some()).then_some(runs)
+        })
+        .context(format!("{tier}: {name}'s run is recorded"))?;
+        let causes: Vec<_> = runs.iter().map(|r| r.cause()).collect();
+        assert_eq!(
+            causes,
+            [Some(Cause::Stopped)],
+            "{tier}: {name} ran once and was stopped"
+        );
+        assert_eq!(
+            h.sup().describe(name)?.status(),
+            Status::Stopped,
+            "{tier}: {name}"
+        );
+    }
+    h.finish()
+}
+
+per_tier!(a_stop_all_of_many_records_every_run_as_stopped);
