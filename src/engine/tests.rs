@@ -702,6 +702,9 @@ fn a_stop_of_many_reaps_the_exits_that_come_while_it_goes_through_them() {
             (read, write)
         })
         .collect();
+    // A report or request woke the poller meanwhile: the stop's look for exits takes that
+    // wake-up, which must not be lost.
+    b.engine.poller.waker().unwrap().wake();
     let stopped = b.stop("all");
     assert_eq!(
         b.procs
@@ -712,6 +715,10 @@ fn a_stop_of_many_reaps_the_exits_that_come_while_it_goes_through_them() {
             .collect::<Vec<_>>(),
         vec![b.id("a")],
         "b and c are reaped in the stop's own turn"
+    );
+    assert!(
+        b.engine.woken,
+        "the wake-up it took makes the next wait return at once"
     );
     drop(pipes);
     b.exit("a", RawExit::Signal(15));
