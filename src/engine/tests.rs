@@ -501,6 +501,16 @@ impl Bench {
         std::iter::from_fn(|| self.events.try_recv()).collect()
     }
 
+    /// How many times the run of `name`'s `generation` was ended in the tier.
+    fn times_ended(&self, name: &str, generation: u64) -> usize {
+        let run = RunKey {
+            id: self.id(name),
+            generation,
+        };
+        let procs = self.procs.borrow();
+        procs.ended.iter().filter(|(r, _)| *r == run).count()
+    }
+
     fn runs_recorded(&mut self, name: &str) -> Vec<crate::history::Run> {
         let id = self.id(name);
         self.engine.io.store.flush();
@@ -661,25 +671,12 @@ fn a_stop_between_the_reap_and_its_follow_up_wins_and_the_run_ends_once() {
         Status::Stopped,
         "the stop wins over the restart"
     );
-    let (id, run) = (
-        b.id("b"),
-        RunKey {
-            id: b.id("b"),
-            generation: 1,
-        },
-    );
+    let id = b.id("b");
     assert!(
         !b.procs.borrow().live.keys().any(|r| r.id == id),
         "b never restarts"
     );
-    let ends = b
-        .procs
-        .borrow()
-        .ended
-        .iter()
-        .filter(|(r, _)| *r == run)
-        .count();
-    assert_eq!(ends, 1, "its run ends once");
+    assert_eq!(b.times_ended("b", 1), 1, "its run ends once");
     assert_eq!(b.runs_recorded("b").len(), 1);
 }
 
@@ -730,18 +727,7 @@ fn a_stop_of_many_reaps_the_exits_that_come_while_it_goes_through_them() {
     for name in ["a", "b", "c"] {
         assert_eq!(b.status(name), Status::Stopped, "{name} is stopped");
         assert_eq!(b.generation(name), 2, "{name} did not restart");
-        let run = RunKey {
-            id: b.id(name),
-            generation: 1,
-        };
-        let ends = b
-            .procs
-            .borrow()
-            .ended
-            .iter()
-            .filter(|(r, _)| *r == run)
-            .count();
-        assert_eq!(ends, 1, "{name}'s run ends once");
+        assert_eq!(b.times_ended(name, 1), 1, "{name}'s run ends once");
         let runs = b.runs_recorded(name);
         assert_eq!(runs.len(), 1, "{name} has one record");
         assert_eq!(
