@@ -172,6 +172,8 @@ struct ChildArgs {
     /// Above 0: the child shares the parent's fd table (`CLONE_FILES`) and first takes a
     /// table of its own holding only the fds below this (the spawning thread's slots).
     unshare_below: c_int,
+    /// The flags of that `close_range`: `CLOSE_RANGE_UNSHARE` ([`unshare_flags`]).
+    unshare_flags: libc::c_uint,
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
@@ -236,6 +238,17 @@ thread_local! {
 /// The kernel cannot give a child a table of only some of the fds (`CLOSE_RANGE_UNSHARE`,
 /// Linux 5.9): children copy the whole table at `clone` again.
 static NO_UNSHARE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The flags a child's `close_range` takes a table of its own with. A test asks, on its
+/// thread, for flags the kernel refuses, as a kernel before 5.9 refuses the call.
+fn unshare_flags() -> libc::c_uint {
+    #[cfg(test)]
+    if tests::REFUSE_UNSHARE.with(|r| r.get()) {
+        // A flag no kernel knows: EINVAL.
+        return libc::CLOSE_RANGE_UNSHARE | 1 << 30;
+    }
+    libc::CLOSE_RANGE_UNSHARE
+}
 
 /// Two low-numbered fds of one spawning thread (each on `/dev/null` between spawns,
 /// close-on-exec) that hold, during a spawn, its child's stdout and stderr. The child shares
@@ -451,6 +464,7 @@ fn spawn_once(req: &SpawnRequest<'_>, slots: Option<&mut Slots>) -> io::Result<P
     let mut args = ChildArgs {
         affinity: std::ptr::null(),
         unshare_below,
+        unshare_flags: unshare_flags(),
         path: path.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: env_ptrs.as_ptr(),
@@ -815,7 +829,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::SYS_close_range,
                 a.unshare_below as u32,
                 u32::MAX,
-                libc::CLOSE_RANGE_UNSHARE,
+                a.unshare_flags,
             ) != 0
         {
             fail(a, STEP_UNSHARE);
@@ -1011,6 +1025,28 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    thread_local! {
+        /// This thread's children ask `close_range` for flags the kernel refuses.
+        pub(super) static REFUSE_UNSHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Runs this test alone in a process of its own, with `INNER` set: true in the outer
+    /// run (which then has nothing left to do), false in the inner one.
+    fn in_own_process(test: &str, inner: &str) -> bool {
+        if std::env::var_os(inner).is_some() {
+            return false;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--test-threads=1"])
+            .env(inner, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        true
+    }
+
     /// Runs `/bin/sh -c script` with `setup`, its output to /dev/null; waits for it.
     fn run(script: &CStr, setup: &ChildSetup) -> io::Result<()> {
         let argv = [c"sh", c"-c", script];
@@ -1107,5 +1143,61 @@ mod tests {
         let failed = failed_step(&err).expect("a step failed");
         assert_eq!(failed.step, ChildStep::Groups);
         assert_eq!(failed.errno, libc::EPERM);
+    }
+
+    /// A kernel that cannot give a child a table of only some fds (before 5.9): the child's
+    /// `close_range` fails, and the spawn is made again the old way, the child copying the
+    /// whole table, with its output where it was asked. The process then spawns the old way
+    /// from the start; hence a process of its own.
+    #[test]
+    fn a_kernel_without_close_range_unshare_falls_back_to_copying_the_table() {
+        if in_own_process(
+            "sys::linux::spawn::tests::a_kernel_without_close_range_unshare_falls_back_to_copying_the_table",
+            "SHEEPDOG_TEST_SPAWN_NO_UNSHARE",
+        ) {
+            return;
+        }
+        reserve_spawn_slots().unwrap();
+        let slotted = SLOTS.with(|s| {
+            let slots = s.take();
+            let some = slots.is_some();
+            s.set(slots);
+            some
+        });
+        assert!(slotted, "this thread spawns through its slots");
+        REFUSE_UNSHARE.with(|r| r.set(true));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let out = std::fs::File::create(&path).unwrap();
+        let argv = [c"sh", c"-c", c"echo fell back; ls /proc/self/fd"];
+        let fd = spawn(&SpawnRequest {
+            program: Path::new("/bin/sh"),
+            argv: &argv,
+            env: &[],
+            cwd: None,
+            stdout: out.as_fd(),
+            stderr: out.as_fd(),
+            cgroup: None,
+            join: Vec::new(),
+            kind: ChildKind::Service,
+            keep: &[],
+            setup: &ChildSetup::NONE,
+        })
+        .expect("the spawn is made again without CLOSE_RANGE_UNSHARE");
+        assert!(
+            fd.wait_exit(Duration::from_secs(10)).unwrap(),
+            "the child exits"
+        );
+        fd.reap().unwrap();
+        assert!(
+            NO_UNSHARE.load(std::sync::atomic::Ordering::Relaxed),
+            "the process spawns the old way from now on"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("fell back"), "{text}");
+        // stdin, stdout, stderr and the directory `ls` reads: nothing of this process's.
+        let fds: Vec<&str> = lines.collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "{text}");
     }
 }
