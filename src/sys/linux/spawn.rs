@@ -1030,13 +1030,23 @@ mod tests {
         pub(super) static REFUSE_UNSHARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
-    /// Runs this test alone in a process of its own, with `INNER` set: true in the outer
-    /// run (which then has nothing left to do), false in the inner one.
-    fn in_own_process(test: &str, inner: &str) -> bool {
+    /// Runs the test `test` alone in a process of its own (through `wrapper`, a command
+    /// that runs its arguments, if any) with the variable `inner` set, and checks it passed:
+    /// true in the outer run, which then has nothing left to do; false in the inner one.
+    fn in_own_process(test: &str, inner: &str, wrapper: &[&str]) -> bool {
         if std::env::var_os(inner).is_some() {
             return false;
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match wrapper {
+            [] => std::process::Command::new(&exe),
+            [program, args @ ..] => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(&exe);
+                c
+            }
+        };
+        let out = command
             .args(["--exact", test, "--test-threads=1"])
             .env(inner, "1")
             .output()
@@ -1123,20 +1133,11 @@ mod tests {
             if std::env::var_os(INNER).is_some() {
                 panic!("setpriv did not drop CAP_SETUID");
             }
-            let out = std::process::Command::new("setpriv")
-                .arg("--bounding-set=-setuid,-setgid")
-                .arg(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "sys::linux::spawn::tests::a_child_that_may_not_switch_ids_says_setgroups_failed",
-                    "--test-threads=1",
-                ])
-                .env(INNER, "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            in_own_process(
+                "sys::linux::spawn::tests::a_child_that_may_not_switch_ids_says_setgroups_failed",
+                INNER,
+                &["setpriv", "--bounding-set=-setuid,-setgid"],
+            );
             return;
         }
         let err = run(c"exit 0", &nobody()).unwrap_err();
@@ -1154,6 +1155,7 @@ mod tests {
         if in_own_process(
             "sys::linux::spawn::tests::a_kernel_without_close_range_unshare_falls_back_to_copying_the_table",
             "SHEEPDOG_TEST_SPAWN_NO_UNSHARE",
+            &[],
         ) {
             return;
         }
