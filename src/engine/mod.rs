@@ -354,14 +354,7 @@ impl Engine {
     /// `exits`, and the next wait does not block.
     fn turn(&mut self, ready: &[u64], now: Instant) {
         let budget = Instant::now() + self.turn_budget;
-        for &token in ready {
-            if let Some(Owner::Leader(id)) = self.io.tokens.get(&token).copied()
-                && let Some(svc) = self.services.get_mut(&id)
-                && lifecycle::reap(svc, &mut self.io, now)
-            {
-                self.exits.push_back(svc.key());
-            }
-        }
+        self.reap_exits(ready, now);
         let mut done = 0;
         while done == 0 || Instant::now() < budget {
             let Some(run) = self.exits.pop_front() else {
@@ -493,10 +486,15 @@ impl Engine {
         if let Err(e) = self.poller.wait(Some(Duration::ZERO), &mut ready) {
             log::warn!("supervision wait failed: {e}");
         }
-        for token in ready {
-            if token == WAKER_TOKEN {
-                self.woken = true;
-            } else if let Some(Owner::Leader(id)) = self.io.tokens.get(&token).copied()
+        self.woken |= ready.contains(&WAKER_TOKEN);
+        self.reap_exits(&ready, now);
+    }
+
+    /// Reaps the main processes whose pidfds are among the ready `tokens`; what follows each
+    /// reap waits in `exits`.
+    fn reap_exits(&mut self, tokens: &[u64], now: Instant) {
+        for &token in tokens {
+            if let Some(Owner::Leader(id)) = self.io.tokens.get(&token).copied()
                 && let Some(svc) = self.services.get_mut(&id)
                 && lifecycle::reap(svc, &mut self.io, now)
             {
