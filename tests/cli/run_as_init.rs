@@ -293,7 +293,8 @@ fn the_grace_period_bounds_the_stop_then_sigkill() -> TestResult {
 [[service]]
 name = "stubborn"
 program = "/bin/sh"
-args = ["-c", "trap '' TERM; while :; do sleep 0.1; done"]
+args = ["-c", "trap '' TERM; echo trapped; while :; do sleep 0.1; done"]
+ready = { log-line = "^trapped" }
 stop_timeout = "60s"
 "#;
     let Some(mut init) = Init::start(
@@ -332,7 +333,8 @@ fn a_second_signal_kills_at_once() -> TestResult {
 [[service]]
 name = "stubborn"
 program = "/bin/sh"
-args = ["-c", "trap '' TERM; while :; do sleep 0.1; done"]
+args = ["-c", "trap '' TERM; echo trapped; while :; do sleep 0.1; done"]
+ready = { log-line = "^trapped" }
 stop_timeout = "60s"
 "#;
     let Some(mut init) = Init::start("a_second_signal_kills_at_once", fleet, &["--grace", "60s"])?

@@ -134,10 +134,17 @@ fn starts_overtaking_a_stop_all_win(tier: &Tier) -> TestResult {
     for i in 0..8 {
         h.sup().start(spec(&format!("s{i}")))?;
     }
-    let before: HashSet<u32> = h
-        .wait_for_tagged(8, "eight services")?
-        .into_iter()
-        .collect();
+    // Each one `sleep` by now: its shell set the trap before the `exec`.
+    let before: HashSet<u32> = wait_until(SECS_10, || {
+        let now = h.tagged();
+        let deaf = now.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        (now.len() == 8 && deaf).then_some(now)
+    })
+    .context("eight services, each deaf to the stop signal")?
+    .into_iter()
+    .collect();
     let sup = std::sync::Arc::new(h.take());
     let stopper = {
         let sup = sup.clone();
