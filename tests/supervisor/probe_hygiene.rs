@@ -26,9 +26,11 @@ fn sleepy_check(token: &str) -> Vec<String> {
 fn timed_out_probes_leave_nothing(tier: &Tier) -> TestResult {
     let mut h = tier.harness()?;
     let probe_token = new_token();
+    // A timeout that leaves the probe time to start its shell and sleeps on a loaded
+    // machine: one killed before its shell ran would show nothing to look at.
     let health = Health::command(sleepy_check(&probe_token))
         .interval(Duration::from_millis(50))
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(1))
         .failures(u32::MAX);
     let spec = h.sh("checked", "exec sleep 600").health(health);
     h.sup().start(spec)?;
@@ -37,7 +39,7 @@ fn timed_out_probes_leave_nothing(tier: &Tier) -> TestResult {
     // and each is a shell and its two sleeps at most.
     let mut seen = HashSet::new();
     let mut overlap = None;
-    wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(30), || {
         let live = tagged_processes(&probe_token);
         let groups: HashSet<u32> = live.iter().filter_map(|&p| pgid_of(p)).collect();
         if groups.len() > 1 || live.len() > 3 {
@@ -45,7 +47,7 @@ fn timed_out_probes_leave_nothing(tier: &Tier) -> TestResult {
             return Some(());
         }
         seen.extend(groups);
-        (seen.len() >= 8).then_some(())
+        (seen.len() >= 5).then_some(())
     })
     .with_context(|| format!("{tier}: only {} probes ran", seen.len()))?;
     assert_eq!(
