@@ -1118,10 +1118,6 @@ fn random_sequences_agree_with_the_model_and_the_os(tier: &Tier) -> TestResult {
 in_tiers!(
     random_sequences_agree_with_the_model_and_the_os:
     cgroup,
-    #[ignore = "defect: in the subreaper tier, group members killed after their leader are \
-        left zombies of the host (subreaper_reaping.rs), and a supervisor opened later never \
-        reaps those of an earlier one; the model's check that no zombie child lingers finds \
-        them within a run or two"]
     subreaper,
     process_group,
 );

@@ -37,9 +37,6 @@ fn a_stop_waits_for_members_that_outlive_the_leader(tier: &Tier) -> TestResult {
 in_tiers!(
     a_stop_waits_for_members_that_outlive_the_leader:
     cgroup,
-    #[ignore = "defect: once the leader has exited, the subreaper tier claims the member \
-        re-parented to the host as an orphan of a run that is over, and SIGKILLs it at once, \
-        without its grace period; fails in about half the runs (engine.rs, claim_escapees)"]
     subreaper,
     process_group,
 );

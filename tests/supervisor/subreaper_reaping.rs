@@ -68,9 +68,5 @@ fn members_killed_after_their_parents_are_reaped(tier: &Tier) -> TestResult {
 
 in_tiers!(
     members_killed_after_their_parents_are_reaped:
-    #[ignore = "defect: members of a run's group that die after their leader, re-parented to \
-        the host as zombies, are reaped only by a later pass over the host's children; none \
-        comes after the run ends, nor at shutdown; fails in most runs (engine.rs, \
-        claim_escapees)"]
     subreaper,
 );
