@@ -68,9 +68,7 @@ impl Innocents {
 
     /// Both run `sleep`, the first as uid 65534.
     fn settled(&self) -> bool {
-        let sleeping = |pid: u32| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        };
+        let sleeping = |pid: u32| process_name(pid).is_some_and(|n| n == "sleep");
         let real_uid = |pid: u32| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;

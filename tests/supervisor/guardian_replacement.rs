@@ -7,11 +7,11 @@ use crate::prelude::*;
 fn a_guardian_that_dies_is_replaced_and_shutdown_stands_it_down() -> TestResult {
     let h = Harness::new()?;
     assert!(h.sup().guarded(), "a guardian stands by after open");
-    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = |pid: u32| process_name(pid).unwrap_or_default();
     // Found by its environment as soon as it is exec'd; it names itself a moment later.
     let first = wait_until(SECS_5, || {
         let g = guardians_of(&h.state_dir());
-        (g.len() == 1 && comm(g[0]).trim() == "sheepdog-guard").then(|| g[0])
+        (g.len() == 1 && comm(g[0]) == "sheepdog-guard").then(|| g[0])
     });
     let first = first.with_context(|| {
         let g = guardians_of(&h.state_dir());

@@ -482,6 +482,13 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// The command name of `pid` (`/proc/<pid>/comm`), if it exists: after an exec, the
+/// program's.
+pub fn process_name(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim().to_string())
+}
+
 /// Whether `pid` is a live process (a zombie counts as dead).
 pub fn is_alive(pid: u32) -> bool {
     stat_fields(pid)

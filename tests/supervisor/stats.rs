@@ -25,9 +25,9 @@ fn stats_sum_every_process_of_a_service_as_proc_shows_them(tier: &Tier) -> TestR
     // Three sleeps (the shell has exec'd), whose memory no longer changes.
     let members = wait_until(SECS_5, || {
         let m = group_members(pgid);
-        let sleeping = m.iter().all(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
+        let sleeping = m
+            .iter()
+            .all(|&p| process_name(p).is_some_and(|n| n == "sleep"));
         (m.len() == 3 && sleeping).then_some(m)
     })
     .context("three sleeps in the group")?;

@@ -137,9 +137,9 @@ fn starts_overtaking_a_stop_all_win(tier: &Tier) -> TestResult {
     // Each one `sleep` by now: its shell set the trap before the `exec`.
     let before: HashSet<u32> = wait_until(SECS_10, || {
         let now = h.tagged();
-        let deaf = now.iter().all(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
-        });
+        let deaf = now
+            .iter()
+            .all(|&p| process_name(p).is_some_and(|n| n == "sleep"));
         (now.len() == 8 && deaf).then_some(now)
     })
     .context("eight services, each deaf to the stop signal")?
